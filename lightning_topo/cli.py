@@ -1,0 +1,49 @@
+"""The ``lightning-topo`` command.
+
+``fit``, ``validate``, ``test`` and ``predict`` are Lightning's own subcommands (LightningCLI over
+:class:`~lightning_topo.models.SequenceClassifier` and
+:class:`~lightning_topo.models.TextClassificationDataModule`); ``prune`` prunes a trained
+checkpoint (:mod:`lightning_topo.pruning.cli`).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
+OWN_SUBCOMMANDS = {"prune": "lightning_topo.pruning.cli"}
+
+USAGE = """usage: lightning-topo {fit,validate,test,predict,prune} ...
+
+  fit|validate|test|predict   LightningCLI over SequenceClassifier + TextClassificationDataModule
+                              e.g. lightning-topo fit --config configs/quickstart.yaml
+  prune                       topology-guided structured pruning of a trained checkpoint
+                              e.g. lightning-topo prune --help
+
+Run 'lightning-topo SUBCOMMAND --help' for the options of one subcommand.
+"""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0
+    command = args[0]
+    if command in LIGHTNING_SUBCOMMANDS:
+        from lightning_topo.models.cli import run_lightning_cli
+
+        run_lightning_cli(args)
+        return 0
+    if command in OWN_SUBCOMMANDS:
+        import importlib
+
+        module = importlib.import_module(OWN_SUBCOMMANDS[command])
+        return int(module.main(args[1:]) or 0)
+    print(f"lightning-topo: unknown subcommand {command!r}\n\n{USAGE}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

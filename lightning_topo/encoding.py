@@ -1,0 +1,103 @@
+"""The one place where a model is run to get hidden states.
+
+Every consumer of hidden states (representations, pruning calibration, callbacks, ``analyze``)
+goes through :func:`encode_batch`, so the forward pass is written once. It accepts either a
+module with an ``encode(batch)`` method (our :class:`~lightning_topo.models.SequenceClassifier`)
+or a plain Hugging Face model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+#: Keys of a tokenised batch that are passed to a Hugging Face model's forward.
+MODEL_INPUT_KEYS: tuple[str, ...] = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
+
+
+@dataclass(frozen=True)
+class EncodedBatch:
+    """Hidden states of one batch.
+
+    Attributes:
+        hidden_states: ``num_layers + 1`` tensors of shape ``(batch, seq, hidden)``; index 0 is the
+            embedding output, index ``i`` the output of encoder layer ``i`` (1-based), index -1 the last.
+        attention_mask: ``(batch, seq)`` tensor, 1 for real tokens, 0 for padding.
+        labels: ``(batch,)`` integer class labels, or ``None`` when the batch has none.
+        logits: ``(batch, num_classes)`` classifier logits, or ``None`` for a bare encoder.
+    """
+
+    hidden_states: tuple[Tensor, ...]
+    attention_mask: Tensor
+    labels: Tensor | None = None
+    logits: Tensor | None = None
+
+    @property
+    def num_layers(self) -> int:
+        """Number of encoder layers (``len(hidden_states) - 1``)."""
+        return len(self.hidden_states) - 1
+
+
+def model_inputs(batch: Mapping[str, Any]) -> dict[str, Tensor]:
+    """The subset of ``batch`` that a Hugging Face encoder's ``forward`` takes.
+
+    Raises:
+        TypeError: if ``batch`` is not a mapping.
+        ValueError: if ``batch`` has no ``input_ids``.
+    """
+    if not isinstance(batch, Mapping):
+        raise TypeError(
+            f"a batch must be a mapping with 'input_ids' and 'attention_mask' (as the DataModule yields); "
+            f"got {type(batch).__name__}"
+        )
+    if "input_ids" not in batch:
+        raise ValueError(f"batch has no 'input_ids'; keys are {sorted(batch)}")
+    return {k: batch[k] for k in MODEL_INPUT_KEYS if k in batch and batch[k] is not None}
+
+
+def encode_batch(model: torch.nn.Module, batch: Mapping[str, Any]) -> EncodedBatch:
+    """Run ``model`` on ``batch`` and return its hidden states.
+
+    Args:
+        model: a module with ``encode(batch) -> EncodedBatch`` (used as is), or a Hugging Face
+            model whose forward accepts ``output_hidden_states=True``.
+        batch: a tokenised batch: ``input_ids`` ``(batch, seq)``, optional ``attention_mask``
+            (all ones when missing), ``token_type_ids`` and ``labels`` ``(batch,)``.
+
+    Gradients are not disabled here; callers that only read use ``torch.no_grad()``.
+    """
+    encode = getattr(model, "encode", None)
+    if callable(encode):
+        out = encode(batch)
+        if not isinstance(out, EncodedBatch):
+            raise TypeError(f"{type(model).__name__}.encode must return EncodedBatch, got {type(out).__name__}")
+        return out
+    inputs = model_inputs(batch)
+    device = _module_device(model)
+    inputs = {k: v.to(device) for k, v in inputs.items()}
+    if "attention_mask" not in inputs:
+        inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
+    out = model(**inputs, output_hidden_states=True, return_dict=True)
+    hidden = getattr(out, "hidden_states", None)
+    if hidden is None:
+        raise TypeError(
+            f"{type(model).__name__} returned no hidden_states with output_hidden_states=True; "
+            "pass a Hugging Face encoder (e.g. BertModel, BertForSequenceClassification)"
+        )
+    labels = batch.get("labels")
+    return EncodedBatch(
+        hidden_states=tuple(hidden),
+        attention_mask=inputs["attention_mask"],
+        labels=labels.to(device) if isinstance(labels, Tensor) else None,
+        logits=getattr(out, "logits", None),
+    )
+
+
+def _module_device(model: torch.nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")

@@ -1,0 +1,58 @@
+"""Shared fixtures: tiny random BERT models and seeded point clouds."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+
+def tiny_bert_config(**overrides):
+    from transformers import BertConfig
+
+    kwargs = dict(
+        vocab_size=128,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        num_labels=2,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+    kwargs.update(overrides)
+    return BertConfig(**kwargs)
+
+
+@pytest.fixture
+def tiny_config():
+    """A 2-layer, hidden-32, 4-head, FFN-64 BertConfig with 2 labels and no dropout."""
+    return tiny_bert_config()
+
+
+@pytest.fixture
+def tiny_classifier(tiny_config):
+    """A randomly initialised BertForSequenceClassification (seed 0), in eval mode."""
+    from transformers import BertForSequenceClassification
+
+    torch.manual_seed(0)
+    return BertForSequenceClassification(tiny_config).eval()
+
+
+@pytest.fixture
+def tiny_batch():
+    """A tokenised batch for the tiny models: 6 sequences of length 10 with some padding."""
+    g = torch.Generator().manual_seed(0)
+    input_ids = torch.randint(5, 128, (6, 10), generator=g)
+    attention_mask = torch.ones(6, 10, dtype=torch.long)
+    attention_mask[1, 7:] = 0
+    attention_mask[4, 5:] = 0
+    input_ids[attention_mask == 0] = 0
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": torch.tensor([0, 1, 0, 1, 1, 0])}

@@ -1,0 +1,25 @@
+import pytest
+import torch
+
+from lightning_topo.encoding import EncodedBatch, encode_batch
+
+
+def test_encode_hf_model_returns_all_layers(tiny_classifier, tiny_batch):
+    with torch.no_grad():
+        enc = encode_batch(tiny_classifier, tiny_batch)
+    assert isinstance(enc, EncodedBatch)
+    assert enc.num_layers == 2
+    assert enc.hidden_states[-1].shape == (6, 10, 32)
+    assert torch.equal(enc.attention_mask, tiny_batch["attention_mask"])
+    assert enc.logits.shape == (6, 2)
+    assert torch.equal(enc.labels, tiny_batch["labels"])
+
+
+def test_encode_rejects_non_mapping(tiny_classifier):
+    with pytest.raises(TypeError, match="mapping"):
+        encode_batch(tiny_classifier, [1, 2, 3])
+
+
+def test_encode_rejects_missing_input_ids(tiny_classifier):
+    with pytest.raises(ValueError, match="input_ids"):
+        encode_batch(tiny_classifier, {"attention_mask": torch.ones(2, 3)})
