@@ -1,0 +1,176 @@
+"""Persistence diagrams of Vietoris–Rips filtrations: H0 by MST, H1 by giotto-ph generators.
+
+Conventions (all functions here):
+
+* A diagram of dimension k is a ``(m, 2)`` tensor of finite ``(birth, death)`` pairs, in the
+  dtype and on the device of the input, differentiable with respect to the input.
+* Zero-length bars (``death == birth``) are dropped in every dimension, as ripser, ripser.py,
+  giotto-ph and gudhi (``min_persistence=0``) do. In H0 this means one bar less per duplicate
+  point; :func:`~lightning_topo.topology.minimum_spanning_tree` still returns all ``n - 1``
+  edges including zero-length ones.
+* The one infinite H0 bar (the component that never dies) is not included.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from lightning_topo.topology._checks import check_input
+from lightning_topo.topology.distances import edge_lengths, safe_sqrt, squared_distances
+from lightning_topo.topology.mst import mst_edges
+
+__all__ = ["h0_diagram", "h1_diagram", "persistence_diagrams", "BACKENDS"]
+
+BACKENDS = ("auto", "torch", "torchph")
+
+
+def _h0_deaths(x: Tensor, distance_matrix: bool) -> Tensor:
+    """All ``n - 1`` H0 deaths (MST edge lengths, unsorted, zeros kept), differentiable."""
+    with torch.no_grad():
+        weights = x if distance_matrix else squared_distances(x)
+        edges = mst_edges(weights).to(x.device)
+    if distance_matrix:
+        return x[edges[:, 0], edges[:, 1]]
+    return edge_lengths(x, edges)
+
+
+def _as_diagram(births: Tensor, deaths: Tensor) -> Tensor:
+    keep = deaths > births
+    return torch.stack([births[keep], deaths[keep]], dim=1)
+
+
+def h0_diagram(points: Tensor, *, distance_matrix: bool = False) -> Tensor:
+    """Finite H0 persistence diagram of the Vietoris–Rips filtration.
+
+    Births are 0; deaths are the lengths of the minimum-spanning-tree edges (dense Prim on
+    the input's device). The MST is found on a detached squared-distance matrix (one GEMM);
+    each death is then recomputed as ``||x_i - x_j||`` for its edge, so the backward pass is
+    O(n d) and exact even where the GEMM rounds.
+
+    Args:
+        points: ``(n, d)`` point cloud (float32/float64, ``n >= 2``), or an ``(n, n)``
+            distance matrix when ``distance_matrix=True``.
+        distance_matrix: treat ``points`` as a precomputed symmetric distance matrix;
+            deaths are then gathered from it (gradients flow to the matrix).
+
+    Returns:
+        ``(m, 2)`` tensor, ``m <= n - 1`` (zero-length bars from duplicate points dropped),
+        column 0 all zeros, column 1 the deaths sorted ascending; same dtype/device as input.
+
+    Raises:
+        TypeError: integer/bool dtype or not a tensor.
+        ValueError: wrong shape, fewer than 2 points, NaN/inf (or negative distances).
+    """
+    x = check_input(points, distance_matrix, "points")
+    deaths = _h0_deaths(x, distance_matrix)
+    deaths = torch.sort(deaths, stable=True).values
+    return _as_diagram(torch.zeros_like(deaths), deaths)
+
+
+def _giotto_h1_generators(x: Tensor, distance_matrix: bool, n_threads: int) -> np.ndarray:
+    """(m, 4) vertex indices (birth edge a-b, death edge c-d) of finite H1 pairs, via giotto-ph."""
+    from gph import ripser_parallel
+
+    with torch.no_grad():
+        if distance_matrix:
+            dm = x.detach().to("cpu", torch.float32)
+        else:
+            dm = safe_sqrt(squared_distances(x.detach())).to("cpu", torch.float32)
+    res = ripser_parallel(
+        dm.numpy(), maxdim=1, metric="precomputed", n_threads=n_threads, return_generators=True
+    )
+    gens = res["gens"][1]
+    if len(gens) == 0:
+        return np.zeros((0, 4), dtype=np.int64)
+    return np.asarray(gens[0], dtype=np.int64).reshape(-1, 4)
+
+
+def h1_diagram(points: Tensor, *, distance_matrix: bool = False, n_threads: int | None = None) -> Tensor:
+    """Finite H1 persistence diagram of the Vietoris–Rips filtration (loops).
+
+    giotto-ph (``ripser_parallel(maxdim=1, return_generators=True)``) finds, for every finite
+    H1 pair, the edge that creates the loop and the edge whose triangle fills it; birth and
+    death are then recomputed in torch as the lengths of those two edges, so they carry
+    gradients to the input (and have the input's precision, not giotto-ph's float32).
+
+    Args:
+        points: ``(n, d)`` point cloud (float32/float64, ``n >= 2``), or an ``(n, n)``
+            distance matrix when ``distance_matrix=True``.
+        distance_matrix: treat ``points`` as a precomputed symmetric distance matrix.
+        n_threads: giotto-ph threads; default ``torch.get_num_threads()``.
+
+    Returns:
+        ``(m, 2)`` tensor of ``(birth, death)`` with ``death > birth``, sorted by birth then
+        death; same dtype/device as the input. ``m`` may be 0.
+
+    Raises:
+        TypeError: integer/bool dtype or not a tensor.
+        ValueError: wrong shape, fewer than 2 points, NaN/inf (or negative distances).
+    """
+    x = check_input(points, distance_matrix, "points")
+    if n_threads is None:
+        n_threads = torch.get_num_threads()
+    gens = torch.from_numpy(_giotto_h1_generators(x, distance_matrix, int(n_threads))).to(x.device)
+    edges = gens.reshape(-1, 2)  # rows: birth edge of pair 0, death edge of pair 0, ...
+    if distance_matrix:
+        lengths = x[edges[:, 0], edges[:, 1]]
+    else:
+        lengths = edge_lengths(x, edges)
+    lengths = lengths.reshape(-1, 2)
+    diagram = _as_diagram(lengths[:, 0], lengths[:, 1])
+    return _sort_pairs(diagram)
+
+
+def _sort_pairs(diagram: Tensor) -> Tensor:
+    """Sort rows by birth, then death (lexicographic, stable)."""
+    if diagram.shape[0] == 0:
+        return diagram
+    idx = torch.sort(diagram[:, 1], stable=True).indices
+    diagram = diagram[idx]
+    idx = torch.sort(diagram[:, 0], stable=True).indices
+    return diagram[idx]
+
+
+def persistence_diagrams(
+    points: Tensor,
+    max_dim: int = 1,
+    *,
+    distance_matrix: bool = False,
+    backend: str = "auto",
+) -> list[Tensor]:
+    """Finite persistence diagrams of dimensions ``0..max_dim`` of the Vietoris–Rips filtration.
+
+    Args:
+        points: ``(n, d)`` point cloud (float32/float64, ``n >= 2``), or an ``(n, n)``
+            distance matrix when ``distance_matrix=True``.
+        max_dim: highest homology dimension, 0 or 1.
+        distance_matrix: treat ``points`` as a precomputed symmetric distance matrix.
+        backend: ``"auto"`` or ``"torch"`` (this engine: MST for H0, giotto-ph generators for
+            H1), or ``"torchph"`` (optional adapter; raises ``ImportError``/``RuntimeError``
+            when torchph is missing or not working).
+
+    Returns:
+        List of length ``max_dim + 1``; element ``k`` is the ``(m_k, 2)`` diagram of
+        dimension ``k`` (see :func:`h0_diagram`, :func:`h1_diagram`).
+
+    Raises:
+        TypeError: integer/bool dtype, not a tensor, or ``max_dim`` not an int.
+        ValueError: bad shape/values, ``max_dim`` not in {0, 1}, or unknown ``backend``.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}; got {backend!r}")
+    if isinstance(max_dim, bool) or not isinstance(max_dim, int):
+        raise TypeError(f"max_dim must be an int (0 or 1); got {type(max_dim).__name__}")
+    if max_dim not in (0, 1):
+        raise ValueError(f"max_dim must be 0 or 1 (H0 and H1 are supported); got {max_dim}")
+    x = check_input(points, distance_matrix, "points")
+    if backend == "torchph":
+        from lightning_topo.topology.torchph_adapter import torchph_persistence_diagrams
+
+        return torchph_persistence_diagrams(x, max_dim, distance_matrix=distance_matrix)
+    diagrams = [h0_diagram(x, distance_matrix=distance_matrix)]
+    if max_dim >= 1:
+        diagrams.append(h1_diagram(x, distance_matrix=distance_matrix))
+    return diagrams

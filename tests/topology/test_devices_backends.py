@@ -1,0 +1,61 @@
+"""CPU vs CUDA equality (skipped without CUDA) and the optional torchph adapter's error path."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+from lightning_topo.topology import minimum_spanning_tree, pairwise_distances, persistence_diagrams
+
+CUDA = torch.cuda.is_available()
+
+
+@pytest.mark.skipif(not CUDA, reason="CUDA not available: CPU vs CUDA comparison needs a GPU")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cpu_equals_cuda(dtype: torch.dtype) -> None:
+    x = torch.randn(200, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64).to(dtype)
+    cpu = persistence_diagrams(x)
+    gpu = persistence_diagrams(x.cuda())
+    tol = 1e-4 if dtype == torch.float32 else 1e-10
+    for a, b in zip(cpu, gpu, strict=True):
+        assert b.device.type == "cuda" and b.dtype == dtype
+        assert a.shape == b.shape
+        torch.testing.assert_close(b.cpu(), a, atol=tol, rtol=0)
+    edges, lengths = minimum_spanning_tree(pairwise_distances(x.double().cuda()))
+    assert edges.device.type == "cuda" and lengths.device.type == "cuda"
+    edges_cpu, _ = minimum_spanning_tree(pairwise_distances(x.double()))
+    assert torch.equal(edges.cpu(), edges_cpu)
+
+
+@pytest.mark.skipif(not CUDA, reason="CUDA not available")
+def test_cuda_backward() -> None:
+    x = torch.randn(64, 8, device="cuda", requires_grad=True)
+    sum(d[:, 1].sum() - d[:, 0].sum() for d in persistence_diagrams(x)).backward()
+    assert torch.isfinite(x.grad).all()
+
+
+def _torchph_works() -> bool:
+    if importlib.util.find_spec("torchph") is None:
+        return False
+    try:
+        from torchph.pershom import vr_persistence  # noqa: F401
+    except Exception:
+        return False
+    return CUDA
+
+
+@pytest.mark.skipif(_torchph_works(), reason="torchph works here; the error path cannot be exercised")
+def test_torchph_backend_clear_error() -> None:
+    x = torch.randn(10, 3)
+    with pytest.raises((ImportError, RuntimeError), match="torchph"):
+        persistence_diagrams(x, backend="torchph")
+
+
+def test_auto_and_torch_backends_agree() -> None:
+    x = torch.randn(25, 3, dtype=torch.float64)
+    for a, b in zip(
+        persistence_diagrams(x, backend="auto"), persistence_diagrams(x, backend="torch"), strict=True
+    ):
+        assert torch.equal(a, b)
