@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from lightning_topo.topology._checks import check_input
-from lightning_topo.topology.distances import edge_lengths, safe_sqrt, squared_distances
+from lightning_topo.topology.distances import edge_lengths, ranking_squared_distances
 from lightning_topo.topology.mst import mst_edges
 
 __all__ = ["h0_diagram", "h1_diagram", "persistence_diagrams", "BACKENDS"]
@@ -26,11 +26,15 @@ __all__ = ["h0_diagram", "h1_diagram", "persistence_diagrams", "BACKENDS"]
 BACKENDS = ("auto", "torch", "torchph")
 
 
-def _h0_deaths(x: Tensor, distance_matrix: bool) -> Tensor:
-    """All ``n - 1`` H0 deaths (MST edge lengths, unsorted, zeros kept), differentiable."""
-    with torch.no_grad():
-        weights = x if distance_matrix else squared_distances(x)
-        edges = mst_edges(weights).to(x.device)
+def _h0_deaths(x: Tensor, distance_matrix: bool, ranking: Tensor | None = None) -> Tensor:
+    """All ``n - 1`` H0 deaths (MST edge lengths, unsorted, zeros kept), differentiable.
+
+    ``ranking`` is an optional detached matrix that orders the edges like the distances
+    (for point input: squared distances from :func:`ranking_squared_distances`).
+    """
+    if ranking is None:
+        ranking = x.detach() if distance_matrix else ranking_squared_distances(x)
+    edges = mst_edges(ranking)
     if distance_matrix:
         return x[edges[:, 0], edges[:, 1]]
     return edge_lengths(x, edges)
@@ -69,22 +73,42 @@ def h0_diagram(points: Tensor, *, distance_matrix: bool = False) -> Tensor:
     return _as_diagram(torch.zeros_like(deaths), deaths)
 
 
-def _giotto_h1_generators(x: Tensor, distance_matrix: bool, n_threads: int) -> np.ndarray:
-    """(m, 4) vertex indices (birth edge a-b, death edge c-d) of finite H1 pairs, via giotto-ph."""
+def _giotto_h1_generators(dm: Tensor, n_threads: int) -> Tensor:
+    """(m, 4) int64 vertex indices (birth edge a-b, death edge c-d) of finite H1 pairs.
+
+    ``dm`` is a detached distance matrix; giotto-ph works in float32 on the CPU, so it is
+    handed a float32 CPU copy (a view when it already is one).
+    """
     from gph import ripser_parallel
 
-    with torch.no_grad():
-        if distance_matrix:
-            dm = x.detach().to("cpu", torch.float32)
-        else:
-            dm = safe_sqrt(squared_distances(x.detach())).to("cpu", torch.float32)
-    res = ripser_parallel(
-        dm.numpy(), maxdim=1, metric="precomputed", n_threads=n_threads, return_generators=True
-    )
+    dm_np = dm.detach().to("cpu", torch.float32).contiguous().numpy()
+    res = ripser_parallel(dm_np, maxdim=1, metric="precomputed", n_threads=n_threads, return_generators=True)
     gens = res["gens"][1]
-    if len(gens) == 0:
-        return np.zeros((0, 4), dtype=np.int64)
-    return np.asarray(gens[0], dtype=np.int64).reshape(-1, 4)
+    if len(gens) == 0 or len(gens[0]) == 0:
+        return torch.zeros((0, 4), dtype=torch.long)
+    return torch.from_numpy(np.ascontiguousarray(gens[0], dtype=np.int64).reshape(-1, 4))
+
+
+def _distances_from_ranking(d2: Tensor) -> Tensor:
+    """In place: squared distances from :func:`ranking_squared_distances` -> distances, diagonal 0."""
+    d2.clamp_(min=0.0).sqrt_()
+    d2.fill_diagonal_(0.0)
+    return d2
+
+
+def _h1(x: Tensor, distance_matrix: bool, n_threads: int | None, dm: Tensor | None = None) -> Tensor:
+    if n_threads is None:
+        n_threads = torch.get_num_threads()
+    if dm is None:
+        dm = x.detach() if distance_matrix else _distances_from_ranking(ranking_squared_distances(x))
+    gens = _giotto_h1_generators(dm, int(n_threads)).to(x.device)
+    edges = gens.reshape(-1, 2)  # rows: birth edge of pair 0, death edge of pair 0, ...
+    if distance_matrix:
+        lengths = x[edges[:, 0], edges[:, 1]]
+    else:
+        lengths = edge_lengths(x, edges)
+    lengths = lengths.reshape(-1, 2)
+    return _sort_pairs(_as_diagram(lengths[:, 0], lengths[:, 1]))
 
 
 def h1_diagram(points: Tensor, *, distance_matrix: bool = False, n_threads: int | None = None) -> Tensor:
@@ -110,17 +134,7 @@ def h1_diagram(points: Tensor, *, distance_matrix: bool = False, n_threads: int 
         ValueError: wrong shape, fewer than 2 points, NaN/inf (or negative distances).
     """
     x = check_input(points, distance_matrix, "points")
-    if n_threads is None:
-        n_threads = torch.get_num_threads()
-    gens = torch.from_numpy(_giotto_h1_generators(x, distance_matrix, int(n_threads))).to(x.device)
-    edges = gens.reshape(-1, 2)  # rows: birth edge of pair 0, death edge of pair 0, ...
-    if distance_matrix:
-        lengths = x[edges[:, 0], edges[:, 1]]
-    else:
-        lengths = edge_lengths(x, edges)
-    lengths = lengths.reshape(-1, 2)
-    diagram = _as_diagram(lengths[:, 0], lengths[:, 1])
-    return _sort_pairs(diagram)
+    return _h1(x, distance_matrix, n_threads)
 
 
 def _sort_pairs(diagram: Tensor) -> Tensor:
@@ -170,7 +184,11 @@ def persistence_diagrams(
         from lightning_topo.topology.torchph_adapter import torchph_persistence_diagrams
 
         return torchph_persistence_diagrams(x, max_dim, distance_matrix=distance_matrix)
-    diagrams = [h0_diagram(x, distance_matrix=distance_matrix)]
+    # one detached distance computation serves both the MST (H0) and giotto-ph (H1)
+    ranking = x.detach() if distance_matrix else ranking_squared_distances(x)
+    deaths = torch.sort(_h0_deaths(x, distance_matrix, ranking), stable=True).values
+    diagrams = [_as_diagram(torch.zeros_like(deaths), deaths)]
     if max_dim >= 1:
-        diagrams.append(h1_diagram(x, distance_matrix=distance_matrix))
+        dm = ranking if distance_matrix else _distances_from_ranking(ranking)
+        diagrams.append(_h1(x, distance_matrix, None, dm))
     return diagrams

@@ -32,6 +32,22 @@ def squared_distances(points: Tensor) -> Tensor:
     return d2.masked_fill(eye, 0.0)
 
 
+def ranking_squared_distances(points: Tensor) -> Tensor:
+    """Detached squared distances ``(n, n)`` for ranking edges only (internal, no autograd).
+
+    One GEMM plus one fused pass: ``|x_j|^2 - 2 x_i.x_j`` by ``addmm``, then ``+ |x_i|^2``
+    in place. No clamp and no diagonal fix (Prim never reads the diagonal; a squared distance
+    ranks edges exactly as the distance does). Points are centred first to limit cancellation.
+    """
+    with torch.no_grad():
+        x = points.detach()
+        x = x - x.mean(dim=0, keepdim=True)
+        sq = (x * x).sum(dim=1)
+        d2 = torch.addmm(sq.unsqueeze(0), x, x.T, beta=1.0, alpha=-2.0)
+        d2.add_(sq.unsqueeze(1))
+    return d2
+
+
 def pairwise_distances(points: Tensor) -> Tensor:
     """Euclidean distance matrix of a point cloud, differentiable.
 

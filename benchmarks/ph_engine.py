@@ -1,0 +1,192 @@
+"""Benchmark of the persistent-homology engine (lightning_topo.topology) against giotto-ph,
+ripser.py and the distance GEMM floor (torch.cdist).
+
+Prints a table and writes benchmarks/results/ph_engine.json. Inputs: seeded standard-normal
+float32 clouds, d=768 (BERT-base width), torch.set_num_threads(2), giotto-ph n_threads=2.
+Every timing is the median of ``--repeats`` runs (after one warm-up run for the torch
+functions). Ratios are computed from timings of the same run.
+
+    .venv/bin/python benchmarks/ph_engine.py            # full run (a few minutes)
+    .venv/bin/python benchmarks/ph_engine.py --quick    # small sizes, smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lightning_topo.topology import h0_diagram, h1_diagram, persistence_diagrams, total_persistence
+
+THREADS = 2
+D = 768
+RESULTS = Path(__file__).resolve().parent / "results" / "ph_engine.json"
+
+
+def median_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def cloud(n: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, D, generator=g, dtype=torch.float32)
+
+
+def bench_h0(n: int, repeats: int) -> dict[str, float]:
+    from gph import ripser_parallel
+
+    x = cloud(n)
+    xn = x.numpy()
+
+    def fwd_bwd() -> None:
+        p = x.clone().requires_grad_(True)
+        total_persistence(h0_diagram(p)).backward()
+
+    row = {
+        "n": n,
+        "ours_h0_forward_s": median_time(lambda: h0_diagram(x), repeats),
+        "ours_h0_forward_backward_s": median_time(fwd_bwd, repeats),
+        "cdist_s": median_time(lambda: torch.cdist(x, x), repeats),
+        "giotto_h0_s": median_time(
+            lambda: ripser_parallel(xn, maxdim=0, n_threads=THREADS), repeats, warmup=0
+        ),
+    }
+    row["speedup_vs_giotto"] = row["giotto_h0_s"] / row["ours_h0_forward_s"]
+    row["ratio_to_cdist"] = row["ours_h0_forward_s"] / row["cdist_s"]
+    row["backward_ratio"] = row["ours_h0_forward_backward_s"] / row["ours_h0_forward_s"]
+    return row
+
+
+def bench_h1(n: int, repeats: int, with_ripser: bool) -> dict[str, float]:
+    from gph import ripser_parallel
+
+    x = cloud(n, seed=1)
+    xn = x.numpy()
+    row: dict[str, float] = {
+        "n": n,
+        "ours_h1_s": median_time(lambda: h1_diagram(x), repeats),
+        "ours_h0_h1_s": median_time(lambda: persistence_diagrams(x, 1), repeats),
+        "giotto_h1_s": median_time(
+            lambda: ripser_parallel(xn, maxdim=1, n_threads=THREADS), repeats, warmup=0
+        ),
+        "giotto_h1_generators_s": median_time(
+            lambda: ripser_parallel(xn, maxdim=1, n_threads=THREADS, return_generators=True),
+            repeats,
+            warmup=0,
+        ),
+    }
+    if with_ripser:
+        import ripser
+
+        row["ripser_py_h1_s"] = median_time(lambda: ripser.ripser(xn, maxdim=1), max(1, repeats), warmup=0)
+    row["ratio_to_giotto"] = row["ours_h1_s"] / row["giotto_h1_s"]
+    return row
+
+
+def fmt(v: float | None) -> str:
+    return "-" if v is None else f"{v:8.4f}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes only (smoke test)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (median)")
+    parser.add_argument("--no-ripser", action="store_true", help="skip ripser.py (slow at n=1024)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="JSON output path")
+    args = parser.parse_args()
+
+    torch.set_num_threads(THREADS)
+    h0_sizes = [256, 512] if args.quick else [512, 1024, 2048, 4096]
+    h1_sizes = [128, 256] if args.quick else [256, 512, 1024]
+
+    h0_rows = []
+    print(f"H0, d={D}, float32, {THREADS} threads, median of {args.repeats}")
+    print(
+        f"{'n':>6} {'ours fwd':>9} {'fwd+bwd':>9} {'cdist':>9} {'giotto0':>9} {'x giotto':>9} {'/cdist':>7} {'bwd/fwd':>7}"
+    )
+    for n in h0_sizes:
+        r = bench_h0(n, args.repeats)
+        h0_rows.append(r)
+        print(
+            f"{n:>6} {fmt(r['ours_h0_forward_s'])} {fmt(r['ours_h0_forward_backward_s'])} {fmt(r['cdist_s'])} "
+            f"{fmt(r['giotto_h0_s'])} {r['speedup_vs_giotto']:9.2f} {r['ratio_to_cdist']:7.2f} {r['backward_ratio']:7.2f}",
+            flush=True,
+        )
+
+    h1_rows = []
+    print(f"\nH1, d={D}, float32, {THREADS} threads, median of {args.repeats}")
+    print(
+        f"{'n':>6} {'ours H1':>9} {'ours H0+1':>9} {'giotto1':>9} {'giotto1+g':>9} {'ripser':>9} {'/giotto':>7}"
+    )
+    for n in h1_sizes:
+        r = bench_h1(n, args.repeats, with_ripser=not args.no_ripser)
+        h1_rows.append(r)
+        print(
+            f"{n:>6} {fmt(r['ours_h1_s'])} {fmt(r['ours_h0_h1_s'])} {fmt(r['giotto_h1_s'])} "
+            f"{fmt(r['giotto_h1_generators_s'])} {fmt(r.get('ripser_py_h1_s'))} {r['ratio_to_giotto']:7.2f}",
+            flush=True,
+        )
+
+    big = max(h0_rows, key=lambda r: r["n"])
+    targets = {
+        f"h0_at_n{big['n']}_at_least_4x_faster_than_giotto": big["speedup_vs_giotto"] >= 4.0,
+        f"h0_at_n{big['n']}_at_most_1.3x_cdist": big["ratio_to_cdist"] <= 1.3,
+        "h0_forward_backward_at_most_2x_forward": all(r["backward_ratio"] <= 2.0 for r in h0_rows),
+        "h1_at_most_1.2x_giotto": all(r["ratio_to_giotto"] <= 1.2 for r in h1_rows),
+    }
+    print("\nTargets:")
+    for k, v in targets.items():
+        print(f"  {k}: {'met' if v else 'NOT met'}")
+
+    import gph
+
+    result = {
+        "benchmark": "ph_engine",
+        "quick": args.quick,
+        "settings": {
+            "d": D,
+            "dtype": "float32",
+            "torch_threads": THREADS,
+            "repeats": args.repeats,
+            "statistic": "median",
+        },
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "cpu_count": os.cpu_count(),
+            "python": sys.version.split()[0],
+            "torch": torch.__version__,
+            "giotto_ph": getattr(gph, "__version__", "unknown"),
+            "numpy": np.__version__,
+        },
+        "h0": h0_rows,
+        "h1": h1_rows,
+        "targets": targets,
+        "note": "shared 2-core machine; other processes may have been running, timings are noisy",
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    tmp.replace(args.out)
+    print(f"\nwrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
