@@ -36,6 +36,7 @@ from lightning_topo.encoding import EncodedBatch, encode_batch
 
 __all__ = [
     "Representations",
+    "NonFiniteHiddenStatesError",
     "collect_representations",
     "resolve_layers",
     "pool_hidden_states",
@@ -49,6 +50,10 @@ __all__ = [
 T = TypeVar("T")
 
 LayerSpec = int | Sequence[int] | str
+
+
+class NonFiniteHiddenStatesError(ValueError):
+    """Hidden states with NaN/inf entries (usually a diverged model)."""
 
 
 @dataclass
@@ -437,7 +442,7 @@ def collect_representations(
     for layer, p in points.items():
         if not bool(torch.isfinite(p).all()):
             n_bad = int((~torch.isfinite(p)).any(dim=1).sum())
-            raise ValueError(
+            raise NonFiniteHiddenStatesError(
                 f"hidden states of layer {layer} have NaN/inf entries in {n_bad} of {p.shape[0]} examples; "
                 "the model has diverged (lower the learning rate, enable gradient clipping) or the input is bad"
             )
