@@ -19,6 +19,7 @@ import platform
 import statistics
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -112,6 +113,7 @@ def main() -> int:
     args = parser.parse_args()
 
     torch.set_num_threads(THREADS)
+    warnings.filterwarnings("ignore", message="The input point cloud has more columns than rows")
     h0_sizes = [256, 512] if args.quick else [512, 1024, 2048, 4096]
     h1_sizes = [128, 256] if args.quick else [256, 512, 1024]
 

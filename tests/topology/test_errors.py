@@ -118,3 +118,9 @@ def test_bad_diagrams_for_vectorisations() -> None:
         persistence_landscape(torch.rand(3, 2), grid, num_landscapes=0)
     with pytest.raises(ValueError, match="p must"):
         total_persistence(torch.rand(3, 2), p=0.0)
+
+
+def test_huge_finite_values_are_accepted() -> None:
+    # the sum overflows to inf in float32, but every entry is finite: must not raise
+    x = torch.tensor([[3e38, 3e38], [3e38, -3e38], [0.0, 1.0]])
+    pairwise_distances(x)
