@@ -10,10 +10,11 @@ def check_float_tensor(x: object, name: str) -> Tensor:
     """Return ``x`` if it is a floating-point tensor, else raise ``TypeError`` naming ``name``."""
     if not isinstance(x, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor; got {type(x).__name__}")
-    if not x.is_floating_point():
+    if x.dtype not in (torch.float32, torch.float64):
+        kind = "a floating-point dtype" if not x.is_floating_point() else "float32 or float64 precision"
         raise TypeError(
-            f"{name} must have a floating-point dtype (float32 or float64); got {x.dtype}. "
-            f"Convert it first, e.g. {name}.double()"
+            f"{name} must have {kind} (float32 or float64); got {x.dtype}. "
+            f"Convert it first, e.g. {name}.float() or {name}.double()"
         )
     return x
 

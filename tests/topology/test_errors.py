@@ -46,8 +46,10 @@ def _inf_cloud() -> torch.Tensor:
         (torch.randint(0, 5, (5, 2)), TypeError, "floating-point"),
         (torch.ones(5, 2, dtype=torch.bool), TypeError, "floating-point"),
         ([[0.0, 1.0], [1.0, 0.0]], TypeError, "torch.Tensor"),
+        (torch.randn(5, 2).half(), TypeError, "float32 or float64"),
+        (torch.randn(5, 2).bfloat16(), TypeError, "float32 or float64"),
     ],
-    ids=["empty", "one-point", "nan", "inf", "1-D", "3-D", "int", "bool", "list"],
+    ids=["empty", "one-point", "nan", "inf", "1-D", "3-D", "int", "bool", "list", "half", "bfloat16"],
 )
 def test_bad_points(fn, bad, exc, match) -> None:
     with pytest.raises(exc, match=match) as info:
