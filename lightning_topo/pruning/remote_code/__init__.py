@@ -1,0 +1,1 @@
+"""Self-contained config/model classes copied next to a pruned checkpoint (``trust_remote_code=True``)."""
