@@ -3,8 +3,9 @@ ripser.py and the distance GEMM floor (torch.cdist).
 
 Prints a table and writes benchmarks/results/ph_engine.json. Inputs: seeded standard-normal
 float32 clouds, d=768 (BERT-base width), torch.set_num_threads(2), giotto-ph n_threads=2.
-Every timing is the median of ``--repeats`` runs (after one warm-up run for the torch
-functions). Ratios are computed from timings of the same run.
+Every timing is the median of ``--repeats`` runs (after one warm-up run for our functions);
+the methods are timed in rotation within each repeat, so load from other processes falls on
+all of them alike, and ratios are computed from timings of the same run (minima are stored too).
 
     .venv/bin/python benchmarks/ph_engine.py            # full run (a few minutes)
     .venv/bin/python benchmarks/ph_engine.py --quick    # small sizes, smoke test
@@ -33,15 +34,20 @@ D = 768
 RESULTS = Path(__file__).resolve().parent / "results" / "ph_engine.json"
 
 
-def median_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
+def interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: tuple[str, ...] = ()) -> dict:
+    """Time every function ``repeats`` times in rotation (so load from other processes hits
+    all of them alike); return ``{name: median seconds}`` and ``{name + "_min": min seconds}``."""
+    for name in warmup:
+        fns[name]()
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    out: dict[str, float] = {name: statistics.median(ts) for name, ts in times.items()}
+    out.update({f"{name}_min": min(ts) for name, ts in times.items()})
+    return out
 
 
 def cloud(n: int, seed: int = 0) -> torch.Tensor:
@@ -59,15 +65,13 @@ def bench_h0(n: int, repeats: int) -> dict[str, float]:
         p = x.clone().requires_grad_(True)
         total_persistence(h0_diagram(p)).backward()
 
-    row = {
-        "n": n,
-        "ours_h0_forward_s": median_time(lambda: h0_diagram(x), repeats),
-        "ours_h0_forward_backward_s": median_time(fwd_bwd, repeats),
-        "cdist_s": median_time(lambda: torch.cdist(x, x), repeats),
-        "giotto_h0_s": median_time(
-            lambda: ripser_parallel(xn, maxdim=0, n_threads=THREADS), repeats, warmup=0
-        ),
+    torch_fns = {
+        "ours_h0_forward_s": lambda: h0_diagram(x),
+        "ours_h0_forward_backward_s": fwd_bwd,
+        "cdist_s": lambda: torch.cdist(x, x),
     }
+    fns = {**torch_fns, "giotto_h0_s": lambda: ripser_parallel(xn, maxdim=0, n_threads=THREADS)}
+    row: dict[str, float] = {"n": n, **interleaved(fns, repeats, warmup=tuple(torch_fns))}
     row["speedup_vs_giotto"] = row["giotto_h0_s"] / row["ours_h0_forward_s"]
     row["ratio_to_cdist"] = row["ours_h0_forward_s"] / row["cdist_s"]
     row["backward_ratio"] = row["ours_h0_forward_backward_s"] / row["ours_h0_forward_s"]
@@ -79,23 +83,19 @@ def bench_h1(n: int, repeats: int, with_ripser: bool) -> dict[str, float]:
 
     x = cloud(n, seed=1)
     xn = x.numpy()
-    row: dict[str, float] = {
-        "n": n,
-        "ours_h1_s": median_time(lambda: h1_diagram(x), repeats),
-        "ours_h0_h1_s": median_time(lambda: persistence_diagrams(x, 1), repeats),
-        "giotto_h1_s": median_time(
-            lambda: ripser_parallel(xn, maxdim=1, n_threads=THREADS), repeats, warmup=0
-        ),
-        "giotto_h1_generators_s": median_time(
-            lambda: ripser_parallel(xn, maxdim=1, n_threads=THREADS, return_generators=True),
-            repeats,
-            warmup=0,
+    fns: dict[str, Callable[[], object]] = {
+        "ours_h1_s": lambda: h1_diagram(x),
+        "ours_h0_h1_s": lambda: persistence_diagrams(x, 1),
+        "giotto_h1_s": lambda: ripser_parallel(xn, maxdim=1, n_threads=THREADS),
+        "giotto_h1_generators_s": lambda: ripser_parallel(
+            xn, maxdim=1, n_threads=THREADS, return_generators=True
         ),
     }
     if with_ripser:
         import ripser
 
-        row["ripser_py_h1_s"] = median_time(lambda: ripser.ripser(xn, maxdim=1), max(1, repeats), warmup=0)
+        fns["ripser_py_h1_s"] = lambda: ripser.ripser(xn, maxdim=1)
+    row: dict[str, float] = {"n": n, **interleaved(fns, repeats, warmup=("ours_h1_s", "ours_h0_h1_s"))}
     row["ratio_to_giotto"] = row["ours_h1_s"] / row["giotto_h1_s"]
     return row
 
@@ -107,7 +107,7 @@ def fmt(v: float | None) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes only (smoke test)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (median)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs per measurement (median)")
     parser.add_argument("--no-ripser", action="store_true", help="skip ripser.py (slow at n=1024)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="JSON output path")
     args = parser.parse_args()
