@@ -300,7 +300,7 @@ class PersistenceScoreMonitor(Callback):
                 name,
                 value,
                 prog_bar=self.prog_bar and name == self.score_name,
-                logger=True,
+                logger=bool(trainer.loggers),
                 on_step=False,
                 on_epoch=True,
                 sync_dist=True,
@@ -361,7 +361,7 @@ class PersistenceScoreMonitor(Callback):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         correlations, self._pending_correlations = self._pending_correlations, {}
         for name, value in correlations.items():
-            pl_module.log(name, value, logger=True, on_step=False, on_epoch=True, sync_dist=False)
+            pl_module.log(name, value, logger=bool(trainer.loggers), on_step=False, on_epoch=True, sync_dist=False)
 
     # ------------------------------------------------------------------ figures
 

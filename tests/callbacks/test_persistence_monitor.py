@@ -1,0 +1,349 @@
+"""PersistenceScoreMonitor in real (tiny) fits: metric names, EarlyStopping, resume, DDP, W&B."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from torch.utils.data import DataLoader
+
+from lightning_topo.callbacks import PersistenceScoreMonitor
+from lightning_topo.encoding import EncodedBatch, encode_batch
+
+
+class TinyClassifier(pl.LightningModule):
+    """A tiny random BertForSequenceClassification with ``encode`` and ``val/acc`` logging."""
+
+    def __init__(self, config, lr: float = 0.05, seed: int = 0, nan_hidden: bool = False):
+        super().__init__()
+        from transformers import BertForSequenceClassification
+
+        torch.manual_seed(seed)
+        self.model = BertForSequenceClassification(config)
+        self.lr = lr
+        self.nan_hidden = nan_hidden
+
+    def encode(self, batch) -> EncodedBatch:
+        enc = encode_batch(self.model, batch)
+        if self.nan_hidden:
+            hidden = tuple(h * float("nan") for h in enc.hidden_states)
+            enc = EncodedBatch(hidden, enc.attention_mask, enc.labels, enc.logits)
+        return enc
+
+    def _forward(self, batch):
+        return self.model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]
+        )
+
+    def training_step(self, batch, batch_idx):
+        out = self._forward(batch)
+        self.log("train/loss", out.loss, on_epoch=True, on_step=False)
+        return out.loss
+
+    def validation_step(self, batch, batch_idx):
+        out = self._forward(batch)
+        acc = (out.logits.argmax(-1) == batch["labels"]).float().mean()
+        self.log("val/loss", out.loss, on_epoch=True, sync_dist=True)
+        self.log("val/acc", acc, on_epoch=True, sync_dist=True)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=self.lr)
+
+
+def make_dataset(n: int = 32, seq: int = 8, seed: int = 0, num_classes: int = 2):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, 128, (n, seq), generator=g)
+    labels = torch.arange(n) % num_classes
+    ids[:, 1] = labels + 1  # the label is written in token 1: learnable
+    mask = torch.ones(n, seq, dtype=torch.long)
+    mask[::3, seq - 2 :] = 0
+    ids[mask == 0] = 0
+    return [{"input_ids": ids[i], "attention_mask": mask[i], "labels": labels[i]} for i in range(n)]
+
+
+def loaders(n_train=32, n_val=24, batch_size=8, num_classes=2):
+    train = DataLoader(make_dataset(n_train, seed=0, num_classes=num_classes), batch_size=batch_size)
+    val = DataLoader(make_dataset(n_val, seed=1, num_classes=num_classes), batch_size=batch_size)
+    return train, val
+
+
+def make_trainer(tmp_path, callbacks, max_epochs=3, logger=None, **kwargs):
+    kwargs.setdefault("accelerator", "cpu")
+    kwargs.setdefault("devices", 1)
+    return pl.Trainer(
+        default_root_dir=str(tmp_path),
+        max_epochs=max_epochs,
+        callbacks=callbacks,
+        logger=logger if logger is not None else False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
+        deterministic=True,
+        **kwargs,
+    )
+
+
+def fit(tmp_path, config, monitor=None, max_epochs=3, model_kwargs=None, extra_callbacks=(), **trainer_kwargs):
+    monitor = monitor or PersistenceScoreMonitor(max_points_per_class=64)
+    model = TinyClassifier(config, **(model_kwargs or {}))
+    trainer = make_trainer(tmp_path, [monitor, *extra_callbacks], max_epochs=max_epochs, **trainer_kwargs)
+    train, val = loaders()
+    trainer.fit(model, train, val)
+    return trainer, monitor
+
+
+def test_logs_documented_metrics_and_plots_csv(tmp_path, tiny_config):
+    logger = CSVLogger(str(tmp_path), name="csv")
+    trainer, monitor = fit(tmp_path, tiny_config, max_epochs=3, logger=logger)
+    m = trainer.callback_metrics
+    expected = {
+        "topo/psf",
+        "topo/psf/layer_2",
+        "topo/psf/class_0",
+        "topo/psf/class_1",
+        "topo/h0/total_persistence",
+        "topo/h0/entropy",
+        "topo/h1/total_persistence",
+        "topo/h1/entropy",
+        "topo/psf/pearson_val_acc",
+        "topo/psf/spearman_val_acc",
+    }
+    assert expected <= set(m), sorted(m)
+    assert float(m["topo/psf"]) == pytest.approx(monitor.history[-1]["scores"]["topo/psf"])
+    assert float(m["topo/psf"]) == float(m["topo/psf/layer_2"])
+    # the sanity check (2 val batches before epoch 0) is never measured
+    assert [r["epoch"] for r in monitor.history] == [0, 1, 2]
+    assert all(r["monitor"] is not None for r in monitor.history)
+    csv_text = (Path(logger.log_dir) / "metrics.csv").read_text()
+    assert "topo/psf" in csv_text.splitlines()[0] and "topo/psf/spearman_val_acc" in csv_text
+    plots = sorted(p.name for p in (Path(logger.log_dir) / "topo").glob("*.png"))
+    assert plots == ["diagrams_last_epoch.png", "topo_psf_vs_epoch.png", "topo_psf_vs_val_acc.png"]
+
+
+def test_correlations_match_torchmetrics(tmp_path, tiny_config):
+    from torchmetrics.functional import pearson_corrcoef, spearman_corrcoef
+
+    trainer, monitor = fit(tmp_path, tiny_config, max_epochs=4, model_kwargs={"lr": 0.5})
+    psf = torch.tensor([r["scores"]["topo/psf"] for r in monitor.history], dtype=torch.float64)
+    acc = torch.tensor([r["monitor"] for r in monitor.history], dtype=torch.float64)
+    got = float(trainer.callback_metrics["topo/psf/pearson_val_acc"])
+    if acc.std() > 0:
+        assert got == pytest.approx(float(pearson_corrcoef(psf, acc)), abs=1e-5)
+        assert float(trainer.callback_metrics["topo/psf/spearman_val_acc"]) == pytest.approx(
+            float(spearman_corrcoef(psf, acc)), abs=1e-5
+        )
+    else:
+        assert math.isnan(got)
+
+
+def test_layers_all_mean_pooling_and_no_logger(tmp_path, tiny_config):
+    monitor = PersistenceScoreMonitor(
+        layers="all", pooling="mean", scores=("psf", "entropy"), homology_dims=(1,), plots=True
+    )
+    trainer, _ = fit(tmp_path, tiny_config, monitor=monitor, max_epochs=1)
+    names = set(trainer.callback_metrics)
+    assert {"topo/psf/layer_0", "topo/psf/layer_1", "topo/psf/layer_2", "topo/h1/entropy"} <= names
+    assert "topo/h0/entropy" not in names and "topo/h1/total_persistence" not in names
+    # no logger: figures go under default_root_dir
+    assert (tmp_path / "topo" / "topo_psf_vs_epoch.png").exists()
+
+
+def test_every_n_epochs_and_train_split(tmp_path, tiny_config):
+    monitor = PersistenceScoreMonitor(every_n_epochs=2, split="train", plots=False, max_batches=2)
+    fit(tmp_path, tiny_config, monitor=monitor, max_epochs=4)
+    assert [r["epoch"] for r in monitor.history] == [1, 3]
+
+
+def test_early_stopping_on_psf_stops(tmp_path, tiny_config):
+    # lr=0: the weights never change, so PSF is constant and never improves -> patience runs out
+    early = EarlyStopping(monitor="topo/psf", mode="min", patience=2)
+    monitor = PersistenceScoreMonitor(plots=False)
+    trainer, _ = fit(
+        tmp_path, tiny_config, monitor=monitor, max_epochs=20, model_kwargs={"lr": 0.0}, extra_callbacks=[early]
+    )
+    assert trainer.current_epoch < 20
+    assert early.stopped_epoch > 0
+    assert early.stopped_epoch == 2  # epoch 0 sets the best, epochs 1 and 2 fail to improve
+    assert len({r["scores"]["topo/psf"] for r in monitor.history}) == 1
+
+
+def test_model_checkpoint_can_monitor_psf(tmp_path, tiny_config):
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="topo/psf", mode="max", save_top_k=1)
+    fit(tmp_path, tiny_config, monitor=PersistenceScoreMonitor(plots=False), max_epochs=2, extra_callbacks=[ckpt])
+    assert ckpt.best_model_path and ckpt.best_model_score is not None
+
+
+def _history_close(a, b):
+    assert [r["epoch"] for r in a] == [r["epoch"] for r in b]
+    for ra, rb in zip(a, b, strict=True):
+        assert ra["scores"].keys() == rb["scores"].keys()
+        for k in ra["scores"]:
+            assert ra["scores"][k] == pytest.approx(rb["scores"][k], rel=1e-6), k
+        assert ra["monitor"] == pytest.approx(rb["monitor"], rel=1e-6)
+
+
+def test_resume_continues_history(tmp_path, tiny_config):
+    # uninterrupted 4 epochs
+    full, _ = fit(tmp_path / "full", tiny_config, monitor=PersistenceScoreMonitor(plots=False), max_epochs=4)
+    full_history = full.callbacks[0].history
+    # 2 epochs, then resume for 2 more
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_top_k=0)
+    fit(tmp_path / "a", tiny_config, monitor=PersistenceScoreMonitor(plots=False), max_epochs=2, extra_callbacks=[ckpt])
+    state = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)["callbacks"]
+    assert any(len(v.get("history", [])) == 2 for v in state.values())
+    resumed_monitor = PersistenceScoreMonitor(plots=False)
+    model = TinyClassifier(tiny_config)
+    trainer = make_trainer(tmp_path / "b", [resumed_monitor], max_epochs=4)
+    train, val = loaders()
+    trainer.fit(model, train, val, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    assert len(resumed_monitor.history) == 4
+    _history_close(resumed_monitor.history, full_history)
+    assert float(trainer.callback_metrics["topo/psf/pearson_val_acc"]) == pytest.approx(
+        float(full.callback_metrics["topo/psf/pearson_val_acc"]), rel=1e-5, nan_ok=True
+    )
+
+
+def test_state_dict_roundtrip_and_state_key():
+    a = PersistenceScoreMonitor(layers=[-1, 1], pooling="mean")
+    a.history = [{"epoch": 0, "scores": {"topo/psf": 0.1}, "monitor": 0.5}]
+    b = PersistenceScoreMonitor(layers=[-1, 1], pooling="mean")
+    b.load_state_dict(a.state_dict())
+    assert b.history == a.history and b.history is not a.history
+    assert a.state_key == b.state_key
+    assert a.state_key != PersistenceScoreMonitor(pooling="cls").state_key
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"every_n_epochs": 0}, "every_n_epochs"),
+        ({"split": "test"}, "split"),
+        ({"pooling": "max"}, "pooling"),
+        ({"scores": ("psf", "landscape")}, "scores"),
+        ({"homology_dims": (0, 2)}, "homology_dims"),
+        ({"max_points_per_class": 1}, "max_points_per_class"),
+        ({"layers": "last"}, "layers"),
+        ({"layers": []}, "layers"),
+        ({"preset": "paper"}, "preset"),
+        ({"max_batches": 0}, "max_batches"),
+    ],
+)
+def test_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        PersistenceScoreMonitor(**kwargs)
+
+
+def test_layer_out_of_range_raises(tmp_path, tiny_config):
+    with pytest.raises(ValueError, match="layers: index 5 is out of range .* 2 encoder layers"):
+        fit(tmp_path, tiny_config, monitor=PersistenceScoreMonitor(layers=5), max_epochs=1)
+
+
+def test_single_class_raises(tmp_path, tiny_config):
+    model = TinyClassifier(tiny_config)
+    trainer = make_trainer(tmp_path, [PersistenceScoreMonitor()], max_epochs=1)
+    train, _ = loaders()
+    val = DataLoader([d for d in make_dataset(24, seed=1) if int(d["labels"]) == 0], batch_size=8)
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        trainer.fit(model, train, val)
+
+
+def test_missing_monitor_against_warns(tmp_path, tiny_config):
+    monitor = PersistenceScoreMonitor(monitor_against="val/f1", plots=False)
+    with pytest.warns(UserWarning, match=r"monitor_against='val/f1'.*val/acc"):
+        trainer, _ = fit(tmp_path, tiny_config, monitor=monitor, max_epochs=3)
+    assert all(r["monitor"] is None for r in monitor.history)
+    assert "topo/psf/pearson_val_f1" not in trainer.callback_metrics
+
+
+def test_nan_hidden_states_warn_and_log_nan(tmp_path, tiny_config):
+    early = EarlyStopping(monitor="topo/psf", mode="min", check_finite=True)
+    with pytest.warns(UserWarning, match="NaN"):
+        trainer, monitor = fit(
+            tmp_path,
+            tiny_config,
+            monitor=PersistenceScoreMonitor(plots=False),
+            max_epochs=5,
+            model_kwargs={"nan_hidden": True},
+            extra_callbacks=[early],
+        )
+    assert math.isnan(float(trainer.callback_metrics["topo/psf"]))
+    assert trainer.current_epoch == 1 and early.stopped_epoch == 0  # stopped after the first epoch
+    assert trainer.should_stop
+
+
+def test_wandb_offline_run_holds_scalars_and_images(tmp_path, tiny_config, monkeypatch):
+    pytest.importorskip("wandb")
+    from lightning.pytorch.loggers import WandbLogger
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    logger = WandbLogger(save_dir=str(tmp_path), project="lightning-topo-test", offline=True)
+    try:
+        trainer, monitor = fit(tmp_path, tiny_config, max_epochs=3, logger=logger)
+        run_dir = Path(logger.experiment.dir).parent
+    finally:
+        import wandb
+
+        wandb.finish()
+    records = (next(run_dir.glob("run-*.wandb"))).read_bytes()
+    for key in ("topo/psf", "topo/psf/class_1", "topo/h0/total_persistence", "topo/h1/entropy",
+                "topo/psf/pearson_val_acc", "val/acc"):
+        assert key.encode() in records, key
+    images = sorted(p.name for p in (run_dir / "files" / "media" / "images").rglob("*.png"))
+    assert any(n.startswith("topo_psf_vs_epoch") for n in images)
+    assert any(n.startswith("topo_psf_vs_val_acc") for n in images)
+    assert any(n.startswith("diagrams") for n in images)
+    table = json.loads(next((run_dir / "files" / "media" / "table").rglob("*.table.json")).read_text())
+    col = table["columns"].index("topo/psf")
+    assert [row[col] for row in table["data"]] == pytest.approx([r["scores"]["topo/psf"] for r in monitor.history])
+    assert (tmp_path / "topo" / "topo_psf_vs_epoch.png").exists()
+
+
+# ------------------------------------------------------------------------------------- DDP
+
+
+class _RecordPSF(pl.Callback):
+    """Writes every rank's logged ``topo/psf`` of each epoch to a JSON file."""
+
+    def __init__(self, out_dir: str):
+        self.out_dir = out_dir
+
+    def on_validation_end(self, trainer, pl_module):
+        if trainer.sanity_checking:
+            return
+        path = Path(self.out_dir) / f"rank{trainer.global_rank}_epoch{trainer.current_epoch}.json"
+        path.write_text(json.dumps(float(trainer.callback_metrics["topo/psf"])))
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_match_one(tmp_path, tiny_config):
+    torch.distributed.is_available() or pytest.skip("torch.distributed not available")
+    out1, out2 = tmp_path / "one", tmp_path / "two"
+    out1.mkdir()
+    out2.mkdir()
+    # lr=0 keeps the weights equal in both runs; 24 validation examples split evenly over 2 ranks
+    # (no padding duplicates), each class below the cap so the same points are measured.
+    one = make_trainer(tmp_path / "r1", [PersistenceScoreMonitor(plots=False), _RecordPSF(str(out1))], max_epochs=1)
+    train, val = loaders()
+    one.fit(TinyClassifier(tiny_config, lr=0.0), train, val)
+    two = make_trainer(
+        tmp_path / "r2",
+        [PersistenceScoreMonitor(plots=False), _RecordPSF(str(out2))],
+        max_epochs=1,
+        devices=2,
+        strategy="ddp_spawn",
+    )
+    train, val = loaders()
+    two.fit(TinyClassifier(tiny_config, lr=0.0), train, val)
+    ref = json.loads((out1 / "rank0_epoch0.json").read_text())
+    got0 = json.loads((out2 / "rank0_epoch0.json").read_text())
+    got1 = json.loads((out2 / "rank1_epoch0.json").read_text())
+    assert got0 == got1  # every rank logs the same value
+    assert got0 == pytest.approx(ref, rel=1e-5)
