@@ -14,6 +14,7 @@ The callback only decides *when* to measure and *where* to log: the hidden state
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 from copy import deepcopy
 from pathlib import Path
@@ -173,6 +174,8 @@ class PersistenceScoreMonitor(Callback):
         self._last_diagrams: dict[int, list[Any]] | None = None
         self._last_layer: int | None = None
         self._warned_missing_monitor = False
+        #: Wall time of each measurement in this process: ``{"collect_s", "compute_s"}`` (not saved).
+        self.timings: list[dict[str, float]] = []
 
     # ------------------------------------------------------------------ Lightning plumbing
 
@@ -227,6 +230,7 @@ class PersistenceScoreMonitor(Callback):
         """
         settings = self.preset
         cap = settings.max_points_per_class if settings.sampling == "random" else None
+        start = time.perf_counter()
         reps = collect_representations(
             pl_module,
             dataloader,
@@ -236,7 +240,12 @@ class PersistenceScoreMonitor(Callback):
             max_batches=self.max_batches,
             seed=self.seed,
         )
-        return run_on_rank_zero_and_broadcast(lambda: self._compute(reps))
+        collected = time.perf_counter()
+        result = run_on_rank_zero_and_broadcast(lambda: self._compute(reps))
+        self.timings.append(
+            {"collect_s": collected - start, "compute_s": time.perf_counter() - collected}
+        )
+        return result
 
     def _compute(self, reps: Any) -> dict[str, Any]:
         primary = max(reps.layers)
