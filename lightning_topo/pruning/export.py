@@ -25,18 +25,18 @@ from lightning_topo.pruning.structured import layer_widths
 
 __all__ = ["register_auto_classes", "to_exportable", "save_compressed", "load_compressed"]
 
-_REGISTERED = False
+_REGISTERED: set[str] = set()
 
 
-def register_auto_classes() -> None:
+def register_auto_classes(*, config_only: bool = False) -> None:
     """Register ``pruned_bert`` with ``AutoConfig``/``AutoModel``/``AutoModelForSequenceClassification``.
 
-    Idempotent; called on ``import lightning_topo``.
+    Idempotent. ``import lightning_topo`` arranges for this to run as soon as transformers' Auto
+    classes are imported (see :mod:`lightning_topo.pruning._register`).
     """
-    global _REGISTERED
-    if _REGISTERED:
+    if "models" in _REGISTERED or (config_only and "config" in _REGISTERED):
         return
-    from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
+    from transformers.models.auto.configuration_auto import AutoConfig
 
     from lightning_topo.pruning.remote_code.pruned_bert import (
         PrunedBertConfig,
@@ -44,12 +44,18 @@ def register_auto_classes() -> None:
         PrunedBertModel,
     )
 
-    AutoConfig.register("pruned_bert", PrunedBertConfig, exist_ok=True)
+    if "config" not in _REGISTERED:
+        AutoConfig.register("pruned_bert", PrunedBertConfig, exist_ok=True)
+        _REGISTERED.add("config")
+    if config_only:
+        return
+    from transformers.models.auto.modeling_auto import AutoModel, AutoModelForSequenceClassification
+
     AutoModel.register(PrunedBertConfig, PrunedBertModel, exist_ok=True)
     AutoModelForSequenceClassification.register(
         PrunedBertConfig, PrunedBertForSequenceClassification, exist_ok=True
     )
-    _REGISTERED = True
+    _REGISTERED.add("models")
 
 
 def _is_uniform(model: nn.Module) -> bool:
@@ -106,7 +112,14 @@ def to_exportable(model: nn.Module) -> nn.Module:
             f"per-layer widths can be exported for BertForSequenceClassification or BertModel; got {type(model).__name__}"
         )
     cfg = config.to_dict()
-    for key in ("model_type", "architectures", "auto_map", "transformers_version", "intermediate_sizes", "num_heads_per_layer"):
+    for key in (
+        "model_type",
+        "architectures",
+        "auto_map",
+        "transformers_version",
+        "intermediate_sizes",
+        "num_heads_per_layer",
+    ):
         cfg.pop(key, None)
     head_size = layers[0].attention.self.attention_head_size
     cfg["num_attention_heads"] = layers[0].attention.self.query.in_features // head_size
@@ -117,8 +130,12 @@ def to_exportable(model: nn.Module) -> nn.Module:
     missing, unexpected = new.load_state_dict(model.state_dict(), strict=False)
     real_missing = [k for k in missing if not k.endswith("position_ids") and not k.endswith("token_type_ids")]
     if real_missing or unexpected:
-        raise RuntimeError(f"could not move weights into {cls.__name__}: missing {real_missing}, unexpected {unexpected}")
-    cls.register_for_auto_class("AutoModelForSequenceClassification" if cls is PrunedBertForSequenceClassification else "AutoModel")
+        raise RuntimeError(
+            f"could not move weights into {cls.__name__}: missing {real_missing}, unexpected {unexpected}"
+        )
+    cls.register_for_auto_class(
+        "AutoModelForSequenceClassification" if cls is PrunedBertForSequenceClassification else "AutoModel"
+    )
     PrunedBertConfig.register_for_auto_class()
     return new.to(next(model.parameters()).device).train(model.training)
 

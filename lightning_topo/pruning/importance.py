@@ -193,7 +193,9 @@ def collect_unit_outputs(
         def hook(_mod, _inp, out):
             ctx = out[0] if isinstance(out, tuple) else out
             sel = ctx[current["mask"]].detach().float().cpu()
-            current["heads", i] = sel.reshape(sel.shape[0], attn.num_attention_heads, attn.attention_head_size)
+            current["heads", i] = sel.reshape(
+                sel.shape[0], attn.num_attention_heads, attn.attention_head_size
+            )
 
         return hook
 
@@ -316,7 +318,9 @@ def _elder_radii(edges: Tensor, lengths: Tensor, energy: Tensor) -> Tensor:
     r = torch.cummax(a, dim=1).values  # r[i, j] = max(reach[i+1..j]) for j > i
     coph = torch.where(upper, r, r.T)  # symmetric minimax distances, Prim positions
     e = energy.detach().cpu().double()[order]
-    beats = (e.unsqueeze(0) > e.unsqueeze(1)) | ((e.unsqueeze(0) == e.unsqueeze(1)) & (order.unsqueeze(0) < order.unsqueeze(1)))
+    beats = (e.unsqueeze(0) > e.unsqueeze(1)) | (
+        (e.unsqueeze(0) == e.unsqueeze(1)) & (order.unsqueeze(0) < order.unsqueeze(1))
+    )
     radius_pos = torch.where(beats, coph, torch.full((), math.inf, dtype=torch.float64)).min(dim=1).values
     out = torch.empty(m, dtype=torch.float64)
     out[order] = radius_pos
@@ -522,7 +526,11 @@ def compute_importance(
             if method == "magnitude":
                 s = _magnitude(layer, kind)
             elif method == "random":
-                n = layer.intermediate.dense.out_features if kind == "ffn" else layer.attention.self.num_attention_heads
+                n = (
+                    layer.intermediate.dense.out_features
+                    if kind == "ffn"
+                    else layer.attention.self.num_attention_heads
+                )
                 s = torch.rand(n, generator=gen, dtype=torch.float64)
             else:
                 data = (outputs.ffn if kind == "ffn" else outputs.heads)[i]  # type: ignore[union-attr,index]
@@ -532,7 +540,11 @@ def compute_importance(
                 elif method == "topological-redundancy":
                     s = redundancy_scores(data.T if kind == "ffn" else data.permute(1, 0, 2))
                 else:  # topological-1d
-                    s = distribution_scores(data, stat=stat) if kind == "ffn" else cloud_h0_scores(data, stat=stat)
+                    s = (
+                        distribution_scores(data, stat=stat)
+                        if kind == "ffn"
+                        else cloud_h0_scores(data, stat=stat)
+                    )
             per_layer.append(s)
         result[kind] = per_layer
     info = {"stat": stat, "seed": seed, "num_positions": None if outputs is None else outputs.num_positions}

@@ -77,7 +77,10 @@ def _unit_costs(layer: nn.Module) -> tuple[int, int]:
     attn = layer.attention.self
     d = attn.attention_head_size
     hidden = attn.query.in_features
-    head = 3 * (d * hidden + (d if attn.query.bias is not None else 0)) + d * layer.attention.output.dense.out_features
+    head = (
+        3 * (d * hidden + (d if attn.query.bias is not None else 0))
+        + d * layer.attention.output.dense.out_features
+    )
     inter = layer.intermediate.dense
     ffn = inter.in_features + (1 if inter.bias is not None else 0) + layer.output.dense.out_features
     return head, ffn
@@ -128,7 +131,9 @@ def plan_keep_masks(
         )
     for kind in units:
         if table.scores(kind) is None:
-            raise ValueError(f"the importance table has no {kind!r} scores; compute them with units including {kind!r}")
+            raise ValueError(
+                f"the importance table has no {kind!r} scores; compute them with units including {kind!r}"
+            )
     layers = encoder_layers(model)
     widths = layer_widths(model)
     n_layers = len(layers)
@@ -144,7 +149,7 @@ def plan_keep_masks(
             kind: [max(floor, n - math.floor(quantile * n)) for n in widths[kind]]
             for kind, floor in (("heads", min_heads), ("ffn", min_ffn))
         }
-        counts = {k: [min(c, n) for c, n in zip(counts[k], widths[k])] for k in counts}
+        counts = {k: [min(c, n) for c, n in zip(counts[k], widths[k], strict=True)] for k in counts}
     else:
         if ratio is None or not (0.0 < float(ratio) <= 1.0) or isinstance(ratio, bool):
             raise ValueError(f"ratio (fraction of encoder parameters kept) must be in (0, 1]; got {ratio!r}")
@@ -234,12 +239,13 @@ def apply_keep_masks(model: nn.Module, masks: KeepMasks) -> nn.Module:
     ffn_idx = heads_idx = None
     if masks.ffn is not None:
         ffn_idx = [
-            _indices(m, layer.intermediate.dense.out_features, "ffn", i) for i, (m, layer) in enumerate(zip(masks.ffn, layers))
+            _indices(m, layer.intermediate.dense.out_features, "ffn", i)
+            for i, (m, layer) in enumerate(zip(masks.ffn, layers, strict=True))
         ]
     if masks.heads is not None:
         heads_idx = [
             _indices(m, layer.attention.self.num_attention_heads, "heads", i)
-            for i, (m, layer) in enumerate(zip(masks.heads, layers))
+            for i, (m, layer) in enumerate(zip(masks.heads, layers, strict=True))
         ]
     for i, layer in enumerate(layers):
         if ffn_idx is not None and ffn_idx[i].numel() < layer.intermediate.dense.out_features:
@@ -295,7 +301,8 @@ def mask_units(model: nn.Module, masks: KeepMasks) -> nn.Module:
         if masks.heads is not None:
             attn = layer.attention.self
             drop = ~torch.as_tensor(masks.heads[i], dtype=torch.bool)
-            cols = drop.repeat_interleave(attn.attention_head_size).to(layer.attention.output.dense.weight.device)
+            cols = drop.repeat_interleave(attn.attention_head_size).to(
+                layer.attention.output.dense.weight.device
+            )
             layer.attention.output.dense.weight[:, cols] = 0
     return model
-

@@ -153,7 +153,9 @@ def test_collect_unit_outputs_hooks_and_mask(tiny_classifier, tiny_batch):
     assert torch.equal(capped.ffn[0], again.ffn[0])
     # FFN outputs are after the activation: they equal GELU(intermediate.dense(x)) on real tokens
     with torch.no_grad():
-        hs = tiny_classifier(**{k: tiny_batch[k] for k in ("input_ids", "attention_mask")}, output_hidden_states=True)
+        hs = tiny_classifier(
+            **{k: tiny_batch[k] for k in ("input_ids", "attention_mask")}, output_hidden_states=True
+        )
     assert hs is not None
 
 
@@ -187,7 +189,7 @@ def test_all_methods_shapes_and_table_io(method, tiny_classifier, tiny_batch, tm
 def test_random_is_seeded(tiny_classifier):
     a = compute_importance(tiny_classifier, method="random", seed=3)
     b = compute_importance(tiny_classifier, method="random", seed=3)
-    assert all(torch.equal(x, y) for x, y in zip(a.ffn, b.ffn))
+    assert all(torch.equal(x, y) for x, y in zip(a.ffn, b.ffn, strict=True))
 
 
 def test_bad_inputs(tiny_classifier, tiny_batch):

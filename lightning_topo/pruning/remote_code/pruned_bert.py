@@ -60,7 +60,9 @@ class PrunedBertConfig(BertConfig):
 def _resize_encoder(bert: BertModel, config: PrunedBertConfig) -> None:
     hidden = config.hidden_size
     head_size = hidden // config.num_attention_heads
-    for layer, width, heads in zip(bert.encoder.layer, config.intermediate_sizes, config.num_heads_per_layer):
+    for layer, width, heads in zip(
+        bert.encoder.layer, config.intermediate_sizes, config.num_heads_per_layer, strict=True
+    ):
         if width != layer.intermediate.dense.out_features:
             layer.intermediate.dense = nn.Linear(hidden, width)
             layer.output.dense = nn.Linear(width, hidden)

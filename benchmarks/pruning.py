@@ -1,0 +1,460 @@
+"""Benchmark: topology-guided structured pruning of the embedded MiniLM on the embedded data.
+
+Protocol (all on CPU, ``torch.set_num_threads(--threads)``, seed 0):
+
+1. **Base model** (cached in ``outputs/pruning_bench/base``): the embedded all-MiniLM-L6-v2 with a
+   fresh linear classifier (``BertForSequenceClassification``), fine-tuned for ``--base-epochs``
+   epochs on the embedded train split (8,455 sentences, max length 64, batch 32, AdamW lr 5e-5,
+   linear decay, no warmup).
+2. **Calibration**: ``--calib-sentences`` train sentences (seeded), at most ``--max-positions``
+   token positions.
+3. For every encoder-parameter ratio and method: prune a fresh copy of the base model with
+   :func:`lightning_topo.pruning.prune_model` (FFN units and heads, uniform per-layer allocation),
+   evaluate on the validation split (1,057 sentences), recover for one epoch on
+   ``--recover-sentences`` train sentences (seeded subset, same optimiser), evaluate again,
+   save with :func:`save_compressed`, reload with ``AutoModelForSequenceClassification`` and
+   check logits, and time CPU inference (batch 32, length 64, ``--timing-reps`` repetitions,
+   median) against the unpruned base model timed in the same run.
+4. Optional external reference: Torch-Pruning 1.6.1 ``MetaPruner`` with
+   ``MagnitudeImportance(p=2)``, ``prune_num_heads=True``, hidden size kept, at the same ratios.
+
+Writes ``benchmarks/results/pruning.json`` (merged with what is already there) and prints a table.
+
+    python benchmarks/pruning.py --stage base          # fine-tune and cache the base model
+    python benchmarks/pruning.py --stage grid          # the pruning grid (resumes per cell)
+    python benchmarks/pruning.py --stage torch-pruning # external reference
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import gzip
+import json
+import math
+import os
+import platform
+import random
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "outputs" / "pruning_bench"
+RESULTS = ROOT / "benchmarks" / "results" / "pruning.json"
+MAX_LEN = 64
+BATCH = 32
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def load_split(split: str) -> tuple[list[str], list[int]]:
+    from lightning_topo.data import rotten_tomatoes_path
+
+    texts, labels = [], []
+    with gzip.open(rotten_tomatoes_path(), "rt", encoding="utf-8") as fh:
+        for row in csv.DictReader(fh, delimiter="\t", quoting=csv.QUOTE_NONE):
+            if row["split"] == split:
+                texts.append(row["text"])
+                labels.append(int(row["label"]))
+    return texts, labels
+
+
+def batches(tokenizer, texts, labels, *, shuffle=False, seed=0, batch_size=BATCH):
+    idx = list(range(len(texts)))
+    if shuffle:
+        random.Random(seed).shuffle(idx)
+    for s in range(0, len(idx), batch_size):
+        part = idx[s : s + batch_size]
+        enc = tokenizer(
+            [texts[i] for i in part], padding=True, truncation=True, max_length=MAX_LEN, return_tensors="pt"
+        )
+        batch = dict(enc)
+        batch["labels"] = torch.tensor([labels[i] for i in part])
+        yield batch
+
+
+def subset(texts, labels, n, seed):
+    from lightning_topo.data import stratified_subset
+
+    idx = stratified_subset(labels, n, seed=seed)
+    return [texts[i] for i in idx], [labels[i] for i in idx]
+
+
+# ----------------------------------------------------------------------------- train / eval
+
+
+def train_epochs(model, tokenizer, texts, labels, *, epochs=1, lr=5e-5, seed=0, log_every=50):
+    torch.manual_seed(seed)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    steps = epochs * math.ceil(len(texts) / BATCH)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1 - s / steps))
+    step = 0
+    t0 = time.perf_counter()
+    for ep in range(epochs):
+        for batch in batches(tokenizer, texts, labels, shuffle=True, seed=seed + ep):
+            out = model(**batch)
+            out.loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+            if log_every and step % log_every == 0:
+                print(
+                    f"  step {step}/{steps} loss {out.loss.item():.4f} ({time.perf_counter() - t0:.0f}s)",
+                    flush=True,
+                )
+    model.eval()
+    return time.perf_counter() - t0
+
+
+@torch.no_grad()
+def evaluate(model, tokenizer, texts, labels) -> float:
+    model.eval()
+    correct = 0
+    for batch in batches(tokenizer, texts, labels, batch_size=64):
+        y = batch.pop("labels")
+        correct += int((model(**batch).logits.argmax(-1) == y).sum())
+    return correct / len(texts)
+
+
+@torch.no_grad()
+def throughput(model, reps: int = 20, seed: int = 0) -> float:
+    """Sequences per second at batch 32, length 64 (median over ``reps`` timed batches)."""
+    model.eval()
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1000, 20000, (BATCH, MAX_LEN), generator=g)
+    mask = torch.ones_like(ids)
+    for _ in range(3):
+        model(input_ids=ids, attention_mask=mask)
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        model(input_ids=ids, attention_mask=mask)
+        times.append(time.perf_counter() - t)
+    return BATCH / statistics.median(times)
+
+
+def dir_mb(path: Path) -> float:
+    return sum(p.stat().st_size for p in Path(path).glob("*.safetensors")) / 2**20
+
+
+# ----------------------------------------------------------------------------- stages
+
+
+def load_base(tokenizer_only=False):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    path = OUT / "base"
+    if not (path / "config.json").exists():
+        raise SystemExit(f"no base model at {path}; run: python benchmarks/pruning.py --stage base")
+    tok = AutoTokenizer.from_pretrained(path)
+    if tokenizer_only:
+        return tok
+    return AutoModelForSequenceClassification.from_pretrained(path).eval(), tok
+
+
+def stage_base(args) -> None:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from lightning_topo.models.embedded import embedded_model_path
+
+    src = embedded_model_path()
+    tok = AutoTokenizer.from_pretrained(src)
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(src, num_labels=2)
+    tr_x, tr_y = load_split("train")
+    va_x, va_y = load_split("val")
+    secs = train_epochs(model, tok, tr_x, tr_y, epochs=args.base_epochs, lr=5e-5, seed=0)
+    acc = evaluate(model, tok, va_x, va_y)
+    print(f"base: val acc {acc:.4f} after {args.base_epochs} epoch(s), {secs:.0f}s")
+    tmp = OUT / "base.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    (tmp / "bench_meta.json").write_text(
+        json.dumps({"val_acc": acc, "epochs": args.base_epochs, "train_s": secs})
+    )
+    shutil.rmtree(OUT / "base", ignore_errors=True)
+    tmp.rename(OUT / "base")
+
+
+def _results() -> dict:
+    if RESULTS.exists():
+        return json.loads(RESULTS.read_text())
+    return {"cells": {}}
+
+
+def _write_results(res: dict) -> None:
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    tmp = RESULTS.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(res, indent=2, sort_keys=True))
+    tmp.replace(RESULTS)
+
+
+def encoder_params(model) -> int:
+    from lightning_topo.pruning.structured import count_encoder_parameters
+
+    return count_encoder_parameters(model)
+
+
+def stage_grid(args) -> None:
+    from transformers import AutoModelForSequenceClassification
+
+    from lightning_topo.pruning import load_compressed, prune_model, save_compressed
+
+    base, tok = load_base()
+    base_meta = json.loads((OUT / "base" / "bench_meta.json").read_text())
+    va_x, va_y = load_split("val")
+    tr_x, tr_y = load_split("train")
+    cal_x, cal_y = subset(tr_x, tr_y, args.calib_sentences, seed=1)
+    rec_x, rec_y = subset(tr_x, tr_y, args.recover_sentences, seed=2)
+    calib = list(batches(tok, cal_x, cal_y))
+    res = _results()
+    res["machine"] = {
+        "platform": platform.platform(),
+        "processor": platform.processor(),
+        "torch_threads": torch.get_num_threads(),
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+    }
+    res["protocol"] = {
+        "base_epochs": base_meta["epochs"],
+        "calib_sentences": args.calib_sentences,
+        "max_positions": args.max_positions,
+        "recover_sentences": args.recover_sentences,
+        "recover_epochs": 1,
+        "val_sentences": len(va_x),
+        "max_len": MAX_LEN,
+        "batch": BATCH,
+        "allocation": "uniform per layer (same head count and FFN width in every layer)",
+    }
+    base_tp = throughput(base, reps=args.timing_reps)
+    base_params = encoder_params(base)
+    res["base"] = {
+        "val_acc": base_meta["val_acc"],
+        "encoder_params": base_params,
+        "total_params": sum(p.numel() for p in base.parameters()),
+        "throughput_seq_s": base_tp,
+        "checkpoint_mb": dir_mb(OUT / "base"),
+    }
+    _write_results(res)
+    print(
+        f"base: acc {base_meta['val_acc']:.4f} enc params {base_params} throughput {base_tp:.1f} seq/s",
+        flush=True,
+    )
+    for ratio in args.ratios:
+        for method in args.methods:
+            key = f"{method}@{ratio}"
+            if key in res["cells"] and not args.redo:
+                print(f"skip {key} (done)")
+                continue
+            t0 = time.perf_counter()
+            model = AutoModelForSequenceClassification.from_pretrained(OUT / "base").eval()
+            prune_model(model, calib, method=method, ratio=ratio, max_positions=args.max_positions, seed=0)
+            prune_s = time.perf_counter() - t0
+            acc0 = evaluate(model, tok, va_x, va_y)
+            rec_s = train_epochs(model, tok, rec_x, rec_y, epochs=1, lr=args.recover_lr, seed=0, log_every=0)
+            acc1 = evaluate(model, tok, va_x, va_y)
+            folder = OUT / "pruned" / key.replace("@", "_")
+            save_compressed(model, folder, tokenizer=tok, overwrite=True)
+            reloaded = load_compressed(folder).eval()
+            b = next(batches(tok, va_x[:16], va_y[:16]))
+            b.pop("labels")
+            with torch.no_grad():
+                diff = float((reloaded(**b).logits - model(**b).logits).abs().max())
+            tp = throughput(reloaded, reps=args.timing_reps)
+            p = encoder_params(reloaded)
+            cell = {
+                "method": method,
+                "target_ratio": ratio,
+                "encoder_params": p,
+                "encoder_ratio": p / base_params,
+                "total_params": sum(q.numel() for q in reloaded.parameters()),
+                "val_acc_before_recovery": acc0,
+                "val_acc_after_recovery": acc1,
+                "acc_drop_points": 100 * (base_meta["val_acc"] - acc1),
+                "checkpoint_mb": dir_mb(folder),
+                "throughput_seq_s": tp,
+                "speedup": tp / base_tp,
+                "reload_max_abs_logit_diff": diff,
+                "config_class": type(reloaded.config).__name__,
+                "heads_per_layer": [
+                    layer.attention.self.num_attention_heads for layer in reloaded.bert.encoder.layer
+                ],
+                "ffn_per_layer": [
+                    layer.intermediate.dense.out_features for layer in reloaded.bert.encoder.layer
+                ],
+                "prune_s": prune_s,
+                "recover_s": rec_s,
+            }
+            res = _results()
+            res["cells"][key] = cell
+            _write_results(res)
+            print(
+                f"{key:28s} enc {cell['encoder_ratio']:.3f} acc {acc0:.4f} -> {acc1:.4f} "
+                f"speedup {cell['speedup']:.2f}x ckpt {cell['checkpoint_mb']:.1f}MB "
+                f"(prune {prune_s:.0f}s, recover {rec_s:.0f}s)",
+                flush=True,
+            )
+
+
+def stage_torch_pruning(args) -> None:
+    try:
+        import torch_pruning as tp
+    except ImportError as err:
+        raise SystemExit("pip install 'lightning-topo[bench]' (torch-pruning==1.6.1)") from err
+    from transformers import AutoModelForSequenceClassification
+    from transformers.models.bert.modeling_bert import BertSelfAttention
+
+    base, tok = load_base()
+    base_meta = json.loads((OUT / "base" / "bench_meta.json").read_text())
+    va_x, va_y = load_split("val")
+    tr_x, tr_y = load_split("train")
+    rec_x, rec_y = subset(tr_x, tr_y, args.recover_sentences, seed=2)
+    res = _results()
+    base_tp = throughput(base, reps=args.timing_reps)
+    base_params = encoder_params(base)
+    for ratio in args.ratios:
+        key = f"torch-pruning-magnitude@{ratio}"
+        if key in res.get("cells", {}) and not args.redo:
+            continue
+        model = AutoModelForSequenceClassification.from_pretrained(OUT / "base").eval()
+        example = next(batches(tok, va_x[:2], va_y[:2]))
+        example.pop("labels")
+        num_heads = {}
+        for m in model.modules():
+            if isinstance(m, BertSelfAttention):
+                num_heads[m.query] = m.num_attention_heads
+                num_heads[m.key] = m.num_attention_heads
+                num_heads[m.value] = m.num_attention_heads
+        ignored = [model.classifier, model.bert.pooler, model.bert.embeddings]
+        # Torch-Pruning's pruning_ratio is the fraction of channels removed per group; search the
+        # ratio that lands at the same encoder budget.
+        lo, hi = 0.0, 1.0
+        best = None
+        for _ in range(8):
+            mid = (lo + hi) / 2
+            trial = AutoModelForSequenceClassification.from_pretrained(OUT / "base").eval()
+            nh = {}
+            for m in trial.modules():
+                if isinstance(m, BertSelfAttention):
+                    for lin in (m.query, m.key, m.value):
+                        nh[lin] = m.num_attention_heads
+            pruner = tp.pruner.MetaPruner(
+                trial,
+                example,
+                importance=tp.importance.MagnitudeImportance(p=2),
+                pruning_ratio=mid,
+                ignored_layers=[trial.classifier, trial.bert.pooler, trial.bert.embeddings]
+                + [ln for m in trial.modules() for ln in [getattr(m, "LayerNorm", None)] if ln is not None],
+                num_heads=nh,
+                prune_head_dims=False,
+                prune_num_heads=True,
+                head_pruning_ratio=mid,
+            )
+            pruner.step()
+            for m in trial.modules():
+                if isinstance(m, BertSelfAttention) and m in [mm for mm in trial.modules()]:
+                    m.num_attention_heads = nh[m.query]
+                    m.all_head_size = m.query.out_features
+            r = encoder_params(trial) / base_params
+            if r > ratio:
+                lo = mid
+            else:
+                hi = mid
+                best = (mid, trial, r)
+        del ignored, num_heads, model
+        if best is None:
+            continue
+        mid, model, r = best
+        acc0 = evaluate(model, tok, va_x, va_y)
+        train_epochs(model, tok, rec_x, rec_y, epochs=1, lr=args.recover_lr, seed=0, log_every=0)
+        acc1 = evaluate(model, tok, va_x, va_y)
+        tpv = throughput(model, reps=args.timing_reps)
+        cell = {
+            "method": "torch-pruning-magnitude",
+            "target_ratio": ratio,
+            "tp_pruning_ratio": mid,
+            "encoder_params": encoder_params(model),
+            "encoder_ratio": r,
+            "val_acc_before_recovery": acc0,
+            "val_acc_after_recovery": acc1,
+            "acc_drop_points": 100 * (base_meta["val_acc"] - acc1),
+            "throughput_seq_s": tpv,
+            "speedup": tpv / base_tp,
+            "checkpoint_mb": None,
+            "reloadable_from_pretrained": False,
+            "heads_per_layer": [
+                layer.attention.self.num_attention_heads for layer in model.bert.encoder.layer
+            ],
+            "ffn_per_layer": [layer.intermediate.dense.out_features for layer in model.bert.encoder.layer],
+        }
+        res = _results()
+        res.setdefault("cells", {})[key] = cell
+        _write_results(res)
+        print(
+            f"{key:28s} enc {r:.3f} acc {acc0:.4f} -> {acc1:.4f} speedup {cell['speedup']:.2f}x", flush=True
+        )
+
+
+def print_table() -> None:
+    res = _results()
+    base = res.get("base", {})
+    print(f"base: val acc {base.get('val_acc')}, throughput {base.get('throughput_seq_s')}")
+    print(
+        "| method | target | enc. params kept | val acc (pruned) | val acc (+1 recovery epoch) | drop (pts) | ckpt MB | speedup |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for _key, c in sorted(
+        res.get("cells", {}).items(), key=lambda kv: (-kv[1]["target_ratio"], kv[1]["method"])
+    ):
+        mb = "n/a" if c.get("checkpoint_mb") is None else f"{c['checkpoint_mb']:.1f}"
+        print(
+            f"| {c['method']} | {c['target_ratio']} | {c['encoder_ratio']:.3f} | {c['val_acc_before_recovery']:.4f} | "
+            f"{c['val_acc_after_recovery']:.4f} | {c['acc_drop_points']:+.2f} | {mb} | {c['speedup']:.2f}x |"
+        )
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--stage", choices=["base", "grid", "torch-pruning", "table"], default="grid")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--base-epochs", type=int, default=1)
+    p.add_argument("--ratios", type=float, nargs="+", default=[0.6, 0.4, 0.8])
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        default=["topological-1d", "topological-redundancy", "magnitude", "activation", "random"],
+    )
+    p.add_argument("--calib-sentences", type=int, default=256)
+    p.add_argument("--max-positions", type=int, default=2048)
+    p.add_argument("--recover-sentences", type=int, default=2000)
+    p.add_argument("--recover-lr", type=float, default=5e-5)
+    p.add_argument("--timing-reps", type=int, default=15)
+    p.add_argument("--redo", action="store_true")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    OUT.mkdir(parents=True, exist_ok=True)
+    if args.stage == "base":
+        stage_base(args)
+    elif args.stage == "grid":
+        stage_grid(args)
+    elif args.stage == "torch-pruning":
+        stage_torch_pruning(args)
+    print_table()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
