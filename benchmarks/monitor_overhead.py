@@ -143,13 +143,19 @@ def main(argv: list[str] | None = None) -> int:
     if "fit" in result:
         f = result["fit"]
         print(f"| fit | quickstart, no monitor | {f['baseline']['fit_s']:.1f} | |")
-        print(f"| fit | quickstart, with monitor | {f['monitored']['fit_s']:.1f} | "
-              f"{100 * f['overhead_wall_share']:+.1f}% (wall difference) |")
-        print(f"| fit | monitor's own time (collect {f['monitored']['monitor_collect_s']:.1f} s + "
-              f"scores {f['monitored']['monitor_compute_s']:.1f} s) | {f['monitored']['monitor_s']:.1f} | "
-              f"{100 * f['overhead_measured_share']:.1f}% of the monitored fit |")
+        print(
+            f"| fit | quickstart, with monitor | {f['monitored']['fit_s']:.1f} | "
+            f"{100 * f['overhead_wall_share']:+.1f}% (wall difference) |"
+        )
+        print(
+            f"| fit | monitor's own time (collect {f['monitored']['monitor_collect_s']:.1f} s + "
+            f"scores {f['monitored']['monitor_compute_s']:.1f} s) | {f['monitored']['monitor_s']:.1f} | "
+            f"{100 * f['overhead_measured_share']:.1f}% of the monitored fit |"
+        )
     for row in result.get("scores", []):
-        print(f"| scores | d={row['hidden']}, 2 x {row['points_per_class']} points | {row['seconds']:.2f} | |")
+        print(
+            f"| scores | d={row['hidden']}, 2 x {row['points_per_class']} points | {row['seconds']:.2f} | |"
+        )
     print(f"\nwrote {RESULTS.relative_to(ROOT)}")
     return 0
 

@@ -245,7 +245,9 @@ def sample_per_class(
             else:  # kde
                 pick = torch.randint(0, n_c, (k,), generator=gen)
                 noise = torch.randn(k, points.shape[1], generator=gen, dtype=torch.float64)
-                sel = points[idx[pick].to(points.device)] + (bandwidth * noise).to(points.device, points.dtype)
+                sel = points[idx[pick].to(points.device)] + (bandwidth * noise).to(
+                    points.device, points.dtype
+                )
         else:
             sel = points[idx.to(points.device)]
         out_points.append(sel)

@@ -61,9 +61,7 @@ def plot_score_vs_epoch(
     return _save(fig, path)
 
 
-def plot_score_vs_monitor(
-    history: Sequence[Mapping[str, Any]], score: str, monitor: str, path: Path
-) -> Path:
+def plot_score_vs_monitor(history: Sequence[Mapping[str, Any]], score: str, monitor: str, path: Path) -> Path:
     """Scatter of ``score`` against the monitored metric, one point per epoch (labelled)."""
     fig = _new_figure(5.0, 4.0)
     ax = fig.add_subplot(1, 1, 1)
@@ -90,7 +88,9 @@ def plot_class_diagrams(diagrams: Mapping[int, Sequence[np.ndarray]], title: str
         for k, dgm in enumerate(dgms):
             dgm = np.asarray(dgm, dtype=float).reshape(-1, 2)
             if dgm.size:
-                ax.scatter(dgm[:, 0], dgm[:, 1], s=8, alpha=0.7, color=colours[k % 3], label=f"H{k} ({len(dgm)})")
+                ax.scatter(
+                    dgm[:, 0], dgm[:, 1], s=8, alpha=0.7, color=colours[k % 3], label=f"H{k} ({len(dgm)})"
+                )
                 top = max(top, float(dgm.max()))
         top = top * 1.05 or 1.0
         ax.plot([0, top], [0, top], "k--", lw=0.8)
@@ -104,7 +104,9 @@ def plot_class_diagrams(diagrams: Mapping[int, Sequence[np.ndarray]], title: str
     return _save(fig, path)
 
 
-def history_table(history: Sequence[Mapping[str, Any]], monitor: str | None) -> tuple[list[str], list[list[Any]]]:
+def history_table(
+    history: Sequence[Mapping[str, Any]], monitor: str | None
+) -> tuple[list[str], list[list[Any]]]:
     """Columns and rows (one per recorded epoch) of the score history."""
     names: list[str] = []
     for record in history:

@@ -242,9 +242,7 @@ class PersistenceScoreMonitor(Callback):
         )
         collected = time.perf_counter()
         result = run_on_rank_zero_and_broadcast(lambda: self._compute(reps))
-        self.timings.append(
-            {"collect_s": collected - start, "compute_s": time.perf_counter() - collected}
-        )
+        self.timings.append({"collect_s": collected - start, "compute_s": time.perf_counter() - collected})
         return result
 
     def _compute(self, reps: Any) -> dict[str, Any]:
@@ -314,7 +312,11 @@ class PersistenceScoreMonitor(Callback):
                 on_epoch=True,
                 sync_dist=True,
             )
-        self._pending = {"epoch": int(trainer.current_epoch), "scores": dict(result["scores"]), "monitor": None}
+        self._pending = {
+            "epoch": int(trainer.current_epoch),
+            "scores": dict(result["scores"]),
+            "monitor": None,
+        }
         if result["diagrams"] is not None:
             self._last_diagrams = result["diagrams"]
             self._last_layer = result["layer"]
@@ -328,7 +330,9 @@ class PersistenceScoreMonitor(Callback):
             if value is None:
                 if not self._warned_missing_monitor:
                     self._warned_missing_monitor = True
-                    available = sorted(k for k in trainer.callback_metrics if not k.startswith(self.log_prefix))
+                    available = sorted(
+                        k for k in trainer.callback_metrics if not k.startswith(self.log_prefix)
+                    )
                     rank_zero_warn(
                         f"PersistenceScoreMonitor(monitor_against={self.monitor_against!r}): that metric "
                         f"was not logged; available metrics: {available}. Set monitor_against to one of "
@@ -370,7 +374,9 @@ class PersistenceScoreMonitor(Callback):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         correlations, self._pending_correlations = self._pending_correlations, {}
         for name, value in correlations.items():
-            pl_module.log(name, value, logger=bool(trainer.loggers), on_step=False, on_epoch=True, sync_dist=False)
+            pl_module.log(
+                name, value, logger=bool(trainer.loggers), on_step=False, on_epoch=True, sync_dist=False
+            )
 
     # ------------------------------------------------------------------ figures
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -90,7 +89,9 @@ def make_trainer(tmp_path, callbacks, max_epochs=3, logger=None, **kwargs):
     )
 
 
-def fit(tmp_path, config, monitor=None, max_epochs=3, model_kwargs=None, extra_callbacks=(), **trainer_kwargs):
+def fit(
+    tmp_path, config, monitor=None, max_epochs=3, model_kwargs=None, extra_callbacks=(), **trainer_kwargs
+):
     monitor = monitor or PersistenceScoreMonitor(max_points_per_class=64)
     model = TinyClassifier(config, **(model_kwargs or {}))
     trainer = make_trainer(tmp_path, [monitor, *extra_callbacks], max_epochs=max_epochs, **trainer_kwargs)
@@ -166,7 +167,12 @@ def test_early_stopping_on_psf_stops(tmp_path, tiny_config):
     early = EarlyStopping(monitor="topo/psf", mode="min", patience=2)
     monitor = PersistenceScoreMonitor(plots=False)
     trainer, _ = fit(
-        tmp_path, tiny_config, monitor=monitor, max_epochs=20, model_kwargs={"lr": 0.0}, extra_callbacks=[early]
+        tmp_path,
+        tiny_config,
+        monitor=monitor,
+        max_epochs=20,
+        model_kwargs={"lr": 0.0},
+        extra_callbacks=[early],
     )
     assert trainer.current_epoch < 20
     assert early.stopped_epoch > 0
@@ -176,7 +182,13 @@ def test_early_stopping_on_psf_stops(tmp_path, tiny_config):
 
 def test_model_checkpoint_can_monitor_psf(tmp_path, tiny_config):
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="topo/psf", mode="max", save_top_k=1)
-    fit(tmp_path, tiny_config, monitor=PersistenceScoreMonitor(plots=False), max_epochs=2, extra_callbacks=[ckpt])
+    fit(
+        tmp_path,
+        tiny_config,
+        monitor=PersistenceScoreMonitor(plots=False),
+        max_epochs=2,
+        extra_callbacks=[ckpt],
+    )
     assert ckpt.best_model_path and ckpt.best_model_score is not None
 
 
@@ -195,7 +207,13 @@ def test_resume_continues_history(tmp_path, tiny_config):
     full_history = full.callbacks[0].history
     # 2 epochs, then resume for 2 more
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_top_k=0)
-    fit(tmp_path / "a", tiny_config, monitor=PersistenceScoreMonitor(plots=False), max_epochs=2, extra_callbacks=[ckpt])
+    fit(
+        tmp_path / "a",
+        tiny_config,
+        monitor=PersistenceScoreMonitor(plots=False),
+        max_epochs=2,
+        extra_callbacks=[ckpt],
+    )
     state = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)["callbacks"]
     assert any(len(v.get("history", [])) == 2 for v in state.values())
     resumed_monitor = PersistenceScoreMonitor(plots=False)
@@ -293,8 +311,14 @@ def test_wandb_offline_run_holds_scalars_and_images(tmp_path, tiny_config, monke
 
         wandb.finish()
     records = (next(run_dir.glob("run-*.wandb"))).read_bytes()
-    for key in ("topo/psf", "topo/psf/class_1", "topo/h0/total_persistence", "topo/h1/entropy",
-                "topo/psf/pearson_val_acc", "val/acc"):
+    for key in (
+        "topo/psf",
+        "topo/psf/class_1",
+        "topo/h0/total_persistence",
+        "topo/h1/entropy",
+        "topo/psf/pearson_val_acc",
+        "val/acc",
+    ):
         assert key.encode() in records, key
     images = sorted(p.name for p in (run_dir / "files" / "media" / "images").rglob("*.png"))
     assert any(n.startswith("topo_psf_vs_epoch") for n in images)
@@ -302,7 +326,9 @@ def test_wandb_offline_run_holds_scalars_and_images(tmp_path, tiny_config, monke
     assert any(n.startswith("diagrams") for n in images)
     table = json.loads(next((run_dir / "files" / "media" / "table").rglob("*.table.json")).read_text())
     col = table["columns"].index("topo/psf")
-    assert [row[col] for row in table["data"]] == pytest.approx([r["scores"]["topo/psf"] for r in monitor.history])
+    assert [row[col] for row in table["data"]] == pytest.approx(
+        [r["scores"]["topo/psf"] for r in monitor.history]
+    )
     assert (tmp_path / "topo" / "topo_psf_vs_epoch.png").exists()
 
 
@@ -330,7 +356,9 @@ def test_ddp_two_processes_match_one(tmp_path, tiny_config):
     out2.mkdir()
     # lr=0 keeps the weights equal in both runs; 24 validation examples split evenly over 2 ranks
     # (no padding duplicates), each class below the cap so the same points are measured.
-    one = make_trainer(tmp_path / "r1", [PersistenceScoreMonitor(plots=False), _RecordPSF(str(out1))], max_epochs=1)
+    one = make_trainer(
+        tmp_path / "r1", [PersistenceScoreMonitor(plots=False), _RecordPSF(str(out1))], max_epochs=1
+    )
     train, val = loaders()
     one.fit(TinyClassifier(tiny_config, lr=0.0), train, val)
     two = make_trainer(
