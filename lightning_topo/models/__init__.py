@@ -19,6 +19,7 @@ _EXPORTS = {
     "AuxiliaryLoss": "lightning_topo.models.classifier",
     "TextClassificationDataModule": "lightning_topo.models.datamodule",
     "PadCollator": "lightning_topo.models.datamodule",
+    "LengthGroupedSampler": "lightning_topo.models.datamodule",
     "read_table": "lightning_topo.models.datamodule",
     "embedded_model_path": "lightning_topo.models.embedded",
     "resolve_model_path": "lightning_topo.models.embedded",
@@ -26,6 +27,7 @@ _EXPORTS = {
 
 __all__ = [
     "AuxiliaryLoss",
+    "LengthGroupedSampler",
     "PadCollator",
     "SequenceClassifier",
     "TextClassificationDataModule",
@@ -36,7 +38,12 @@ __all__ = [
 
 if TYPE_CHECKING:  # pragma: no cover
     from lightning_topo.models.classifier import AuxiliaryLoss, SequenceClassifier
-    from lightning_topo.models.datamodule import PadCollator, TextClassificationDataModule, read_table
+    from lightning_topo.models.datamodule import (
+        LengthGroupedSampler,
+        PadCollator,
+        TextClassificationDataModule,
+        read_table,
+    )
     from lightning_topo.models.embedded import embedded_model_path, resolve_model_path
 
 

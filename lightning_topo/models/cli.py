@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_only
 
 from lightning_topo.models.classifier import SequenceClassifier
 from lightning_topo.models.datamodule import TextClassificationDataModule
@@ -47,7 +47,12 @@ class TopoLightningCLI(LightningCLI):
 
     def after_fit(self) -> None:
         elapsed = time.perf_counter() - getattr(self, "_fit_started", time.perf_counter())
-        rank_zero_info(summary_line(self.trainer, elapsed))
+        _print_rank_zero(summary_line(self.trainer, elapsed))
+
+
+@rank_zero_only
+def _print_rank_zero(line: str) -> None:
+    print(line, flush=True)
 
 
 def summary_line(trainer: Any, elapsed_s: float | None = None) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
 
 from lightning_topo.data import (
     ROTTEN_TOMATOES_LABEL_NAMES,
@@ -27,7 +27,7 @@ from lightning_topo.data import (
 )
 from lightning_topo.models.embedded import resolve_model_path
 
-__all__ = ["TextClassificationDataModule", "PadCollator", "read_table"]
+__all__ = ["TextClassificationDataModule", "PadCollator", "LengthGroupedSampler", "read_table"]
 
 #: Values of a ``split_column`` accepted for each split (compared case-insensitively).
 SPLIT_ALIASES: dict[str, tuple[str, ...]] = {
@@ -189,6 +189,56 @@ class PadCollator:
         return batch
 
 
+class LengthGroupedSampler(RandomSampler):
+    """Random order in which each run of ``batch_size`` indices has similar lengths.
+
+    Every epoch: a random permutation (from ``generator``) is cut into chunks of
+    ``batch_size * group_batches`` indices, each chunk is sorted by length (longest first) and cut
+    into batches, and the batches are shuffled. With dynamic padding this removes most padding
+    (on the embedded data, ~1.5x fewer tokens per batch) while every epoch still sees a new
+    random order. Use it with ``DataLoader(batch_size=batch_size, sampler=...)``. It is a
+    ``RandomSampler`` subclass so that under DDP Lightning swaps in a *shuffling*
+    ``DistributedSampler`` (plain random order).
+
+    Args:
+        lengths: ``(n,)`` length of each example.
+        batch_size: the DataLoader's batch size.
+        group_batches: batches per sorted chunk. Default 50.
+        generator: source of randomness (seed it for determinism).
+    """
+
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        batch_size: int,
+        group_batches: int = 50,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__(range(len(lengths)), generator=generator)
+        self.lengths = list(lengths)
+        self.batch_size = int(batch_size)
+        self.group = int(batch_size) * max(1, int(group_batches))
+        self.generator = generator
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):
+        perm = torch.randperm(len(self.lengths), generator=self.generator).tolist()
+        batches: list[list[int]] = []
+        for start in range(0, len(perm), self.group):
+            chunk = sorted(perm[start : start + self.group], key=lambda i: -self.lengths[i])
+            batches.extend(chunk[j : j + self.batch_size] for j in range(0, len(chunk), self.batch_size))
+        # Keep a short final batch last so that every other batch is full.
+        full = [b for b in batches if len(b) == self.batch_size]
+        short = [b for b in batches if len(b) != self.batch_size]
+        order = torch.randperm(len(full), generator=self.generator).tolist()
+        for k in order:
+            yield from full[k]
+        for b in short:
+            yield from b
+
+
 class _TokenisedSplit(Dataset):
     def __init__(self, encodings: Mapping[str, list[list[int]]], labels: Sequence[int] | None) -> None:
         self.encodings = encodings
@@ -197,6 +247,9 @@ class _TokenisedSplit(Dataset):
 
     def __len__(self) -> int:
         return self._len
+
+    def lengths(self) -> list[int]:
+        return [len(x) for x in self.encodings["input_ids"]]
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         item: dict[str, Any] = {k: v[i] for k, v in self.encodings.items()}
@@ -256,6 +309,8 @@ class TextClassificationDataModule(pl.LightningDataModule):
         test_fraction: share for test (may be 0). Default 0.1.
         seed: seed of the split rule, of ``limit`` and of the training shuffle. Default 42.
         num_workers: DataLoader workers. Default 0.
+        group_by_length: batch examples of similar length (training: :class:`LengthGroupedSampler`;
+            val/test: longest first) to cut padding; about 1.5x faster on CPU. Default ``True``.
 
     Raises:
         FileNotFoundError: a given file does not exist.
@@ -291,6 +346,7 @@ class TextClassificationDataModule(pl.LightningDataModule):
         test_fraction: float = 0.1,
         seed: int = 42,
         num_workers: int = 0,
+        group_by_length: bool = True,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -331,6 +387,7 @@ class TextClassificationDataModule(pl.LightningDataModule):
         self.val_fraction, self.test_fraction = float(val_fraction), float(test_fraction)
         self.seed = int(seed)
         self.num_workers = int(num_workers)
+        self.group_by_length = bool(group_by_length)
         self._splits: dict[str, _Split] | None = None
         self._id2label: dict[int, str] | None = None
         self._tokenizer: Any = None
@@ -416,17 +473,30 @@ class TextClassificationDataModule(pl.LightningDataModule):
         Args:
             split: ``train``, ``val``, ``test`` or ``predict``.
             batch_size: default ``batch_size`` for train, ``eval_batch_size`` otherwise.
-            shuffle: shuffle with a generator seeded by ``seed``.
+            shuffle: random order from a generator seeded by ``seed`` (length-grouped when
+                ``group_by_length``).
+
+        Without ``shuffle``, ``val``/``test`` batches come longest-first when ``group_by_length``
+        (so batch ``i`` is not rows ``i*B..``); ``train``/``predict`` keep row order.
         """
         dataset = self._dataset(split)
         if batch_size is None:
             batch_size = self.batch_size if split == "train" else self.eval_batch_size
-        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
+        sampler: Sampler[int] | None = None
+        if shuffle and self.group_by_length:
+            sampler = LengthGroupedSampler(
+                dataset.lengths(), batch_size, generator=torch.Generator().manual_seed(self.seed)
+            )
+        elif shuffle:
+            sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(self.seed))
+        elif self.group_by_length and split in ("val", "test"):
+            # Sorted by length: far less padding; metrics do not depend on the order.
+            lengths = dataset.lengths()
+            sampler = sorted(range(len(lengths)), key=lambda i: -lengths[i])  # type: ignore[assignment]
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=shuffle,
-            generator=generator,
+            sampler=sampler,
             collate_fn=PadCollator(self.tokenizer.pad_token_id or 0),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,

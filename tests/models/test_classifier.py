@@ -1,0 +1,119 @@
+"""SequenceClassifier: encode, the auxiliary-loss hook, optimizers, checkpoints."""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from torch import nn
+
+from lightning_topo.encoding import EncodedBatch, encode_batch
+from lightning_topo.models import SequenceClassifier, TextClassificationDataModule
+
+
+@pytest.fixture
+def model(tiny_model_dir) -> SequenceClassifier:
+    torch.manual_seed(0)
+    return SequenceClassifier(str(tiny_model_dir), num_labels=2, id2label={0: "neg", 1: "pos"}, learning_rate=1e-3)
+
+
+@pytest.fixture
+def dm(tiny_model_dir, toy_csv) -> TextClassificationDataModule:
+    return TextClassificationDataModule(
+        data_file=str(toy_csv), text_column="sentence", label_column="target",
+        tokenizer_name_or_path=str(tiny_model_dir), batch_size=16, max_length=16,
+    )
+
+
+def test_model_attribute_and_encode(model, tiny_batch):
+    assert type(model.model).__name__ == "BertForSequenceClassification"
+    assert model.model.training  # from_pretrained gives eval mode; we switch to train
+    assert model.model.config.id2label == {0: "neg", 1: "pos"}
+    enc = model.encode(tiny_batch)
+    assert isinstance(enc, EncodedBatch)
+    assert enc.num_layers == 2 and enc.hidden_states[-1].shape == (6, 10, 32)
+    assert enc.logits.shape == (6, 2) and torch.equal(enc.labels, tiny_batch["labels"])
+    assert encode_batch(model, tiny_batch).logits.shape == (6, 2)  # the shared entry point uses encode
+    model.eval()
+    assert torch.allclose(model(tiny_batch), model.encode(tiny_batch).logits)
+
+
+def test_bad_arguments(tiny_model_dir):
+    with pytest.raises(ValueError, match="num_labels must be >= 2"):
+        SequenceClassifier(str(tiny_model_dir), num_labels=1)
+    with pytest.raises(ValueError, match="id2label has 1 entries"):
+        SequenceClassifier(str(tiny_model_dir), num_labels=2, id2label={0: "a"})
+
+
+def test_auxiliary_loss_is_added_and_logged(model, tiny_batch):
+    logged: dict[str, float] = {}
+    model.log = lambda name, value, **kw: logged.__setitem__(name, float(value))  # type: ignore[method-assign]
+    seen: list[EncodedBatch] = []
+
+    def mean_norm(enc: EncodedBatch, batch) -> torch.Tensor:
+        seen.append(enc)
+        return enc.hidden_states[1].norm(dim=-1).mean()
+
+    base = model.training_step(tiny_batch, 0)
+    model.register_auxiliary_loss("norm", mean_norm, weight=0.5)
+    assert model.auxiliary_losses == {"norm": 0.5}
+    total = model.training_step(tiny_batch, 0)
+    aux = logged["train/aux/norm"]
+    assert aux > 0 and len(seen) == 1 and len(seen[0].hidden_states) == 3
+    assert float(total) == pytest.approx(float(base) + 0.5 * aux, rel=1e-5)
+    assert logged["train/ce"] == pytest.approx(float(base), rel=1e-5)
+    total.backward()
+    assert model.model.bert.encoder.layer[0].output.dense.weight.grad is not None
+    with pytest.raises(ValueError, match="already registered"):
+        model.register_auxiliary_loss("norm", mean_norm)
+    model.remove_auxiliary_loss("norm")
+    with pytest.raises(KeyError):
+        model.remove_auxiliary_loss("norm")
+    model.register_auxiliary_loss("bad", lambda enc, batch: torch.ones(3))
+    with pytest.raises(TypeError, match="scalar"):
+        model.training_step(tiny_batch, 0)
+
+
+def test_auxiliary_module_is_trained(model, dm, tmp_path):
+    probe = nn.Linear(32, 1)
+    before = probe.weight.detach().clone()
+    model.register_auxiliary_loss("probe", lambda enc, batch: probe(enc.hidden_states[1]).pow(2).mean(), weight=1.0)
+    model.auxiliary_modules["probe"] = probe  # fn is a closure here; register the module by hand
+    trainer = pl.Trainer(max_steps=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
+                         default_root_dir=tmp_path)
+    trainer.fit(model, dm)
+    assert not torch.equal(probe.weight, before)
+    assert "train/aux/probe_step" in trainer.callback_metrics or "train/aux/probe" in trainer.callback_metrics
+
+
+def test_configure_optimizers_rebuilds_from_current_parameters(model, dm, tmp_path):
+    """After in-place shrinking, setup_optimizers gives an optimizer over the new parameters."""
+    from transformers.pytorch_utils import prune_linear_layer
+
+    class Shrink(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if trainer.global_step == 2:
+                for layer in pl_module.model.bert.encoder.layer:
+                    keep = torch.arange(32)
+                    layer.intermediate.dense = prune_linear_layer(layer.intermediate.dense, keep, dim=0)
+                    layer.output.dense = prune_linear_layer(layer.output.dense, keep, dim=1)
+                pl_module.model.config.intermediate_size = 32
+                trainer.strategy.setup_optimizers(trainer)
+
+    trainer = pl.Trainer(max_steps=5, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                         num_sanity_val_steps=0, limit_val_batches=1, default_root_dir=tmp_path,
+                         callbacks=[Shrink()])
+    trainer.fit(model, dm)
+    params = {id(p) for g in trainer.optimizers[0].param_groups for p in g["params"]}
+    assert {id(p) for p in model.parameters()} == params
+    sched = trainer.lr_scheduler_configs[0].scheduler
+    assert sched.get_last_lr()[0] < model.hparams.learning_rate  # schedule continued, no new warmup
+    ckpt = tmp_path / "shrunk.ckpt"
+    trainer.save_checkpoint(ckpt)
+    reloaded = SequenceClassifier.load_from_checkpoint(ckpt)
+    assert reloaded.model.bert.encoder.layer[0].intermediate.dense.out_features == 32
+    batch = next(iter(dm.val_dataloader()))
+    model.eval()
+    reloaded.eval()
+    torch.testing.assert_close(reloaded(batch), model(batch))
