@@ -38,6 +38,7 @@ __all__ = [
     "Representations",
     "NonFiniteHiddenStatesError",
     "collect_representations",
+    "RepresentationCollector",
     "resolve_layers",
     "pool_hidden_states",
     "canonical_order",
@@ -377,6 +378,97 @@ def _ensure_hidden_state_capture(module: torch.nn.Module) -> None:
             _CAN_RECORD_REGISTRY[sub] = can_record
 
 
+class RepresentationCollector:
+    """Accumulates pooled hidden states batch by batch; :meth:`finalize` gathers and samples.
+
+    :func:`collect_representations` drives it over a dataloader; a callback can instead feed it
+    the :class:`~lightning_topo.encoding.EncodedBatch` a ``validation_step`` already computed
+    (no second forward pass).
+
+    Args:
+        layers: int, list of ints or ``"all"``; resolved against the first batch's depth.
+        pooling: ``"cls"`` or ``"mean"``.
+    """
+
+    def __init__(self, layers: LayerSpec = -1, pooling: str = "cls") -> None:
+        from lightning_topo.scores.presets import POOLINGS
+
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}; got {pooling!r}")
+        self.layers = layers
+        self.pooling = pooling
+        self.num_layers = -1
+        self.num_batches = 0
+        self._selected: list[int] | None = None
+        self._chunks: dict[int, list[Tensor]] = {}
+        self._labels: list[Tensor] = []
+
+    def add(self, encoded: EncodedBatch, batch: Mapping[str, Any] | None = None) -> None:
+        """Pool the selected layers of one encoded batch (``labels`` from ``encoded`` or ``batch``).
+
+        Raises:
+            ValueError: no labels, or a layer index out of range for the model.
+        """
+        if self._selected is None:
+            self.num_layers = encoded.num_layers
+            self._selected = resolve_layers(self.layers, self.num_layers)
+            self._chunks = {layer: [] for layer in self._selected}
+        labels = encoded.labels
+        if labels is None and isinstance(batch, Mapping):
+            labels = batch.get("labels")
+        if labels is None:
+            raise ValueError(
+                "collecting representations needs class labels: the batches have no 'labels' key"
+            )
+        with torch.no_grad():
+            self._labels.append(labels.detach().reshape(-1).long())
+            for layer in self._selected:
+                pooled = pool_hidden_states(
+                    encoded.hidden_states[layer], encoded.attention_mask, self.pooling
+                )
+                if pooled.dtype in (torch.float16, torch.bfloat16):
+                    pooled = pooled.float()
+                self._chunks[layer].append(pooled.detach())
+        self.num_batches += 1
+
+    def reset(self) -> None:
+        """Forget every batch added so far."""
+        self.__init__(self.layers, self.pooling)  # type: ignore[misc]
+
+    def finalize(
+        self, *, max_points_per_class: int | None = None, seed: int = 0, gather: bool = True
+    ) -> Representations:
+        """Concatenate, gather across DDP ranks, check finiteness, subsample per class.
+
+        Raises:
+            ValueError: nothing was added.
+            NonFiniteHiddenStatesError: NaN/inf hidden states (names the layer).
+        """
+        if self._selected is None:
+            raise ValueError("dataloader yielded no batches; nothing to collect")
+        selected = self._selected
+        labels_all = torch.cat(self._labels)
+        points = {layer: torch.cat(self._chunks[layer]) for layer in selected}
+        if gather and is_distributed():
+            labels_all = all_gather_variable(labels_all)
+            points = {layer: all_gather_variable(p) for layer, p in points.items()}
+        for layer, p in points.items():
+            if not bool(torch.isfinite(p).all()):
+                n_bad = int((~torch.isfinite(p)).any(dim=1).sum())
+                raise NonFiniteHiddenStatesError(
+                    f"hidden states of layer {layer} have NaN/inf entries in {n_bad} of {p.shape[0]} "
+                    "examples; the model has diverged (lower the learning rate, enable gradient "
+                    "clipping) or the input is bad"
+                )
+        if max_points_per_class is not None:
+            keep = _subsample_indices(labels_all, points[selected[-1]], int(max_points_per_class), seed)
+            labels_all = labels_all[keep.to(labels_all.device)]
+            points = {layer: p[keep.to(p.device)] for layer, p in points.items()}
+        return Representations(
+            points=points, labels=labels_all, num_layers=self.num_layers, pooling=self.pooling
+        )
+
+
 def collect_representations(
     module: torch.nn.Module,
     dataloader: Iterable[Mapping[str, Any]],
@@ -424,52 +516,15 @@ def collect_representations(
         raise ValueError(f"max_points_per_class must be >= 2 or None; got {max_points_per_class!r}")
     device = _module_device(module)
     _ensure_hidden_state_capture(module)
+    collector = RepresentationCollector(layers=layers, pooling=pooling)
     was_training = module.training
     module.eval()
-    chunks: dict[int, list[Tensor]] = {}
-    label_chunks: list[Tensor] = []
-    selected: list[int] | None = None
-    num_layers = -1
     try:
         with torch.no_grad():
             batches = dataloader if max_batches is None else islice(dataloader, max_batches)
             for batch in batches:
                 batch = _move_to_device(batch, device)
-                enc: EncodedBatch = encode_batch(module, batch)
-                if selected is None:
-                    num_layers = enc.num_layers
-                    selected = resolve_layers(layers, num_layers)
-                    chunks = {layer: [] for layer in selected}
-                labels = enc.labels if enc.labels is not None else batch.get("labels")
-                if labels is None:
-                    raise ValueError(
-                        "collect_representations needs class labels: the batches have no 'labels' key"
-                    )
-                label_chunks.append(labels.reshape(-1).long())
-                for layer in selected:
-                    pooled = pool_hidden_states(enc.hidden_states[layer], enc.attention_mask, pooling)
-                    if pooled.dtype in (torch.float16, torch.bfloat16):
-                        pooled = pooled.float()
-                    chunks[layer].append(pooled.detach())
+                collector.add(encode_batch(module, batch), batch)
     finally:
         module.train(was_training)
-    if selected is None:
-        raise ValueError("dataloader yielded no batches; nothing to collect")
-    labels_all = torch.cat(label_chunks)
-    points = {layer: torch.cat(chunks[layer]) for layer in selected}
-    if gather and is_distributed():
-        labels_all = all_gather_variable(labels_all)
-        points = {layer: all_gather_variable(p) for layer, p in points.items()}
-    for layer, p in points.items():
-        if not bool(torch.isfinite(p).all()):
-            n_bad = int((~torch.isfinite(p)).any(dim=1).sum())
-            raise NonFiniteHiddenStatesError(
-                f"hidden states of layer {layer} have NaN/inf entries in {n_bad} of {p.shape[0]} examples; "
-                "the model has diverged (lower the learning rate, enable gradient clipping) or the input is bad"
-            )
-    if max_points_per_class is not None:
-        keep = _subsample_indices(labels_all, points[selected[-1]], int(max_points_per_class), seed)
-        keep = keep.to(labels_all.device)
-        labels_all = labels_all[keep]
-        points = {layer: p[keep.to(p.device)] for layer, p in points.items()}
-    return Representations(points=points, labels=labels_all, num_layers=num_layers, pooling=pooling)
+    return collector.finalize(max_points_per_class=max_points_per_class, seed=seed, gather=gather)

@@ -26,8 +26,10 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
+from lightning_topo.encoding import EncodedBatch
 from lightning_topo.representations import (
     NonFiniteHiddenStatesError,
+    RepresentationCollector,
     collect_representations,
     run_on_rank_zero_and_broadcast,
 )
@@ -176,6 +178,8 @@ class PersistenceScoreMonitor(Callback):
         self._warned_missing_monitor = False
         #: Wall time of each measurement in this process: ``{"collect_s", "compute_s"}`` (not saved).
         self.timings: list[dict[str, float]] = []
+        self._collector: RepresentationCollector | None = None
+        self._piggyback_s = 0.0
 
     # ------------------------------------------------------------------ Lightning plumbing
 
@@ -221,8 +225,15 @@ class PersistenceScoreMonitor(Callback):
 
     # ------------------------------------------------------------------ measurement
 
-    def measure(self, pl_module: torch.nn.Module, dataloader: Any) -> dict[str, Any]:
-        """Collect hidden states from ``dataloader`` and compute every score (all ranks call it).
+    def measure(
+        self, pl_module: torch.nn.Module, dataloader: Any, collector: RepresentationCollector | None = None
+    ) -> dict[str, Any]:
+        """Collect hidden states and compute every score (all ranks call it).
+
+        Args:
+            pl_module: the model (``encode`` or a Hugging Face model).
+            dataloader: re-read when ``collector`` is ``None``.
+            collector: hidden states already pooled during the validation loop (no second pass).
 
         Returns:
             ``{"scores": {metric name: float}, "diagrams": {class: [H0, H1] numpy}, "layer": int}``;
@@ -230,16 +241,19 @@ class PersistenceScoreMonitor(Callback):
         """
         settings = self.preset
         cap = settings.max_points_per_class if settings.sampling == "random" else None
-        start = time.perf_counter()
-        reps = collect_representations(
-            pl_module,
-            dataloader,
-            layers=self.layers,
-            pooling=self.pooling,
-            max_points_per_class=cap,
-            max_batches=self.max_batches,
-            seed=self.seed,
-        )
+        start = time.perf_counter() - self._piggyback_s
+        if collector is not None:
+            reps = collector.finalize(max_points_per_class=cap, seed=self.seed)
+        else:
+            reps = collect_representations(
+                pl_module,
+                dataloader,
+                layers=self.layers,
+                pooling=self.pooling,
+                max_points_per_class=cap,
+                max_batches=self.max_batches,
+                seed=self.seed,
+            )
         collected = time.perf_counter()
         result = run_on_rank_zero_and_broadcast(lambda: self._compute(reps))
         self.timings.append({"collect_s": collected - start, "compute_s": time.perf_counter() - collected})
@@ -284,18 +298,52 @@ class PersistenceScoreMonitor(Callback):
                     scores[self._name(f"h{k}", s)] = math.nan
         return scores
 
+    # Reuse of the validation loop's own forward pass: when ``validation_step`` returns the
+    # ``EncodedBatch`` it computed (or a mapping with it under ``"encoded"``), the selected layers
+    # are pooled batch by batch here and the dataloader is not read a second time.
+
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._collector = None
+        self._piggyback_s = 0.0
+        if self.split == "val" and self._should_measure(trainer):
+            self._collector = RepresentationCollector(layers=self.layers, pooling=self.pooling)
+
+    def on_validation_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if self._collector is None or dataloader_idx != 0:
+            return
+        encoded = outputs.get("encoded") if isinstance(outputs, dict) else outputs
+        if not isinstance(encoded, EncodedBatch):
+            self._collector = None  # validation_step does not share its hidden states: re-read later
+            return
+        if self.max_batches is not None and self._collector.num_batches >= self.max_batches:
+            return
+        start = time.perf_counter()
+        self._collector.add(encoded, batch)
+        self._piggyback_s += time.perf_counter() - start
+
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self._should_measure(trainer):
             return
+        collector, self._collector = self._collector, None
+        if collector is not None and collector.num_batches == 0:
+            collector = None
         loader = self._dataloader(trainer)
-        if loader is None:
+        if loader is None and collector is None:
             rank_zero_warn(
                 f"PersistenceScoreMonitor(split={self.split!r}) found no dataloader on the trainer; "
                 "nothing is logged. Give the trainer a datamodule with that split or change `split`."
             )
             return
         try:
-            result = self.measure(pl_module, loader)
+            result = self.measure(pl_module, loader, collector)
         except NonFiniteHiddenStatesError as err:
             rank_zero_warn(
                 f"PersistenceScoreMonitor logs NaN this epoch: {err}. EarlyStopping(check_finite=True) "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -20,7 +21,9 @@ from lightning_topo.encoding import EncodedBatch, encode_batch
 class TinyClassifier(pl.LightningModule):
     """A tiny random BertForSequenceClassification with ``encode`` and ``val/acc`` logging."""
 
-    def __init__(self, config, lr: float = 0.05, seed: int = 0, nan_hidden: bool = False):
+    def __init__(
+        self, config, lr: float = 0.05, seed: int = 0, nan_hidden: bool = False, return_encoded: bool = False
+    ):
         super().__init__()
         from transformers import BertForSequenceClassification
 
@@ -28,8 +31,11 @@ class TinyClassifier(pl.LightningModule):
         self.model = BertForSequenceClassification(config)
         self.lr = lr
         self.nan_hidden = nan_hidden
+        self.return_encoded = return_encoded
+        self.encode_calls = 0
 
     def encode(self, batch) -> EncodedBatch:
+        self.encode_calls += 1
         enc = encode_batch(self.model, batch)
         if self.nan_hidden:
             hidden = tuple(h * float("nan") for h in enc.hidden_states)
@@ -47,10 +53,16 @@ class TinyClassifier(pl.LightningModule):
         return out.loss
 
     def validation_step(self, batch, batch_idx):
-        out = self._forward(batch)
-        acc = (out.logits.argmax(-1) == batch["labels"]).float().mean()
-        self.log("val/loss", out.loss, on_epoch=True, sync_dist=True)
+        if self.return_encoded:  # share the hidden states with the monitor: no second forward pass
+            enc = self.encode(batch)
+            logits = enc.logits
+        else:
+            enc, logits = None, self._forward(batch).logits
+        loss = torch.nn.functional.cross_entropy(logits, batch["labels"])
+        acc = (logits.argmax(-1) == batch["labels"]).float().mean()
+        self.log("val/loss", loss, on_epoch=True, sync_dist=True)
         self.log("val/acc", acc, on_epoch=True, sync_dist=True)
+        return enc
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=self.lr)
@@ -154,6 +166,23 @@ def test_layers_all_mean_pooling_and_no_logger(tmp_path, tiny_config):
     assert "topo/h0/entropy" not in names and "topo/h1/total_persistence" not in names
     # no logger: figures go under default_root_dir
     assert (tmp_path / "topo" / "topo_psf_vs_epoch.png").exists()
+
+
+def test_reuses_validation_forward_when_validation_step_returns_encoded(tmp_path, tiny_config):
+    reread, _ = fit(tmp_path / "a", tiny_config, monitor=PersistenceScoreMonitor(plots=False), max_epochs=2)
+    monitor = PersistenceScoreMonitor(plots=False)
+    model = TinyClassifier(tiny_config, return_encoded=True)
+    trainer = make_trainer(tmp_path / "b", [monitor], max_epochs=2, num_sanity_val_steps=0)
+    train, val = loaders()
+    trainer.fit(model, train, val)
+    # 3 validation batches per epoch, each encoded once by validation_step, never again by the monitor
+    assert model.encode_calls == 2 * 3
+    _history_close(monitor.history, reread.callbacks[0].history)
+    # max_batches applies to the reused batches too
+    monitor = PersistenceScoreMonitor(plots=False, max_batches=2, max_points_per_class=4)
+    trainer = make_trainer(tmp_path / "c", [monitor], max_epochs=1, num_sanity_val_steps=0)
+    trainer.fit(TinyClassifier(tiny_config, return_encoded=True), *loaders())
+    assert monitor.history[0]["scores"].keys() >= {"topo/psf", "topo/psf/class_0"}
 
 
 def test_every_n_epochs_and_train_split(tmp_path, tiny_config):
@@ -305,21 +334,29 @@ def test_wandb_offline_run_holds_scalars_and_images(tmp_path, tiny_config, monke
     logger = WandbLogger(save_dir=str(tmp_path), project="lightning-topo-test", offline=True)
     try:
         trainer, monitor = fit(tmp_path, tiny_config, max_epochs=3, logger=logger)
-        run_dir = Path(logger.experiment.dir).parent
+        run = logger.experiment
+        run_dir = Path(run.dir).parent
     finally:
         import wandb
 
         wandb.finish()
-    records = (next(run_dir.glob("run-*.wandb"))).read_bytes()
-    for key in (
+    keys = (
         "topo/psf",
         "topo/psf/class_1",
         "topo/h0/total_persistence",
         "topo/h1/entropy",
         "topo/psf/pearson_val_acc",
         "val/acc",
-    ):
-        assert key.encode() in records, key
+    )
+    # the W&B service writes the run file asynchronously: wait for it (a loaded machine is slow)
+    deadline = time.monotonic() + 60
+    while True:
+        records = b"".join(p.read_bytes() for p in run_dir.glob("run-*.wandb"))
+        missing = [k for k in keys if k.encode() not in records]
+        if not missing or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert not missing, f"scalars missing from the offline run file: {missing}"
     images = sorted(p.name for p in (run_dir / "files" / "media" / "images").rglob("*.png"))
     assert any(n.startswith("topo_psf_vs_epoch") for n in images)
     assert any(n.startswith("topo_psf_vs_val_acc") for n in images)
