@@ -33,8 +33,12 @@ def check_finite(x: Tensor, name: str) -> None:
     )
 
 
-def check_points(points: object, name: str = "points") -> Tensor:
-    """Validate a point cloud ``(n, d)``: float dtype, 2-D, n >= 2, d >= 1, finite."""
+def check_points(points: object, name: str = "points", *, finite: bool = True) -> Tensor:
+    """Validate a point cloud ``(n, d)``: float dtype, 2-D, n >= 2, d >= 1, finite.
+
+    ``finite=False`` skips the value check (for callers that detect NaN/inf more cheaply
+    later and then call :func:`check_finite`).
+    """
     points = check_float_tensor(points, name)
     if points.dim() != 2:
         raise ValueError(f"{name} must be a 2-D tensor of shape (n, d); got shape {tuple(points.shape)}")
@@ -43,7 +47,8 @@ def check_points(points: object, name: str = "points") -> Tensor:
         raise ValueError(f"{name} needs at least 2 points to have a persistence diagram; got n={n}")
     if d < 1:
         raise ValueError(f"{name} must have at least 1 coordinate per point; got shape {tuple(points.shape)}")
-    check_finite(points, name)
+    if finite:
+        check_finite(points, name)
     return points
 
 
@@ -58,8 +63,9 @@ def check_distance_matrix(distances: object, name: str = "distances") -> Tensor:
     if n < 2:
         raise ValueError(f"{name} needs at least 2 points to have a persistence diagram; got n={n}")
     check_finite(distances, name)
-    if bool((distances < 0).any()):
-        raise ValueError(f"{name} must be non-negative; got a minimum of {float(distances.min())}")
+    smallest = float(distances.detach().min())
+    if smallest < 0:
+        raise ValueError(f"{name} must be non-negative; got a minimum of {smallest}")
     return distances
 
 

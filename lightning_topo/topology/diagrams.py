@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lightning_topo.topology._checks import check_input
-from lightning_topo.topology.distances import edge_lengths, ranking_squared_distances
+from lightning_topo.topology._checks import check_distance_matrix, check_finite, check_input, check_points
+from lightning_topo.topology.distances import edge_lengths, ranking_matrix
 from lightning_topo.topology.mst import mst_edges
 
 __all__ = ["h0_diagram", "h1_diagram", "persistence_diagrams", "BACKENDS"]
@@ -26,18 +26,43 @@ __all__ = ["h0_diagram", "h1_diagram", "persistence_diagrams", "BACKENDS"]
 BACKENDS = ("auto", "torch", "torchph")
 
 
-def _h0_deaths(x: Tensor, distance_matrix: bool, ranking: Tensor | None = None) -> Tensor:
-    """All ``n - 1`` H0 deaths (MST edge lengths, unsorted, zeros kept), differentiable.
+class _Prepared:
+    """Validated input plus the detached matrix that ranks its edges (computed once)."""
 
-    ``ranking`` is an optional detached matrix that orders the edges like the distances
-    (for point input: squared distances from :func:`ranking_squared_distances`).
-    """
-    if ranking is None:
-        ranking = x.detach() if distance_matrix else ranking_squared_distances(x)
-    edges = mst_edges(ranking)
-    if distance_matrix:
-        return x[edges[:, 0], edges[:, 1]]
-    return edge_lengths(x, edges)
+    def __init__(self, points: object, distance_matrix: bool) -> None:
+        self.distance_matrix = distance_matrix
+        self.offset: Tensor | None = None
+        if distance_matrix:
+            self.x = check_distance_matrix(points, "points")
+            self.ranking = self.x.detach()
+            return
+        self.x = check_points(points, "points", finite=False)
+        self.ranking, self.offset = ranking_matrix(self.x)
+        if not bool(torch.isfinite(self.offset).all()):  # NaN/inf in x propagate to |x - x_0|^2
+            check_finite(self.x, "points")  # raises unless it was only an overflow
+
+    def lengths(self, edges: Tensor) -> Tensor:
+        """Differentiable lengths ``(m,)`` of the edges ``(m, 2)``."""
+        edges = edges.to(self.x.device)
+        if self.distance_matrix:
+            return self.x[edges[:, 0], edges[:, 1]]
+        return edge_lengths(self.x, edges)
+
+    def h0_deaths(self) -> Tensor:
+        """All ``n - 1`` H0 deaths (MST edge lengths in Prim order, zeros kept)."""
+        return self.lengths(mst_edges(self.ranking, self.offset))
+
+    def giotto_matrix(self) -> Tensor:
+        """A detached matrix with the distances' order for giotto-ph; modifies ``ranking``.
+
+        Point input: squared distances (the VR pairs are invariant under the increasing map
+        t -> t^2, and values are recomputed from the generators), clamped at 0, diagonal 0.
+        """
+        if self.distance_matrix:
+            return self.ranking
+        d2 = self.ranking.add_(self.offset.unsqueeze(1)).clamp_(min=0.0)
+        self.offset = None
+        return d2.fill_diagonal_(0.0)
 
 
 def _as_diagram(births: Tensor, deaths: Tensor) -> Tensor:
@@ -67,8 +92,11 @@ def h0_diagram(points: Tensor, *, distance_matrix: bool = False) -> Tensor:
         TypeError: integer/bool dtype or not a tensor.
         ValueError: wrong shape, fewer than 2 points, NaN/inf (or negative distances).
     """
-    x = check_input(points, distance_matrix, "points")
-    deaths = _h0_deaths(x, distance_matrix)
+    prep = _Prepared(points, distance_matrix)
+    return _h0_from_deaths(prep.h0_deaths())
+
+
+def _h0_from_deaths(deaths: Tensor) -> Tensor:
     deaths = torch.sort(deaths, stable=True).values
     return _as_diagram(torch.zeros_like(deaths), deaths)
 
@@ -89,25 +117,12 @@ def _giotto_h1_generators(dm: Tensor, n_threads: int) -> Tensor:
     return torch.from_numpy(np.ascontiguousarray(gens[0], dtype=np.int64).reshape(-1, 4))
 
 
-def _distances_from_ranking(d2: Tensor) -> Tensor:
-    """In place: squared distances from :func:`ranking_squared_distances` -> distances, diagonal 0."""
-    d2.clamp_(min=0.0).sqrt_()
-    d2.fill_diagonal_(0.0)
-    return d2
-
-
-def _h1(x: Tensor, distance_matrix: bool, n_threads: int | None, dm: Tensor | None = None) -> Tensor:
+def _h1(prep: _Prepared, n_threads: int | None) -> Tensor:
     if n_threads is None:
         n_threads = torch.get_num_threads()
-    if dm is None:
-        dm = x.detach() if distance_matrix else _distances_from_ranking(ranking_squared_distances(x))
-    gens = _giotto_h1_generators(dm, int(n_threads)).to(x.device)
-    edges = gens.reshape(-1, 2)  # rows: birth edge of pair 0, death edge of pair 0, ...
-    if distance_matrix:
-        lengths = x[edges[:, 0], edges[:, 1]]
-    else:
-        lengths = edge_lengths(x, edges)
-    lengths = lengths.reshape(-1, 2)
+    gens = _giotto_h1_generators(prep.giotto_matrix(), int(n_threads))
+    # rows of edges: birth edge of pair 0, death edge of pair 0, birth edge of pair 1, ...
+    lengths = prep.lengths(gens.reshape(-1, 2)).reshape(-1, 2)
     return _sort_pairs(_as_diagram(lengths[:, 0], lengths[:, 1]))
 
 
@@ -133,8 +148,7 @@ def h1_diagram(points: Tensor, *, distance_matrix: bool = False, n_threads: int 
         TypeError: integer/bool dtype or not a tensor.
         ValueError: wrong shape, fewer than 2 points, NaN/inf (or negative distances).
     """
-    x = check_input(points, distance_matrix, "points")
-    return _h1(x, distance_matrix, n_threads)
+    return _h1(_Prepared(points, distance_matrix), n_threads)
 
 
 def _sort_pairs(diagram: Tensor) -> Tensor:
@@ -179,16 +193,14 @@ def persistence_diagrams(
         raise TypeError(f"max_dim must be an int (0 or 1); got {type(max_dim).__name__}")
     if max_dim not in (0, 1):
         raise ValueError(f"max_dim must be 0 or 1 (H0 and H1 are supported); got {max_dim}")
-    x = check_input(points, distance_matrix, "points")
     if backend == "torchph":
         from lightning_topo.topology.torchph_adapter import torchph_persistence_diagrams
 
+        x = check_input(points, distance_matrix, "points")
         return torchph_persistence_diagrams(x, max_dim, distance_matrix=distance_matrix)
     # one detached distance computation serves both the MST (H0) and giotto-ph (H1)
-    ranking = x.detach() if distance_matrix else ranking_squared_distances(x)
-    deaths = torch.sort(_h0_deaths(x, distance_matrix, ranking), stable=True).values
-    diagrams = [_as_diagram(torch.zeros_like(deaths), deaths)]
+    prep = _Prepared(points, distance_matrix)
+    diagrams = [_h0_from_deaths(prep.h0_deaths())]
     if max_dim >= 1:
-        dm = ranking if distance_matrix else _distances_from_ranking(ranking)
-        diagrams.append(_h1(x, distance_matrix, None, dm))
+        diagrams.append(_h1(prep, None))
     return diagrams

@@ -32,20 +32,27 @@ def squared_distances(points: Tensor) -> Tensor:
     return d2.masked_fill(eye, 0.0)
 
 
-def ranking_squared_distances(points: Tensor) -> Tensor:
-    """Detached squared distances ``(n, n)`` for ranking edges only (internal, no autograd).
+def ranking_matrix(points: Tensor) -> tuple[Tensor, Tensor]:
+    """Detached ``(M, sq)`` with ``M[i, j] + sq[i] = ||x_i - x_j||^2`` (internal, no autograd).
 
-    One GEMM plus one fused pass: ``|x_j|^2 - 2 x_i.x_j`` by ``addmm``, then ``+ |x_i|^2``
-    in place. No clamp and no diagonal fix (Prim never reads the diagonal; a squared distance
-    ranks edges exactly as the distance does). Points are centred first to limit cancellation.
+    ``y = x - x_0`` (a shift leaves distances unchanged and limits cancellation in the GEMM),
+    ``sq = |y|^2`` ``(n,)`` and ``M = sq[None, :] - 2 y y^T`` ``(n, n)`` by a single ``addmm``.
+    Prim reads rows of ``M`` and adds ``sq[i]`` per row, so no other pass over the n x n
+    matrix is needed; ``sq`` is also the cheap place to detect NaN/inf input (they propagate).
     """
     with torch.no_grad():
         x = points.detach()
-        x = x - x.mean(dim=0, keepdim=True)
-        sq = (x * x).sum(dim=1)
-        d2 = torch.addmm(sq.unsqueeze(0), x, x.T, beta=1.0, alpha=-2.0)
-        d2.add_(sq.unsqueeze(1))
-    return d2
+        y = x - x[:1]
+        sq = torch.linalg.vector_norm(y, dim=1).square_()
+        m = torch.addmm(sq.unsqueeze(0), y, y.T, beta=1.0, alpha=-2.0)
+    return m, sq
+
+
+def ranking_squared_distances(points: Tensor) -> Tensor:
+    """Detached squared distances ``(n, n)`` (round-off may leave tiny negatives and a
+    non-zero diagonal): ``M + sq[:, None]`` from :func:`ranking_matrix`."""
+    m, sq = ranking_matrix(points)
+    return m.add_(sq.unsqueeze(1))
 
 
 def pairwise_distances(points: Tensor) -> Tensor:
@@ -68,28 +75,40 @@ def pairwise_distances(points: Tensor) -> Tensor:
 
 
 class _EdgeLengths(torch.autograd.Function):
-    """``||x_a - x_b||`` per edge with a hand-written O(m d) backward (0 for zero-length edges)."""
+    """``||x_a - x_b||`` per edge with a hand-written O(m d) backward (0 for zero-length edges).
+
+    Backward is one sparse-dense product ``grad_x = B^T (c * diff)`` with the signed incidence
+    matrix ``B`` (``+1`` at ``a``, ``-1`` at ``b``), which avoids ``index_add_`` (slow with
+    several threads on CPU) and never forms an n x n matrix.
+    """
 
     @staticmethod
     def forward(ctx, points: Tensor, a: Tensor, b: Tensor) -> Tensor:  # type: ignore[override]
-        diff = points.index_select(0, a) - points.index_select(0, b)
+        m = a.shape[0]
+        both = torch.cat([a, b])
+        rows = points.index_select(0, both)
+        diff = rows[:m] - rows[m:]
         lengths = torch.linalg.vector_norm(diff, dim=1)
-        ctx.save_for_backward(diff, lengths, a, b)
+        ctx.save_for_backward(diff, lengths, both)
         ctx.num_points = points.shape[0]
         return lengths
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, None, None]:  # type: ignore[override]
-        diff, lengths, a, b = ctx.saved_tensors
+        diff, lengths, both = ctx.saved_tensors
         if not ctx.needs_input_grad[0]:
             return None, None, None
-        scale = torch.where(lengths > 0, grad / lengths, torch.zeros_like(lengths))
-        g = diff * scale.unsqueeze(1)
-        out = torch.zeros(ctx.num_points, diff.shape[1], dtype=diff.dtype, device=diff.device)
-        out.index_add_(0, a, g)
-        out.index_add_(0, b, g, alpha=-1)
-        return out, None, None
+        m = lengths.shape[0]
+        coef = torch.where(lengths > 0, grad / lengths, torch.zeros_like(lengths))
+        cols = torch.arange(m, device=both.device).repeat(2)
+        incidence = torch.sparse_coo_tensor(
+            torch.stack([both, cols]),
+            torch.cat([coef, -coef]),
+            (ctx.num_points, m),
+            check_invariants=False,
+        )
+        return torch.sparse.mm(incidence, diff), None, None
 
 
 def edge_lengths(points: Tensor, edges: Tensor) -> Tensor:

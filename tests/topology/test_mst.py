@@ -73,3 +73,14 @@ def test_float32_supported() -> None:
     assert lengths.dtype == torch.float32
     ref = scipy_csgraph.minimum_spanning_tree(pairwise_distances(x.double()).numpy()).sum()
     np.testing.assert_allclose(float(lengths.sum()), ref, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name,x", CLOUDS[::3], ids=[c[0] for c in CLOUDS[::3]])
+def test_ranking_matrix_with_row_offset_gives_same_tree(name: str, x: torch.Tensor) -> None:
+    # the internal H0 path ranks edges by |x_j|^2 - 2 x_i.x_j plus a per-row offset |x_i|^2
+    from lightning_topo.topology.distances import ranking_matrix
+
+    m, sq = ranking_matrix(x)
+    exact = mst_edges(pairwise_distances(x))
+    assert torch.equal(mst_edges(m, sq), exact)
+    assert torch.equal(mst_edges(m, sq, force_torch=True), exact)
