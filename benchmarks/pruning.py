@@ -145,6 +145,29 @@ def throughput(model, reps: int = 20, seed: int = 0) -> float:
     return BATCH / statistics.median(times)
 
 
+@torch.no_grad()
+def paired_throughput(base, model, reps: int = 15, seed: int = 0) -> tuple[float, float]:
+    """Sequences/s of ``base`` and ``model`` (batch 32, length 64), timed alternately.
+
+    Alternating the two models in one loop makes their ratio robust to load from other processes
+    on a shared machine; each figure is the median over ``reps`` batches.
+    """
+    base.eval()
+    model.eval()
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1000, 20000, (BATCH, MAX_LEN), generator=g)
+    mask = torch.ones_like(ids)
+    for m in (base, model, base, model):
+        m(input_ids=ids, attention_mask=mask)
+    tb, tm = [], []
+    for _ in range(reps):
+        for m, acc in ((base, tb), (model, tm)):
+            t = time.perf_counter()
+            m(input_ids=ids, attention_mask=mask)
+            acc.append(time.perf_counter() - t)
+    return BATCH / statistics.median(tb), BATCH / statistics.median(tm)
+
+
 def dir_mb(path: Path) -> float:
     return sum(p.stat().st_size for p in Path(path).glob("*.safetensors")) / 2**20
 
@@ -216,6 +239,8 @@ def stage_grid(args) -> None:
     base, tok = load_base()
     base_meta = json.loads((OUT / "base" / "bench_meta.json").read_text())
     va_x, va_y = load_split("val")
+    if args.val_limit:
+        va_x, va_y = va_x[: args.val_limit], va_y[: args.val_limit]
     tr_x, tr_y = load_split("train")
     cal_x, cal_y = subset(tr_x, tr_y, args.calib_sentences, seed=1)
     rec_x, rec_y = subset(tr_x, tr_y, args.recover_sentences, seed=2)
@@ -273,7 +298,7 @@ def stage_grid(args) -> None:
             b.pop("labels")
             with torch.no_grad():
                 diff = float((reloaded(**b).logits - model(**b).logits).abs().max())
-            tp = throughput(reloaded, reps=args.timing_reps)
+            tp_base, tp = paired_throughput(base, reloaded, reps=args.timing_reps)
             p = encoder_params(reloaded)
             cell = {
                 "method": method,
@@ -286,7 +311,8 @@ def stage_grid(args) -> None:
                 "acc_drop_points": 100 * (base_meta["val_acc"] - acc1),
                 "checkpoint_mb": dir_mb(folder),
                 "throughput_seq_s": tp,
-                "speedup": tp / base_tp,
+                "base_throughput_seq_s": tp_base,
+                "speedup": tp / tp_base,
                 "reload_max_abs_logit_diff": diff,
                 "config_class": type(reloaded.config).__name__,
                 "heads_per_layer": [
@@ -309,96 +335,101 @@ def stage_grid(args) -> None:
             )
 
 
+def _tp_prune(tp, example, fraction):
+    """Torch-Pruning 1.6.1 MetaPruner, magnitude (L2), whole heads + FFN units, hidden size kept."""
+    from transformers import AutoModelForSequenceClassification
+    from transformers.models.bert.modeling_bert import BertSelfAttention
+
+    model = AutoModelForSequenceClassification.from_pretrained(OUT / "base").eval()
+    num_heads = {}
+    for m in model.modules():
+        if isinstance(m, BertSelfAttention):
+            for lin in (m.query, m.key, m.value):
+                num_heads[lin] = m.num_attention_heads
+    ignored = [model.classifier, model.bert.pooler, model.bert.embeddings]
+    for layer in model.bert.encoder.layer:  # their output channels are the hidden size: keep it
+        ignored += [
+            layer.attention.output.dense,
+            layer.output.dense,
+            layer.attention.output.LayerNorm,
+            layer.output.LayerNorm,
+        ]
+    pruner = tp.pruner.MetaPruner(
+        model,
+        example,
+        importance=tp.importance.MagnitudeImportance(p=2),
+        pruning_ratio=fraction,
+        ignored_layers=ignored,
+        num_heads=num_heads,
+        prune_head_dims=False,
+        prune_num_heads=True,
+        head_pruning_ratio=fraction,
+        output_transform=lambda out: out.logits.sum(),
+    )
+    pruner.step()
+    for m in model.modules():
+        if isinstance(m, BertSelfAttention):
+            m.num_attention_heads = pruner.num_heads[m.query]
+            m.all_head_size = m.query.out_features
+    return model
+
+
 def stage_torch_pruning(args) -> None:
     try:
         import torch_pruning as tp
     except ImportError as err:
         raise SystemExit("pip install 'lightning-topo[bench]' (torch-pruning==1.6.1)") from err
-    from transformers import AutoModelForSequenceClassification
-    from transformers.models.bert.modeling_bert import BertSelfAttention
 
     base, tok = load_base()
     base_meta = json.loads((OUT / "base" / "bench_meta.json").read_text())
     va_x, va_y = load_split("val")
     tr_x, tr_y = load_split("train")
     rec_x, rec_y = subset(tr_x, tr_y, args.recover_sentences, seed=2)
-    res = _results()
-    base_tp = throughput(base, reps=args.timing_reps)
     base_params = encoder_params(base)
+    example = next(batches(tok, va_x[:2], va_y[:2]))
+    example.pop("labels")
     for ratio in args.ratios:
         key = f"torch-pruning-magnitude@{ratio}"
+        res = _results()
         if key in res.get("cells", {}) and not args.redo:
             continue
-        model = AutoModelForSequenceClassification.from_pretrained(OUT / "base").eval()
-        example = next(batches(tok, va_x[:2], va_y[:2]))
-        example.pop("labels")
-        num_heads = {}
-        for m in model.modules():
-            if isinstance(m, BertSelfAttention):
-                num_heads[m.query] = m.num_attention_heads
-                num_heads[m.key] = m.num_attention_heads
-                num_heads[m.value] = m.num_attention_heads
-        ignored = [model.classifier, model.bert.pooler, model.bert.embeddings]
-        # Torch-Pruning's pruning_ratio is the fraction of channels removed per group; search the
-        # ratio that lands at the same encoder budget.
-        lo, hi = 0.0, 1.0
-        best = None
-        for _ in range(8):
+        # pruning_ratio is the fraction of channels removed per group; bisect to the same budget.
+        lo, hi, best = 0.0, 1.0, None
+        for _ in range(7):
             mid = (lo + hi) / 2
-            trial = AutoModelForSequenceClassification.from_pretrained(OUT / "base").eval()
-            nh = {}
-            for m in trial.modules():
-                if isinstance(m, BertSelfAttention):
-                    for lin in (m.query, m.key, m.value):
-                        nh[lin] = m.num_attention_heads
-            pruner = tp.pruner.MetaPruner(
-                trial,
-                example,
-                importance=tp.importance.MagnitudeImportance(p=2),
-                pruning_ratio=mid,
-                ignored_layers=[trial.classifier, trial.bert.pooler, trial.bert.embeddings]
-                + [ln for m in trial.modules() for ln in [getattr(m, "LayerNorm", None)] if ln is not None],
-                num_heads=nh,
-                prune_head_dims=False,
-                prune_num_heads=True,
-                head_pruning_ratio=mid,
-            )
-            pruner.step()
-            for m in trial.modules():
-                if isinstance(m, BertSelfAttention) and m in [mm for mm in trial.modules()]:
-                    m.num_attention_heads = nh[m.query]
-                    m.all_head_size = m.query.out_features
-            r = encoder_params(trial) / base_params
+            model = _tp_prune(tp, example, mid)
+            r = encoder_params(model) / base_params
             if r > ratio:
                 lo = mid
             else:
-                hi = mid
-                best = (mid, trial, r)
-        del ignored, num_heads, model
+                hi, best = mid, (mid, model, r)
         if best is None:
             continue
         mid, model, r = best
         acc0 = evaluate(model, tok, va_x, va_y)
-        train_epochs(model, tok, rec_x, rec_y, epochs=1, lr=args.recover_lr, seed=0, log_every=0)
+        rec_s = train_epochs(model, tok, rec_x, rec_y, epochs=1, lr=args.recover_lr, seed=0, log_every=0)
         acc1 = evaluate(model, tok, va_x, va_y)
-        tpv = throughput(model, reps=args.timing_reps)
+        tp_base, tp_model = paired_throughput(base, model, reps=args.timing_reps)
         cell = {
             "method": "torch-pruning-magnitude",
             "target_ratio": ratio,
             "tp_pruning_ratio": mid,
             "encoder_params": encoder_params(model),
             "encoder_ratio": r,
+            "total_params": sum(q.numel() for q in model.parameters()),
             "val_acc_before_recovery": acc0,
             "val_acc_after_recovery": acc1,
             "acc_drop_points": 100 * (base_meta["val_acc"] - acc1),
-            "throughput_seq_s": tpv,
-            "speedup": tpv / base_tp,
+            "throughput_seq_s": tp_model,
+            "base_throughput_seq_s": tp_base,
+            "speedup": tp_model / tp_base,
             "checkpoint_mb": None,
             "reloadable_from_pretrained": False,
             "heads_per_layer": [
                 layer.attention.self.num_attention_heads for layer in model.bert.encoder.layer
             ],
             "ffn_per_layer": [layer.intermediate.dense.out_features for layer in model.bert.encoder.layer],
+            "recover_s": rec_s,
         }
         res = _results()
         res.setdefault("cells", {})[key] = cell
@@ -439,11 +470,19 @@ def main(argv=None) -> int:
     )
     p.add_argument("--calib-sentences", type=int, default=256)
     p.add_argument("--max-positions", type=int, default=2048)
-    p.add_argument("--recover-sentences", type=int, default=2000)
+    p.add_argument("--recover-sentences", type=int, default=1000)
     p.add_argument("--recover-lr", type=float, default=5e-5)
     p.add_argument("--timing-reps", type=int, default=15)
     p.add_argument("--redo", action="store_true")
+    p.add_argument("--out", default=None, help="work folder (default outputs/pruning_bench)")
+    p.add_argument("--results", default=None, help="results JSON (default benchmarks/results/pruning.json)")
+    p.add_argument("--val-limit", type=int, default=None, help="evaluate on the first N val sentences (dry runs)")
     args = p.parse_args(argv)
+    global OUT, RESULTS
+    if args.out:
+        OUT = Path(args.out)
+    if args.results:
+        RESULTS = Path(args.results)
     torch.set_num_threads(args.threads)
     OUT.mkdir(parents=True, exist_ok=True)
     if args.stage == "base":
