@@ -112,6 +112,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=RESULTS, help="JSON output path")
     args = parser.parse_args()
 
+    load_before = os.getloadavg()
     torch.set_num_threads(THREADS)
     warnings.filterwarnings("ignore", message="The input point cloud has more columns than rows")
     h0_sizes = [256, 512] if args.quick else [512, 1024, 2048, 4096]
@@ -176,6 +177,8 @@ def main() -> int:
             "torch": torch.__version__,
             "giotto_ph": getattr(gph, "__version__", "unknown"),
             "numpy": np.__version__,
+            "load_average_1_5_15min_before": [round(v, 2) for v in load_before],
+            "load_average_1_5_15min_after": [round(v, 2) for v in os.getloadavg()],
         },
         "h0": h0_rows,
         "h1": h1_rows,
