@@ -48,13 +48,6 @@ def ranking_matrix(points: Tensor) -> tuple[Tensor, Tensor]:
     return m, sq
 
 
-def ranking_squared_distances(points: Tensor) -> Tensor:
-    """Detached squared distances ``(n, n)`` (round-off may leave tiny negatives and a
-    non-zero diagonal): ``M + sq[:, None]`` from :func:`ranking_matrix`."""
-    m, sq = ranking_matrix(points)
-    return m.add_(sq.unsqueeze(1))
-
-
 def pairwise_distances(points: Tensor) -> Tensor:
     """Euclidean distance matrix of a point cloud, differentiable.
 
