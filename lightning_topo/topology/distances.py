@@ -18,14 +18,15 @@ def safe_sqrt(x: Tensor) -> Tensor:
 def squared_distances(points: Tensor) -> Tensor:
     """Squared Euclidean distances ``(n, n)`` via one GEMM, ``|x|^2 + |y|^2 - 2 x y^T``.
 
-    The points are centred first (distances do not change, cancellation shrinks); negative
-    round-off is clamped to 0 and the diagonal set to exactly 0. Differentiable through
+    The points are centred first (distances do not change, cancellation shrinks); the result
+    is symmetrised, negative round-off is clamped to 0 and the diagonal set to exactly 0. Differentiable through
     autograd; internal callers use it under ``torch.no_grad()`` to rank edges only.
     """
     x = points - points.mean(dim=0, keepdim=True)
     sq = (x * x).sum(dim=1)
     d2 = torch.addmm(sq.unsqueeze(0), x, x.T, beta=1.0, alpha=-2.0)
     d2 = d2 + sq.unsqueeze(1)
+    d2 = 0.5 * (d2 + d2.T)  # exactly symmetric (the GEMM rounds (i, j) and (j, i) apart)
     d2 = d2.clamp_min(0.0)
     n = d2.shape[0]
     eye = torch.eye(n, dtype=torch.bool, device=d2.device)

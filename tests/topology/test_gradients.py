@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch.autograd import gradcheck
 
@@ -46,6 +47,19 @@ def test_gradcheck_distance_matrix_input() -> None:
 def test_gradcheck_pairwise_distances() -> None:
     x = _cloud(6, 3, 1)
     assert gradcheck(pairwise_distances, (x,), eps=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_pairwise_distances_exact_symmetric_accurate(dtype: torch.dtype) -> None:
+    x = (torch.randn(200, 30, generator=torch.Generator().manual_seed(2), dtype=torch.float64) * 3 + 1).to(
+        dtype
+    )
+    dist = pairwise_distances(x)
+    assert dist.dtype == dtype
+    assert torch.equal(dist, dist.T) and torch.all(dist.diagonal() == 0)
+    exact = (x.double()[:, None] - x.double()[None]).norm(dim=-1)
+    tol = 1e-4 if dtype == torch.float32 else 1e-10
+    torch.testing.assert_close(dist.double(), exact, atol=tol, rtol=0)
 
 
 def test_safe_gradient_at_coincident_points() -> None:
