@@ -23,6 +23,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
@@ -373,6 +374,8 @@ class PersistenceScoreMonitor(Callback):
         if trainer.sanity_checking or self._pending is None:
             return
         record, self._pending = self._pending, None
+        if trainer.state.fn != TrainerFn.FITTING:
+            return  # a stand-alone trainer.validate() logs the scores but does not extend the history
         if self.monitor_against is not None:
             value = trainer.callback_metrics.get(self.monitor_against)
             if value is None:

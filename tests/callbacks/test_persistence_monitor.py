@@ -412,3 +412,12 @@ def test_ddp_two_processes_match_one(tmp_path, tiny_config):
     got1 = json.loads((out2 / "rank1_epoch0.json").read_text())
     assert got0 == got1  # every rank logs the same value
     assert got0 == pytest.approx(ref, rel=1e-5)
+
+
+def test_standalone_validate_logs_but_keeps_history(tmp_path, tiny_config):
+    trainer, monitor = fit(tmp_path, tiny_config, monitor=PersistenceScoreMonitor(plots=False), max_epochs=1)
+    before = [dict(r) for r in monitor.history]
+    _, val = loaders()
+    trainer.validate(trainer.lightning_module, val, verbose=False)
+    assert {"topo/psf", "topo/h1/entropy"} <= set(trainer.callback_metrics)
+    assert monitor.history == before
