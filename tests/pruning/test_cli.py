@@ -88,3 +88,44 @@ def test_prune_cli_bad_input(tiny_hf_folder, data_file, tmp_path, capsys):
         topo_main(["prune", "--checkpoint", str(tmp_path / "missing"), "--output", str(tmp_path / "o2")]) == 2
     )
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_prune_cli_lightning_ckpt(tiny_hf_folder, data_file, tmp_path):
+    import lightning.pytorch as pl
+
+    from lightning_topo.models.classifier import SequenceClassifier
+    from lightning_topo.models.datamodule import TextClassificationDataModule
+
+    module = SequenceClassifier(model_name_or_path=str(tiny_hf_folder), num_labels=2)
+    dm = TextClassificationDataModule(
+        data_file=str(data_file), tokenizer_name_or_path=str(tiny_hf_folder), max_length=16, batch_size=16
+    )
+    trainer = pl.Trainer(
+        max_epochs=1, accelerator="cpu", devices=1, logger=False, default_root_dir=tmp_path,
+        enable_progress_bar=False, num_sanity_val_steps=0,
+    )  # fmt: skip
+    trainer.fit(module, datamodule=dm)
+    ckpt = tmp_path / "model.ckpt"
+    trainer.save_checkpoint(ckpt)
+    digest = hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    out = tmp_path / "pruned"
+    argv = [
+        "prune", "--checkpoint", str(ckpt), "--output", str(out), "--ratio", "0.5", "--method", "magnitude",
+        "--recover-epochs", "1", "--data-file", str(data_file), "--calibration-batches", "1", "--accelerator", "cpu",
+    ]  # fmt: skip
+    assert topo_main(argv) == 0
+    assert hashlib.sha256(ckpt.read_bytes()).hexdigest() == digest
+    model = load_compressed(out)
+    assert count_encoder_parameters(model) / count_encoder_parameters(module.model) <= 0.5
+
+
+def test_import_lightning_topo_stays_cheap():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, lightning_topo; "
+        "assert 'transformers.models.bert.modeling_bert' not in sys.modules, 'modeling_bert imported eagerly'"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
