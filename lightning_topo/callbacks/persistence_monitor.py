@@ -75,7 +75,8 @@ class PersistenceScoreMonitor(Callback):
         every_n_epochs: measure when ``(current_epoch + 1) % every_n_epochs == 0``. With
             values > 1 give ``EarlyStopping`` ``strict=False`` (the metric is absent on the
             other epochs).
-        split: ``"val"`` (``trainer.val_dataloaders``) or ``"train"`` (``trainer.train_dataloader``).
+        split: ``"val"`` (``trainer.val_dataloaders``) or ``"train"`` (``trainer.train_dataloader``);
+            ``None``: the preset's (``"val"`` for ``"default"``, ``"train"`` for ``"bertops"``).
             Either way the measurement runs at the end of validation.
         layers: hidden-state index, list of indices or ``"all"`` (negative indices count from
             the end; ``None``: the preset's layer, ``-1``).
@@ -88,7 +89,7 @@ class PersistenceScoreMonitor(Callback):
             ``None``: the whole dataloader).
         seed: sampling seed; the same seed and data give the same scores.
         preset: ``"default"`` (random subsample) or ``"bertops"`` (the paper's settings: last
-            layer, ``[CLS]``, KDE resample to 5,000 per class), or a
+            layer, ``[CLS]``, training split, KDE resample to 5,000 per class), or a
             :class:`~lightning_topo.scores.PSFPreset`.
         monitor_against: metric whose history is recorded next to the scores and correlated
             with them (``None``: do not record one). A rank-zero warning is raised if it is
@@ -114,7 +115,7 @@ class PersistenceScoreMonitor(Callback):
     def __init__(
         self,
         every_n_epochs: int = 1,
-        split: str = "val",
+        split: str | None = None,
         layers: int | Sequence[int] | str | None = None,
         pooling: str | None = None,
         scores: Sequence[str] = SCORES,
@@ -132,9 +133,10 @@ class PersistenceScoreMonitor(Callback):
         super().__init__()
         if isinstance(every_n_epochs, bool) or not isinstance(every_n_epochs, int) or every_n_epochs < 1:
             raise ValueError(f"every_n_epochs must be a positive int; got {every_n_epochs!r}")
+        settings = get_preset(preset)
+        split = settings.split if split is None else split
         if split not in _SPLITS:
             raise ValueError(f"split must be one of {_SPLITS}; got {split!r}")
-        settings = get_preset(preset)
         settings = settings.override(pooling=pooling, max_points_per_class=max_points_per_class)
         if settings.pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}; got {pooling!r}")

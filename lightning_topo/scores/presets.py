@@ -2,7 +2,7 @@
 
 ``"bertops"`` reproduces the paper's code (Chauhan et al. 2022, github chauhanjatin10/BERTops):
 last hidden layer, [CLS] vector, and when a class has more than 5,000 points a Gaussian KDE
-resample (bandwidth 1.0) to 5,000. ``"default"`` is our faster choice (methods.md §2,
+resample (bandwidth 1.0) to 5,000, on the training examples. ``"default"`` is our faster choice (methods.md §2,
 **choice**): same layer and pooling, a seeded random subsample of at most 512 points per class.
 """
 
@@ -33,6 +33,8 @@ class PSFPreset:
         max_points_per_class: cap on the points per class (``None``: no cap).
         bandwidth: KDE bandwidth (standard deviation of the Gaussian noise), for ``"kde"``.
         max_dim: highest homology dimension (PSF uses H0 and H1: 1).
+        split: data split the callback measures by default (``"val"`` or ``"train"``; BERTops
+            used the training examples).
     """
 
     layer: int = -1
@@ -41,6 +43,7 @@ class PSFPreset:
     max_points_per_class: int | None = 512
     bandwidth: float = 1.0
     max_dim: int = 1
+    split: str = "val"
 
     def override(self, **kwargs: Any) -> PSFPreset:
         """A copy with the given fields replaced; ``None`` values keep the preset's value."""
@@ -49,7 +52,9 @@ class PSFPreset:
 
 PRESETS: dict[str, PSFPreset] = {
     "default": PSFPreset(),
-    "bertops": PSFPreset(layer=-1, pooling="cls", sampling="kde", max_points_per_class=5000, bandwidth=1.0),
+    "bertops": PSFPreset(
+        layer=-1, pooling="cls", sampling="kde", max_points_per_class=5000, bandwidth=1.0, split="train"
+    ),
 }
 
 

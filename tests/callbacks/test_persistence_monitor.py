@@ -257,6 +257,21 @@ def test_resume_continues_history(tmp_path, tiny_config):
     )
 
 
+def test_presets_set_defaults():
+    default = PersistenceScoreMonitor()
+    assert (default.split, default.layers, default.pooling) == ("val", -1, "cls")
+    assert default.preset.sampling == "random" and default.preset.max_points_per_class == 512
+    paper = PersistenceScoreMonitor(preset="bertops")
+    assert (paper.split, paper.layers, paper.pooling) == ("train", -1, "cls")
+    assert paper.preset.sampling == "kde" and paper.preset.max_points_per_class == 5000
+    assert (
+        PersistenceScoreMonitor(
+            preset="bertops", split="val", max_points_per_class=300
+        ).preset.max_points_per_class
+        == 300
+    )
+
+
 def test_state_dict_roundtrip_and_state_key():
     a = PersistenceScoreMonitor(layers=[-1, 1], pooling="mean")
     a.history = [{"epoch": 0, "scores": {"topo/psf": 0.1}, "monitor": 0.5}]
