@@ -31,14 +31,13 @@ class _Prepared:
 
     def __init__(self, points: object, distance_matrix: bool) -> None:
         self.distance_matrix = distance_matrix
-        self.offset: Tensor | None = None
         if distance_matrix:
             self.x = check_distance_matrix(points, "points")
             self.ranking = self.x.detach()
             return
         self.x = check_points(points, "points", finite=False)
-        self.ranking, self.offset = ranking_matrix(self.x)
-        if not bool(torch.isfinite(self.offset).all()):  # NaN/inf in x propagate to |x - x_0|^2
+        self.ranking, sq = ranking_matrix(self.x)
+        if not bool(torch.isfinite(sq).all()):  # NaN/inf in x propagate to |x - x_0|^2
             check_finite(self.x, "points")  # raises unless it was only an overflow
 
     def lengths(self, edges: Tensor) -> Tensor:
@@ -50,7 +49,7 @@ class _Prepared:
 
     def h0_deaths(self) -> Tensor:
         """All ``n - 1`` H0 deaths (MST edge lengths in Prim order, zeros kept)."""
-        return self.lengths(mst_edges(self.ranking, self.offset))
+        return self.lengths(mst_edges(self.ranking))
 
     def giotto_matrix(self) -> Tensor:
         """A detached matrix with the distances' order for giotto-ph; modifies ``ranking``.
@@ -60,9 +59,7 @@ class _Prepared:
         """
         if self.distance_matrix:
             return self.ranking
-        d2 = self.ranking.add_(self.offset.unsqueeze(1)).clamp_(min=0.0)
-        self.offset = None
-        return d2.fill_diagonal_(0.0)
+        return self.ranking.clamp_(min=0.0).fill_diagonal_(0.0)
 
 
 def _as_diagram(births: Tensor, deaths: Tensor) -> Tensor:

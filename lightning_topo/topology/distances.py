@@ -34,19 +34,21 @@ def squared_distances(points: Tensor) -> Tensor:
 
 
 def ranking_matrix(points: Tensor) -> tuple[Tensor, Tensor]:
-    """Detached ``(M, sq)`` with ``M[i, j] + sq[i] = ||x_i - x_j||^2`` (internal, no autograd).
+    """Detached squared distances ``(n, n)`` and row norms ``(n,)`` (internal, no autograd).
 
     ``y = x - x_0`` (a shift leaves distances unchanged and limits cancellation in the GEMM),
-    ``sq = |y|^2`` ``(n,)`` and ``M = sq[None, :] - 2 y y^T`` ``(n, n)`` by a single ``addmm``.
-    Prim reads rows of ``M`` and adds ``sq[i]`` per row, so no other pass over the n x n
-    matrix is needed; ``sq`` is also the cheap place to detect NaN/inf input (they propagate).
+    ``sq = |y|^2`` and ``D2 = sq[:, None] + sq[None, :] - 2 y y^T``, built as one outer sum
+    and one in-place ``addmm_``. Round-off may leave tiny negatives and a non-zero diagonal:
+    fine for ranking edges (Prim never reads the diagonal). ``sq`` is the cheap place to
+    detect NaN/inf input (they propagate into it).
     """
     with torch.no_grad():
         x = points.detach()
         y = x - x[:1]
         sq = torch.linalg.vector_norm(y, dim=1).square_()
-        m = torch.addmm(sq.unsqueeze(0), y, y.T, beta=1.0, alpha=-2.0)
-    return m, sq
+        d2 = sq.unsqueeze(1) + sq.unsqueeze(0)
+        d2.addmm_(y, y.T, beta=1.0, alpha=-2.0)
+    return d2, sq
 
 
 def pairwise_distances(points: Tensor) -> Tensor:
