@@ -36,9 +36,8 @@ from torch import Tensor, nn
 
 from lightning_topo.representations import _check_labels, sample_per_class
 from lightning_topo.scores.presets import PSFPreset, get_preset
+from lightning_topo.topology import persistence_diagrams, persistence_entropy, total_persistence
 from lightning_topo.topology._checks import check_points
-from lightning_topo.topology.diagrams import persistence_diagrams
-from lightning_topo.topology.vectorize import persistence_entropy, total_persistence
 
 __all__ = [
     "psf",
