@@ -150,3 +150,32 @@ def test_bad_arguments():
     ):
         with pytest.raises(ValueError):
             TopologicalPruning(**kwargs)
+
+
+def test_wandb_table_and_plot(tiny_dir, tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    from lightning.pytorch.loggers import WandbLogger
+
+    logged = {}
+    logger = WandbLogger(project="lt-test", save_dir=str(tmp_path), offline=True)
+    original = logger.log_table
+
+    def log_table(key, columns=None, data=None, **kw):
+        logged[key] = (columns, data)
+        return original(key=key, columns=columns, data=data, **kw)
+
+    monkeypatch.setattr(logger, "log_table", log_table)
+    module = _module(tiny_dir)
+    cb = TopologicalPruning(method="magnitude", ratio=0.6, prune_epoch=0)
+    trainer = pl.Trainer(
+        max_epochs=1, accelerator="cpu", devices=1, callbacks=[cb], logger=logger, default_root_dir=tmp_path,
+        enable_progress_bar=False, enable_checkpointing=False, num_sanity_val_steps=0,
+    )  # fmt: skip
+    trainer.fit(module, train_dataloaders=_loader(_batches(2)))
+    columns, data = logged["prune/kept_units"]
+    assert columns == ["step", "layer", "kind", "kept"]
+    assert len(data) == 4  # 2 layers x (heads, ffn)
+    import wandb
+
+    wandb.finish()
