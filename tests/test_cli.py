@@ -18,7 +18,8 @@ def test_help_and_unknown_command(capsys):
     assert "unknown subcommand 'frobnicate'" in capsys.readouterr().err
 
 
-def test_fit_help_lists_model_and_data_options(capsys):
+def test_fit_help_lists_model_and_data_options(capsys, monkeypatch):
+    monkeypatch.setattr("sys.argv", ["lightning-topo"])
     with pytest.raises(SystemExit) as exc:
         main(["fit", "--help"])
     assert exc.value.code == 0

@@ -19,3 +19,9 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 def toy_csv(tmp_path) -> Path:
     """200 separable toy sentences, columns ``sentence,target,id`` with labels 0/1."""
     return write_csv(tmp_path / "toy.csv", toy_rows())
+
+
+@pytest.fixture(autouse=True)
+def _plain_argv(monkeypatch):
+    """LightningCLI warns when it sees pytest's own argv next to ``args=``."""
+    monkeypatch.setattr("sys.argv", ["lightning-topo"])

@@ -47,7 +47,7 @@ def test_bad_arguments(tiny_model_dir):
 
 def test_auxiliary_loss_is_added_and_logged(model, tiny_batch):
     logged: dict[str, float] = {}
-    model.log = lambda name, value, **kw: logged.__setitem__(name, float(value))  # type: ignore[method-assign]
+    model.log = lambda name, value, **kw: logged.__setitem__(name, float(value.detach()))  # type: ignore[method-assign]
     seen: list[EncodedBatch] = []
 
     def mean_norm(enc: EncodedBatch, batch) -> torch.Tensor:
