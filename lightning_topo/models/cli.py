@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -79,6 +80,8 @@ def run_lightning_cli(args: Sequence[str] | None = None, run: bool = True) -> To
     Returns:
         The CLI object (``.model``, ``.datamodule``, ``.trainer``).
     """
+    # Lightning-internal deprecation noise on current torch; not actionable by users.
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
     return TopoLightningCLI(
         SequenceClassifier,
         TextClassificationDataModule,

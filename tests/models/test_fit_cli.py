@@ -71,9 +71,15 @@ def test_fit_through_cli_learns_and_checkpoint_reloads(tiny_model_dir, toy_csv, 
     acc = (reloaded(batch).argmax(-1) == batch["labels"]).float().mean()
     assert acc >= 0.9
 
-    # validate/test with the checkpoint through the same CLI
+    # validate/test/predict with the checkpoint through the same CLI
     cli = run_lightning_cli(["test", "--config", str(cfg), "--ckpt_path", str(ckpts[0])])
     assert cli.trainer.callback_metrics["test/acc"] >= 0.9
+    cli = run_lightning_cli(["validate", "--config", str(cfg), "--ckpt_path", str(ckpts[0])])
+    assert cli.trainer.callback_metrics["val/acc"] >= 0.9
+    cli = run_lightning_cli(["predict", "--config", str(cfg), "--ckpt_path", str(ckpts[0])])
+    predictions = cli.trainer.predict_loop.predictions
+    assert predictions and set(predictions[0]) >= {"logits", "probs", "preds"}
+    assert sum(len(p["preds"]) for p in predictions) == 20  # the test split
 
 
 class _ParseOnly(TopoLightningCLI):
