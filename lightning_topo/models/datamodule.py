@@ -643,11 +643,16 @@ class TextClassificationDataModule(pl.LightningDataModule):
                 raise ValueError(f"predict_file {self.predict_file!r} has no rows")
             if "predict" in self.limits:
                 rows = rows[: self.limits["predict"]]
-            labelled = self.label_column in columns
+            predict_labels = None
+            if self.label_column in columns:
+                values = _normalise_labels([r.get(self.label_column) for r in rows], "predict split")[0]
+                unknown = sorted({str(v) for v in values if v not in to_id})
+                if unknown:
+                    raise ValueError(f"predict split has labels {unknown[:5]} that are not among the classes {list(to_id)}")
+                predict_labels = [to_id[v] for v in values]
             splits["predict"] = _Split(
                 texts=[self._text(r, self.text_column, "predict", i) for i, r in enumerate(rows)],
-                labels=[to_id[v] for v in _normalise_labels([r.get(self.label_column) for r in rows], "predict")[0]]
-                if labelled else None,
+                labels=predict_labels,
                 pairs=[self._text(r, self.text_pair_column, "predict", i) for i, r in enumerate(rows)]
                 if self.text_pair_column else None,
             )
