@@ -483,7 +483,8 @@ def collect_representations(
     """Pooled hidden states of the examples in ``dataloader``, per layer, with their labels.
 
     Runs under ``torch.no_grad()`` with ``module`` in eval mode (its previous mode is restored),
-    batches moved to the module's device. Under DDP (``gather=True`` and an initialised process
+    batches moved to the module's device; the global CPU random state is restored afterwards, so
+    collecting does not change a training run's random stream. Under DDP (``gather=True`` and an initialised process
     group with world size > 1) every rank encodes its shard and the shards are all-gathered, so
     every rank returns the same full set (then sampled identically).
 
@@ -520,7 +521,9 @@ def collect_representations(
     was_training = module.training
     module.eval()
     try:
-        with torch.no_grad():
+        # iterating a DataLoader draws its base seed from the global CPU generator: fork it so that
+        # measuring does not change the training run's random stream (dropout, shuffling)
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
             batches = dataloader if max_batches is None else islice(dataloader, max_batches)
             for batch in batches:
                 batch = _move_to_device(batch, device)

@@ -185,6 +185,25 @@ def test_reuses_validation_forward_when_validation_step_returns_encoded(tmp_path
     assert monitor.history[0]["scores"].keys() >= {"topo/psf", "topo/psf/class_0"}
 
 
+def test_monitor_does_not_change_training(tmp_path, tiny_config):
+    # dropout on, shuffled training data: both draw from the global RNG that re-reading the
+    # validation loader would otherwise advance
+    config = tiny_config.__class__(**{**tiny_config.to_dict(), "hidden_dropout_prob": 0.1})
+
+    def run(callbacks, root):
+        pl.seed_everything(0)
+        model = TinyClassifier(config)
+        trainer = make_trainer(root, callbacks, max_epochs=2)
+        train = DataLoader(make_dataset(32, seed=0), batch_size=8, shuffle=True)
+        trainer.fit(model, train, DataLoader(make_dataset(24, seed=1), batch_size=8))
+        return model
+
+    plain = run([], tmp_path / "plain")
+    monitored = run([PersistenceScoreMonitor(plots=False)], tmp_path / "monitored")
+    for (name, a), (_, b) in zip(plain.state_dict().items(), monitored.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+
+
 def test_every_n_epochs_and_train_split(tmp_path, tiny_config):
     monitor = PersistenceScoreMonitor(every_n_epochs=2, split="train", plots=False, max_batches=2)
     fit(tmp_path, tiny_config, monitor=monitor, max_epochs=4)
