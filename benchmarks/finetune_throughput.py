@@ -11,7 +11,7 @@ which is what ``lightning-topo fit`` actually runs.
 Results go to ``benchmarks/results/finetune.json`` and are printed as a table. The load average
 before and after is recorded: on a shared machine, other processes make the numbers noisy.
 
-    .venv/bin/python benchmarks/finetune_throughput.py [--threads 2] [--steps 10]
+    .venv/bin/python benchmarks/finetune_throughput.py [--threads 1 2] [--steps 10]
 """
 
 from __future__ import annotations
@@ -46,14 +46,14 @@ def _time_steps(fn, batches, warmup: int) -> tuple[list[float], list[float]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, nargs="+", default=[2],
+                        help="torch thread counts to measure, e.g. --threads 1 2")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--length", type=int, default=64)
     parser.add_argument("--steps", type=int, default=10, help="timed batches per measurement")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     load_before = os.getloadavg()
 
@@ -87,18 +87,20 @@ def main(argv: list[str] | None = None) -> int:
             model(batch)
 
     rows = []
-    for name, batches in (("fixed length", fixed), ("dynamic + grouped", dynamic)):
-        tokens = statistics.mean(b["input_ids"].shape[1] for b in batches[args.warmup:])
-        for mode, fn in (("train", train_step), ("eval", eval_step)):
-            times, cpu = _time_steps(fn, batches, args.warmup)
-            med = statistics.median(times)
-            rows.append({
-                "padding": name, "mode": mode, "batch_size": args.batch_size,
-                "mean_seq_len": round(tokens, 1), "median_step_s": round(med, 4),
-                "samples_per_s": round(args.batch_size / med, 1),
-                "best_samples_per_s": round(args.batch_size / min(times), 1),
-                "median_cpu_s": round(statistics.median(cpu), 4), "steps": len(times),
-            })
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        for name, batches in (("fixed length", fixed), ("dynamic + grouped", dynamic)):
+            tokens = statistics.mean(b["input_ids"].shape[1] for b in batches[args.warmup:])
+            for mode, fn in (("train", train_step), ("eval", eval_step)):
+                times, cpu = _time_steps(fn, batches, args.warmup)
+                med = statistics.median(times)
+                rows.append({
+                    "threads": threads, "padding": name, "mode": mode, "batch_size": args.batch_size,
+                    "mean_seq_len": round(tokens, 1), "median_step_s": round(med, 4),
+                    "samples_per_s": round(args.batch_size / med, 1),
+                    "best_samples_per_s": round(args.batch_size / min(times), 1),
+                    "median_cpu_s": round(statistics.median(cpu), 4), "steps": len(times),
+                })
     result = {
         "benchmark": "finetune_throughput",
         "model": "embedded all-MiniLM-L6-v2 (BertForSequenceClassification, 22.7M params)",
@@ -107,8 +109,9 @@ def main(argv: list[str] | None = None) -> int:
         "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
         "loadavg_before": [round(x, 2) for x in load_before],
         "loadavg_after": [round(x, 2) for x in os.getloadavg()],
-        "note": ("shared machine: other jobs were running; a load average above 'threads' makes the wall-clock "
-                 "numbers pessimistic. median_cpu_s is the process CPU time per batch (all threads)."),
+        "note": ("shared machine: other jobs were running; a load average above the thread count makes the "
+                 "wall-clock numbers pessimistic. median_cpu_s is the process CPU time per batch (all threads); "
+                 "with 1 thread it is the least load-sensitive measure of the work per batch."),
         "rows": rows,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -116,11 +119,11 @@ def main(argv: list[str] | None = None) -> int:
     tmp.write_text(json.dumps(result, indent=2) + "\n")
     tmp.replace(args.out)
 
-    print(f"\nembedded MiniLM, batch {args.batch_size}, {args.threads} threads, load avg "
+    print(f"\nembedded MiniLM, batch {args.batch_size}, threads {args.threads}, load avg "
           f"{result['loadavg_before'][0]} -> {result['loadavg_after'][0]}")
-    print(f"{'padding':<20}{'mode':<7}{'seq':>6}{'step s':>9}{'cpu s':>8}{'samples/s':>11}{'best':>8}")
+    print(f"{'thr':<4}{'padding':<20}{'mode':<7}{'seq':>6}{'step s':>9}{'cpu s':>8}{'samples/s':>11}{'best':>8}")
     for r in rows:
-        print(f"{r['padding']:<20}{r['mode']:<7}{r['mean_seq_len']:>6}{r['median_step_s']:>9.3f}"
+        print(f"{r['threads']:<4}{r['padding']:<20}{r['mode']:<7}{r['mean_seq_len']:>6}{r['median_step_s']:>9.3f}"
               f"{r['median_cpu_s']:>8.3f}{r['samples_per_s']:>11.1f}{r['best_samples_per_s']:>8.1f}")
     print(f"wrote {args.out}")
     return 0
