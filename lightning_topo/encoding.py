@@ -76,11 +76,23 @@ def encode_batch(model: torch.nn.Module, batch: Mapping[str, Any]) -> EncodedBat
         if not isinstance(out, EncodedBatch):
             raise TypeError(f"{type(model).__name__}.encode must return EncodedBatch, got {type(out).__name__}")
         return out
-    inputs = model_inputs(batch)
+    return encode_hf_model(model, batch)
+
+
+def encode_hf_model(model: torch.nn.Module, batch: Mapping[str, Any]) -> EncodedBatch:
+    """Run a Hugging Face model with ``output_hidden_states=True`` on ``batch``.
+
+    Tensors are moved to the model's device; a missing ``attention_mask`` means all ones.
+
+    Raises:
+        TypeError: if ``batch`` is not a mapping, or the model returns no hidden states.
+        ValueError: if ``batch`` has no ``input_ids``.
+    """
     device = _module_device(model)
-    inputs = {k: v.to(device) for k, v in inputs.items()}
+    inputs = {k: v.to(device) for k, v in model_inputs(batch).items()}
     if "attention_mask" not in inputs:
         inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
+    ensure_hidden_state_capture(model)
     out = model(**inputs, output_hidden_states=True, return_dict=True)
     hidden = getattr(out, "hidden_states", None)
     if hidden is None:
@@ -95,6 +107,24 @@ def encode_batch(model: torch.nn.Module, batch: Mapping[str, Any]) -> EncodedBat
         labels=labels.to(device) if isinstance(labels, Tensor) else None,
         logits=getattr(out, "logits", None),
     )
+
+
+def ensure_hidden_state_capture(model: torch.nn.Module) -> None:
+    """Work around transformers 5 losing ``output_hidden_states`` after unpickling (``ddp_spawn``).
+
+    transformers 5 records which outputs a model class can capture in a process-global registry
+    filled by ``PreTrainedModel.__init__``; a model unpickled in a fresh process (spawned DDP
+    workers) never ran ``__init__`` there, so it silently returns ``hidden_states=None``.
+    Registering every Hugging Face submodule's class again restores the capture.
+    """
+    try:
+        from transformers.utils.output_capturing import _CAN_RECORD_REGISTRY
+    except ImportError:  # a transformers version without this registry needs no repair
+        return
+    for sub in model.modules():
+        can_record = getattr(sub, "_can_record_outputs", None)
+        if can_record and not _CAN_RECORD_REGISTRY.get(sub):
+            _CAN_RECORD_REGISTRY[sub] = can_record
 
 
 def _module_device(model: torch.nn.Module) -> torch.device:

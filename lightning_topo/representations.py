@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lightning_topo.encoding import EncodedBatch, encode_batch
+from lightning_topo.encoding import EncodedBatch, encode_batch, ensure_hidden_state_capture
 
 __all__ = [
     "Representations",
@@ -360,24 +360,6 @@ def _module_device(module: torch.nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def _ensure_hidden_state_capture(module: torch.nn.Module) -> None:
-    """Work around transformers 5 losing ``output_hidden_states`` after unpickling (``ddp_spawn``).
-
-    transformers 5 records which outputs a model class can capture in a process-global registry
-    filled by ``PreTrainedModel.__init__``; a model unpickled in a fresh process (spawned DDP
-    workers) never ran ``__init__`` there, so it silently returns ``hidden_states=None``.
-    Registering every Hugging Face submodule's class again restores the capture.
-    """
-    try:
-        from transformers.utils.output_capturing import _CAN_RECORD_REGISTRY
-    except ImportError:  # older/newer transformers without this registry
-        return
-    for sub in module.modules():
-        can_record = getattr(sub, "_can_record_outputs", None)
-        if can_record and not _CAN_RECORD_REGISTRY.get(sub):
-            _CAN_RECORD_REGISTRY[sub] = can_record
-
-
 class RepresentationCollector:
     """Accumulates pooled hidden states batch by batch; :meth:`finalize` gathers and samples.
 
@@ -516,7 +498,7 @@ def collect_representations(
     if max_points_per_class is not None and max_points_per_class < 2:
         raise ValueError(f"max_points_per_class must be >= 2 or None; got {max_points_per_class!r}")
     device = _module_device(module)
-    _ensure_hidden_state_capture(module)
+    ensure_hidden_state_capture(module)
     collector = RepresentationCollector(layers=layers, pooling=pooling)
     was_training = module.training
     module.eval()
