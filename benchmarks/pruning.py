@@ -476,7 +476,9 @@ def main(argv=None) -> int:
     p.add_argument("--redo", action="store_true")
     p.add_argument("--out", default=None, help="work folder (default outputs/pruning_bench)")
     p.add_argument("--results", default=None, help="results JSON (default benchmarks/results/pruning.json)")
-    p.add_argument("--val-limit", type=int, default=None, help="evaluate on the first N val sentences (dry runs)")
+    p.add_argument(
+        "--val-limit", type=int, default=None, help="evaluate on the first N val sentences (dry runs)"
+    )
     args = p.parse_args(argv)
     global OUT, RESULTS
     if args.out:
