@@ -25,3 +25,13 @@ def toy_csv(tmp_path) -> Path:
 def _plain_argv(monkeypatch):
     """LightningCLI warns when it sees pytest's own argv next to ``args=``."""
     monkeypatch.setattr("sys.argv", ["lightning-topo"])
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """The CLI's ``torch_threads`` changes a process-wide setting; put it back after each test."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)

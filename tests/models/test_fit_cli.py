@@ -6,6 +6,7 @@ import csv
 from pathlib import Path
 
 import pytest
+import torch
 
 from lightning_topo.models import SequenceClassifier, TextClassificationDataModule
 from lightning_topo.models.cli import TopoLightningCLI, run_lightning_cli
@@ -16,6 +17,7 @@ def _config(tmp_path: Path, model_dir: Path, data_file: Path, epochs: int = 4) -
     cfg.write_text(
         f"""
 seed_everything: 0
+torch_threads: 1
 model:
   model_name_or_path: {model_dir}
   learning_rate: 3.0e-3
@@ -49,6 +51,7 @@ trainer:
 def test_fit_through_cli_learns_and_checkpoint_reloads(tiny_model_dir, toy_csv, tmp_path, capsys):
     cfg = _config(tmp_path, tiny_model_dir, toy_csv)
     cli = run_lightning_cli(["fit", "--config", str(cfg)])
+    assert torch.get_num_threads() == 1  # torch_threads: 1 in the config
     assert cli.model.hparams.num_labels == 2  # linked from data.num_classes
     assert cli.datamodule.tokenizer_name_or_path == str(tiny_model_dir)  # linked from the model
 
