@@ -439,6 +439,32 @@ def stage_torch_pruning(args) -> None:
         )
 
 
+def stage_timing(args) -> None:
+    """Re-time the saved pruned folders against the base in one process (run on a quiet machine)."""
+    from lightning_topo.pruning import load_compressed
+
+    base, _ = load_base()
+    res = _results()
+    out = {}
+    for ratio in args.ratios:
+        folder = OUT / "pruned" / f"topological-1d_{ratio}"
+        if not folder.exists():
+            continue
+        model = load_compressed(folder).eval()
+        tb, tm = paired_throughput(base, model, reps=args.timing_reps)
+        out[str(ratio)] = {
+            "base_seq_s": tb,
+            "pruned_seq_s": tm,
+            "speedup": tm / tb,
+            "attn_implementation": [base.config._attn_implementation, model.config._attn_implementation],
+        }
+        print(
+            f"ratio {ratio}: base {tb:.1f} seq/s, pruned {tm:.1f} seq/s, speedup {tm / tb:.2f}x", flush=True
+        )
+    res["timing_rerun"] = out
+    _write_results(res)
+
+
 def print_table() -> None:
     res = _results()
     base = res.get("base", {})
@@ -459,7 +485,7 @@ def print_table() -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--stage", choices=["base", "grid", "torch-pruning", "table"], default="grid")
+    p.add_argument("--stage", choices=["base", "grid", "torch-pruning", "timing", "table"], default="grid")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--base-epochs", type=int, default=1)
     p.add_argument("--ratios", type=float, nargs="+", default=[0.6, 0.4, 0.8])
@@ -493,6 +519,8 @@ def main(argv=None) -> int:
         stage_grid(args)
     elif args.stage == "torch-pruning":
         stage_torch_pruning(args)
+    elif args.stage == "timing":
+        stage_timing(args)
     print_table()
     return 0
 
