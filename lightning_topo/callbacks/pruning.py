@@ -243,6 +243,12 @@ class TopologicalPruning(Callback):
         from lightning_topo.pruning.importance import encoder_layers
 
         encoder_layers(self._hf_model(pl_module))  # fail early on a non-BERT model
+        if stage == "fit" and self.output_dir is not None and self.output_dir.exists() and not self.overwrite:
+            # fail before training, not after it: the save at fit end would refuse this path
+            raise FileExistsError(
+                f"TopologicalPruning output_dir {str(self.output_dir)!r} already exists; choose another "
+                "output_dir or pass overwrite=True to replace it at fit end"
+            )
         if stage == "fit" and trainer.ckpt_path and not hasattr(pl_module, "_shapes_differ"):
             rank_zero_warn(
                 "TopologicalPruning: resuming from a checkpoint saved after pruning needs the LightningModule "

@@ -179,3 +179,16 @@ def test_wandb_table_and_plot(tiny_dir, tmp_path, monkeypatch):
     import wandb
 
     wandb.finish()
+
+
+def test_existing_output_dir_fails_before_training(tiny_dir, tmp_path):
+    out = tmp_path / "kept"
+    out.mkdir()
+    (out / "user_file.txt").write_text("mine")
+    module = _module(tiny_dir)
+    weight = module.model.bert.encoder.layer[0].intermediate.dense.weight.detach().clone()
+    trainer = _trainer(tmp_path, [TopologicalPruning(prune_epoch=0, output_dir=out)], max_epochs=1)
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        trainer.fit(module, train_dataloaders=_loader(_batches(2)))
+    assert torch.equal(module.model.bert.encoder.layer[0].intermediate.dense.weight, weight)  # no training ran
+    assert (out / "user_file.txt").read_text() == "mine"
