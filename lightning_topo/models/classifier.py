@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
-from lightning_topo.encoding import EncodedBatch, model_inputs
+from lightning_topo.encoding import EncodedBatch, encode_hf_model, model_inputs
 from lightning_topo.models.embedded import resolve_model_path
 
 __all__ = ["SequenceClassifier", "AuxiliaryLoss"]
@@ -123,15 +123,7 @@ class SequenceClassifier(pl.LightningModule):
             ``(batch, seq, hidden)`` (index 0 = embeddings), the attention mask, the labels and the
             logits ``(batch, num_labels)``. Gradients flow unless the caller disables them.
         """
-        inputs = self._inputs(batch)
-        out = self.model(**inputs, output_hidden_states=True, return_dict=True)
-        labels = batch.get("labels")
-        return EncodedBatch(
-            hidden_states=tuple(out.hidden_states),
-            attention_mask=inputs["attention_mask"],
-            labels=labels.to(self.device) if isinstance(labels, Tensor) else None,
-            logits=out.logits,
-        )
+        return encode_hf_model(self.model, batch)
 
     def _inputs(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
         inputs = {k: v.to(self.device) for k, v in model_inputs(batch).items()}
@@ -216,8 +208,10 @@ class SequenceClassifier(pl.LightningModule):
         self.log("train/loss", total, on_step=True, on_epoch=True, prog_bar=True, batch_size=labels.numel())
         return total
 
-    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
-        self._eval_step(batch, "val", self.val_metrics)
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> EncodedBatch:
+        """Logs ``val/loss``, ``val/acc``, ``val/f1``; returns the batch's :class:`EncodedBatch`
+        so that callbacks (``PersistenceScoreMonitor``) reuse this forward pass."""
+        return self._eval_step(batch, "val", self.val_metrics)
 
     def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         self._eval_step(batch, "test", self.test_metrics)
@@ -230,13 +224,15 @@ class SequenceClassifier(pl.LightningModule):
             out["labels"] = batch["labels"]
         return out
 
-    def _eval_step(self, batch: Mapping[str, Any], stage: str, metrics: MetricCollection) -> None:
+    def _eval_step(self, batch: Mapping[str, Any], stage: str, metrics: MetricCollection) -> EncodedBatch:
         labels = self._labels(batch, stage)
-        logits = self(batch)
+        encoded = self.encode(batch)
+        logits = encoded.logits
         loss = F.cross_entropy(logits, labels)
         metrics.update(logits, labels)
         self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=True, batch_size=labels.numel())
         self.log_dict(metrics, on_epoch=True, prog_bar=True)
+        return encoded
 
     def _labels(self, batch: Mapping[str, Any], stage: str) -> Tensor:
         labels = batch.get("labels") if isinstance(batch, Mapping) else None
