@@ -117,3 +117,27 @@ def test_configure_optimizers_rebuilds_from_current_parameters(model, dm, tmp_pa
     model.eval()
     reloaded.eval()
     torch.testing.assert_close(reloaded(batch), model(batch))
+
+
+def test_validation_step_returns_its_encoded_batch(model, dm, tmp_path):
+    """The PSF monitor reuses this forward: validation_step must hand back the hidden states it computed."""
+    from lightning_topo.callbacks import PersistenceScoreMonitor
+
+    class CountingClassifier(SequenceClassifier):
+        encode_calls = 0
+
+        def encode(self, batch):
+            type(self).encode_calls += 1
+            return super().encode(batch)
+
+    counting = CountingClassifier(str(model.hparams.model_name_or_path), num_labels=2)
+    monitor = PersistenceScoreMonitor(plots=False, max_points_per_class=8)
+    trainer = pl.Trainer(
+        max_epochs=1, limit_train_batches=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+        default_root_dir=tmp_path, callbacks=[monitor],
+    )
+    trainer.fit(counting, datamodule=dm)
+    val_batches = len(dm.val_dataloader())
+    assert CountingClassifier.encode_calls == val_batches  # one encode per validation batch, none extra
+    assert "topo/psf" in trainer.callback_metrics
