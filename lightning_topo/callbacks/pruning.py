@@ -70,6 +70,8 @@ class TopologicalPruning(Callback):
         output_dir: where to save the compressed checkpoint at fit end (``None``: not saved).
         overwrite: replace an existing ``output_dir`` (default ``False``: raise at fit end).
         min_heads, min_ffn: floors per layer.
+        ffn_multiple: pruned FFN widths are rounded down to a multiple of this (default 8, faster
+            GEMMs; ``1`` keeps the exact budget).
         stat: reading B's summary (``"max"``/``"total"``).
         seed: calibration sampling and ``random`` scores.
 
@@ -95,6 +97,7 @@ class TopologicalPruning(Callback):
         overwrite: bool = False,
         min_heads: int = 1,
         min_ffn: int = 1,
+        ffn_multiple: int = 8,
         stat: str = "max",
         seed: int = 0,
     ) -> None:
@@ -108,6 +111,8 @@ class TopologicalPruning(Callback):
             raise ValueError(f"prune_epoch must be >= 0 or None (prune at fit end); got {prune_epoch}")
         if prune_epoch is None and steps != 1:
             raise ValueError("steps > 1 needs prune_epoch (pruning at fit end is a single step)")
+        if isinstance(ffn_multiple, bool) or not isinstance(ffn_multiple, int) or ffn_multiple < 1:
+            raise ValueError(f"ffn_multiple must be an integer >= 1 (1 disables rounding); got {ffn_multiple!r}")
         if calibration_batches < 1:
             raise ValueError(f"calibration_batches must be >= 1; got {calibration_batches}")
         self.method = method
@@ -122,6 +127,7 @@ class TopologicalPruning(Callback):
         self.overwrite = overwrite
         self.min_heads = min_heads
         self.min_ffn = min_ffn
+        self.ffn_multiple = ffn_multiple
         self.stat = stat
         self.seed = seed
         #: encoder parameters before the first step (set at the first step; kept in state_dict).
@@ -173,6 +179,7 @@ class TopologicalPruning(Callback):
             units=self.units,
             min_heads=self.min_heads,
             min_ffn=self.min_ffn,
+            ffn_multiple=self.ffn_multiple,
             max_positions=self.max_positions,
             stat=self.stat,
             seed=self.seed + k,

@@ -35,6 +35,7 @@ def prune_model(
     units: Sequence[str] = UNIT_KINDS,
     min_heads: int = 1,
     min_ffn: int = 1,
+    ffn_multiple: int = 8,
     max_positions: int = 2048,
     max_batches: int | None = None,
     stat: str = "max",
@@ -57,6 +58,9 @@ def prune_model(
         quantile: instead of ``ratio``, drop each layer's units below this per-layer score quantile.
         units: which kinds to prune, subset of ``("ffn", "heads")``.
         min_heads, min_ffn: floors per layer (``>= 1``).
+        ffn_multiple: with ``ratio``, pruned FFN widths are rounded down to a multiple of this
+            (default 8, for fast GEMMs; ``1`` keeps the exact budget). See
+            :func:`~lightning_topo.pruning.structured.plan_keep_masks`.
         max_positions, max_batches: calibration size (token positions, batches).
         stat: reading B's summary (``"max"`` or ``"total"``).
         seed: calibration sampling and ``random`` scores.
@@ -83,7 +87,14 @@ def prune_model(
         seed=seed,
     )
     masks = plan_keep_masks(
-        model, table, ratio=ratio, quantile=quantile, units=units, min_heads=min_heads, min_ffn=min_ffn
+        model,
+        table,
+        ratio=ratio,
+        quantile=quantile,
+        units=units,
+        min_heads=min_heads,
+        min_ffn=min_ffn,
+        ffn_multiple=ffn_multiple,
     )
     apply_keep_masks(model, masks)
     if return_info:

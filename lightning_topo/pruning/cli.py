@@ -41,6 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-heads", type=int, default=1)
     p.add_argument("--min-ffn", type=int, default=1)
     p.add_argument(
+        "--ffn-multiple",
+        type=int,
+        default=8,
+        help="round pruned FFN widths down to a multiple of this (default 8, faster GEMMs; 1 = exact budget)",
+    )
+    p.add_argument(
         "--learning-rate", type=float, default=None, help="recovery learning rate (default: checkpoint's)"
     )
     p.add_argument("--data-file", default=None, help="data file (default: the embedded dataset)")
@@ -169,6 +175,7 @@ def _run(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             min_heads=args.min_heads,
             min_ffn=args.min_ffn,
+            ffn_multiple=args.ffn_multiple,
             seed=args.seed,
         )
         trainer = pl.Trainer(
@@ -200,6 +207,7 @@ def _run(args: argparse.Namespace) -> int:
             units=args.units,
             min_heads=args.min_heads,
             min_ffn=args.min_ffn,
+            ffn_multiple=args.ffn_multiple,
             max_positions=args.max_positions,
             seed=args.seed,
         )

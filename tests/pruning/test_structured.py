@@ -88,13 +88,49 @@ def test_ratio_budget(tiny_classifier, tiny_batch, ratio, units):
             )
         return
     model = prune_model(
-        copy.deepcopy(tiny_classifier), [tiny_batch], method="magnitude", ratio=ratio, units=units
+        copy.deepcopy(tiny_classifier),
+        [tiny_batch],
+        method="magnitude",
+        ratio=ratio,
+        units=units,
+        ffn_multiple=1,
     )
     kept = count_encoder_parameters(model) / before
     assert kept <= ratio + 1e-9
     assert kept > ratio - 0.05  # the FFN width fills the budget after heads are rounded
     widths = {layer.intermediate.dense.out_features for layer in model.bert.encoder.layer}
     assert len(widths) == 1  # uniform allocation
+
+
+@pytest.mark.parametrize("multiple", [8, 16])
+@pytest.mark.parametrize("ratio", [0.9, 0.6, 0.35])
+def test_ffn_widths_rounded_to_multiple(tiny_classifier, tiny_batch, ratio, multiple):
+    before = count_encoder_parameters(tiny_classifier)
+    exact = prune_model(
+        copy.deepcopy(tiny_classifier), [tiny_batch], method="magnitude", ratio=ratio, ffn_multiple=1
+    )
+    model = prune_model(
+        copy.deepcopy(tiny_classifier), [tiny_batch], method="magnitude", ratio=ratio, ffn_multiple=multiple
+    )
+    kept = count_encoder_parameters(model) / before
+    assert kept <= ratio + 1e-9
+    for layer, exact_layer in zip(model.bert.encoder.layer, exact.bert.encoder.layer, strict=True):
+        width = layer.intermediate.dense.out_features
+        exact_width = exact_layer.intermediate.dense.out_features
+        assert width % multiple == 0
+        if layer.attention.self.num_attention_heads == exact_layer.attention.self.num_attention_heads:
+            assert exact_width - multiple < width <= exact_width  # rounded down, not further
+
+
+def test_ffn_multiple_leaves_unpruned_and_narrow_layers(tiny_classifier, tiny_batch):
+    table = compute_importance(tiny_classifier, [tiny_batch], method="magnitude")
+    full = plan_keep_masks(tiny_classifier, table, ratio=1.0, ffn_multiple=48)
+    assert [int(m.sum()) for m in full.ffn] == [64, 64]  # not pruned: width kept as is
+    narrow = plan_keep_masks(tiny_classifier, table, ratio=0.2, units=("ffn", "heads"), ffn_multiple=48)
+    assert all(0 < int(m.sum()) < 48 for m in narrow.ffn)  # below the multiple: not rounded to 0
+    for bad in (0, -8, 2.5, True):
+        with pytest.raises(ValueError, match="ffn_multiple"):
+            plan_keep_masks(tiny_classifier, table, ratio=0.6, ffn_multiple=bad)
 
 
 def test_quantile_mode(tiny_classifier, tiny_batch):
