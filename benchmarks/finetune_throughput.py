@@ -46,8 +46,13 @@ def _time_steps(fn, batches, warmup: int) -> tuple[list[float], list[float]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--threads", type=int, nargs="+", default=[2],
-                        help="torch thread counts to measure, e.g. --threads 1 2")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        nargs="+",
+        default=[2],
+        help="torch thread counts to measure, e.g. --threads 1 2",
+    )
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--length", type=int, default=64)
     parser.add_argument("--steps", type=int, default=10, help="timed batches per measurement")
@@ -59,8 +64,12 @@ def main(argv: list[str] | None = None) -> int:
 
     model = SequenceClassifier(num_labels=2)
     n_batches = args.warmup + args.steps
-    dm = TextClassificationDataModule(max_length=args.length, batch_size=args.batch_size,
-                                      eval_batch_size=args.batch_size, limit={"train": args.batch_size * n_batches})
+    dm = TextClassificationDataModule(
+        max_length=args.length,
+        batch_size=args.batch_size,
+        eval_batch_size=args.batch_size,
+        limit={"train": args.batch_size * n_batches},
+    )
     dm.setup("fit")
     texts = dm.split_texts("train")
     labels = torch.tensor(dm.split_labels("train"))
@@ -68,7 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     fixed = []
     for i in range(n_batches):
         sl = slice(i * args.batch_size, (i + 1) * args.batch_size)
-        enc = tok(texts[sl], padding="max_length", truncation=True, max_length=args.length, return_tensors="pt")
+        enc = tok(
+            texts[sl], padding="max_length", truncation=True, max_length=args.length, return_tensors="pt"
+        )
         fixed.append({**enc, "labels": labels[sl]})
     dynamic = list(dm.train_dataloader())[:n_batches]
 
@@ -90,28 +101,40 @@ def main(argv: list[str] | None = None) -> int:
     for threads in args.threads:
         torch.set_num_threads(threads)
         for name, batches in (("fixed length", fixed), ("dynamic + grouped", dynamic)):
-            tokens = statistics.mean(b["input_ids"].shape[1] for b in batches[args.warmup:])
+            tokens = statistics.mean(b["input_ids"].shape[1] for b in batches[args.warmup :])
             for mode, fn in (("train", train_step), ("eval", eval_step)):
                 times, cpu = _time_steps(fn, batches, args.warmup)
                 med = statistics.median(times)
-                rows.append({
-                    "threads": threads, "padding": name, "mode": mode, "batch_size": args.batch_size,
-                    "mean_seq_len": round(tokens, 1), "median_step_s": round(med, 4),
-                    "samples_per_s": round(args.batch_size / med, 1),
-                    "best_samples_per_s": round(args.batch_size / min(times), 1),
-                    "median_cpu_s": round(statistics.median(cpu), 4), "steps": len(times),
-                })
+                rows.append(
+                    {
+                        "threads": threads,
+                        "padding": name,
+                        "mode": mode,
+                        "batch_size": args.batch_size,
+                        "mean_seq_len": round(tokens, 1),
+                        "median_step_s": round(med, 4),
+                        "samples_per_s": round(args.batch_size / med, 1),
+                        "best_samples_per_s": round(args.batch_size / min(times), 1),
+                        "median_cpu_s": round(statistics.median(cpu), 4),
+                        "steps": len(times),
+                    }
+                )
     result = {
         "benchmark": "finetune_throughput",
         "model": "embedded all-MiniLM-L6-v2 (BertForSequenceClassification, 22.7M params)",
-        "threads": args.threads, "length": args.length,
-        "torch": torch.__version__, "python": platform.python_version(),
-        "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+        "threads": args.threads,
+        "length": args.length,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
         "loadavg_before": [round(x, 2) for x in load_before],
         "loadavg_after": [round(x, 2) for x in os.getloadavg()],
-        "note": ("shared machine: other jobs were running; a load average above the thread count makes the "
-                 "wall-clock numbers pessimistic. median_cpu_s is the process CPU time per batch (all threads); "
-                 "with 1 thread it is the least load-sensitive measure of the work per batch."),
+        "note": (
+            "shared machine: other jobs were running; a load average above the thread count makes the "
+            "wall-clock numbers pessimistic. median_cpu_s is the process CPU time per batch (all threads); "
+            "with 1 thread it is the least load-sensitive measure of the work per batch."
+        ),
         "rows": rows,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -119,12 +142,18 @@ def main(argv: list[str] | None = None) -> int:
     tmp.write_text(json.dumps(result, indent=2) + "\n")
     tmp.replace(args.out)
 
-    print(f"\nembedded MiniLM, batch {args.batch_size}, threads {args.threads}, load avg "
-          f"{result['loadavg_before'][0]} -> {result['loadavg_after'][0]}")
-    print(f"{'thr':<4}{'padding':<20}{'mode':<7}{'seq':>6}{'step s':>9}{'cpu s':>8}{'samples/s':>11}{'best':>8}")
+    print(
+        f"\nembedded MiniLM, batch {args.batch_size}, threads {args.threads}, load avg "
+        f"{result['loadavg_before'][0]} -> {result['loadavg_after'][0]}"
+    )
+    print(
+        f"{'thr':<4}{'padding':<20}{'mode':<7}{'seq':>6}{'step s':>9}{'cpu s':>8}{'samples/s':>11}{'best':>8}"
+    )
     for r in rows:
-        print(f"{r['threads']:<4}{r['padding']:<20}{r['mode']:<7}{r['mean_seq_len']:>6}{r['median_step_s']:>9.3f}"
-              f"{r['median_cpu_s']:>8.3f}{r['samples_per_s']:>11.1f}{r['best_samples_per_s']:>8.1f}")
+        print(
+            f"{r['threads']:<4}{r['padding']:<20}{r['mode']:<7}{r['mean_seq_len']:>6}{r['median_step_s']:>9.3f}"
+            f"{r['median_cpu_s']:>8.3f}{r['samples_per_s']:>11.1f}{r['best_samples_per_s']:>8.1f}"
+        )
     print(f"wrote {args.out}")
     return 0
 

@@ -1,18 +1,24 @@
 """Cost of PersistenceScoreMonitor: share of the quickstart fit, and PSF time per epoch.
 
-1. The quickstart fine-tune (configs/quickstart.yaml: MiniLM-L6, 3,000 training sentences,
-   2 epochs, full validation split) twice with the same seed: without the monitor and with
-   ``PersistenceScoreMonitor()`` (defaults: last layer, [CLS], <= 512 points per class). The
-   overhead is reported two ways: the difference of the two fit wall times, and the monitor's
-   own measured time (collecting hidden states + PSF) as a share of the monitored fit.
+1. The quickstart fine-tune (configs/quickstart.yaml: MiniLM-L6, 2,500 training sentences, the
+   full validation split, 1 thread; its callbacks removed, ``--max-epochs`` 2 by default) with the
+   same seed, in three variants: ``baseline`` (no callback), ``monitor_reuse`` (``
+   PersistenceScoreMonitor()``, defaults: last layer, [CLS], <= 512 points per class, plots at fit
+   end; it reuses ``SequenceClassifier``'s validation forward, as shipped) and ``monitor`` (the same
+   callback, but ``validation_step`` returns nothing so it must re-read the validation set).
+   ``--repeats`` rounds run baseline and monitor_reuse alternately (the re-read variant once), so
+   drifts of a shared machine hit both; medians are reported. Each fit is split into phases
+   measured by a callback: training batches, validation loop, fit end (plots), and the monitor's
+   own time (collecting + scores) and plot time. The overhead is reported as the difference of
+   median fit wall times and as the monitor's own measured time (incl. plots) / fit time.
 2. The per-epoch score computation alone (:func:`lightning_topo.scores.persistence_summary`,
    i.e. H0 + H1 diagrams, PSF, total persistence and entropy) for 2 classes x
    {512, 1024, 2048} points at hidden sizes 384 and 768 (Gaussian clouds, a worst case for H1).
 
 Usage::
 
-    .venv/bin/python benchmarks/monitor_overhead.py            # both parts
-    .venv/bin/python benchmarks/monitor_overhead.py --skip-fit # part 2 only
+    .venv/bin/python benchmarks/monitor_overhead.py --repeats 3  # both parts
+    .venv/bin/python benchmarks/monitor_overhead.py --skip-fit   # part 2 only
 
 Writes ``benchmarks/results/monitor.json`` and prints a table.
 """
@@ -23,6 +29,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -64,7 +71,39 @@ def _validation_step_not_sharing(self, batch, batch_idx):
     self._eval_step(batch, "val", self.val_metrics)
 
 
-def run_fit(variant: str, workdir: Path, max_epochs: int | None) -> dict:
+def _phase_timer():
+    """A callback that splits a fit into training batches, validation loops and the fit end."""
+    import lightning.pytorch as pl
+
+    class PhaseTimer(pl.Callback):
+        def __init__(self) -> None:
+            self.phases = {"train_s": 0.0, "val_s": 0.0}
+            self._t: dict[str, float] = {}
+            self.fit_end_at: float | None = None
+
+        def on_train_epoch_start(self, trainer, pl_module):
+            self._t["train"] = time.perf_counter()
+
+        def on_validation_start(self, trainer, pl_module):
+            now = time.perf_counter()
+            if "train" in self._t:  # validation runs inside the training epoch: stop its clock
+                self.phases["train_s"] += now - self._t.pop("train")
+            self._t["val"] = now
+
+        def on_validation_end(self, trainer, pl_module):
+            self.phases["val_s"] += time.perf_counter() - self._t.pop("val")
+
+        def on_train_epoch_end(self, trainer, pl_module):
+            if "train" in self._t:
+                self.phases["train_s"] += time.perf_counter() - self._t.pop("train")
+
+        def on_fit_end(self, trainer, pl_module):  # first in the callback list: before the plots
+            self.fit_end_at = time.perf_counter()
+
+    return PhaseTimer()
+
+
+def run_fit(variant: str, workdir: Path, max_epochs: int, extra_args: list[str] | None = None) -> dict:
     """``variant``: ``"baseline"``, ``"monitor"`` (re-reads the validation set) or ``"monitor_reuse"``
     (as shipped: ``SequenceClassifier.validation_step`` returns its ``EncodedBatch``)."""
     from lightning_topo.callbacks import PersistenceScoreMonitor
@@ -77,34 +116,88 @@ def run_fit(variant: str, workdir: Path, max_epochs: int | None) -> dict:
         "--trainer.enable_checkpointing=false",
         "--trainer.enable_progress_bar=false",
         f"--trainer.default_root_dir={workdir}",
+        f"--trainer.max_epochs={max_epochs}",
+        *(extra_args or []),
     ]
-    if max_epochs is not None:
-        args.append(f"--trainer.max_epochs={max_epochs}")
     old = os.getcwd()
     os.chdir(workdir)  # the config's CSV logger writes to ./runs
     try:
         cli = run_lightning_cli(args, run=False)
+        timer = _phase_timer()
         monitor = None
+        plot_s = [0.0]
         if variant != "baseline":
             monitor = PersistenceScoreMonitor(plots=True)
+            write_plots = monitor._write_plots
+
+            def timed_write_plots(trainer, _write=write_plots):
+                t = time.perf_counter()
+                try:
+                    return _write(trainer)
+                finally:
+                    plot_s[0] += time.perf_counter() - t
+
+            monitor._write_plots = timed_write_plots
             cli.trainer.callbacks.insert(0, monitor)
+        cli.trainer.callbacks.insert(0, timer)
         if variant == "monitor":
             cli.model.validation_step = types.MethodType(_validation_step_not_sharing, cli.model)
         torch.manual_seed(42)
         start = time.perf_counter()
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-        fit_s = time.perf_counter() - start
+        end = time.perf_counter()
     finally:
         os.chdir(old)
+    fit_s = end - start
     metrics = {k: float(v) for k, v in cli.trainer.callback_metrics.items() if k in ("val/acc", "val/loss")}
-    out = {"variant": variant, "fit_s": fit_s, "epochs": cli.trainer.current_epoch, **metrics}
+    out = {
+        "variant": variant,
+        "fit_s": fit_s,
+        "epochs": cli.trainer.current_epoch,
+        "threads": torch.get_num_threads(),
+        **timer.phases,
+        "fit_end_s": end - timer.fit_end_at if timer.fit_end_at is not None else None,
+        **metrics,
+    }
     if monitor is not None:
-        out["monitor_s"] = sum(t["collect_s"] + t["compute_s"] for t in monitor.timings)
         out["monitor_collect_s"] = sum(t["collect_s"] for t in monitor.timings)
         out["monitor_compute_s"] = sum(t["compute_s"] for t in monitor.timings)
+        out["monitor_plot_s"] = plot_s[0]
+        out["monitor_s"] = out["monitor_collect_s"] + out["monitor_compute_s"] + plot_s[0]
         out["history"] = monitor.history
-    print(f"  fit {variant}: {fit_s:.1f} s  {metrics}", flush=True)
+    phases = ", ".join(f"{k} {out[k]:.1f}" for k in ("train_s", "val_s", "fit_end_s") if out[k] is not None)
+    extra = f", monitor {out['monitor_s']:.2f} s (plots {plot_s[0]:.2f})" if monitor is not None else ""
+    print(f"  fit {variant}: {fit_s:.1f} s ({phases}{extra})  {metrics}", flush=True)
     return out
+
+
+def summarise(runs: dict[str, list[dict]]) -> dict:
+    """Medians per variant and the overhead of each monitored variant against the baseline."""
+    summary: dict = {}
+    keys = ("fit_s", "train_s", "val_s", "fit_end_s", "monitor_s", "monitor_plot_s")
+    for variant, rs in runs.items():
+        summary[variant] = {
+            "runs": len(rs),
+            **{
+                f"median_{k}": statistics.median(r[k] for r in rs)
+                for k in keys
+                if all(r.get(k) is not None for r in rs)
+            },
+        }
+    base = summary.get("baseline", {}).get("median_fit_s")
+    for variant, s in summary.items():
+        if variant == "baseline" or base is None:
+            continue
+        s["overhead_wall_share"] = (s["median_fit_s"] - base) / base
+        s["overhead_measured_share"] = s["median_monitor_s"] / s["median_fit_s"]
+        if variant == "monitor_reuse":  # paired rounds: baseline and reuse ran back to back
+            diffs = [
+                (m["fit_s"] - b["fit_s"]) / b["fit_s"]
+                for b, m in zip(runs["baseline"], runs["monitor_reuse"], strict=False)
+            ]
+            s["paired_overhead_shares"] = diffs
+            s["median_paired_overhead_share"] = statistics.median(diffs)
+    return summary
 
 
 def _write(result: dict) -> None:
@@ -118,9 +211,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--skip-fit", action="store_true", help="only time the score computation")
     parser.add_argument("--skip-scores", action="store_true", help="only time the quickstart fit")
-    parser.add_argument("--max-epochs", type=int, default=None, help="override the quickstart's 2 epochs")
-    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--max-epochs", type=int, default=2, help="epochs per fit (default 2)")
+    parser.add_argument("--repeats", type=int, default=1, help="rounds of baseline + monitor_reuse fits")
+    parser.add_argument("--skip-reread", action="store_true", help="do not run the re-reading variant")
+    parser.add_argument(
+        "--cli-args", nargs="*", default=[], help="extra LightningCLI arguments, e.g. for a dry run"
+    )
+    parser.add_argument("--score-repeats", type=int, default=1, help="timings per score setting (min)")
+    parser.add_argument("--results", default=None, help="results JSON (default benchmarks/results/monitor.json)")
     args = parser.parse_args(argv)
+    global RESULTS
+    if args.results:
+        RESULTS = Path(args.results).resolve()
 
     result: dict = {
         "machine": {
@@ -129,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
             "cpus": os.cpu_count(),
-            "note": "shared machine, other jobs running: timings are noisy",
+            "load_average_at_start": os.getloadavg(),
         },
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -138,47 +240,54 @@ def main(argv: list[str] | None = None) -> int:
         result.update({k: v for k, v in previous.items() if k in ("fit", "scores")})
     if not args.skip_fit:
         print("quickstart fit, without and with the monitor (same seed):", flush=True)
-        fits = result["fit"] = {}
-        for variant in ("baseline", "monitor", "monitor_reuse"):
+        runs: dict[str, list[dict]] = {"baseline": [], "monitor_reuse": [], "monitor": []}
+        order = []
+        for r in range(args.repeats):
+            order += ["baseline", "monitor_reuse"] if r % 2 == 0 else ["monitor_reuse", "baseline"]
+            if r == 0 and not args.skip_reread:
+                order.append("monitor")
+        for variant in order:
             with tempfile.TemporaryDirectory() as tmp:
-                fits[variant] = run_fit(variant, Path(tmp), args.max_epochs)
-            base = fits["baseline"]["fit_s"]
-            for name, run in fits.items():
-                if name != "baseline":
-                    run["overhead_wall_share"] = (run["fit_s"] - base) / base
-                    run["overhead_measured_share"] = run["monitor_s"] / run["fit_s"]
+                runs[variant].append(run_fit(variant, Path(tmp), args.max_epochs, args.cli_args))
+            runs_done = {k: v for k, v in runs.items() if v}
+            result["fit"] = {"runs": runs_done, "summary": summarise(runs_done), "order": order}
             _write(result)  # keep partial results if a later fit is interrupted
     if not args.skip_scores:
         print("per-epoch score computation (2 classes):", flush=True)
-        result["scores"] = time_scores(repeats=args.repeats)
+        result["scores"] = time_scores(repeats=args.score_repeats)
 
     _write(result)
 
     print("\n| part | setting | seconds | share |")
     print("|---|---|---|---|")
-    if "fit" in result:
-        fits = result["fit"]
-        if "baseline" in fits:
-            print(f"| fit | quickstart, no monitor | {fits['baseline']['fit_s']:.1f} | |")
-        for name in ("monitor", "monitor_reuse"):
-            if name not in fits:
-                continue
-            run = fits[name]
-            label = "re-reads val set" if name == "monitor" else "reuses validation forward"
-            print(
-                f"| fit | with monitor ({label}) | {run['fit_s']:.1f} | "
-                f"{100 * run['overhead_wall_share']:+.1f}% (wall difference) |"
-            )
-            print(
-                f"| fit | monitor's own time, {label} (collect {run['monitor_collect_s']:.1f} s + "
-                f"scores {run['monitor_compute_s']:.1f} s) | {run['monitor_s']:.1f} | "
-                f"{100 * run['overhead_measured_share']:.1f}% of that fit |"
-            )
+    summary = result.get("fit", {}).get("summary", {})
+    if "baseline" in summary:
+        b = summary["baseline"]
+        print(
+            f"| fit | quickstart, no monitor (median of {b['runs']}; train {b['median_train_s']:.1f} s, "
+            f"val {b['median_val_s']:.1f} s) | {b['median_fit_s']:.1f} | |"
+        )
+    for name in ("monitor_reuse", "monitor"):
+        if name not in summary:
+            continue
+        m = summary[name]
+        label = "re-reads val set" if name == "monitor" else "reuses validation forward"
+        paired = m.get("median_paired_overhead_share")
+        paired_txt = f"; paired median {100 * paired:+.1f}%" if paired is not None else ""
+        print(
+            f"| fit | with monitor, {label} (median of {m['runs']}; train {m['median_train_s']:.1f} s, "
+            f"val {m['median_val_s']:.1f} s) | {m['median_fit_s']:.1f} | "
+            f"{100 * m['overhead_wall_share']:+.1f}% wall{paired_txt} |"
+        )
+        print(
+            f"| fit | monitor's own time, {label} (incl. plots {m['median_monitor_plot_s']:.1f} s) | "
+            f"{m['median_monitor_s']:.1f} | {100 * m['overhead_measured_share']:.1f}% of that fit |"
+        )
     for row in result.get("scores", []):
         print(
             f"| scores | d={row['hidden']}, 2 x {row['points_per_class']} points | {row['seconds']:.2f} | |"
         )
-    print(f"\nwrote {RESULTS.relative_to(ROOT)}")
+    print(f"\nwrote {RESULTS}")
     return 0
 
 

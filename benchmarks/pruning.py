@@ -10,18 +10,22 @@ Protocol (all on CPU, ``torch.set_num_threads(--threads)``, seed 0):
    token positions.
 3. For every encoder-parameter ratio and method: prune a fresh copy of the base model with
    :func:`lightning_topo.pruning.prune_model` (FFN units and heads, uniform per-layer allocation),
-   evaluate on the validation split (1,057 sentences), recover for one epoch on
-   ``--recover-sentences`` train sentences (seeded subset, same optimiser), evaluate again,
+   evaluate on the validation split (1,057 sentences), recover for one epoch on the train split
+   (all 8,455 sentences by default, or a seeded ``--recover-sentences`` subset; same optimiser),
+   evaluate again,
    save with :func:`save_compressed`, reload with ``AutoModelForSequenceClassification`` and
    check logits, and time CPU inference (batch 32, length 64, ``--timing-reps`` repetitions,
    median) against the unpruned base model timed in the same run.
-4. Optional external reference: Torch-Pruning 1.6.1 ``MetaPruner`` with
+4. Control (``--stage control``): the unpruned base trained for the same one extra epoch, so the
+   table separates what pruning costs from what the extra epoch gives.
+5. Optional external reference: Torch-Pruning 1.6.1 ``MetaPruner`` with
    ``MagnitudeImportance(p=2)``, ``prune_num_heads=True``, hidden size kept, at the same ratios.
 
 Writes ``benchmarks/results/pruning.json`` (merged with what is already there) and prints a table.
 
     python benchmarks/pruning.py --stage base          # fine-tune and cache the base model
     python benchmarks/pruning.py --stage grid          # the pruning grid (resumes per cell)
+    python benchmarks/pruning.py --stage control       # unpruned + the same extra epoch
     python benchmarks/pruning.py --stage torch-pruning # external reference
 """
 
@@ -83,6 +87,8 @@ def batches(tokenizer, texts, labels, *, shuffle=False, seed=0, batch_size=BATCH
 
 
 def subset(texts, labels, n, seed):
+    if n is None or n >= len(texts):
+        return list(texts), list(labels)
     from lightning_topo.data import stratified_subset
 
     idx = stratified_subset(labels, n, seed=seed)
@@ -257,12 +263,15 @@ def stage_grid(args) -> None:
         "base_epochs": base_meta["epochs"],
         "calib_sentences": args.calib_sentences,
         "max_positions": args.max_positions,
-        "recover_sentences": args.recover_sentences,
+        "recover_sentences": len(rec_x),
         "recover_epochs": 1,
+        "ffn_multiple": args.ffn_multiple,
+        "timing_reps": args.timing_reps,
         "val_sentences": len(va_x),
         "max_len": MAX_LEN,
         "batch": BATCH,
-        "allocation": "uniform per layer (same head count and FFN width in every layer)",
+        "allocation": "uniform per layer (same head count and FFN width in every layer), "
+        f"FFN widths rounded down to a multiple of {args.ffn_multiple}",
     }
     base_tp = throughput(base, reps=args.timing_reps)
     base_params = encoder_params(base)
@@ -286,7 +295,15 @@ def stage_grid(args) -> None:
                 continue
             t0 = time.perf_counter()
             model = AutoModelForSequenceClassification.from_pretrained(OUT / "base").eval()
-            prune_model(model, calib, method=method, ratio=ratio, max_positions=args.max_positions, seed=0)
+            prune_model(
+                model,
+                calib,
+                method=method,
+                ratio=ratio,
+                max_positions=args.max_positions,
+                ffn_multiple=args.ffn_multiple,
+                seed=0,
+            )
             prune_s = time.perf_counter() - t0
             acc0 = evaluate(model, tok, va_x, va_y)
             rec_s = train_epochs(model, tok, rec_x, rec_y, epochs=1, lr=args.recover_lr, seed=0, log_every=0)
@@ -333,6 +350,47 @@ def stage_grid(args) -> None:
                 f"(prune {prune_s:.0f}s, recover {rec_s:.0f}s)",
                 flush=True,
             )
+
+
+def stage_control(args) -> None:
+    """The unpruned base trained for the same one extra epoch as the pruned models' recovery."""
+    from transformers import AutoModelForSequenceClassification
+
+    base, tok = load_base()
+    base_meta = json.loads((OUT / "base" / "bench_meta.json").read_text())
+    va_x, va_y = load_split("val")
+    if args.val_limit:
+        va_x, va_y = va_x[: args.val_limit], va_y[: args.val_limit]
+    tr_x, tr_y = load_split("train")
+    rec_x, rec_y = subset(tr_x, tr_y, args.recover_sentences, seed=2)
+    key = "none@1.0"
+    res = _results()
+    if key in res.get("cells", {}) and not args.redo:
+        print(f"skip {key} (done)")
+        return
+    model = AutoModelForSequenceClassification.from_pretrained(OUT / "base").eval()
+    acc0 = evaluate(model, tok, va_x, va_y)
+    rec_s = train_epochs(model, tok, rec_x, rec_y, epochs=1, lr=args.recover_lr, seed=0, log_every=0)
+    acc1 = evaluate(model, tok, va_x, va_y)
+    p = encoder_params(model)
+    cell = {
+        "method": "none (unpruned control)",
+        "target_ratio": 1.0,
+        "encoder_params": p,
+        "encoder_ratio": 1.0,
+        "total_params": sum(q.numel() for q in model.parameters()),
+        "val_acc_before_recovery": acc0,
+        "val_acc_after_recovery": acc1,
+        "acc_drop_points": 100 * (base_meta["val_acc"] - acc1),
+        "checkpoint_mb": dir_mb(OUT / "base"),
+        "speedup": 1.0,
+        "recover_s": rec_s,
+        "recover_sentences": len(rec_x),
+    }
+    res = _results()
+    res.setdefault("cells", {})[key] = cell
+    _write_results(res)
+    print(f"{key:28s} acc {acc0:.4f} -> {acc1:.4f} (one more epoch, {rec_s:.0f}s)", flush=True)
 
 
 def _tp_prune(tp, example, fraction):
@@ -383,6 +441,8 @@ def stage_torch_pruning(args) -> None:
     base, tok = load_base()
     base_meta = json.loads((OUT / "base" / "bench_meta.json").read_text())
     va_x, va_y = load_split("val")
+    if args.val_limit:
+        va_x, va_y = va_x[: args.val_limit], va_y[: args.val_limit]
     tr_x, tr_y = load_split("train")
     rec_x, rec_y = subset(tr_x, tr_y, args.recover_sentences, seed=2)
     base_params = encoder_params(base)
@@ -410,6 +470,9 @@ def stage_torch_pruning(args) -> None:
         rec_s = train_epochs(model, tok, rec_x, rec_y, epochs=1, lr=args.recover_lr, seed=0, log_every=0)
         acc1 = evaluate(model, tok, va_x, va_y)
         tp_base, tp_model = paired_throughput(base, model, reps=args.timing_reps)
+        # not loadable with from_pretrained; pickled whole so --stage timing can re-time it
+        (OUT / "pruned").mkdir(parents=True, exist_ok=True)
+        torch.save(model, OUT / "pruned" / f"torch-pruning-magnitude_{ratio}.pt")
         cell = {
             "method": "torch-pruning-magnitude",
             "target_ratio": ratio,
@@ -440,52 +503,77 @@ def stage_torch_pruning(args) -> None:
 
 
 def stage_timing(args) -> None:
-    """Re-time the saved pruned folders against the base in one process (run on a quiet machine)."""
+    """Re-time every saved pruned model against the base in one fresh process.
+
+    The grid times each model in the process that just trained it; that figure is kept as
+    ``speedup_in_grid_process``. This stage loads each saved model (our folders with
+    :func:`load_compressed`, Torch-Pruning's pickled modules with ``torch.load``), times it
+    alternately with the base (``--timing-reps`` batches each, median) and stores ``speedup``.
+    Run it on a quiet machine.
+    """
     from lightning_topo.pruning import load_compressed
 
     base, _ = load_base()
     res = _results()
-    out = {}
-    for ratio in args.ratios:
-        folder = OUT / "pruned" / f"topological-1d_{ratio}"
-        if not folder.exists():
+    for key, cell in sorted(res.get("cells", {}).items()):
+        if cell["target_ratio"] not in args.ratios or cell["method"].startswith("none"):
             continue
-        model = load_compressed(folder).eval()
+        name = key.replace("@", "_")
+        if cell["method"].startswith("torch-pruning"):
+            path = OUT / "pruned" / f"{name}.pt"
+            if not path.exists():
+                print(f"skip {key}: {path} missing (rerun --stage torch-pruning --redo)")
+                continue
+            model = torch.load(path, weights_only=False).eval()
+        else:
+            path = OUT / "pruned" / name
+            if not path.exists():
+                print(f"skip {key}: {path} missing")
+                continue
+            model = load_compressed(path).eval()
         tb, tm = paired_throughput(base, model, reps=args.timing_reps)
-        out[str(ratio)] = {
-            "base_seq_s": tb,
-            "pruned_seq_s": tm,
-            "speedup": tm / tb,
-            "attn_implementation": [base.config._attn_implementation, model.config._attn_implementation],
-        }
-        print(
-            f"ratio {ratio}: base {tb:.1f} seq/s, pruned {tm:.1f} seq/s, speedup {tm / tb:.2f}x", flush=True
-        )
-    res["timing_rerun"] = out
+        if "speedup_in_grid_process" not in cell:
+            cell["speedup_in_grid_process"] = cell["speedup"]
+        cell.update(base_throughput_seq_s=tb, throughput_seq_s=tm, speedup=tm / tb, timing="fresh process")
+        print(f"{key:34s} base {tb:6.1f} seq/s, pruned {tm:6.1f} seq/s, speedup {tm / tb:.2f}x", flush=True)
+        res["cells"][key] = cell
+        _write_results(res)
+    res.pop("timing_rerun", None)  # superseded by the per-cell fresh-process figures
+    res["timing"] = {
+        "how": "fresh process; base and pruned model alternated batch by batch; median of "
+        f"{args.timing_reps} batches each; batch {BATCH}, length {MAX_LEN}, {torch.get_num_threads()} threads",
+        "load_average_at_start": os.getloadavg(),
+        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
     _write_results(res)
 
 
 def print_table() -> None:
     res = _results()
     base = res.get("base", {})
+    cells = res.get("cells", {})
+    control = cells.get("none@1.0", {}).get("val_acc_after_recovery")
     print(f"base: val acc {base.get('val_acc')}, throughput {base.get('throughput_seq_s')}")
     print(
-        "| method | target | enc. params kept | val acc (pruned) | val acc (+1 recovery epoch) | drop (pts) | ckpt MB | speedup |"
+        "| method | target | enc. params kept | val acc (pruned) | val acc (+1 recovery epoch) | drop vs base (pts) "
+        "| drop vs control (pts) | ckpt MB | speedup |"
     )
-    print("|---|---|---|---|---|---|---|---|")
-    for _key, c in sorted(
-        res.get("cells", {}).items(), key=lambda kv: (-kv[1]["target_ratio"], kv[1]["method"])
-    ):
+    print("|---|---|---|---|---|---|---|---|---|")
+    for _key, c in sorted(cells.items(), key=lambda kv: (-kv[1]["target_ratio"], kv[1]["method"])):
         mb = "n/a" if c.get("checkpoint_mb") is None else f"{c['checkpoint_mb']:.1f}"
+        vs_control = "" if control is None else f"{100 * (control - c['val_acc_after_recovery']):+.2f}"
         print(
             f"| {c['method']} | {c['target_ratio']} | {c['encoder_ratio']:.3f} | {c['val_acc_before_recovery']:.4f} | "
-            f"{c['val_acc_after_recovery']:.4f} | {c['acc_drop_points']:+.2f} | {mb} | {c['speedup']:.2f}x |"
+            f"{c['val_acc_after_recovery']:.4f} | {c['acc_drop_points']:+.2f} | {vs_control} | {mb} | "
+            f"{c['speedup']:.2f}x |"
         )
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--stage", choices=["base", "grid", "torch-pruning", "timing", "table"], default="grid")
+    p.add_argument(
+        "--stage", choices=["base", "grid", "control", "torch-pruning", "timing", "table"], default="grid"
+    )
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--base-epochs", type=int, default=1)
     p.add_argument("--ratios", type=float, nargs="+", default=[0.6, 0.4, 0.8])
@@ -496,9 +584,12 @@ def main(argv=None) -> int:
     )
     p.add_argument("--calib-sentences", type=int, default=256)
     p.add_argument("--max-positions", type=int, default=2048)
-    p.add_argument("--recover-sentences", type=int, default=1000)
+    p.add_argument(
+        "--recover-sentences", type=int, default=None, help="seeded train subset for recovery (default: all)"
+    )
+    p.add_argument("--ffn-multiple", type=int, default=8, help="see plan_keep_masks (1 = exact budget)")
     p.add_argument("--recover-lr", type=float, default=5e-5)
-    p.add_argument("--timing-reps", type=int, default=15)
+    p.add_argument("--timing-reps", type=int, default=30)
     p.add_argument("--redo", action="store_true")
     p.add_argument("--out", default=None, help="work folder (default outputs/pruning_bench)")
     p.add_argument("--results", default=None, help="results JSON (default benchmarks/results/pruning.json)")
@@ -517,6 +608,8 @@ def main(argv=None) -> int:
         stage_base(args)
     elif args.stage == "grid":
         stage_grid(args)
+    elif args.stage == "control":
+        stage_control(args)
     elif args.stage == "torch-pruning":
         stage_torch_pruning(args)
     elif args.stage == "timing":
