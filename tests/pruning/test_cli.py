@@ -49,16 +49,19 @@ def data_file(tmp_path):
     return path
 
 
-@pytest.mark.parametrize("recover", ["0", "1"])
-def test_prune_cli_hf_folder(tiny_hf_folder, data_file, tmp_path, recover):
+@pytest.mark.parametrize("recover,multiple", [("0", "8"), ("1", "16")])
+def test_prune_cli_hf_folder(tiny_hf_folder, data_file, tmp_path, recover, multiple):
     before_digest = _digest(tiny_hf_folder)
     out = tmp_path / "pruned"
     argv = [
         "prune", "--checkpoint", str(tiny_hf_folder), "--output", str(out), "--ratio", "0.6",
         "--method", "topological", "--recover-epochs", recover, "--data-file", str(data_file),
         "--max-length", "16", "--batch-size", "16", "--calibration-batches", "2", "--accelerator", "cpu",
+        "--ffn-multiple", multiple,
     ]  # fmt: skip
     assert topo_main(argv) == 0
+    widths = [layer.intermediate.dense.out_features for layer in load_compressed(out).bert.encoder.layer]
+    assert all(w % int(multiple) == 0 and w < 64 for w in widths), widths
     assert _digest(tiny_hf_folder) == before_digest  # the source is never modified
     model = load_compressed(out)
     from transformers import AutoModelForSequenceClassification
