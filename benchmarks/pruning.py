@@ -567,6 +567,24 @@ def print_table() -> None:
             f"{c['val_acc_after_recovery']:.4f} | {c['acc_drop_points']:+.2f} | {vs_control} | {mb} | "
             f"{c['speedup']:.2f}x |"
         )
+    # compact view: val acc after recovery (speed-up), one row per budget
+    methods = [
+        "topological-1d",
+        "topological-redundancy",
+        "magnitude",
+        "activation",
+        "random",
+        "torch-pruning-magnitude",
+    ]
+    ratios = sorted({c["target_ratio"] for c in cells.values() if c["target_ratio"] < 1.0}, reverse=True)
+    print("\n| encoder params kept | " + " | ".join(methods) + " |")
+    print("|---" * (len(methods) + 1) + "|")
+    for r in ratios:
+        row = []
+        for m in methods:
+            c = cells.get(f"{m}@{r}")
+            row.append("not run" if c is None else f"{c['val_acc_after_recovery']:.4f} ({c['speedup']:.2f}x)")
+        print(f"| {r} | " + " | ".join(row) + " |")
 
 
 def main(argv=None) -> int:
