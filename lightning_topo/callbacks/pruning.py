@@ -112,7 +112,9 @@ class TopologicalPruning(Callback):
         if prune_epoch is None and steps != 1:
             raise ValueError("steps > 1 needs prune_epoch (pruning at fit end is a single step)")
         if isinstance(ffn_multiple, bool) or not isinstance(ffn_multiple, int) or ffn_multiple < 1:
-            raise ValueError(f"ffn_multiple must be an integer >= 1 (1 disables rounding); got {ffn_multiple!r}")
+            raise ValueError(
+                f"ffn_multiple must be an integer >= 1 (1 disables rounding); got {ffn_multiple!r}"
+            )
         if calibration_batches < 1:
             raise ValueError(f"calibration_batches must be >= 1; got {calibration_batches}")
         self.method = method

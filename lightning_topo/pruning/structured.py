@@ -10,8 +10,8 @@ original model, so pruning equals zeroing the removed units' outgoing weights.
 Budgets: ``ratio`` = fraction of the *encoder's* parameters kept (``base_model.encoder``; embeddings,
 pooler and classifier are not counted), met with a uniform allocation (the same fraction of heads and
 of FFN units in every layer; heads are rounded first, then the FFN width takes the rest of the
-budget, rounded down to a multiple of ``ffn_multiple`` = 8 units for fast GEMMs); or ``quantile`` = per layer, drop the units below that quantile of the layer's scores (the
-paper's Q1/Q2/Q3 levels). Every layer keeps at least ``min_heads`` heads (>= 1: a layer without heads
+budget, rounded down to a multiple of ``ffn_multiple`` = 8 units for fast GEMMs); or ``quantile`` =
+per layer, drop the units below that quantile of the layer's scores (the paper's Q1/Q2/Q3 levels). Every layer keeps at least ``min_heads`` heads (>= 1: a layer without heads
 is not representable) and ``min_ffn`` FFN units.
 """
 
@@ -121,8 +121,9 @@ def plan_keep_masks(
         min_ffn: floor of FFN units per layer (``>= 1``).
         ffn_multiple: with ``ratio``, every pruned layer's FFN width is rounded down to a multiple
             of this (default 8; ``1`` disables). GEMMs on widths that are not a multiple of the
-            SIMD width run markedly slower: on a 2-core AVX2 CPU, 7 heads x 928 units ran 1.75-1.80x
-            faster than the full MiniLM, 7 x 933 only 1.68-1.71x (``benchmarks/pruning.py``).
+            SIMD width run markedly slower: on a 2-core AVX2 CPU, MiniLM pruned to 7 heads x 928
+            units per layer ran about 1.8x faster than the full model, 7 x 933 only about 1.7x
+            (``docs/pruning.md``, benchmark).
             Rounding down keeps the budget (the kept ratio may fall slightly below ``ratio``).
             A layer whose width is below ``ffn_multiple`` or not pruned keeps its width as is.
 
