@@ -237,19 +237,25 @@ def encoder_params(model) -> int:
     return count_encoder_parameters(model)
 
 
-def stage_grid(args) -> None:
-    from transformers import AutoModelForSequenceClassification
-
-    from lightning_topo.pruning import load_compressed, prune_model, save_compressed
-
+def _stage_inputs(args):
+    """The base model, its tokenizer and metadata, the validation split (``--val-limit``) and the
+    recovery sentences (``--recover-sentences``, seed 2): what grid, control and torch-pruning share."""
     base, tok = load_base()
     base_meta = json.loads((OUT / "base" / "bench_meta.json").read_text())
     va_x, va_y = load_split("val")
     if args.val_limit:
         va_x, va_y = va_x[: args.val_limit], va_y[: args.val_limit]
-    tr_x, tr_y = load_split("train")
-    cal_x, cal_y = subset(tr_x, tr_y, args.calib_sentences, seed=1)
-    rec_x, rec_y = subset(tr_x, tr_y, args.recover_sentences, seed=2)
+    rec = subset(*load_split("train"), args.recover_sentences, seed=2)
+    return base, tok, base_meta, (va_x, va_y), rec
+
+
+def stage_grid(args) -> None:
+    from transformers import AutoModelForSequenceClassification
+
+    from lightning_topo.pruning import load_compressed, prune_model, save_compressed
+
+    base, tok, base_meta, (va_x, va_y), (rec_x, rec_y) = _stage_inputs(args)
+    cal_x, cal_y = subset(*load_split("train"), args.calib_sentences, seed=1)
     calib = list(batches(tok, cal_x, cal_y))
     res = _results()
     res["machine"] = {
@@ -356,13 +362,7 @@ def stage_control(args) -> None:
     """The unpruned base trained for the same one extra epoch as the pruned models' recovery."""
     from transformers import AutoModelForSequenceClassification
 
-    base, tok = load_base()
-    base_meta = json.loads((OUT / "base" / "bench_meta.json").read_text())
-    va_x, va_y = load_split("val")
-    if args.val_limit:
-        va_x, va_y = va_x[: args.val_limit], va_y[: args.val_limit]
-    tr_x, tr_y = load_split("train")
-    rec_x, rec_y = subset(tr_x, tr_y, args.recover_sentences, seed=2)
+    base, tok, base_meta, (va_x, va_y), (rec_x, rec_y) = _stage_inputs(args)
     key = "none@1.0"
     res = _results()
     if key in res.get("cells", {}) and not args.redo:
@@ -438,13 +438,7 @@ def stage_torch_pruning(args) -> None:
     except ImportError as err:
         raise SystemExit("pip install 'lightning-topo[bench]' (torch-pruning==1.6.1)") from err
 
-    base, tok = load_base()
-    base_meta = json.loads((OUT / "base" / "bench_meta.json").read_text())
-    va_x, va_y = load_split("val")
-    if args.val_limit:
-        va_x, va_y = va_x[: args.val_limit], va_y[: args.val_limit]
-    tr_x, tr_y = load_split("train")
-    rec_x, rec_y = subset(tr_x, tr_y, args.recover_sentences, seed=2)
+    base, tok, base_meta, (va_x, va_y), (rec_x, rec_y) = _stage_inputs(args)
     base_params = encoder_params(base)
     example = next(batches(tok, va_x[:2], va_y[:2]))
     example.pop("labels")
