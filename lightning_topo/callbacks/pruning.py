@@ -24,7 +24,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import nn
 
 from lightning_topo.pruning.importance import UNIT_KINDS, resolve_method
-from lightning_topo.pruning.structured import count_encoder_parameters, layer_widths
+from lightning_topo.pruning.structured import check_ffn_multiple, count_encoder_parameters, layer_widths
 
 __all__ = ["TopologicalPruning"]
 
@@ -111,10 +111,7 @@ class TopologicalPruning(Callback):
             raise ValueError(f"prune_epoch must be >= 0 or None (prune at fit end); got {prune_epoch}")
         if prune_epoch is None and steps != 1:
             raise ValueError("steps > 1 needs prune_epoch (pruning at fit end is a single step)")
-        if isinstance(ffn_multiple, bool) or not isinstance(ffn_multiple, int) or ffn_multiple < 1:
-            raise ValueError(
-                f"ffn_multiple must be an integer >= 1 (1 disables rounding); got {ffn_multiple!r}"
-            )
+        check_ffn_multiple(ffn_multiple)
         if calibration_batches < 1:
             raise ValueError(f"calibration_batches must be >= 1; got {calibration_batches}")
         self.method = method

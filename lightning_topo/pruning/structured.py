@@ -96,6 +96,12 @@ def _top_k_mask(scores: Tensor, k: int) -> Tensor:
     return mask
 
 
+def check_ffn_multiple(ffn_multiple: object) -> None:
+    """Raise ``ValueError`` unless ``ffn_multiple`` is an ``int >= 1`` (``bool`` is refused)."""
+    if isinstance(ffn_multiple, bool) or not isinstance(ffn_multiple, int) or ffn_multiple < 1:
+        raise ValueError(f"ffn_multiple must be an integer >= 1 (1 disables rounding); got {ffn_multiple!r}")
+
+
 def plan_keep_masks(
     model: nn.Module,
     table: ImportanceTable,
@@ -132,8 +138,7 @@ def plan_keep_masks(
             kind in ``units`` that ``table`` did not score, or a budget below what the floors keep.
     """
     units = _check_units(units)
-    if isinstance(ffn_multiple, bool) or not isinstance(ffn_multiple, int) or ffn_multiple < 1:
-        raise ValueError(f"ffn_multiple must be an integer >= 1 (1 disables rounding); got {ffn_multiple!r}")
+    check_ffn_multiple(ffn_multiple)
     if min_heads < 1 or min_ffn < 1:
         raise ValueError(
             f"min_heads and min_ffn must be >= 1 (a layer with no heads or no FFN units is not supported); "

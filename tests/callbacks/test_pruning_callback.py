@@ -150,6 +150,9 @@ def test_bad_arguments():
     ):
         with pytest.raises(ValueError):
             TopologicalPruning(**kwargs)
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match="ffn_multiple"):
+            TopologicalPruning(ffn_multiple=bad)
 
 
 def test_wandb_table_and_plot(tiny_dir, tmp_path, monkeypatch):
@@ -190,5 +193,7 @@ def test_existing_output_dir_fails_before_training(tiny_dir, tmp_path):
     trainer = _trainer(tmp_path, [TopologicalPruning(prune_epoch=0, output_dir=out)], max_epochs=1)
     with pytest.raises(FileExistsError, match="overwrite=True"):
         trainer.fit(module, train_dataloaders=_loader(_batches(2)))
-    assert torch.equal(module.model.bert.encoder.layer[0].intermediate.dense.weight, weight)  # no training ran
+    assert torch.equal(
+        module.model.bert.encoder.layer[0].intermediate.dense.weight, weight
+    )  # no training ran
     assert (out / "user_file.txt").read_text() == "mine"
