@@ -107,7 +107,7 @@ def run_fit(variant: str, workdir: Path, max_epochs: int, extra_args: list[str] 
     """``variant``: ``"baseline"``, ``"monitor"`` (re-reads the validation set) or ``"monitor_reuse"``
     (as shipped: ``SequenceClassifier.validation_step`` returns its ``EncodedBatch``)."""
     from lightning_topo.callbacks import PersistenceScoreMonitor
-    from lightning_topo.models.cli import run_lightning_cli
+    from lightning_topo.cli.fit import run_lightning_cli
 
     args = [
         "--config",

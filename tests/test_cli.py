@@ -33,8 +33,8 @@ def test_fit_help_lists_model_and_data_options(capsys, monkeypatch):
 
 def test_prune_dispatches_to_pruning_cli(monkeypatch):
     seen = {}
-    fake = types.ModuleType("lightning_topo.pruning.cli")
+    fake = types.ModuleType("lightning_topo.cli.prune")
     fake.main = lambda argv: seen.setdefault("argv", argv) and 0
-    monkeypatch.setitem(sys.modules, "lightning_topo.pruning.cli", fake)
+    monkeypatch.setitem(sys.modules, "lightning_topo.cli.prune", fake)
     assert main(["prune", "--ratio", "0.5"]) == 0
     assert seen["argv"] == ["--ratio", "0.5"]

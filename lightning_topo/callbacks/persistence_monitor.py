@@ -448,7 +448,7 @@ class PersistenceScoreMonitor(Callback):
 
     @rank_zero_only
     def _write_plots(self, trainer: pl.Trainer) -> dict[str, Path]:
-        from lightning_topo.callbacks import _plots
+        from lightning_topo import plots as _plots
 
         out = self.plot_dir(trainer)
         monitor = self.monitor_against if any(r.get("monitor") is not None for r in self.history) else None

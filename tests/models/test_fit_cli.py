@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lightning_topo.models import SequenceClassifier, TextClassificationDataModule
-from lightning_topo.models.cli import TopoLightningCLI, run_lightning_cli
+from lightning_topo.cli.fit import TopoLightningCLI, run_lightning_cli
 
 
 def _config(tmp_path: Path, model_dir: Path, data_file: Path, epochs: int = 4) -> Path:

@@ -3,7 +3,7 @@
 ``fit``, ``validate``, ``test`` and ``predict`` are Lightning's own subcommands (LightningCLI over
 :class:`~lightning_topo.models.SequenceClassifier` and
 :class:`~lightning_topo.models.TextClassificationDataModule`); ``prune`` prunes a trained
-checkpoint (:mod:`lightning_topo.pruning.cli`).
+checkpoint (:mod:`lightning_topo.cli.prune`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
-OWN_SUBCOMMANDS = {"prune": "lightning_topo.pruning.cli"}
+OWN_SUBCOMMANDS = {"prune": "lightning_topo.cli.prune"}
 
 USAGE = """usage: lightning-topo {fit,validate,test,predict,prune} ...
 
@@ -32,7 +32,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     command = args[0]
     if command in LIGHTNING_SUBCOMMANDS:
-        from lightning_topo.models.cli import run_lightning_cli
+        from lightning_topo.cli.fit import run_lightning_cli
 
         run_lightning_cli(args)
         return 0

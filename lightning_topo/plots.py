@@ -1,4 +1,4 @@
-"""Figures and W&B uploads for :class:`~lightning_topo.callbacks.PersistenceScoreMonitor` (private).
+"""Figures and W&B images/tables shared by the callbacks and `report` (matplotlib Agg, no pyplot state).
 
 Matplotlib's object-oriented API with the Agg canvas is used, so the global backend of the
 user's session is never changed. Every file is written to a temporary sibling and renamed.
