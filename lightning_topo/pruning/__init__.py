@@ -15,6 +15,8 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
+    "PruningConfig": "lightning_topo.pruning.config",
+    "DEFAULTS": "lightning_topo.pruning.config",
     "prune_model": "lightning_topo.pruning.api",
     "PruneResult": "lightning_topo.pruning.api",
     "compute_importance": "lightning_topo.pruning.importance",

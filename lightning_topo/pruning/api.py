@@ -7,7 +7,8 @@ from typing import Any
 
 from torch import nn
 
-from lightning_topo.pruning.importance import UNIT_KINDS, ImportanceTable, compute_importance
+from lightning_topo.pruning.config import DEFAULTS, PruningConfig
+from lightning_topo.pruning.importance import ImportanceTable, compute_importance
 from lightning_topo.pruning.structured import KeepMasks, apply_keep_masks, plan_keep_masks
 
 __all__ = ["prune_model", "PruneResult"]
@@ -29,17 +30,17 @@ def prune_model(
     model: nn.Module,
     dataloader: Iterable[Mapping[str, Any]] | None = None,
     *,
-    method: str = "topological",
-    ratio: float | None = 0.6,
-    quantile: float | None = None,
-    units: Sequence[str] = UNIT_KINDS,
-    min_heads: int = 1,
-    min_ffn: int = 1,
-    ffn_multiple: int = 8,
-    max_positions: int = 2048,
-    max_batches: int | None = None,
-    stat: str = "max",
-    seed: int = 0,
+    method: str = DEFAULTS.method,  # type: ignore[assignment]
+    ratio: float | None = DEFAULTS.ratio,
+    quantile: float | None = DEFAULTS.quantile,
+    units: Sequence[str] = DEFAULTS.units,
+    min_heads: int = DEFAULTS.min_heads,
+    min_ffn: int = DEFAULTS.min_ffn,
+    ffn_multiple: int = DEFAULTS.ffn_multiple,
+    max_positions: int = DEFAULTS.max_positions,
+    max_batches: int | None = DEFAULTS.max_batches,
+    stat: str = DEFAULTS.stat,
+    seed: int = DEFAULTS.seed,
     return_info: bool = False,
 ) -> nn.Module | tuple[nn.Module, PruneResult]:
     """Prune a BERT-family Hugging Face model in place to a physically smaller one.
@@ -74,27 +75,38 @@ def prune_model(
             would remove every unit of a layer. The model is not modified when an error is raised.
         TypeError: not a BERT-family model.
     """
-    if quantile is None and (ratio is None or isinstance(ratio, bool) or not 0.0 < float(ratio) <= 1.0):
-        raise ValueError(f"ratio (fraction of encoder parameters kept) must be in (0, 1]; got {ratio!r}")
-    table = compute_importance(
-        model,
-        dataloader,
+    cfg = PruningConfig(
         method=method,
-        units=units,
+        ratio=ratio,
+        quantile=quantile,
+        units=units,  # type: ignore[arg-type]
+        min_heads=min_heads,
+        min_ffn=min_ffn,
+        ffn_multiple=ffn_multiple,
         max_positions=max_positions,
         max_batches=max_batches,
         stat=stat,
         seed=seed,
     )
+    table = compute_importance(
+        model,
+        dataloader,
+        method=cfg.method,  # type: ignore[arg-type]
+        units=cfg.units,
+        max_positions=cfg.max_positions,
+        max_batches=cfg.max_batches,
+        stat=cfg.stat,
+        seed=cfg.seed,
+    )
     masks = plan_keep_masks(
         model,
         table,
-        ratio=ratio,
-        quantile=quantile,
-        units=units,
-        min_heads=min_heads,
-        min_ffn=min_ffn,
-        ffn_multiple=ffn_multiple,
+        ratio=cfg.ratio,
+        quantile=cfg.quantile,
+        units=cfg.units,
+        min_heads=cfg.min_heads,
+        min_ffn=cfg.min_ffn,
+        ffn_multiple=cfg.ffn_multiple,
     )
     apply_keep_masks(model, masks)
     if return_info:

@@ -50,6 +50,16 @@ import torch
 from torch import Tensor, nn
 
 from lightning_topo.encoding import model_inputs
+from lightning_topo.pruning.config import (
+    DEFAULT_TOPOLOGICAL,
+    DEFAULTS,
+    METHODS,
+    UNIT_KINDS,
+    check_int,
+    check_method,
+    check_stat,
+    check_units,
+)
 
 __all__ = [
     "METHODS",
@@ -65,19 +75,6 @@ __all__ = [
     "compute_importance",
 ]
 
-#: Reading used by ``method="topological"``; chosen from ``benchmarks/results/pruning.json``.
-DEFAULT_TOPOLOGICAL = "topological-1d"
-#: Accepted ``method`` names.
-METHODS: tuple[str, ...] = (
-    "topological",
-    "topological-redundancy",
-    "topological-1d",
-    "magnitude",
-    "activation",
-    "random",
-)
-#: Kinds of structural units.
-UNIT_KINDS: tuple[str, ...] = ("ffn", "heads")
 _DATA_FREE = ("magnitude", "random")
 
 
@@ -146,10 +143,10 @@ def collect_unit_outputs(
     model: nn.Module,
     dataloader: Iterable[Mapping[str, Any]],
     *,
-    units: Sequence[str] = UNIT_KINDS,
-    max_positions: int = 2048,
-    max_batches: int | None = None,
-    seed: int = 0,
+    units: Sequence[str] = DEFAULTS.units,
+    max_positions: int = DEFAULTS.max_positions,
+    max_batches: int | None = DEFAULTS.max_batches,
+    seed: int = DEFAULTS.seed,
 ) -> UnitOutputs:
     """Record every FFN unit's and head's output at real (unmasked) token positions.
 
@@ -172,9 +169,10 @@ def collect_unit_outputs(
     Raises:
         ValueError: if the dataloader yields no token under the attention mask.
     """
-    units = _check_units(units)
-    if max_positions < 2:
-        raise ValueError(f"max_positions must be >= 2; got {max_positions}")
+    units = check_units(units)
+    max_positions = check_int("max_positions", max_positions, 2)
+    max_batches = check_int("max_batches", max_batches, 1, allow_none=True)
+    seed = check_int("seed", seed, 0)
     layers = encoder_layers(model)
     device = next(model.parameters()).device
     gen = torch.Generator().manual_seed(seed)
@@ -254,16 +252,6 @@ def _merge(old: Tensor | None, new: Tensor, order: Tensor) -> Tensor:
     return both.index_select(0, order)
 
 
-def _check_units(units: Sequence[str]) -> tuple[str, ...]:
-    if isinstance(units, str):
-        units = (units,)
-    units = tuple(units)
-    bad = [u for u in units if u not in UNIT_KINDS]
-    if bad or not units:
-        raise ValueError(f"units must be a non-empty subset of {UNIT_KINDS}; got {units}")
-    return units
-
-
 # ----------------------------------------------------------------------------- scores
 
 
@@ -327,7 +315,7 @@ def _elder_radii(edges: Tensor, lengths: Tensor, energy: Tensor) -> Tensor:
     return out
 
 
-def distribution_scores(values: Tensor, *, stat: str = "max") -> Tensor:
+def distribution_scores(values: Tensor, *, stat: str = DEFAULTS.stat) -> Tensor:
     """Reading B for scalar units: H0 of each unit's own 1-D output cloud, vectorised.
 
     Args:
@@ -337,13 +325,13 @@ def distribution_scores(values: Tensor, *, stat: str = "max") -> Tensor:
     Returns:
         ``(n,)`` float64 scores; a constant unit scores 0.
     """
-    _check_stat(stat)
+    check_stat(stat)
     v = values.detach().double()
     gaps = torch.diff(torch.sort(v, dim=0).values, dim=0)  # (N-1, n) = the H0 deaths
     return gaps.amax(dim=0) if stat == "max" else gaps.sum(dim=0)
 
 
-def cloud_h0_scores(clouds: Tensor, *, stat: str = "max") -> Tensor:
+def cloud_h0_scores(clouds: Tensor, *, stat: str = DEFAULTS.stat) -> Tensor:
     """Reading B for vector units (heads): H0 of each head's own cloud of context vectors.
 
     Args:
@@ -353,7 +341,7 @@ def cloud_h0_scores(clouds: Tensor, *, stat: str = "max") -> Tensor:
     Returns:
         ``(n,)`` float64. One MST per head (a loop over heads, not over neurons).
     """
-    _check_stat(stat)
+    check_stat(stat)
     from lightning_topo.topology import minimum_spanning_tree, pairwise_distances
 
     out = torch.empty(clouds.shape[1], dtype=torch.float64)
@@ -361,11 +349,6 @@ def cloud_h0_scores(clouds: Tensor, *, stat: str = "max") -> Tensor:
         _, lengths = minimum_spanning_tree(pairwise_distances(clouds[:, h].detach().double()))
         out[h] = lengths.max() if stat == "max" else lengths.sum()
     return out
-
-
-def _check_stat(stat: str) -> None:
-    if stat not in ("max", "total"):
-        raise ValueError(f"stat must be 'max' or 'total'; got {stat!r}")
 
 
 def _ffn_weights(layer: nn.Module) -> tuple[Tensor, Tensor | None, Tensor]:
@@ -475,8 +458,9 @@ class ImportanceTable:
 
 def resolve_method(method: str) -> str:
     """``method`` with the ``"topological"`` alias resolved; raises ``ValueError`` for unknown names."""
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}; got {method!r}")
+    check_method(method)
+    if not isinstance(method, str):
+        raise ValueError(f"resolve_method takes a method name from {METHODS}; got {method!r}")
     return DEFAULT_TOPOLOGICAL if method == "topological" else method
 
 
@@ -484,12 +468,12 @@ def compute_importance(
     model: nn.Module,
     dataloader: Iterable[Mapping[str, Any]] | None = None,
     *,
-    method: str = "topological",
-    units: Sequence[str] = UNIT_KINDS,
-    max_positions: int = 2048,
-    max_batches: int | None = None,
-    stat: str = "max",
-    seed: int = 0,
+    method: str = DEFAULTS.method,  # type: ignore[assignment]
+    units: Sequence[str] = DEFAULTS.units,
+    max_positions: int = DEFAULTS.max_positions,
+    max_batches: int | None = DEFAULTS.max_batches,
+    stat: str = DEFAULTS.stat,
+    seed: int = DEFAULTS.seed,
     outputs: UnitOutputs | None = None,
 ) -> ImportanceTable:
     """Score every FFN unit and attention head of ``model`` with ``method``.
@@ -509,8 +493,9 @@ def compute_importance(
         An :class:`ImportanceTable`; higher scores are kept first.
     """
     method = resolve_method(method)
-    units = _check_units(units)
-    _check_stat(stat)
+    units = check_units(units)
+    check_stat(stat)
+    seed = check_int("seed", seed, 0)
     layers = encoder_layers(model)
     if method not in _DATA_FREE and outputs is None:
         if dataloader is None:

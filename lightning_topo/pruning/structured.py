@@ -25,7 +25,8 @@ import torch
 from torch import Tensor, nn
 from transformers.pytorch_utils import prune_linear_layer
 
-from lightning_topo.pruning.importance import UNIT_KINDS, ImportanceTable, _check_units, encoder_layers
+from lightning_topo.pruning.config import DEFAULTS, check_int, check_quantile, check_ratio, check_units
+from lightning_topo.pruning.importance import ImportanceTable, encoder_layers
 
 __all__ = [
     "KeepMasks",
@@ -98,20 +99,19 @@ def _top_k_mask(scores: Tensor, k: int) -> Tensor:
 
 def check_ffn_multiple(ffn_multiple: object) -> None:
     """Raise ``ValueError`` unless ``ffn_multiple`` is an ``int >= 1`` (``bool`` is refused)."""
-    if isinstance(ffn_multiple, bool) or not isinstance(ffn_multiple, int) or ffn_multiple < 1:
-        raise ValueError(f"ffn_multiple must be an integer >= 1 (1 disables rounding); got {ffn_multiple!r}")
+    check_int("ffn_multiple", ffn_multiple, 1, hint=" (1 disables rounding)")
 
 
 def plan_keep_masks(
     model: nn.Module,
     table: ImportanceTable,
     *,
-    ratio: float | None = 0.6,
-    quantile: float | None = None,
-    units: Sequence[str] = UNIT_KINDS,
-    min_heads: int = 1,
-    min_ffn: int = 1,
-    ffn_multiple: int = 8,
+    ratio: float | None = DEFAULTS.ratio,
+    quantile: float | None = DEFAULTS.quantile,
+    units: Sequence[str] = DEFAULTS.units,
+    min_heads: int = DEFAULTS.min_heads,
+    min_ffn: int = DEFAULTS.min_ffn,
+    ffn_multiple: int = DEFAULTS.ffn_multiple,
 ) -> KeepMasks:
     """Turn scores into keep-masks that meet a budget.
 
@@ -137,13 +137,13 @@ def plan_keep_masks(
         ValueError: ``ratio`` outside ``(0, 1]``, ``quantile`` outside ``[0, 1)``, floors below 1, a
             kind in ``units`` that ``table`` did not score, or a budget below what the floors keep.
     """
-    units = _check_units(units)
+    units = check_units(units)
     check_ffn_multiple(ffn_multiple)
-    if min_heads < 1 or min_ffn < 1:
-        raise ValueError(
-            f"min_heads and min_ffn must be >= 1 (a layer with no heads or no FFN units is not supported); "
-            f"got min_heads={min_heads}, min_ffn={min_ffn}"
-        )
+    min_heads = check_int("min_heads", min_heads, 1, hint=" (a layer needs at least one head)")
+    min_ffn = check_int("min_ffn", min_ffn, 1, hint=" (a layer needs at least one FFN unit)")
+    quantile = check_quantile(quantile)
+    if quantile is None:
+        ratio = check_ratio(ratio)
     for kind in units:
         if table.scores(kind) is None:
             raise ValueError(
@@ -158,16 +158,12 @@ def plan_keep_masks(
             raise ValueError(f"{kind} scores have sizes {got} but the model's layers have {widths[kind]}")
 
     if quantile is not None:
-        if not 0.0 <= quantile < 1.0:
-            raise ValueError(f"quantile must be in [0, 1); got {quantile}")
         counts = {
             kind: [max(floor, n - math.floor(quantile * n)) for n in widths[kind]]
             for kind, floor in (("heads", min_heads), ("ffn", min_ffn))
         }
         counts = {k: [min(c, n) for c, n in zip(counts[k], widths[k], strict=True)] for k in counts}
     else:
-        if ratio is None or not (0.0 < float(ratio) <= 1.0) or isinstance(ratio, bool):
-            raise ValueError(f"ratio (fraction of encoder parameters kept) must be in (0, 1]; got {ratio!r}")
         costs = [_unit_costs(layer) for layer in layers]
         total = count_encoder_parameters(model)
         target = float(ratio) * total

@@ -1,0 +1,79 @@
+"""PruningConfig: one place for every pruning default, each field checked at construction."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from lightning_topo.pruning.config import DEFAULTS, METHODS, UNIT_KINDS, PruningConfig
+
+
+def test_defaults_are_the_documented_ones():
+    assert DEFAULTS.method == "topological" and DEFAULTS.ratio == 0.6 and DEFAULTS.quantile is None
+    assert DEFAULTS.units == UNIT_KINDS and DEFAULTS.ffn_multiple == 8 and DEFAULTS.max_positions == 2048
+    assert (DEFAULTS.min_heads, DEFAULTS.min_ffn, DEFAULTS.stat, DEFAULTS.seed) == (1, 1, "max", 0)
+    with pytest.raises(AttributeError):
+        DEFAULTS.ratio = 0.5  # type: ignore[misc]
+
+
+def test_units_string_is_one_kind_not_characters():
+    assert PruningConfig(units="ffn").units == ("ffn",)
+    assert PruningConfig(units=["heads", "ffn", "heads"]).units == ("heads", "ffn")
+    for bad in ("f", ("ffn", "mlp"), (), 3):
+        with pytest.raises(ValueError, match="units"):
+            PruningConfig(units=bad)
+
+
+@pytest.mark.parametrize(
+    "field, bad",
+    [
+        ("ratio", None),
+        ("ratio", math.nan),
+        ("ratio", math.inf),
+        ("ratio", True),
+        ("ratio", 0.0),
+        ("ratio", 1.01),
+        ("ratio", "0.5"),
+        ("quantile", 1.0),
+        ("quantile", -0.1),
+        ("quantile", math.nan),
+        ("min_heads", 0),
+        ("min_heads", 1.5),
+        ("min_ffn", True),
+        ("ffn_multiple", 2.5),
+        ("ffn_multiple", 0),
+        ("max_positions", 1),
+        ("max_positions", 2048.0),
+        ("max_batches", 0),
+        ("calibration_batches", 0),
+        ("stat", "mean"),
+        ("seed", None),
+        ("seed", -1),
+        ("method", "nope"),
+        ("method", None),
+    ],
+)
+def test_every_field_is_checked_with_its_name(field, bad):
+    with pytest.raises(ValueError, match=field):
+        PruningConfig(**{field: bad})
+
+
+def test_quantile_mode_allows_no_ratio_and_numbers_are_normalised():
+    cfg = PruningConfig(ratio=None, quantile=0.25)
+    assert cfg.ratio is None and cfg.quantile == 0.25
+    assert type(PruningConfig(ratio=1).ratio) is float
+    assert PruningConfig(max_batches=None).max_batches is None
+
+
+def test_callable_method_and_replace_revalidates():
+    def mine(model, data, kind, layer_index):  # pragma: no cover - never called here
+        raise AssertionError
+
+    cfg = PruningConfig(method=mine)
+    assert cfg.method is mine
+    assert set(METHODS) >= {"topological", "magnitude"}
+    with pytest.raises(ValueError, match="ratio"):
+        cfg.replace(ratio=2.0)
+    kwargs = cfg.prune_kwargs()
+    assert "calibration_batches" not in kwargs and kwargs["method"] is mine
