@@ -131,3 +131,22 @@ def log_to_wandb(logger: Any, images: Mapping[str, Path], columns: list[str], ro
     payload: dict[str, Any] = {key: wandb.Image(str(path)) for key, path in images.items()}
     payload["topo/history"] = wandb.Table(columns=columns, data=rows)
     run.log(payload)
+
+
+def plot_kept_units(history: Sequence[Mapping[str, Any]], path: Path) -> Path:
+    """Bar charts of the attention heads and FFN units each encoder layer keeps after the last pruning step.
+
+    ``history`` is ``TopologicalPruning.history`` (records with ``step``, ``ratio`` and
+    ``widths = {"heads": [...], "ffn": [...]}``, one entry per layer).
+    """
+    last = history[-1]
+    fig = _new_figure(8.0, 3.0)
+    for i, kind in enumerate(("heads", "ffn")):
+        ax = fig.add_subplot(1, 2, i + 1)
+        kept = last["widths"][kind]
+        ax.bar(range(len(kept)), kept)
+        ax.set_xlabel("layer")
+        ax.set_ylabel(f"kept {kind}")
+        ax.set_title(f"{kind} after step {last['step']} ({last['ratio']:.2f} of encoder)")
+    fig.tight_layout()
+    return _save(fig, path)
