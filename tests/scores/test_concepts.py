@@ -1,0 +1,142 @@
+"""Latent concepts: Ward clustering, alignment with labels, matching between models."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from lightning_topo.scores.concepts import (
+    align_concepts,
+    concept_top_words,
+    default_n_concepts,
+    discover_concepts,
+    match_concepts,
+    polar_concepts,
+)
+
+
+def _clusters(n_clusters: int = 6, per: int = 25, dim: int = 16, seed: int = 0):
+    """Well-separated Gaussian blobs (centres ~100 apart, noise 1), tokens shuffled."""
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(n_clusters, dim, generator=g) * 100
+    truth = torch.arange(n_clusters).repeat_interleave(per)
+    points = centres[truth] + torch.randn(truth.numel(), dim, generator=g)
+    order = torch.randperm(truth.numel(), generator=g)
+    return points[order], truth[order]
+
+
+def _same_partition(a, b) -> bool:
+    a, b = np.asarray(a), np.asarray(b)
+    pairs = set(zip(a.tolist(), b.tolist(), strict=True))
+    return len(pairs) == len(set(a.tolist())) == len(set(b.tolist()))
+
+
+def test_well_separated_clusters_are_found_and_aligned():
+    points, truth = _clusters()
+    ids = discover_concepts(points, n_concepts=6)
+    assert ids.shape == truth.shape and ids.dtype == torch.long
+    assert _same_partition(ids, truth)
+    names = [f"tag{int(t)}" for t in truth]
+    al = align_concepts(ids, names, theta=0.9)
+    assert al.share == 1.0
+    for cid in range(6):
+        members = {names[i] for i in torch.nonzero(ids == cid).flatten().tolist()}
+        assert al.labels[cid] == members.pop()
+    assert torch.equal(al.sizes, torch.bincount(ids))
+    assert torch.allclose(al.purity, torch.ones(6, dtype=torch.float64))
+
+
+def test_ward_partition_agrees_with_scipy():
+    from scipy.cluster.hierarchy import fcluster, linkage
+
+    x = np.random.default_rng(3).standard_normal((150, 8))
+    ids = discover_concepts(x, n_concepts=12)
+    ref = fcluster(linkage(x, method="ward"), 12, criterion="maxclust")
+    assert _same_partition(ids, ref)
+
+
+def test_discover_is_deterministic_and_numbered_by_first_appearance():
+    x = torch.randn(120, 10, generator=torch.Generator().manual_seed(1))
+    a, b = discover_concepts(x, 7), discover_concepts(x.clone(), 7)
+    assert torch.equal(a, b)
+    firsts = [int(torch.nonzero(a == c)[0]) for c in range(7)]
+    assert firsts == sorted(firsts) and a[0] == 0
+
+
+def test_default_n_concepts_scales_with_tokens():
+    assert default_n_concepts(2000) == 100
+    assert default_n_concepts(100_000) == 600
+    assert default_n_concepts(5) == 1
+    x = torch.randn(200, 4, generator=torch.Generator().manual_seed(2))
+    assert int(discover_concepts(x).max()) + 1 == 10
+
+
+def test_model_matches_itself_fully_and_a_shuffled_model_far_less():
+    points, _ = _clusters(n_clusters=10, per=20, seed=4)
+    ids = discover_concepts(points + 0.0, n_concepts=40)
+    assert match_concepts(ids, ids).share == 1.0
+    assert torch.equal(match_concepts(ids, ids).matches, torch.arange(40))
+    perm = torch.randperm(points.shape[0], generator=torch.Generator().manual_seed(5))
+    shuffled = discover_concepts(points[perm], n_concepts=40)  # token i now has another token's vector
+    result = match_concepts(ids, shuffled)
+    assert result.share < 0.3
+    assert (result.matches[result.overlap < 0.9] == -1).all()
+
+
+def test_alignment_at_exactly_theta_is_included():
+    ids = torch.zeros(10, dtype=torch.long)
+    labels = ["x"] * 7 + ["y"] * 3
+    assert align_concepts(ids, labels, theta=0.7).labels == ["x"]  # 0.7 * 10 > 7.0 in floating point
+    assert align_concepts(ids, ["x"] * 6 + ["y"] * 4, theta=0.7).labels == [None]
+    assert align_concepts(ids, ["x"] * 9 + [None], theta=0.9).share == 1.0
+    assert align_concepts(ids, ["x"] * 8 + [None] * 2, theta=0.9).share == 0.0
+
+
+def test_match_at_exactly_theta_is_included():
+    a = torch.tensor([0] * 7 + [1] * 3)
+    b = torch.zeros(10, dtype=torch.long)
+    assert match_concepts(a, b, theta=0.7).share == 1.0
+    assert match_concepts(a, b, theta=0.71).share == 0.0
+    # overlap is measured against B's concept: A's concept 0 lies wholly in B's concept 0
+    assert match_concepts(b, a, theta=1.0).share == 1.0
+
+
+def test_none_labels_count_but_never_align():
+    ids = torch.tensor([0, 0, 0, 1, 1, 1])
+    al = align_concepts(ids, [None, None, None, "a", "a", None], theta=0.6)
+    assert al.labels == [None, "a"]
+    assert al.share == 0.5
+    assert al.purity.tolist() == pytest.approx([0.0, 2 / 3])
+
+
+def test_polar_concepts_and_top_words():
+    ids = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2])
+    classes = torch.tensor([0, 0, 1, 1, 1, 0, 0, 0, 1])
+    polar = polar_concepts(ids, classes, num_classes=2)
+    assert polar[1] == (1, 1.0)
+    assert polar[0][0] == 2 and polar[0][1] == pytest.approx(0.75)
+    words = ["a", "b", "a", "c", "c", "d", "d", "e", "d"]
+    top = concept_top_words(ids, words, top_k=1)
+    assert top == [[("a", 2)], [("c", 2)], [("d", 3)]]
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda: discover_concepts(torch.randn(5, 3), n_concepts=6), "n_concepts"),
+        (lambda: discover_concepts(torch.randn(5, 3), n_concepts=0), "n_concepts"),
+        (lambda: discover_concepts(torch.empty(0, 3)), "empty"),
+        (lambda: discover_concepts(torch.randn(5)), r"\(n_tokens, d\)"),
+        (lambda: discover_concepts(torch.tensor([[0.0], [float("nan")]])), "NaN"),
+        (lambda: align_concepts([0, 1], ["a"]), "token_labels"),
+        (lambda: align_concepts([0, 1], ["a", "b"], theta=0.0), "theta"),
+        (lambda: align_concepts([0, 1], ["a", "b"], theta=1.5), "theta"),
+        (lambda: match_concepts([0, 1], [0, 1, 1]), "same token set"),
+        (lambda: match_concepts([0, -1], [0, 1]), "ids_a"),
+        (lambda: polar_concepts([0, 1], [0, 2], num_classes=2), "token_classes"),
+    ],
+)
+def test_bad_inputs_raise_clear_errors(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
