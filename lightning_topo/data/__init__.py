@@ -1,11 +1,19 @@
-"""Data shipped with lightning-topo and the deterministic split rule used everywhere.
+"""Data: the embedded dataset, the deterministic split rule, reading files, sampling batches.
+
+- :func:`read_table` and the label helpers (:mod:`lightning_topo.data.files`) read UTF-8
+  CSV/TSV/JSONL files and turn their labels into class ids, with errors naming file and row.
+- :class:`LengthGroupedSampler` (:mod:`lightning_topo.data.sampling`) batches examples of similar
+  length, sharded over DDP ranks.
+- :func:`stratified_split` / :func:`stratified_subset` are the seeded split rules.
 
 The embedded dataset ``rotten_tomatoes.tsv.gz`` holds 10,568 Rotten Tomatoes review sentences
 (5,242 positive / 5,326 negative) with a fixed, seeded, stratified 80/10/10 ``split`` column. It
 is built by ``scripts/make_rotten_tomatoes.py`` from the VADER resources (MIT licence; see
 ``README.md`` in this folder for attribution).
 
-This module only uses the standard library, so the build script can import it without torch.
+This module and :mod:`~lightning_topo.data.files` only use the standard library; the sampler
+(torch) is imported on first use. A library layer: nothing here imports ``models``,
+``callbacks`` or the CLI.
 """
 
 from __future__ import annotations
@@ -14,15 +22,33 @@ import random
 from collections.abc import Hashable, Sequence
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from lightning_topo.data.files import normalise_labels, read_table
 
 __all__ = [
     "ROTTEN_TOMATOES_FILE",
     "ROTTEN_TOMATOES_LABEL_NAMES",
     "SPLIT_NAMES",
+    "LengthGroupedSampler",
+    "normalise_labels",
+    "read_table",
     "rotten_tomatoes_path",
     "stratified_split",
     "stratified_subset",
 ]
+
+if TYPE_CHECKING:  # pragma: no cover
+    from lightning_topo.data.sampling import LengthGroupedSampler
+
+
+def __getattr__(name: str) -> Any:
+    if name == "LengthGroupedSampler":  # imports torch; loaded on first use
+        from lightning_topo.data.sampling import LengthGroupedSampler
+
+        return LengthGroupedSampler
+    raise AttributeError(f"module 'lightning_topo.data' has no attribute {name!r}")
+
 
 #: File name of the embedded dataset inside this package.
 ROTTEN_TOMATOES_FILE = "rotten_tomatoes.tsv.gz"

@@ -3,7 +3,8 @@
 - :class:`SequenceClassifier` — ``AutoModelForSequenceClassification`` fine-tuning with
   ``encode(batch) -> EncodedBatch`` and an auxiliary-loss hook.
 - :class:`TextClassificationDataModule` — CSV/TSV/JSONL files or the embedded Rotten Tomatoes
-  dataset, tokenised with the model's tokenizer.
+  dataset, tokenised with the model's tokenizer. Reading files and sampling batches are library
+  code in :mod:`lightning_topo.data` (``read_table``, ``LengthGroupedSampler``).
 - :func:`embedded_model_path` — the local all-MiniLM-L6-v2 used when no model is named.
 
 Exports are imported lazily so that ``import lightning_topo.models`` stays cheap.
@@ -18,32 +19,21 @@ _EXPORTS = {
     "SequenceClassifier": "lightning_topo.models.classifier",
     "AuxiliaryLoss": "lightning_topo.models.classifier",
     "TextClassificationDataModule": "lightning_topo.models.datamodule",
-    "PadCollator": "lightning_topo.models.datamodule",
-    "LengthGroupedSampler": "lightning_topo.models.datamodule",
-    "read_table": "lightning_topo.models.datamodule",
     "embedded_model_path": "lightning_topo.models.embedded",
     "resolve_model_path": "lightning_topo.models.embedded",
 }
 
 __all__ = [
     "AuxiliaryLoss",
-    "LengthGroupedSampler",
-    "PadCollator",
     "SequenceClassifier",
     "TextClassificationDataModule",
     "embedded_model_path",
-    "read_table",
     "resolve_model_path",
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
     from lightning_topo.models.classifier import AuxiliaryLoss, SequenceClassifier
-    from lightning_topo.models.datamodule import (
-        LengthGroupedSampler,
-        PadCollator,
-        TextClassificationDataModule,
-        read_table,
-    )
+    from lightning_topo.models.datamodule import TextClassificationDataModule
     from lightning_topo.models.embedded import embedded_model_path, resolve_model_path
 
 
