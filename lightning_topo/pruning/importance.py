@@ -1,39 +1,33 @@
-"""Importance of FFN units and attention heads of a BERT-family encoder.
+"""Importance of FFN units and attention heads of a BERT-family encoder (higher = keep).
 
-Two topological scores (``docs/pruning.md``, methods.md §3; both readings are our **choice**,
-the paper's code is not public) and three baselines, all with one interface:
+An importance method is a callable (:data:`ImportanceFn`) that maps a model, the units' recorded
+outputs and a unit kind to one score tensor per encoder layer. The built-in methods are registered
+by name (:data:`METHODS`); any other callable with the same signature may be passed as ``method``,
+as Lightning's ``ModelPruning`` accepts a custom pruning function. Built-in methods
+(``docs/pruning.md``, methods.md §3; both topological readings are our **choice**, the paper's code
+is not public):
 
-``topological-redundancy`` (reading A)
-    For one layer, each unit is a point: its outputs over the ``N`` calibration positions,
-    centred over positions and scaled to unit norm (a head: its context vectors over the positions,
-    centred per coordinate and flattened). H0 of the Vietoris–Rips filtration over the layer's
-    units is their minimum spanning tree (:func:`lightning_topo.topology.minimum_spanning_tree`).
-    Each death is given to one unit by the elder rule: a component is represented by its unit
-    with the highest energy (norm before scaling; ties: lower index wins), and on a merge at radius
-    ``r`` the lower-energy representative dies. So ``r_f(u)`` = the single-linkage (minimax) distance
-    from ``u`` to the nearest unit that beats it; the top unit keeps ``+inf``. Of two duplicate units
-    exactly one gets ``r_f = 0``. Constant (dead) units get ``r_f = 0`` and stay out of the tree.
-``topological-1d`` (reading B)
-    Each FFN unit's ``N`` output values are a 1-D point cloud whose H0 deaths are the sorted gaps
-    (sort + diff over all units at once). ``stat="max"`` (default) scores the unit by its largest
-    gap (the last merge radius ``r_f``), ``stat="total"`` by total persistence (= the range). A
-    head's cloud is its ``N`` context vectors in ``R^{head_size}``; its H0 is their MST.
-``magnitude``
-    L2 norm of all weights and biases that belong to the unit (FFN: ``intermediate.dense`` row and
-    bias, ``output.dense`` column; head: its Q/K/V rows and biases, its ``attention.output.dense``
-    columns) -- the group norm Torch-Pruning's ``MagnitudeImportance(p=2)`` uses.
-``activation``
+``topological-1d`` (reading B, :func:`h0_of_each_unit_cloud`)
+    Each unit's outputs over the ``N`` calibration positions form the unit's own point cloud. For an
+    FFN unit the cloud is 1-D; its finite H0 bars are the gaps between consecutive sorted values, so
+    ``stat="max"`` (default) scores the unit by its longest finite H0 bar = its largest gap, and
+    ``stat="total"`` by the sum of its bars = its range. For a head the cloud is its ``N`` context
+    vectors in ``R^head_size``; its H0 bars are the edge lengths of their minimum spanning tree
+    (``"max"`` = longest edge, ``"total"`` = their sum).
+``topological-redundancy`` (reading A, :func:`elder_merge_radius`)
+    The units of one layer are the points (a unit = its centred, unit-norm output vector over the
+    ``N`` positions); each unit scores its elder-rule H0 death radius in that cloud, i.e. how far it
+    is from the nearest higher-energy unit in single linkage. A near-copy of another unit scores ~0.
+``magnitude`` (:func:`weight_norm`)
+    L2 norm of all weights and biases that belong to the unit (the group norm of Torch-Pruning's
+    ``MagnitudeImportance(p=2)``).
+``activation`` (:func:`activation_times_output_norm`)
     mean ``|output|`` over positions (head: mean L2 norm of its context vector) times the L2 norm of
     the unit's outgoing weights.
-``random``
-    seeded uniform scores.
+``random`` (:func:`seeded_uniform`)
+    seeded uniform scores, the baseline every method must beat.
 
-``topological`` is an alias of the reading chosen by the benchmark (:data:`DEFAULT_TOPOLOGICAL`).
-
-No step loops over units in Python: the elder rule uses the fact that Prim's order lists the
-single-linkage clusters of every radius as contiguous runs, so the minimax distance between the
-units at Prim positions ``i < j`` is ``max(lengths[i:j])`` and all of them come from one ``cummax``
-over an ``(n, n)`` matrix (``O(n^2)`` memory, like the distance matrix itself).
+``topological`` is an alias of :data:`DEFAULT_TOPOLOGICAL`, the reading chosen by the benchmark.
 """
 
 from __future__ import annotations
@@ -41,8 +35,9 @@ from __future__ import annotations
 import csv
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -50,21 +45,27 @@ import torch
 from torch import Tensor, nn
 
 from lightning_topo.encoding import model_inputs
+from lightning_topo.pruning import layout
 from lightning_topo.pruning.config import (
     DEFAULT_TOPOLOGICAL,
     DEFAULTS,
     METHODS,
     UNIT_KINDS,
+    PruningConfig,
     check_int,
     check_method,
     check_stat,
     check_units,
 )
+from lightning_topo.pruning.layout import encoder_layers
+from lightning_topo.topology import minimum_spanning_tree, pairwise_distances
 
 __all__ = [
     "METHODS",
     "DEFAULT_TOPOLOGICAL",
     "UNIT_KINDS",
+    "ImportanceFn",
+    "ImportanceContext",
     "UnitOutputs",
     "ImportanceTable",
     "encoder_layers",
@@ -72,53 +73,15 @@ __all__ = [
     "redundancy_scores",
     "distribution_scores",
     "cloud_h0_scores",
+    "h0_of_each_unit_cloud",
+    "elder_merge_radius",
+    "weight_norm",
+    "activation_times_output_norm",
+    "seeded_uniform",
+    "builtin_method",
+    "resolve_method",
     "compute_importance",
 ]
-
-_DATA_FREE = ("magnitude", "random")
-
-
-# ----------------------------------------------------------------------------- model structure
-
-
-def encoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The ``encoder.layer`` list of a BERT-family model (BERT, RoBERTa, ELECTRA, MiniLM, ...).
-
-    Raises:
-        TypeError: if the model has no ``encoder.layer`` whose layers have
-            ``attention.self.{query,key,value}``, ``attention.output.dense``, ``intermediate.dense``
-            and ``output.dense`` linear layers.
-    """
-    base = getattr(model, "base_model", model)
-    layers = getattr(getattr(base, "encoder", None), "layer", None)
-    problem = None
-    if layers is None or len(layers) == 0:
-        problem = "it has no encoder.layer list"
-    else:
-        for i, layer in enumerate(layers):
-            try:
-                attn = layer.attention.self
-                linears = [
-                    attn.query,
-                    attn.key,
-                    attn.value,
-                    layer.attention.output.dense,
-                    layer.intermediate.dense,
-                    layer.output.dense,
-                ]
-                attn.num_attention_heads, attn.attention_head_size  # noqa: B018
-            except AttributeError as err:
-                problem = f"layer {i} lacks {err}"
-                break
-            if not all(isinstance(m, nn.Linear) for m in linears):
-                problem = f"layer {i} has non-Linear projections"
-                break
-    if problem is not None:
-        raise TypeError(
-            f"structured pruning needs a BERT-family model (encoder.layer[i].attention.self.query/key/value, "
-            f"attention.output.dense, intermediate.dense, output.dense); {type(model).__name__}: {problem}"
-        )
-    return layers
 
 
 # ----------------------------------------------------------------------------- collection
@@ -139,6 +102,75 @@ class UnitOutputs:
     num_positions: int
 
 
+class _PositionSample:
+    """A uniform sample without replacement of up to ``capacity`` token positions, streamed.
+
+    Every position gets a seeded random key and the ``capacity`` smallest keys are kept (bottom-k),
+    so memory stays ``O(capacity)`` however long the dataloader is. The rows of every recorded tensor
+    (``(kind, layer) -> (positions, ...)``) are kept for the same positions.
+    """
+
+    def __init__(self, capacity: int, seed: int) -> None:
+        self.capacity = capacity
+        self.generator = torch.Generator().manual_seed(seed)
+        self.keys = torch.empty(0)
+        self.rows: dict[tuple[str, int], Tensor] = {}
+
+    def add(self, new_rows: Mapping[tuple[str, int], Tensor], count: int) -> None:
+        keys = torch.cat([self.keys, torch.rand(count, generator=self.generator)])
+        self.keys, order = torch.topk(keys, min(self.capacity, keys.numel()), largest=False, sorted=False)
+        for name, new in new_rows.items():
+            old = self.rows.get(name)
+            both = new if old is None else torch.cat([old, new])
+            self.rows[name] = both.index_select(0, order)
+
+    def per_layer(self, kind: str, n_layers: int) -> list[Tensor]:
+        return [self.rows[kind, i] for i in range(n_layers)]
+
+
+def _record_ffn(captured: dict, i: int, _module: nn.Module, _inputs: Any, out: Tensor) -> None:
+    captured["ffn", i] = out[captured["mask"]].detach().float().cpu()
+
+
+def _record_heads(
+    captured: dict, i: int, layer: nn.Module, _module: nn.Module, _inputs: Any, out: Any
+) -> None:
+    context = out[0] if isinstance(out, tuple) else out
+    rows = context[captured["mask"]].detach().float().cpu()
+    captured["heads", i] = rows.reshape(rows.shape[0], layout.num_heads(layer), layout.head_size(layer))
+
+
+def _install_recorders(layers: nn.ModuleList, units: tuple[str, ...], captured: dict) -> list[Any]:
+    """Forward hooks: FFN outputs after the activation, heads' context vectors before ``attention.output``."""
+    handles = []
+    for i, layer in enumerate(layers):
+        if "ffn" in units:
+            hook = partial(_record_ffn, captured, i)
+            handles.append(layout.ffn_activation(layer).register_forward_hook(hook))
+        if "heads" in units:
+            hook = partial(_record_heads, captured, i, layer)
+            handles.append(layout.self_attention(layer).register_forward_hook(hook))
+    return handles
+
+
+def _record_batch(
+    model: nn.Module, batch: Mapping[str, Any], captured: dict, sample: _PositionSample
+) -> None:
+    device = next(model.parameters()).device
+    inputs = {k: v.to(device) for k, v in model_inputs(batch).items()}
+    if "attention_mask" not in inputs:
+        inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
+    mask = inputs["attention_mask"].bool()
+    count = int(mask.sum())
+    if count == 0:
+        return
+    captured.clear()
+    captured["mask"] = mask
+    model(**inputs)
+    del captured["mask"]
+    sample.add(captured, count)
+
+
 def collect_unit_outputs(
     model: nn.Module,
     dataloader: Iterable[Mapping[str, Any]],
@@ -148,61 +180,37 @@ def collect_unit_outputs(
     max_batches: int | None = DEFAULTS.max_batches,
     seed: int = DEFAULTS.seed,
 ) -> UnitOutputs:
-    """Record every FFN unit's and head's output at real (unmasked) token positions.
+    """Record every FFN unit's and head's output at a sample of real (unmasked) token positions.
 
-    Forward hooks on ``layer.intermediate`` (output after the activation) and ``layer.attention.self``
-    (context vectors, before ``attention.output.dense``). Batches go through
-    :func:`lightning_topo.encoding.model_inputs`. Positions are a uniform sample without replacement
-    of all positions under the attention mask in the dataloader (bottom-``max_positions`` of seeded
-    random keys, so memory stays ``O(max_positions)``).
+    Positions are a uniform sample without replacement of all positions under the attention mask
+    (see :class:`_PositionSample`), the same positions in every layer. Batches go through
+    :func:`lightning_topo.encoding.model_inputs`; the model runs in eval mode under ``no_grad`` and
+    its training flag is restored afterwards.
 
     Args:
-        model: BERT-family Hugging Face model (any head); run in eval mode under ``no_grad``, its
-            training flag restored afterwards.
+        model: BERT-family Hugging Face model (any head).
         dataloader: iterable of tokenised batches (``input_ids`` ``(B, S)``, optional
             ``attention_mask``, ``token_type_ids``).
         units: which kinds to record, subset of ``("ffn", "heads")``.
-        max_positions: cap ``N`` on the number of token positions kept (default 2048).
-        max_batches: stop after this many batches (default: all).
+        max_positions: cap ``N`` on the number of token positions kept (``>= 2``).
+        max_batches: stop after this many batches (``None``: all).
         seed: seed of the position sample.
 
     Raises:
-        ValueError: if the dataloader yields no token under the attention mask.
+        ValueError: a bad setting, or a dataloader with fewer than 2 tokens under the attention mask.
+        TypeError: ``dataloader`` is not iterable, or the model is not BERT-family.
     """
     units = check_units(units)
     max_positions = check_int("max_positions", max_positions, 2)
     max_batches = check_int("max_batches", max_batches, 1, allow_none=True)
-    seed = check_int("seed", seed, 0)
+    sample = _PositionSample(max_positions, check_int("seed", seed, 0))  # type: ignore[arg-type]
+    if not isinstance(dataloader, Iterable):
+        raise TypeError(
+            f"dataloader must be an iterable of tokenised batches; got {type(dataloader).__name__}"
+        )
     layers = encoder_layers(model)
-    device = next(model.parameters()).device
-    gen = torch.Generator().manual_seed(seed)
-    keep_keys = torch.empty(0)
-    buf_ffn: list[Tensor | None] = [None] * len(layers)
-    buf_heads: list[Tensor | None] = [None] * len(layers)
-    current: dict[str, Any] = {}
-
-    def ffn_hook(i):
-        def hook(_mod, _inp, out):
-            current["ffn", i] = out[current["mask"]].detach().float().cpu()
-
-        return hook
-
-    def head_hook(i, attn):
-        def hook(_mod, _inp, out):
-            ctx = out[0] if isinstance(out, tuple) else out
-            sel = ctx[current["mask"]].detach().float().cpu()
-            current["heads", i] = sel.reshape(
-                sel.shape[0], attn.num_attention_heads, attn.attention_head_size
-            )
-
-        return hook
-
-    handles = []
-    for i, layer in enumerate(layers):
-        if "ffn" in units:
-            handles.append(layer.intermediate.register_forward_hook(ffn_hook(i)))
-        if "heads" in units:
-            handles.append(layer.attention.self.register_forward_hook(head_hook(i, layer.attention.self)))
+    captured: dict = {}
+    handles = _install_recorders(layers, units, captured)
     was_training = model.training
     model.eval()
     try:
@@ -210,53 +218,36 @@ def collect_unit_outputs(
             for b, batch in enumerate(dataloader):
                 if max_batches is not None and b >= max_batches:
                     break
-                inputs = {k: v.to(device) for k, v in model_inputs(batch).items()}
-                if "attention_mask" not in inputs:
-                    inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
-                mask = inputs["attention_mask"].bool()
-                n_new = int(mask.sum())
-                if n_new == 0:
-                    continue
-                current.clear()
-                current["mask"] = mask
-                model(**inputs)
-                keys = torch.cat([keep_keys, torch.rand(n_new, generator=gen)])
-                k = min(max_positions, keys.numel())
-                keep_keys, order = torch.topk(keys, k, largest=False, sorted=False)
-                for i in range(len(layers)):
-                    if "ffn" in units:
-                        buf_ffn[i] = _merge(buf_ffn[i], current["ffn", i], order)
-                    if "heads" in units:
-                        buf_heads[i] = _merge(buf_heads[i], current["heads", i], order)
+                _record_batch(model, batch, captured, sample)
     finally:
         for h in handles:
             h.remove()
         model.train(was_training)
-    n = keep_keys.numel()
-    if n == 0:
-        raise ValueError(
-            "the calibration dataloader yielded no token under the attention mask; pass batches with "
-            "input_ids and an attention_mask that has ones (e.g. a few hundred training sentences)"
-        )
+    n = sample.keys.numel()
     if n < 2:
-        raise ValueError(f"calibration needs at least 2 token positions; got {n}")
+        raise ValueError(
+            f"the calibration dataloader yielded {'no token' if n == 0 else 'only 1 token'} under the attention "
+            "mask; pass batches with input_ids and an attention_mask that has ones (e.g. a few hundred sentences)"
+        )
     return UnitOutputs(
-        ffn=list(buf_ffn) if "ffn" in units else None,  # type: ignore[arg-type]
-        heads=list(buf_heads) if "heads" in units else None,  # type: ignore[arg-type]
+        ffn=sample.per_layer("ffn", len(layers)) if "ffn" in units else None,
+        heads=sample.per_layer("heads", len(layers)) if "heads" in units else None,
         num_positions=n,
     )
 
 
-def _merge(old: Tensor | None, new: Tensor, order: Tensor) -> Tensor:
-    both = new if old is None else torch.cat([old, new])
-    return both.index_select(0, order)
-
-
-# ----------------------------------------------------------------------------- scores
+# ----------------------------------------------------------------------------- topological summaries
 
 
 def redundancy_scores(points: Tensor, *, dead_tol: float = 1e-6) -> Tensor:
-    """Reading A: elder-rule H0 merge radius of each unit among the units of one layer.
+    """Reading A: elder-rule H0 death radius of each unit in the cloud of one layer's units.
+
+    Each unit is a point: its outputs over the ``N`` positions, centred and scaled to unit norm.
+    H0 of the Vietoris-Rips filtration of these points is their minimum spanning tree. A component
+    is represented by its highest-energy unit (norm before scaling; ties: lower index), and when two
+    components merge at radius ``r`` the lower-energy representative dies there. So ``r_f(u)`` is the
+    single-linkage (minimax) distance from ``u`` to the nearest unit that beats it: of two duplicate
+    units exactly one scores 0. Constant (dead) units score 0 and stay out of the tree.
 
     Args:
         points: ``(n, N)`` -- row ``u`` is unit ``u``'s outputs at ``N`` positions -- or
@@ -281,8 +272,6 @@ def redundancy_scores(points: Tensor, *, dead_tol: float = 1e-6) -> Tensor:
     if m == 1:
         scores[idx] = math.inf
         return scores
-    from lightning_topo.topology import minimum_spanning_tree, pairwise_distances
-
     y = x[idx] / energy[idx, None]
     edges, lengths = minimum_spanning_tree(pairwise_distances(y))
     scores[idx] = _elder_radii(edges, lengths, energy[idx])
@@ -316,11 +305,15 @@ def _elder_radii(edges: Tensor, lengths: Tensor, energy: Tensor) -> Tensor:
 
 
 def distribution_scores(values: Tensor, *, stat: str = DEFAULTS.stat) -> Tensor:
-    """Reading B for scalar units: H0 of each unit's own 1-D output cloud, vectorised.
+    """Reading B for FFN units: the finite H0 bars of each unit's own 1-D cloud of output values.
+
+    In 1-D the Vietoris-Rips H0 bars are exactly the gaps between consecutive sorted values, so the
+    longest finite bar is the largest gap and the sum of bars is the range (``sort`` + ``diff`` over
+    all units at once, no loop).
 
     Args:
         values: ``(N, n)`` -- column ``u`` holds unit ``u``'s outputs at ``N`` positions.
-        stat: ``"max"`` (largest gap = last merge radius) or ``"total"`` (sum of gaps = range).
+        stat: ``"max"`` (longest finite H0 bar = largest gap) or ``"total"`` (sum of bars = range).
 
     Returns:
         ``(n,)`` float64 scores; a constant unit scores 0.
@@ -332,18 +325,18 @@ def distribution_scores(values: Tensor, *, stat: str = DEFAULTS.stat) -> Tensor:
 
 
 def cloud_h0_scores(clouds: Tensor, *, stat: str = DEFAULTS.stat) -> Tensor:
-    """Reading B for vector units (heads): H0 of each head's own cloud of context vectors.
+    """Reading B for heads: the finite H0 bars of each head's own cloud of context vectors.
+
+    The bars of a Vietoris-Rips H0 diagram are the edge lengths of the cloud's minimum spanning tree.
 
     Args:
         clouds: ``(N, n, k)`` -- ``N`` positions, ``n`` heads, head size ``k``.
-        stat: ``"max"`` (longest MST edge) or ``"total"`` (sum of MST edge lengths).
+        stat: ``"max"`` (longest bar = longest MST edge) or ``"total"`` (sum of MST edge lengths).
 
     Returns:
         ``(n,)`` float64. One MST per head (a loop over heads, not over neurons).
     """
     check_stat(stat)
-    from lightning_topo.topology import minimum_spanning_tree, pairwise_distances
-
     out = torch.empty(clouds.shape[1], dtype=torch.float64)
     for h in range(clouds.shape[1]):
         _, lengths = minimum_spanning_tree(pairwise_distances(clouds[:, h].detach().double()))
@@ -351,37 +344,158 @@ def cloud_h0_scores(clouds: Tensor, *, stat: str = DEFAULTS.stat) -> Tensor:
     return out
 
 
-def _ffn_weights(layer: nn.Module) -> tuple[Tensor, Tensor | None, Tensor]:
-    return layer.intermediate.dense.weight, layer.intermediate.dense.bias, layer.output.dense.weight
+# ----------------------------------------------------------------------------- importance methods
 
 
-def _magnitude(layer: nn.Module, kind: str) -> Tensor:
-    with torch.no_grad():
-        if kind == "ffn":
-            w_in, b_in, w_out = _ffn_weights(layer)
-            sq = w_in.double().pow(2).sum(1) + w_out.double().pow(2).sum(0)
-            if b_in is not None:
-                sq = sq + b_in.double().pow(2)
-            return sq.sqrt().cpu()
-        attn = layer.attention.self
-        h, d = attn.num_attention_heads, attn.attention_head_size
-        sq = torch.zeros(h, dtype=torch.float64, device=attn.query.weight.device)
-        for lin in (attn.query, attn.key, attn.value):
-            sq += lin.weight.double().reshape(h, d, -1).pow(2).sum((1, 2))
-            if lin.bias is not None:
-                sq += lin.bias.double().reshape(h, d).pow(2).sum(1)
-        sq += layer.attention.output.dense.weight.double().reshape(-1, h, d).pow(2).sum((0, 2))
+@dataclass(frozen=True)
+class ImportanceContext:
+    """What an importance function gets besides the model and the outputs.
+
+    Attributes:
+        layers: the encoder layers (:func:`~lightning_topo.pruning.layout.encoder_layers`).
+        stat: ``"max"`` or ``"total"``, the H0 summary requested by the caller.
+        generator: a CPU generator seeded with the caller's ``seed``, shared by all kinds in one
+            :func:`compute_importance` call (for methods that draw random numbers).
+    """
+
+    layers: nn.ModuleList
+    stat: str
+    generator: torch.Generator
+
+
+#: Signature of an importance method: ``fn(model, outputs, kind, ctx) -> scores``.
+#:
+#: * ``model``: the BERT-family model being pruned (do not modify it).
+#: * ``outputs``: :class:`UnitOutputs` recorded on the calibration data, or ``None`` when the caller
+#:   gave no dataloader (custom callables get outputs whenever a dataloader or ``outputs`` is given).
+#: * ``kind``: ``"ffn"`` or ``"heads"``.
+#: * ``ctx``: :class:`ImportanceContext`.
+#: * returns: one 1-D tensor per encoder layer with one score per unit of ``kind`` in that layer
+#:   (``intermediate_size_l`` FFN units or ``num_heads_l`` heads). Higher = keep; ``+inf`` is
+#:   allowed, NaN is refused.
+ImportanceFn = Callable[[nn.Module, "UnitOutputs | None", str, ImportanceContext], Sequence[Tensor]]
+
+
+def _outputs_of(outputs: UnitOutputs | None, kind: str, method: str) -> list[Tensor]:
+    data = None if outputs is None else (outputs.ffn if kind == "ffn" else outputs.heads)
+    if data is None:
+        raise ValueError(
+            f"method {method!r} needs the {kind!r} outputs of a calibration dataloader; pass dataloader= "
+            f"(or outputs= recorded with units including {kind!r})"
+        )
+    return data
+
+
+def h0_of_each_unit_cloud(
+    model: nn.Module, outputs: UnitOutputs | None, kind: str, ctx: ImportanceContext
+) -> list[Tensor]:
+    """``topological-1d``: the longest (``stat="max"``) or summed finite H0 bars of each unit's own cloud.
+
+    FFN unit: largest gap (or range) of its sorted output values (:func:`distribution_scores`).
+    Head: longest edge (or total length) of the MST of its context vectors (:func:`cloud_h0_scores`).
+    """
+    data = _outputs_of(outputs, kind, "topological-1d")
+    summary = distribution_scores if kind == "ffn" else cloud_h0_scores
+    return [summary(x, stat=ctx.stat) for x in data]
+
+
+def elder_merge_radius(
+    model: nn.Module, outputs: UnitOutputs | None, kind: str, ctx: ImportanceContext
+) -> list[Tensor]:
+    """``topological-redundancy``: each unit's elder-rule H0 death radius among its layer's units
+    (:func:`redundancy_scores`)."""
+    data = _outputs_of(outputs, kind, "topological-redundancy")
+    return [redundancy_scores(x.T if kind == "ffn" else x.permute(1, 0, 2)) for x in data]
+
+
+@torch.no_grad()
+def _unit_weight_norm(layer: nn.Module, kind: str) -> Tensor:
+    if kind == "ffn":
+        w_in, w_out = layout.ffn_input(layer), layout.ffn_output(layer)
+        sq = w_in.weight.double().pow(2).sum(1) + w_out.weight.double().pow(2).sum(0)
+        if w_in.bias is not None:
+            sq = sq + w_in.bias.double().pow(2)
         return sq.sqrt().cpu()
+    h, d = layout.num_heads(layer), layout.head_size(layer)
+    out = layout.attention_output(layer).weight.double()
+    sq = out.reshape(-1, h, d).pow(2).sum((0, 2))
+    for lin in layout.head_projections(layer):
+        sq = sq + lin.weight.double().reshape(h, d, -1).pow(2).sum((1, 2))
+        if lin.bias is not None:
+            sq = sq + lin.bias.double().reshape(h, d).pow(2).sum(1)
+    return sq.sqrt().cpu()
 
 
-def _out_norm(layer: nn.Module, kind: str) -> Tensor:
-    with torch.no_grad():
-        if kind == "ffn":
-            return layer.output.dense.weight.double().norm(dim=0).cpu()
-        attn = layer.attention.self
-        h, d = attn.num_attention_heads, attn.attention_head_size
-        w = layer.attention.output.dense.weight.double().reshape(-1, h, d)
-        return w.pow(2).sum((0, 2)).sqrt().cpu()
+def weight_norm(
+    model: nn.Module, outputs: UnitOutputs | None, kind: str, ctx: ImportanceContext
+) -> list[Tensor]:
+    """``magnitude``: L2 norm of every weight and bias the unit owns (needs no data).
+
+    FFN unit: its ``intermediate.dense`` row and bias and its ``output.dense`` column. Head: its
+    query/key/value rows and biases and its ``attention.output.dense`` columns.
+    """
+    return [_unit_weight_norm(layer, kind) for layer in ctx.layers]
+
+
+@torch.no_grad()
+def _outgoing_norm(layer: nn.Module, kind: str) -> Tensor:
+    if kind == "ffn":
+        return layout.ffn_output(layer).weight.double().norm(dim=0).cpu()
+    h, d = layout.num_heads(layer), layout.head_size(layer)
+    w = layout.attention_output(layer).weight.double().reshape(-1, h, d)
+    return w.pow(2).sum((0, 2)).sqrt().cpu()
+
+
+def activation_times_output_norm(
+    model: nn.Module, outputs: UnitOutputs | None, kind: str, ctx: ImportanceContext
+) -> list[Tensor]:
+    """``activation``: mean ``|output|`` over positions (head: mean L2 norm of its context vector)
+    times the L2 norm of the unit's outgoing weights."""
+    data = _outputs_of(outputs, kind, "activation")
+    out = []
+    for x, layer in zip(data, ctx.layers, strict=True):
+        mean_abs = x.abs().mean(0) if kind == "ffn" else x.norm(dim=2).mean(0)
+        out.append(mean_abs.double() * _outgoing_norm(layer, kind))
+    return out
+
+
+def seeded_uniform(
+    model: nn.Module, outputs: UnitOutputs | None, kind: str, ctx: ImportanceContext
+) -> list[Tensor]:
+    """``random``: uniform scores in ``[0, 1)`` from ``ctx.generator`` (needs no data)."""
+    widths = [
+        layout.ffn_input(layer).out_features if kind == "ffn" else layout.num_heads(layer)
+        for layer in ctx.layers
+    ]
+    return [torch.rand(n, generator=ctx.generator, dtype=torch.float64) for n in widths]
+
+
+@dataclass(frozen=True)
+class _Method:
+    fn: ImportanceFn
+    needs_data: bool
+
+
+_REGISTRY: dict[str, _Method] = {
+    "topological-1d": _Method(h0_of_each_unit_cloud, needs_data=True),
+    "topological-redundancy": _Method(elder_merge_radius, needs_data=True),
+    "magnitude": _Method(weight_norm, needs_data=False),
+    "activation": _Method(activation_times_output_norm, needs_data=True),
+    "random": _Method(seeded_uniform, needs_data=False),
+}
+
+
+def resolve_method(method: str) -> str:
+    """``method`` with the ``"topological"`` alias resolved; ``ValueError`` for an unknown name."""
+    if not isinstance(method, str):
+        raise ValueError(f"resolve_method takes a method name from {METHODS}; got {method!r}")
+    check_method(method)
+    return DEFAULT_TOPOLOGICAL if method == "topological" else method
+
+
+def builtin_method(name: str) -> ImportanceFn:
+    """The importance function registered under ``name`` (aliases resolved)."""
+    return _REGISTRY[resolve_method(name)].fn
 
 
 # ----------------------------------------------------------------------------- table
@@ -456,19 +570,37 @@ class ImportanceTable:
         return fig
 
 
-def resolve_method(method: str) -> str:
-    """``method`` with the ``"topological"`` alias resolved; raises ``ValueError`` for unknown names."""
+def _method_of(method: str | ImportanceFn) -> tuple[str, _Method | None, ImportanceFn]:
+    """``(name, registry entry or None for a custom callable, function)``."""
+    if isinstance(method, str):
+        name = resolve_method(method)
+        return name, _REGISTRY[name], _REGISTRY[name].fn
     check_method(method)
-    if not isinstance(method, str):
-        raise ValueError(f"resolve_method takes a method name from {METHODS}; got {method!r}")
-    return DEFAULT_TOPOLOGICAL if method == "topological" else method
+    return getattr(method, "__name__", type(method).__name__), None, method
+
+
+def _checked_scores(method: str, kind: str, scores: Any, widths: list[int]) -> list[Tensor]:
+    """``scores`` as float64 CPU tensors after checking one finite-or-+inf score per unit and layer."""
+    where = f"importance method {method!r} ({kind})"
+    if not isinstance(scores, Sequence) or len(scores) != len(widths):
+        got = len(scores) if isinstance(scores, Sequence) else type(scores).__name__
+        raise ValueError(f"{where} must return one score tensor per encoder layer ({len(widths)}); got {got}")
+    out = []
+    for i, (s, n) in enumerate(zip(scores, widths, strict=True)):
+        t = torch.as_tensor(s).detach().to("cpu", torch.float64)
+        if t.shape != (n,):
+            raise ValueError(f"{where}: layer {i} has {n} units but the scores have shape {tuple(t.shape)}")
+        if bool(torch.isnan(t).any() | (t == -math.inf).any()):
+            raise ValueError(f"{where}: layer {i} has NaN or -inf scores; scores must be numbers or +inf")
+        out.append(t)
+    return out
 
 
 def compute_importance(
     model: nn.Module,
     dataloader: Iterable[Mapping[str, Any]] | None = None,
     *,
-    method: str = DEFAULTS.method,  # type: ignore[assignment]
+    method: str | ImportanceFn = DEFAULTS.method,  # type: ignore[assignment]
     units: Sequence[str] = DEFAULTS.units,
     max_positions: int = DEFAULTS.max_positions,
     max_batches: int | None = DEFAULTS.max_batches,
@@ -476,61 +608,49 @@ def compute_importance(
     seed: int = DEFAULTS.seed,
     outputs: UnitOutputs | None = None,
 ) -> ImportanceTable:
-    """Score every FFN unit and attention head of ``model`` with ``method``.
+    """Score every FFN unit and attention head of ``model`` with ``method`` (higher = keep).
 
     Args:
-        model: BERT-family Hugging Face model.
-        dataloader: calibration batches (needed by every method but ``magnitude`` and ``random``).
-        method: one of :data:`METHODS` (default ``"topological"`` = :data:`DEFAULT_TOPOLOGICAL`).
-        units: kinds to score, subset of ``("ffn", "heads")``.
-        max_positions: token positions sampled for calibration (default 2048).
-        max_batches: use at most this many calibration batches.
-        stat: reading B's summary, ``"max"`` (largest gap, default) or ``"total"`` (range).
-        seed: seeds the position sample and ``random``.
+        model: BERT-family Hugging Face model; not modified.
+        dataloader: calibration batches (needed by every built-in method but ``magnitude`` and
+            ``random``; a custom callable gets :class:`UnitOutputs` whenever one is given).
+        method: a name from :data:`METHODS` or an :data:`ImportanceFn` callable.
+        units, max_positions, max_batches, stat, seed: as in
+            :class:`~lightning_topo.pruning.config.PruningConfig`.
         outputs: precomputed :func:`collect_unit_outputs` result (skips the forward passes).
 
     Returns:
-        An :class:`ImportanceTable`; higher scores are kept first.
+        An :class:`ImportanceTable`.
+
+    Raises:
+        ValueError: a bad setting, a method that needs data without a dataloader, or scores of the
+            wrong shape or with NaN from a custom method.
+        TypeError: not a BERT-family model.
     """
-    method = resolve_method(method)
-    units = check_units(units)
-    check_stat(stat)
-    seed = check_int("seed", seed, 0)
+    cfg = PruningConfig(
+        method=method, units=units, max_positions=max_positions, max_batches=max_batches, stat=stat, seed=seed
+    )
+    name, entry, fn = _method_of(cfg.method)
     layers = encoder_layers(model)
-    if method not in _DATA_FREE and outputs is None:
-        if dataloader is None:
-            raise ValueError(f"method {method!r} needs a calibration dataloader")
+    if outputs is None and dataloader is None and entry is not None and entry.needs_data:
+        raise ValueError(f"method {name!r} needs a calibration dataloader (batches with input_ids)")
+    if outputs is None and dataloader is not None and (entry is None or entry.needs_data):
         outputs = collect_unit_outputs(
-            model, dataloader, units=units, max_positions=max_positions, max_batches=max_batches, seed=seed
+            model,
+            dataloader,
+            units=cfg.units,
+            max_positions=cfg.max_positions,
+            max_batches=cfg.max_batches,
+            seed=cfg.seed,
         )
-    gen = torch.Generator().manual_seed(seed)
+    ctx = ImportanceContext(layers=layers, stat=cfg.stat, generator=torch.Generator().manual_seed(cfg.seed))
+    widths = layout.layer_widths(model)
     result: dict[str, list[Tensor] | None] = {"ffn": None, "heads": None}
-    for kind in units:
-        per_layer = []
-        for i, layer in enumerate(layers):
-            if method == "magnitude":
-                s = _magnitude(layer, kind)
-            elif method == "random":
-                n = (
-                    layer.intermediate.dense.out_features
-                    if kind == "ffn"
-                    else layer.attention.self.num_attention_heads
-                )
-                s = torch.rand(n, generator=gen, dtype=torch.float64)
-            else:
-                data = (outputs.ffn if kind == "ffn" else outputs.heads)[i]  # type: ignore[union-attr,index]
-                if method == "activation":
-                    mean_abs = data.abs().mean(0) if kind == "ffn" else data.norm(dim=2).mean(0)
-                    s = mean_abs.double() * _out_norm(layer, kind)
-                elif method == "topological-redundancy":
-                    s = redundancy_scores(data.T if kind == "ffn" else data.permute(1, 0, 2))
-                else:  # topological-1d
-                    s = (
-                        distribution_scores(data, stat=stat)
-                        if kind == "ffn"
-                        else cloud_h0_scores(data, stat=stat)
-                    )
-            per_layer.append(s)
-        result[kind] = per_layer
-    info = {"stat": stat, "seed": seed, "num_positions": None if outputs is None else outputs.num_positions}
-    return ImportanceTable(method=method, ffn=result["ffn"], heads=result["heads"], info=info)
+    for kind in cfg.units:
+        result[kind] = _checked_scores(name, kind, fn(model, outputs, kind, ctx), widths[kind])
+    info = {
+        "stat": cfg.stat,
+        "seed": cfg.seed,
+        "num_positions": None if outputs is None else outputs.num_positions,
+    }
+    return ImportanceTable(method=name, ffn=result["ffn"], heads=result["heads"], info=info)

@@ -10,9 +10,10 @@ original model, so pruning equals zeroing the removed units' outgoing weights.
 Budgets: ``ratio`` = fraction of the *encoder's* parameters kept (``base_model.encoder``; embeddings,
 pooler and classifier are not counted), met with a uniform allocation (the same fraction of heads and
 of FFN units in every layer; heads are rounded first, then the FFN width takes the rest of the
-budget, rounded down to a multiple of ``ffn_multiple`` = 8 units for fast GEMMs); or ``quantile`` =
-per layer, drop the units below that quantile of the layer's scores (the paper's Q1/Q2/Q3 levels). Every layer keeps at least ``min_heads`` heads (>= 1: a layer without heads
-is not representable) and ``min_ffn`` FFN units.
+budget, rounded down to a multiple of ``ffn_multiple`` for fast matrix products); or ``quantile``
+= per layer, drop the units below that quantile of the layer's scores (the paper's Q1/Q2/Q3 levels).
+Every layer keeps at least ``min_heads`` heads (>= 1: a layer without heads is not representable)
+and ``min_ffn`` FFN units. Which tensors belong to which unit is :mod:`lightning_topo.pruning.layout`.
 """
 
 from __future__ import annotations
@@ -25,8 +26,10 @@ import torch
 from torch import Tensor, nn
 from transformers.pytorch_utils import prune_linear_layer
 
-from lightning_topo.pruning.config import DEFAULTS, check_int, check_quantile, check_ratio, check_units
-from lightning_topo.pruning.importance import ImportanceTable, encoder_layers
+from lightning_topo.pruning import layout
+from lightning_topo.pruning.config import DEFAULTS, UNIT_KINDS, PruningConfig, check_int
+from lightning_topo.pruning.importance import ImportanceTable
+from lightning_topo.pruning.layout import encoder_layers, layer_widths
 
 __all__ = [
     "KeepMasks",
@@ -64,26 +67,13 @@ def count_encoder_parameters(model: nn.Module) -> int:
     return sum(p.numel() for layer in layers for p in layer.parameters())
 
 
-def layer_widths(model: nn.Module) -> dict[str, list[int]]:
-    """Current ``{"ffn": [intermediate size per layer], "heads": [heads per layer]}``."""
-    layers = encoder_layers(model)
-    return {
-        "ffn": [layer.intermediate.dense.out_features for layer in layers],
-        "heads": [layer.attention.self.num_attention_heads for layer in layers],
-    }
-
-
 def _unit_costs(layer: nn.Module) -> tuple[int, int]:
     """Parameters removed with one head and with one FFN unit of ``layer``."""
-    attn = layer.attention.self
-    d = attn.attention_head_size
-    hidden = attn.query.in_features
-    head = (
-        3 * (d * hidden + (d if attn.query.bias is not None else 0))
-        + d * layer.attention.output.dense.out_features
-    )
-    inter = layer.intermediate.dense
-    ffn = inter.in_features + (1 if inter.bias is not None else 0) + layer.output.dense.out_features
+    d = layout.head_size(layer)
+    head = sum(d * (lin.in_features + (lin.bias is not None)) for lin in layout.head_projections(layer))
+    head += d * layout.attention_output(layer).out_features
+    ffn_in = layout.ffn_input(layer)
+    ffn = ffn_in.in_features + (ffn_in.bias is not None) + layout.ffn_output(layer).out_features
     return head, ffn
 
 
@@ -102,6 +92,80 @@ def check_ffn_multiple(ffn_multiple: object) -> None:
     check_int("ffn_multiple", ffn_multiple, 1, hint=" (1 disables rounding)")
 
 
+def _check_table(model: nn.Module, table: ImportanceTable, units: tuple[str, ...]) -> dict[str, list[int]]:
+    """The model's widths, after checking that ``table`` scores every unit of every kind in ``units``."""
+    widths = layer_widths(model)
+    for kind in units:
+        scores = table.scores(kind)
+        if scores is None:
+            raise ValueError(
+                f"the importance table has no {kind!r} scores; compute them with units including {kind!r}"
+            )
+        got = [s.numel() for s in scores]
+        if got != widths[kind]:
+            raise ValueError(f"{kind} scores have sizes {got} but the model's layers have {widths[kind]}")
+    return widths
+
+
+def _quantile_counts(
+    widths: dict[str, list[int]], quantile: float, floors: dict[str, int]
+) -> dict[str, list[int]]:
+    """Per layer, keep ``n - floor(quantile * n)`` units of each kind (at least the floor, at most ``n``)."""
+    return {
+        kind: [min(n, max(floors[kind], n - math.floor(quantile * n))) for n in widths[kind]]
+        for kind in widths
+    }
+
+
+@dataclass(frozen=True)
+class _Budget:
+    """Unit counts as a function of a common kept fraction, and the encoder size they give."""
+
+    widths: dict[str, list[int]]
+    costs: list[tuple[int, int]]  # per layer: parameters of one head, of one FFN unit
+    total: int
+    units: tuple[str, ...]
+    floors: dict[str, int]
+    ffn_multiple: int
+
+    def counts(self, kind: str, fraction: float) -> list[int]:
+        widths, floor = self.widths[kind], self.floors[kind]
+        if kind not in self.units:
+            return list(widths)
+        kept = [min(n, max(floor, round(fraction * n))) for n in widths]
+        if kind == "ffn" and self.ffn_multiple > 1:  # round pruned widths down, SIMD-friendly
+            m = self.ffn_multiple
+            kept = [
+                k if k == n or k < m else max(floor, k - k % m) for k, n in zip(kept, widths, strict=True)
+            ]
+        return kept
+
+    def size(self, heads: list[int], ffn: list[int]) -> int:
+        removed = sum(
+            (self.widths["heads"][i] - heads[i]) * head + (self.widths["ffn"][i] - ffn[i]) * unit
+            for i, (head, unit) in enumerate(self.costs)
+        )
+        return self.total - removed
+
+
+def _ratio_counts(budget: _Budget, ratio: float) -> dict[str, list[int]]:
+    """Uniform allocation: the largest common fraction of heads and FFN units that fits
+    ``ratio * total``; heads are fixed at that fraction, then the FFN width takes the rest."""
+    target = ratio * budget.total
+    floor_size = budget.size(budget.counts("heads", 0.0), budget.counts("ffn", 0.0))
+    if floor_size > target + 1e-9:
+        raise ValueError(
+            f"ratio={ratio} keeps {target:.0f} of {budget.total} encoder parameters, but the floors "
+            f"(min_heads={budget.floors['heads']}, min_ffn={budget.floors['ffn']} per layer, units={budget.units}) "
+            f"already keep {floor_size:.0f} ({floor_size / budget.total:.3f}); raise ratio, lower the floors "
+            "or prune more unit kinds"
+        )
+    f = _bisect(lambda t: budget.size(budget.counts("heads", t), budget.counts("ffn", t)) <= target)
+    heads = budget.counts("heads", f)
+    g = _bisect(lambda t: budget.size(heads, budget.counts("ffn", t)) <= target, lo=f)
+    return {"heads": heads, "ffn": budget.counts("ffn", g)}
+
+
 def plan_keep_masks(
     model: nn.Module,
     table: ImportanceTable,
@@ -113,101 +177,49 @@ def plan_keep_masks(
     min_ffn: int = DEFAULTS.min_ffn,
     ffn_multiple: int = DEFAULTS.ffn_multiple,
 ) -> KeepMasks:
-    """Turn scores into keep-masks that meet a budget.
+    """Turn scores into keep-masks that meet a budget; in each layer the highest scores are kept.
 
     Args:
         model: the model the scores belong to (widths are read from it).
         table: scores from :func:`~lightning_topo.pruning.importance.compute_importance`.
-        ratio: fraction of encoder parameters to keep, in ``(0, 1]`` (default 0.6). Ignored when
-            ``quantile`` is given.
+        ratio: fraction of encoder parameters to keep, in ``(0, 1]``. Ignored when ``quantile`` is given.
         quantile: per-layer quantile in ``[0, 1)``: each layer drops its ``floor(quantile * n)``
             lowest-scoring units of every kind in ``units`` (Q1/Q2/Q3 = 0.25/0.5/0.75).
         units: kinds that may be pruned, subset of ``("ffn", "heads")``.
-        min_heads: floor of heads per layer (``>= 1``; removing every head is not supported).
-        min_ffn: floor of FFN units per layer (``>= 1``).
-        ffn_multiple: with ``ratio``, every pruned layer's FFN width is rounded down to a multiple
-            of this (default 8; ``1`` disables). GEMMs on widths that are not a multiple of the
-            SIMD width run markedly slower: on a 2-core AVX2 CPU, MiniLM pruned to 7 heads x 928
-            units per layer ran about 1.8x faster than the full model, 7 x 933 only about 1.7x
-            (``docs/pruning.md``, benchmark).
-            Rounding down keeps the budget (the kept ratio may fall slightly below ``ratio``).
-            A layer whose width is below ``ffn_multiple`` or not pruned keeps its width as is.
+        min_heads, min_ffn: floors per layer (``>= 1``; a layer without heads or FFN is not supported).
+        ffn_multiple: with ``ratio``, every pruned layer's FFN width is rounded down to a multiple of
+            this, because matrix products on such widths run faster (``1`` disables; the kept ratio
+            may then fall slightly below ``ratio``). A layer that is not pruned, or whose width is
+            below ``ffn_multiple``, keeps its width as is.
+
+    Defaults come from :data:`~lightning_topo.pruning.config.DEFAULTS`.
 
     Raises:
-        ValueError: ``ratio`` outside ``(0, 1]``, ``quantile`` outside ``[0, 1)``, floors below 1, a
-            kind in ``units`` that ``table`` did not score, or a budget below what the floors keep.
+        ValueError: a bad setting, a kind in ``units`` that ``table`` did not score, scores that do
+            not match the model's widths, or a budget below what the floors keep.
     """
-    units = check_units(units)
-    check_ffn_multiple(ffn_multiple)
-    min_heads = check_int("min_heads", min_heads, 1, hint=" (a layer needs at least one head)")
-    min_ffn = check_int("min_ffn", min_ffn, 1, hint=" (a layer needs at least one FFN unit)")
-    quantile = check_quantile(quantile)
-    if quantile is None:
-        ratio = check_ratio(ratio)
-    for kind in units:
-        if table.scores(kind) is None:
-            raise ValueError(
-                f"the importance table has no {kind!r} scores; compute them with units including {kind!r}"
-            )
+    cfg = PruningConfig(
+        ratio=ratio,
+        quantile=quantile,
+        units=units,
+        min_heads=min_heads,
+        min_ffn=min_ffn,
+        ffn_multiple=ffn_multiple,
+    )
     layers = encoder_layers(model)
-    widths = layer_widths(model)
-    n_layers = len(layers)
-    for kind in units:
-        got = [s.numel() for s in table.scores(kind)]  # type: ignore[union-attr]
-        if got != widths[kind]:
-            raise ValueError(f"{kind} scores have sizes {got} but the model's layers have {widths[kind]}")
-
-    if quantile is not None:
-        counts = {
-            kind: [max(floor, n - math.floor(quantile * n)) for n in widths[kind]]
-            for kind, floor in (("heads", min_heads), ("ffn", min_ffn))
-        }
-        counts = {k: [min(c, n) for c, n in zip(counts[k], widths[k], strict=True)] for k in counts}
+    widths = _check_table(model, table, cfg.units)
+    floors = {"heads": cfg.min_heads, "ffn": cfg.min_ffn}
+    if cfg.quantile is not None:
+        counts = _quantile_counts(widths, cfg.quantile, floors)
     else:
         costs = [_unit_costs(layer) for layer in layers]
-        total = count_encoder_parameters(model)
-        target = float(ratio) * total
-
-        def count(kind: str, f: float) -> list[int]:
-            floor = min_heads if kind == "heads" else min_ffn
-            if kind not in units:
-                return list(widths[kind])
-            kept = [min(n, max(floor, round(f * n))) for n in widths[kind]]
-            if kind == "ffn" and ffn_multiple > 1:
-                kept = [
-                    k if k == n or k < ffn_multiple else max(floor, k - k % ffn_multiple)
-                    for k, n in zip(kept, widths[kind], strict=True)
-                ]
-            return kept
-
-        def size(heads: list[int], ffn: list[int]) -> float:
-            removed = sum(
-                (widths["heads"][i] - heads[i]) * costs[i][0] + (widths["ffn"][i] - ffn[i]) * costs[i][1]
-                for i in range(n_layers)
-            )
-            return total - removed
-
-        floor_size = size(count("heads", 0.0), count("ffn", 0.0))
-        if floor_size > target + 1e-9:
-            raise ValueError(
-                f"ratio={ratio} keeps {target:.0f} of {total} encoder parameters, but the floors "
-                f"(min_heads={min_heads}, min_ffn={min_ffn} per layer, units={units}) already keep "
-                f"{floor_size:.0f} ({floor_size / total:.3f}); raise ratio, lower the floors or prune more unit kinds"
-            )
-        # 1) the largest common fraction f that fits; 2) heads fixed at f, FFN fills the rest.
-        f = _bisect(lambda t: size(count("heads", t), count("ffn", t)) <= target)
-        heads = count("heads", f)
-        g = _bisect(lambda t: size(heads, count("ffn", t)) <= target, lo=f)
-        counts = {"heads": heads, "ffn": count("ffn", g)}
-
+        budget = _Budget(widths, costs, count_encoder_parameters(model), cfg.units, floors, cfg.ffn_multiple)
+        counts = _ratio_counts(budget, cfg.ratio)  # type: ignore[arg-type]
     masks = KeepMasks()
-    for kind in units:
+    for kind in cfg.units:
         per_layer = table.scores(kind)
-        sel = [_top_k_mask(per_layer[i], counts[kind][i]) for i in range(n_layers)]  # type: ignore[index]
-        if kind == "ffn":
-            masks.ffn = sel
-        else:
-            masks.heads = sel
+        sel = [_top_k_mask(per_layer[i], counts[kind][i]) for i in range(len(layers))]  # type: ignore[index]
+        setattr(masks, kind, sel)
     return masks
 
 
@@ -236,49 +248,52 @@ def _indices(mask: Tensor, n: int, what: str, layer: int) -> Tensor:
     return mask.nonzero().squeeze(1)
 
 
+def _kept_indices(model: nn.Module, masks: KeepMasks) -> tuple[list[Tensor] | None, list[Tensor] | None]:
+    """Indices of the kept FFN units and heads per layer, after checking every mask."""
+    layers = encoder_layers(model)
+    widths = layer_widths(model)
+    out: dict[str, list[Tensor] | None] = {"ffn": None, "heads": None}
+    for kind in UNIT_KINDS:
+        per_layer = getattr(masks, kind)
+        if per_layer is None:
+            continue
+        if len(per_layer) != len(layers):
+            raise ValueError(f"{kind} masks cover {len(per_layer)} layers; the model has {len(layers)}")
+        out[kind] = [
+            _indices(m, n, kind, i) for i, (m, n) in enumerate(zip(per_layer, widths[kind], strict=True))
+        ]
+    return out["ffn"], out["heads"]
+
+
+def _shrink_heads(layer: nn.Module, keep: Tensor) -> None:
+    d = layout.head_size(layer)
+    rows = (keep.unsqueeze(1) * d + torch.arange(d)).flatten()
+    q, k, v = (_prune(lin, rows, 0) for lin in layout.head_projections(layer))
+    layout.replace_heads(layer, (q, k, v), _prune(layout.attention_output(layer), rows, 1), keep.numel())
+
+
 @torch.no_grad()
 def apply_keep_masks(model: nn.Module, masks: KeepMasks) -> nn.Module:
     """Physically remove the masked-out units of ``model`` in place and return it.
 
-    Updates ``num_attention_heads``/``all_head_size`` of every attention module and records the new
+    FFN unit ``j``: row ``j`` of ``intermediate.dense`` (weight and bias) and column ``j`` of
+    ``output.dense``. Head ``h``: its ``head_size`` rows of query/key/value and columns of
+    ``attention.output.dense``; the attention module's head counts are updated. Records the new
     widths in ``model.config.intermediate_sizes`` / ``model.config.num_heads_per_layer`` (and
-    ``intermediate_size`` when all layers share one width). Parameters of the new layers are new
-    tensors: optimisers built before must be rebuilt.
+    ``intermediate_size`` when all layers share one width). Parameters of the shrunk layers are
+    new tensors: optimisers built before must be rebuilt.
 
     Raises:
-        ValueError: a mask of the wrong length or one that removes every unit of a layer.
+        ValueError: a mask of the wrong length or one that removes every unit of a layer (checked for
+            every layer before the model is changed).
     """
-    layers = encoder_layers(model)
-    for kind, per_layer in (("ffn", masks.ffn), ("heads", masks.heads)):
-        if per_layer is not None and len(per_layer) != len(layers):
-            raise ValueError(f"{kind} masks cover {len(per_layer)} layers; the model has {len(layers)}")
-    # validate everything before touching the model
-    ffn_idx = heads_idx = None
-    if masks.ffn is not None:
-        ffn_idx = [
-            _indices(m, layer.intermediate.dense.out_features, "ffn", i)
-            for i, (m, layer) in enumerate(zip(masks.ffn, layers, strict=True))
-        ]
-    if masks.heads is not None:
-        heads_idx = [
-            _indices(m, layer.attention.self.num_attention_heads, "heads", i)
-            for i, (m, layer) in enumerate(zip(masks.heads, layers, strict=True))
-        ]
-    for i, layer in enumerate(layers):
-        if ffn_idx is not None and ffn_idx[i].numel() < layer.intermediate.dense.out_features:
-            idx = ffn_idx[i]
-            layer.intermediate.dense = _prune(layer.intermediate.dense, idx, 0)
-            layer.output.dense = _prune(layer.output.dense, idx, 1)
-        if heads_idx is not None and heads_idx[i].numel() < layer.attention.self.num_attention_heads:
-            attn = layer.attention.self
-            d = attn.attention_head_size
-            rows = (heads_idx[i].unsqueeze(1) * d + torch.arange(d)).flatten()
-            attn.query = _prune(attn.query, rows, 0)
-            attn.key = _prune(attn.key, rows, 0)
-            attn.value = _prune(attn.value, rows, 0)
-            layer.attention.output.dense = _prune(layer.attention.output.dense, rows, 1)
-            attn.num_attention_heads = int(heads_idx[i].numel())
-            attn.all_head_size = attn.num_attention_heads * d
+    ffn_idx, heads_idx = _kept_indices(model, masks)
+    for i, layer in enumerate(encoder_layers(model)):
+        if ffn_idx is not None and ffn_idx[i].numel() < layout.ffn_input(layer).out_features:
+            new_in = _prune(layout.ffn_input(layer), ffn_idx[i], 0)
+            layout.replace_ffn(layer, new_in, _prune(layout.ffn_output(layer), ffn_idx[i], 1))
+        if heads_idx is not None and heads_idx[i].numel() < layout.num_heads(layer):
+            _shrink_heads(layer, heads_idx[i])
     _record_widths(model)
     return model
 
@@ -310,16 +325,12 @@ def mask_units(model: nn.Module, masks: KeepMasks) -> nn.Module:
     A masked FFN unit's column of ``output.dense`` and a masked head's columns of
     ``attention.output.dense`` become 0, so the model computes what the pruned one computes.
     """
-    layers = encoder_layers(model)
-    for i, layer in enumerate(layers):
+    for i, layer in enumerate(encoder_layers(model)):
         if masks.ffn is not None:
-            drop = ~torch.as_tensor(masks.ffn[i], dtype=torch.bool).to(layer.output.dense.weight.device)
-            layer.output.dense.weight[:, drop] = 0
+            weight = layout.ffn_output(layer).weight
+            weight[:, ~torch.as_tensor(masks.ffn[i], dtype=torch.bool).to(weight.device)] = 0
         if masks.heads is not None:
-            attn = layer.attention.self
+            weight = layout.attention_output(layer).weight
             drop = ~torch.as_tensor(masks.heads[i], dtype=torch.bool)
-            cols = drop.repeat_interleave(attn.attention_head_size).to(
-                layer.attention.output.dense.weight.device
-            )
-            layer.attention.output.dense.weight[:, cols] = 0
+            weight[:, drop.repeat_interleave(layout.head_size(layer)).to(weight.device)] = 0
     return model

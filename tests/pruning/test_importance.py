@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import copy
+import csv
+import json
 import math
 
 import numpy as np
 import pytest
 import torch
 
+from lightning_topo.pruning import layout, prune_model
 from lightning_topo.pruning.importance import (
+    _REGISTRY,
     METHODS,
     ImportanceTable,
+    builtin_method,
     cloud_h0_scores,
     collect_unit_outputs,
     compute_importance,
@@ -142,6 +148,13 @@ def test_elder_rule_is_vectorised_and_fast():
     assert torch.isinf(s).sum() == 1
 
 
+def _matches_as_rows(got: torch.Tensor, expected: torch.Tensor) -> None:
+    """``got`` holds the rows of ``expected`` in some order (the position sample is unordered)."""
+    d = torch.cdist(got.double(), expected.double())
+    assert d.min(dim=1).values.max() < 1e-5
+    assert sorted(d.argmin(dim=1).tolist()) == list(range(expected.shape[0]))
+
+
 def test_collect_unit_outputs_hooks_and_mask(tiny_classifier, tiny_batch):
     out = collect_unit_outputs(tiny_classifier, [tiny_batch], max_positions=1000)
     n_tokens = int(tiny_batch["attention_mask"].sum())
@@ -149,14 +162,24 @@ def test_collect_unit_outputs_hooks_and_mask(tiny_classifier, tiny_batch):
     assert out.ffn[0].shape == (n_tokens, 64) and out.heads[1].shape == (n_tokens, 4, 8)
     capped = collect_unit_outputs(tiny_classifier, [tiny_batch, tiny_batch], max_positions=20, seed=1)
     again = collect_unit_outputs(tiny_classifier, [tiny_batch, tiny_batch], max_positions=20, seed=1)
+    other = collect_unit_outputs(tiny_classifier, [tiny_batch, tiny_batch], max_positions=20, seed=2)
     assert capped.num_positions == 20
-    assert torch.equal(capped.ffn[0], again.ffn[0])
-    # FFN outputs are after the activation: they equal GELU(intermediate.dense(x)) on real tokens
+    assert torch.equal(capped.ffn[0], again.ffn[0]) and not torch.equal(capped.ffn[0], other.ffn[0])
+    # FFN outputs are GELU(intermediate.dense(x)) and head outputs the input of attention.output.dense,
+    # both at the real (unmasked) tokens only
+    layer0, layer1 = tiny_classifier.bert.encoder.layer
+    seen = {}
+    hooks = [
+        layer0.intermediate.dense.register_forward_hook(lambda m, i, o: seen.update(ffn=o)),
+        layer1.attention.output.dense.register_forward_hook(lambda m, i, o: seen.update(ctx=i[0])),
+    ]
     with torch.no_grad():
-        hs = tiny_classifier(
-            **{k: tiny_batch[k] for k in ("input_ids", "attention_mask")}, output_hidden_states=True
-        )
-    assert hs is not None
+        tiny_classifier(input_ids=tiny_batch["input_ids"], attention_mask=tiny_batch["attention_mask"])
+    for h in hooks:
+        h.remove()
+    mask = tiny_batch["attention_mask"].bool()
+    _matches_as_rows(out.ffn[0], layer0.intermediate.intermediate_act_fn(seen["ffn"])[mask])
+    _matches_as_rows(out.heads[1].reshape(n_tokens, -1), seen["ctx"][mask])
 
 
 def test_duplicate_ffn_unit_in_model_marked_once(tiny_classifier, tiny_batch):
@@ -175,15 +198,24 @@ def test_duplicate_ffn_unit_in_model_marked_once(tiny_classifier, tiny_batch):
 def test_all_methods_shapes_and_table_io(method, tiny_classifier, tiny_batch, tmp_path):
     table = compute_importance(tiny_classifier, [tiny_batch], method=method)
     assert isinstance(table, ImportanceTable)
+    assert table.method == ("topological-1d" if method == "topological" else method)
     assert [s.shape for s in table.ffn] == [(64,), (64,)]
     assert [s.shape for s in table.heads] == [(4,), (4,)]
+    assert all(s.dtype == torch.float64 and not torch.isnan(s).any() for s in table.ffn + table.heads)
     table.to_csv(tmp_path / "s.csv")
     table.to_json(tmp_path / "s.json")
-    assert (tmp_path / "s.csv").read_text().startswith("layer,kind,unit,score")
-    rows = table.rows()
-    assert len(rows) == 2 * 64 + 2 * 4
+    with open(tmp_path / "s.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 2 * 64 + 2 * 4 == len(table.rows())
+    for row in (rows[0], rows[70], rows[-1]):
+        layer, kind, unit = int(row["layer"]), row["kind"], int(row["unit"])
+        assert float(row["score"]) == pytest.approx(float(table.scores(kind)[layer][unit]), rel=1e-12)
+    saved = json.loads((tmp_path / "s.json").read_text())
+    assert saved["method"] == table.method and len(saved["heads"]) == 2 and len(saved["ffn"][1]) == 64
+    finite = [v for v in table.ffn[1].tolist() if math.isfinite(v)]
+    assert [v for v in saved["ffn"][1] if v is not None] == pytest.approx(finite)
     fig = table.plot("ffn")
-    assert fig is not None
+    assert len(fig.axes) == 1 and len(fig.axes[0].get_xticks()) == 2  # one box per layer
 
 
 def test_random_is_seeded(tiny_classifier):
@@ -202,3 +234,48 @@ def test_bad_inputs(tiny_classifier, tiny_batch):
         compute_importance(tiny_classifier, None, method="activation")
     with pytest.raises(TypeError, match="BERT-family"):
         compute_importance(torch.nn.Linear(3, 3), [tiny_batch], method="magnitude")
+
+
+def test_registry_holds_every_builtin_name():
+    assert set(_REGISTRY) | {"topological"} == set(METHODS)
+    assert builtin_method("topological") is builtin_method("topological-1d")
+
+
+def test_custom_callable_method(tiny_classifier, tiny_batch):
+    calls = []
+
+    def lowest_index_first(model, outputs, kind, ctx):
+        calls.append((kind, outputs is not None, ctx.stat))
+        return [-torch.arange(n, dtype=torch.float64) for n in layout.layer_widths(model)[kind]]
+
+    table = compute_importance(tiny_classifier, [tiny_batch], method=lowest_index_first, stat="total")
+    assert table.method == "lowest_index_first"
+    assert calls == [("ffn", True, "total"), ("heads", True, "total")]
+    model, info = prune_model(
+        copy.deepcopy(tiny_classifier), None, method=lowest_index_first, quantile=0.5, return_info=True
+    )
+    assert all(torch.equal(m, torch.arange(64) < 32) for m in info.masks.ffn)
+    assert all(torch.equal(m, torch.arange(4) < 2) for m in info.masks.heads)
+    assert layout.layer_widths(model) == {"ffn": [32, 32], "heads": [2, 2]}
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (lambda m, o, k, c: [torch.zeros(3)], "one score tensor per encoder layer"),
+        (lambda m, o, k, c: [torch.zeros(5), torch.zeros(5)], "has .* units"),
+        (lambda m, o, k, c: [torch.full((n,), math.nan) for n in layout.layer_widths(m)[k]], "NaN"),
+        (lambda m, o, k, c: None, "one score tensor per encoder layer"),
+    ],
+)
+def test_custom_method_bad_scores_are_refused(tiny_classifier, bad, match):
+    with pytest.raises(ValueError, match=match):
+        compute_importance(tiny_classifier, method=bad, units=("ffn",))
+
+
+def test_builtin_method_that_needs_data_says_so(tiny_classifier, tiny_batch):
+    outputs = collect_unit_outputs(tiny_classifier, [tiny_batch], units=("ffn",))
+    with pytest.raises(ValueError, match="'heads' outputs"):
+        compute_importance(tiny_classifier, method="activation", outputs=outputs)
+    with pytest.raises(TypeError, match="iterable"):
+        collect_unit_outputs(tiny_classifier, 3)
