@@ -54,7 +54,8 @@ def test_csv_split_sizes_stratification_and_batches(tiny_model_dir, toy_csv):
         counts = Counter(dm.split_labels(split))
         assert counts[0] == counts[1]  # 100/100 classes split evenly
     all_texts = dm.split_texts("train") + dm.split_texts("val") + dm.split_texts("test")
-    assert len(set(all_texts)) == len(all_texts) or len(all_texts) == 200
+    # the three splits are the file's rows, each exactly once (compare as multisets: texts may repeat)
+    assert Counter(all_texts) == Counter(r["sentence"] for r in toy_rows())
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
     assert set(batch) == {"input_ids", "attention_mask", "token_type_ids", "labels"}
@@ -150,13 +151,17 @@ def test_embedded_dataset_splits():
 def test_missing_file(tiny_model_dir, toy_csv, tmp_path):
     with pytest.raises(FileNotFoundError, match="data_file .*nope.csv' does not exist"):
         make(tiny_model_dir, data_file=str(tmp_path / "nope.csv"))
+    with pytest.raises(IsADirectoryError, match=r"data_file .* is a directory.*\['toy.csv'\]"):
+        make(tiny_model_dir, data_file=str(tmp_path))
     with pytest.raises(FileNotFoundError, match="val_file .*y.csv' does not exist"):
         make(tiny_model_dir, train_file=str(toy_csv), val_file=str(tmp_path / "y.csv"))
 
 
 def test_missing_column_names_existing_ones(tiny_model_dir, toy_csv):
     dm = make(tiny_model_dir, data_file=str(toy_csv), label_column="sentiment")
-    with pytest.raises(ValueError, match=r"missing column\(s\) \['sentiment'\].*\['sentence', 'target', 'id'\]"):
+    with pytest.raises(
+        ValueError, match=r"missing column\(s\) \['sentiment'\].*\['sentence', 'target', 'id'\]"
+    ):
         dm.setup("fit")
     dm = make(tiny_model_dir, data_file=str(toy_csv), split_column="part")
     with pytest.raises(ValueError, match="missing split column 'part'"):
@@ -218,3 +223,55 @@ def test_unknown_label_in_val_and_bad_arguments(tiny_model_dir, tmp_path):
         bad = tmp_path / "d.xlsx"
         bad.write_text("x")
         make(tiny_model_dir, data_file=str(bad)).setup("fit")
+
+
+# ----------------------------------------------------------------------------- batches
+def test_collator_pads_with_the_tokenizer_and_keeps_labels(tiny_model_dir, toy_csv):
+    dm = make(tiny_model_dir, data_file=str(toy_csv), batch_size=16, max_length=8, group_by_length=False)
+    dm.setup("fit")
+    loader = dm.dataloader("val", batch_size=5)
+    batch = next(iter(loader))
+    enc = dm.tokenizer(dm.split_texts("val")[:5], truncation=True, max_length=8)
+    width = max(len(ids) for ids in enc["input_ids"])
+    assert batch["input_ids"].shape == (5, width)
+    for row, ids in enumerate(enc["input_ids"]):
+        assert batch["input_ids"][row, : len(ids)].tolist() == ids
+        assert (batch["input_ids"][row, len(ids) :] == dm.tokenizer.pad_token_id).all()
+        assert batch["attention_mask"][row].tolist() == [1] * len(ids) + [0] * (width - len(ids))
+    assert batch["labels"].dtype == torch.int64
+    assert batch["labels"].tolist() == dm.split_labels("val")[:5]
+
+
+def test_length_grouping_cuts_padding(tiny_model_dir, tmp_path):
+    rows = toy_rows(400)
+    for i, r in enumerate(rows):  # very different lengths
+        r["sentence"] = " ".join([r["sentence"]] * (1 + i % 6))
+    f = write_csv(tmp_path / "d.csv", rows)
+
+    def padding(group: bool) -> int:
+        dm = make(tiny_model_dir, data_file=str(f), batch_size=8, max_length=64, group_by_length=group)
+        dm.setup("fit")
+        return sum(int((b["attention_mask"] == 0).sum()) for b in dm.train_dataloader())
+
+    assert padding(True) < 0.5 * padding(False)
+
+
+def test_train_loader_is_sharded_by_the_trainers_ranks(tiny_model_dir, toy_csv):
+    """Under DDP each rank reads its own length-grouped shard (the sampler is a DistributedSampler,
+    which Lightning keeps), and set_epoch changes the order."""
+    from types import SimpleNamespace
+
+    from torch.utils.data import DistributedSampler
+
+    seen = []
+    for rank in range(2):
+        dm = make(tiny_model_dir, data_file=str(toy_csv), batch_size=8)
+        dm.trainer = SimpleNamespace(distributed_sampler_kwargs={"num_replicas": 2, "rank": rank})
+        dm.setup("fit")
+        loader = dm.train_dataloader()
+        assert isinstance(loader.sampler, DistributedSampler)
+        assert len(loader.sampler) == 80  # 160 training rows over 2 ranks
+        seen.append(list(loader.sampler))
+        loader.sampler.set_epoch(1)
+        assert list(loader.sampler) != seen[-1]
+    assert sorted(seen[0] + seen[1]) == list(range(160))
