@@ -5,28 +5,36 @@ Topological pruning
 Structured pruning of FFN units and attention heads during ``fit``, followed by training as a
 recovery fine-tune, and a compressed Hugging Face checkpoint at the end.
 
-The callback only decides *when* to prune and *where* to log; the work is
+The callback only decides *when* to prune and *where* to write and log; the work is
 :func:`lightning_topo.pruning.prune_model` (scores, budget, surgery) and
 :func:`lightning_topo.pruning.save_compressed`.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
-from collections.abc import Iterable, Mapping, Sequence
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.model_helpers import is_overridden
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import nn
+from typing_extensions import override
 
-from lightning_topo.pruning.importance import UNIT_KINDS, resolve_method
-from lightning_topo.pruning.structured import check_ffn_multiple, count_encoder_parameters, layer_widths
+from lightning_topo.pruning.config import DEFAULTS, PruningConfig, check_int
+from lightning_topo.pruning.structured import count_encoder_parameters, layer_widths
 
 __all__ = ["TopologicalPruning"]
+
+#: Name of the folder, inside the run's versioned log folder, that receives the compressed checkpoint.
+DEFAULT_FOLDER = "pruned"
 
 
 class TopologicalPruning(Callback):
@@ -34,243 +42,204 @@ class TopologicalPruning(Callback):
 
     At the start of epoch ``prune_epoch`` (after ``prune_epoch`` epochs of training) the callback
     scores every FFN unit and attention head on ``calibration_batches`` batches of the training
-    dataloader (or ``dataloader``), removes the least important ones for real (smaller weight
+    dataloader (or of ``dataloader``), removes the least important ones for real (smaller weight
     matrices), swaps ``pl_module.model`` for a model whose config describes the new shapes and
     rebuilds the optimizers (``trainer.strategy.setup_optimizers``), so the remaining epochs are the
-    recovery fine-tune. With ``steps > 1`` it prunes at ``steps`` consecutive epochs, each to the
-    geometric intermediate budget ``ratio ** (k / steps)`` of the original encoder parameters.
+    recovery fine-tune. With ``steps > 1`` it prunes at ``steps`` consecutive epochs, step ``k`` to
+    the geometric intermediate budget ``ratio ** (k / steps)`` of the original encoder parameters.
     With ``prune_epoch=None`` it prunes once at the end of ``fit`` (no recovery).
 
+    Where the compressed checkpoint goes (at the end of ``fit``, on rank zero): by default into the
+    run's own versioned folder, ``<save_dir>/<name>/<version>/pruned`` of the first logger (e.g.
+    ``runs/quickstart/version_3/pruned``, next to ``ModelCheckpoint``'s ``checkpoints/``), or
+    ``<default_root_dir>/pruned`` without a logger; an existing folder there is never replaced, the
+    next free name ``pruned-v1``, ``pruned-v2``, ... is taken instead, so the same command can run
+    twice in a row. An explicit ``output_dir`` is used as given and is never overwritten unless
+    ``overwrite=True`` (checked at ``setup``, before any training). ``save=False`` writes nothing.
+    The folder holds the Hugging Face model (with the tokenizer of ``trainer.datamodule.tokenizer``
+    when there is one), ``pruning_history.json`` (this callback's :meth:`state_dict`) and
+    ``importance_step{k}.csv``; :attr:`saved_path` tells where it went.
+
     Logged (``pl_module.log`` after each pruning step): ``prune/params`` (encoder parameters),
-    ``prune/ratio`` (their fraction of the original encoder), ``prune/total_params``. On rank zero
-    with a ``WandbLogger``: a ``wandb.Table`` ``prune/kept_units`` (step, layer, kind, kept, of) and a
-    bar plot ``prune/kept_units_plot``. At the end of ``fit`` (rank zero) the compressed checkpoint
-    is written to ``output_dir`` (with the tokenizer of ``trainer.datamodule.tokenizer`` when there
-    is one), plus ``pruning_history.json`` and ``importance_step{k}.csv``.
+    ``prune/ratio`` (their fraction of the original encoder), ``prune/total_params``. With a
+    ``WandbLogger``: a table ``prune/kept_units`` (step, layer, kind, kept) and the bar plot
+    ``prune/kept_units_plot`` (:func:`lightning_topo.plots.plot_kept_units`).
+
+    Checked at ``setup``, before anything is trained, changed or written: the model is a BERT model
+    whose pruned shapes can be exported (``pl_module.model`` or the module itself; RoBERTa and other
+    families are refused), the output folder can be created, and training runs in one process.
+    Distributed training (``trainer.world_size > 1``) is refused: pruning mid-training replaces the
+    modules that DDP wraps. Prune on one device with ``lightning-topo prune``, then fine-tune the
+    pruned checkpoint with DDP.
 
     Resuming: a Lightning checkpoint saved after pruning holds the smaller shapes.
-    :class:`~lightning_topo.models.SequenceClassifier` rebuilds its model from the config stored in
-    the checkpoint (``hf_config``), so ``trainer.fit(ckpt_path=...)`` works with it; the callback's
-    own state (which steps are done) is restored, so it does not prune twice. Other LightningModules
-    must rebuild the pruned shapes in their ``on_load_checkpoint``; otherwise loading fails with a
-    size mismatch (the callback warns about this at ``setup``). Pruning mid-training swaps modules,
-    so it needs a single-device strategy (DDP wrappers hold the old modules); with DDP use
-    ``prune_epoch=None``.
+    :class:`~lightning_topo.models.SequenceClassifier` rebuilds its model in ``on_load_checkpoint``
+    from the config stored in the checkpoint, so ``trainer.fit(ckpt_path=...)`` works; the
+    callback's own state (which steps are done) is restored, so it does not prune twice. Other
+    LightningModules must rebuild the pruned shapes in their ``on_load_checkpoint`` (the callback
+    warns at ``setup`` when resuming a module that does not override it).
 
     Args:
-        method: importance method, see :func:`lightning_topo.pruning.prune_model` (default
-            ``"topological"``).
+        method: importance method, a name from :data:`lightning_topo.pruning.config.METHODS` or a
+            callable (see :func:`lightning_topo.pruning.prune_model`). Default ``"topological"``.
         ratio: fraction of the encoder's parameters kept at the end, in ``(0, 1]`` (default 0.6).
-        prune_epoch: epoch at whose start the (first) pruning step happens; ``None`` = at fit end.
-        steps: number of pruning steps (``>= 1``), at epochs ``prune_epoch, prune_epoch + 1, ...``.
-        units: kinds to prune, subset of ``("ffn", "heads")``.
-        calibration_batches: training batches used for calibration (default 16).
+        prune_epoch: epoch at whose start the (first) pruning step happens (``>= 0``, default 0);
+            ``None`` = once at the end of ``fit``.
+        steps: number of pruning steps (``>= 1``, default 1), at epochs ``prune_epoch``,
+            ``prune_epoch + 1``, ...
+        units: kinds to prune: ``"ffn"``, ``"heads"`` or both (default ``("ffn", "heads")``).
+        calibration_batches: batches drawn for calibration (``>= 1``, default 16).
         max_positions: token positions sampled for calibration (default 2048).
-        dataloader: calibration batches to use instead of the training dataloader.
-        output_dir: where to save the compressed checkpoint at fit end (``None``: not saved).
-        overwrite: replace an existing ``output_dir`` (default ``False``: raise at fit end).
-        min_heads, min_ffn: floors per layer.
+        dataloader: calibration batches to draw from instead of the training dataloader.
+        output_dir: folder for the compressed checkpoint; ``None`` (default) = the run's versioned
+            folder described above.
+        save: write the compressed checkpoint at the end of ``fit`` (default ``True``).
+        overwrite: replace an existing explicit ``output_dir`` (default ``False``: refused at ``setup``).
+        min_heads, min_ffn: units each layer keeps at least (``>= 1``).
         ffn_multiple: pruned FFN widths are rounded down to a multiple of this (default 8, faster
             GEMMs; ``1`` keeps the exact budget).
-        stat: reading B's summary (``"max"``/``"total"``).
-        seed: calibration sampling and ``random`` scores.
+        stat: summary of a unit's H0 diagram, ``"max"`` or ``"total"``.
+        seed: calibration sampling and ``random`` scores; step ``k`` uses ``seed + k``.
+
+    Raises:
+        ValueError: at construction, on any invalid argument (naming it and what is accepted).
 
     Example::
 
-        trainer = Trainer(max_epochs=3, callbacks=[TopologicalPruning(ratio=0.6, prune_epoch=1,
-                                                                       output_dir="outputs/pruned")])
+        trainer = Trainer(max_epochs=3, callbacks=[TopologicalPruning(ratio=0.6, prune_epoch=1)])
         trainer.fit(SequenceClassifier(), datamodule=TextClassificationDataModule())
     """
 
     def __init__(
         self,
-        method: str = "topological",
-        ratio: float = 0.6,
+        method: str | Callable[..., Any] = DEFAULTS.method,
+        ratio: float = DEFAULTS.ratio,  # type: ignore[assignment]
         *,
         prune_epoch: int | None = 0,
         steps: int = 1,
-        units: Sequence[str] = UNIT_KINDS,
-        calibration_batches: int = 16,
-        max_positions: int = 2048,
+        units: str | Sequence[str] = DEFAULTS.units,
+        calibration_batches: int = DEFAULTS.calibration_batches,
+        max_positions: int = DEFAULTS.max_positions,
         dataloader: Iterable[Mapping[str, Any]] | None = None,
         output_dir: str | Path | None = None,
+        save: bool = True,
         overwrite: bool = False,
-        min_heads: int = 1,
-        min_ffn: int = 1,
-        ffn_multiple: int = 8,
-        stat: str = "max",
-        seed: int = 0,
+        min_heads: int = DEFAULTS.min_heads,
+        min_ffn: int = DEFAULTS.min_ffn,
+        ffn_multiple: int = DEFAULTS.ffn_multiple,
+        stat: str = DEFAULTS.stat,
+        seed: int = DEFAULTS.seed,
     ) -> None:
         super().__init__()
-        resolve_method(method)
-        if isinstance(ratio, bool) or not 0.0 < float(ratio) <= 1.0:
-            raise ValueError(f"ratio (fraction of encoder parameters kept) must be in (0, 1]; got {ratio!r}")
-        if steps < 1:
-            raise ValueError(f"steps must be >= 1; got {steps}")
-        if prune_epoch is not None and prune_epoch < 0:
-            raise ValueError(f"prune_epoch must be >= 0 or None (prune at fit end); got {prune_epoch}")
-        if prune_epoch is None and steps != 1:
-            raise ValueError("steps > 1 needs prune_epoch (pruning at fit end is a single step)")
-        check_ffn_multiple(ffn_multiple)
-        if calibration_batches < 1:
-            raise ValueError(f"calibration_batches must be >= 1; got {calibration_batches}")
-        self.method = method
-        self.ratio = float(ratio)
-        self.prune_epoch = prune_epoch
-        self.steps = int(steps)
-        self.units = tuple(units)
-        self.calibration_batches = int(calibration_batches)
-        self.max_positions = int(max_positions)
-        self.dataloader = dataloader
-        self.output_dir = None if output_dir is None else Path(output_dir)
+        if ratio is None:
+            raise ValueError(
+                "ratio (fraction of encoder parameters kept) must be a number in (0, 1], e.g. 0.6; got None "
+                "(TopologicalPruning prunes to a parameter budget)"
+            )
+        #: The validated pruning settings (method, ratio, units, floors, calibration size, seed).
+        self.config = PruningConfig(
+            method=method,
+            ratio=ratio,
+            units=units,  # type: ignore[arg-type]
+            min_heads=min_heads,
+            min_ffn=min_ffn,
+            ffn_multiple=ffn_multiple,
+            max_positions=max_positions,
+            calibration_batches=calibration_batches,
+            stat=stat,
+            seed=seed,
+        )
+        self.prune_epoch = check_int(
+            "prune_epoch", prune_epoch, 0, allow_none=True, hint=" (None = at fit end)"
+        )
+        self.steps = int(check_int("steps", steps, 1))  # type: ignore[arg-type]
+        if self.prune_epoch is None and self.steps != 1:
+            raise ValueError(
+                f"steps must be 1 with prune_epoch=None (pruning at fit end is one step); got {steps}"
+            )
+        for name, flag in (("save", save), ("overwrite", overwrite)):
+            if not isinstance(flag, bool):
+                raise ValueError(f"{name} must be True or False; got {flag!r}")
+        self.save = save
         self.overwrite = overwrite
-        self.min_heads = min_heads
-        self.min_ffn = min_ffn
-        self.ffn_multiple = ffn_multiple
-        self.stat = stat
-        self.seed = seed
+        self.output_dir = _check_output_dir(output_dir, save)
+        self.dataloader = _check_dataloader(dataloader)
         #: encoder parameters before the first step (set at the first step; kept in state_dict).
         self.original_params: int | None = None
-        #: one dict per pruning step: epoch, global_step, params, ratio, kept widths.
+        #: one dict per pruning step: step, epoch, global_step, params, ratio, kept widths.
         self.history: list[dict[str, Any]] = []
+        #: where the compressed checkpoint was written (``None`` until then).
+        self.saved_path: Path | None = None
+        self._target: Path | None = None
         self._tables: list[Any] = []
 
     @property
+    def ratio(self) -> float:
+        """Fraction of the original encoder parameters kept after the last step."""
+        return float(self.config.ratio)  # type: ignore[arg-type]
+
+    @property
+    def method_name(self) -> str:
+        """``method`` as a string (a callable's qualified name), for state keys and the history file."""
+        method = self.config.method
+        return method if isinstance(method, str) else getattr(method, "__qualname__", repr(method))
+
+    @property
+    @override
     def state_key(self) -> str:
-        return self._generate_state_key(method=self.method, ratio=self.ratio, units=self.units)
+        return self._generate_state_key(method=self.method_name, ratio=self.ratio, units=self.config.units)
 
-    # ------------------------------------------------------------------ helpers
-    @staticmethod
-    def _hf_model(pl_module: pl.LightningModule) -> nn.Module:
-        model = getattr(pl_module, "model", None)
-        return model if isinstance(model, nn.Module) else pl_module
-
-    def _calibration(self, trainer: pl.Trainer) -> Iterable[Mapping[str, Any]]:
-        if self.dataloader is not None:
-            return self.dataloader
-        loader = trainer.train_dataloader
-        if loader is None:
-            trainer.fit_loop.setup_data()
-            loader = trainer.train_dataloader
-        if loader is None:
-            raise ValueError(
-                "TopologicalPruning needs calibration data: pass dataloader=... or train with a dataloader"
-            )
-        return _take(loader, self.calibration_batches)
-
-    def _prune_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *, at_fit_end: bool) -> None:
-        from lightning_topo.pruning.api import prune_model
-        from lightning_topo.pruning.export import to_exportable
-
-        model = self._hf_model(pl_module)
-        current = count_encoder_parameters(model)
-        if self.original_params is None:
-            self.original_params = current
-        k = len(self.history) + 1
-        target = self.original_params * self.ratio ** (k / self.steps)
-        step_ratio = min(1.0, target / current)
-        trainable = {n: p.requires_grad for n, p in model.named_parameters()}
-        _, info = prune_model(
-            model,
-            self._calibration(trainer),
-            method=self.method,
-            ratio=step_ratio,
-            units=self.units,
-            min_heads=self.min_heads,
-            min_ffn=self.min_ffn,
-            ffn_multiple=self.ffn_multiple,
-            max_positions=self.max_positions,
-            stat=self.stat,
-            seed=self.seed + k,
-            return_info=True,
-        )
-        new_model = to_exportable(model)
-        for n, p in new_model.named_parameters():
-            if n in trainable:
-                p.requires_grad_(trainable[n])
-        if new_model is not model:
-            if model is pl_module:
-                raise TypeError("per-layer widths need the HF model to live in pl_module.model to be swapped")
-            pl_module.model = new_model
-        params = count_encoder_parameters(new_model)
-        record = {
-            "step": k,
-            "epoch": int(trainer.current_epoch),
-            "global_step": int(trainer.global_step),
-            "at_fit_end": at_fit_end,
-            "params": params,
-            "ratio": params / self.original_params,
-            "total_params": sum(p.numel() for p in new_model.parameters()),
-            "widths": layer_widths(new_model),
-        }
-        self.history.append(record)
-        self._tables.append(info.table)
-        rank_zero_info(
-            f"TopologicalPruning step {k}/{self.steps}: encoder {current} -> {params} parameters "
-            f"({record['ratio']:.3f} of the original); heads {record['widths']['heads']}, FFN {record['widths']['ffn']}"
-        )
-        if not at_fit_end:
-            trainer.strategy.setup_optimizers(trainer)
-            pl_module.log("prune/params", float(params), on_step=False, on_epoch=True, sync_dist=False)
-            pl_module.log("prune/ratio", record["ratio"], on_step=False, on_epoch=True)
-            pl_module.log("prune/total_params", float(record["total_params"]), on_step=False, on_epoch=True)
-        else:
-            for logger in trainer.loggers:
-                logger.log_metrics(
-                    {"prune/params": float(params), "prune/ratio": record["ratio"]}, step=trainer.global_step
-                )
-        self._log_wandb(trainer, record)
-
-    @rank_zero_only
-    def _log_wandb(self, trainer: pl.Trainer, record: Mapping[str, Any]) -> None:
-        try:
-            from lightning.pytorch.loggers import WandbLogger
-        except ImportError:  # pragma: no cover
-            return
-        for logger in trainer.loggers:
-            if not isinstance(logger, WandbLogger):
-                continue
-            rows = [
-                [record["step"], layer, kind, kept]
-                for kind in ("heads", "ffn")
-                for layer, kept in enumerate(record["widths"][kind])
-            ]
-            logger.log_table(key="prune/kept_units", columns=["step", "layer", "kind", "kept"], data=rows)
-            try:
-                import wandb
-
-                fig = _kept_figure(self.history)
-                logger.experiment.log({"prune/kept_units_plot": wandb.Image(fig)})
-            except Exception as err:  # noqa: BLE001 - plots are best effort
-                rank_zero_warn(f"TopologicalPruning could not log the kept-units plot: {err}")
-
-    # ------------------------------------------------------------------ hooks
+    # ------------------------------------------------------------------ setup checks
+    @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        from lightning_topo.pruning.importance import encoder_layers
-
-        encoder_layers(self._hf_model(pl_module))  # fail early on a non-BERT model
-        if stage == "fit" and self.output_dir is not None and self.output_dir.exists() and not self.overwrite:
-            # fail before training, not after it: the save at fit end would refuse this path
-            raise FileExistsError(
-                f"TopologicalPruning output_dir {str(self.output_dir)!r} already exists; choose another "
-                "output_dir or pass overwrite=True to replace it at fit end"
-            )
-        if stage == "fit" and trainer.ckpt_path and not hasattr(pl_module, "_shapes_differ"):
+        """Refuse, before anything is trained or changed, what would fail later (see the class doc)."""
+        if stage != "fit":
+            return
+        _refuse_distributed(trainer)
+        _check_supported(_hf_model(pl_module))
+        if self.save:
+            self._target = self._resolve_target(trainer)
+            _check_writable(self._target)
+        if trainer.ckpt_path and not is_overridden("on_load_checkpoint", pl_module):
             rank_zero_warn(
                 "TopologicalPruning: resuming from a checkpoint saved after pruning needs the LightningModule "
                 "to rebuild the pruned shapes in on_load_checkpoint (SequenceClassifier does); otherwise "
                 "loading fails with a size mismatch"
             )
 
+    def _resolve_target(self, trainer: pl.Trainer) -> Path:
+        """The explicit ``output_dir`` (refused if it exists without overwrite) or a free versioned folder."""
+        if self.output_dir is not None:
+            if self.output_dir.exists() and not self.output_dir.is_dir():
+                raise FileExistsError(
+                    f"TopologicalPruning output_dir {str(self.output_dir)!r} is a file, not a folder; "
+                    "choose another output_dir"
+                )
+            if self.output_dir.exists() and not self.overwrite:
+                raise FileExistsError(
+                    f"TopologicalPruning output_dir {str(self.output_dir)!r} already exists; choose another "
+                    "output_dir, leave output_dir unset (the run's versioned folder) or pass overwrite=True"
+                )
+            return self.output_dir
+        base = _run_folder(trainer)
+        target, n = base / DEFAULT_FOLDER, 0
+        while target.exists():
+            n += 1
+            target = base / f"{DEFAULT_FOLDER}-v{n}"
+        return target
+
+    # ------------------------------------------------------------------ hooks
     def _due(self, epoch: int) -> bool:
         if self.prune_epoch is None or len(self.history) >= self.steps:
             return False
         return epoch >= self.prune_epoch + len(self.history)
 
+    @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._due(trainer.current_epoch):
             self._prune_step(trainer, pl_module, at_fit_end=False)
 
+    @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.prune_epoch is None and not self.history:
             self._prune_step(trainer, pl_module, at_fit_end=True)
@@ -282,65 +251,243 @@ class TopologicalPruning(Callback):
             )
         self._save(trainer, pl_module)
 
+    # ------------------------------------------------------------------ pruning
+    def _calibration(self, trainer: pl.Trainer) -> list[Any]:
+        """``calibration_batches`` batches of ``dataloader``, else of the training dataloader."""
+        source = self.dataloader
+        if source is None:
+            source = trainer.train_dataloader
+        if source is None and trainer.datamodule is not None:
+            source = trainer.datamodule.train_dataloader()
+        if source is None:
+            raise ValueError(
+                "TopologicalPruning needs calibration data: pass dataloader=... or train with a dataloader"
+            )
+        batches = _take(source, self.config.calibration_batches)
+        if not batches:
+            raise ValueError("TopologicalPruning: the calibration dataloader yielded no batch")
+        return batches
+
+    def _prune_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *, at_fit_end: bool) -> None:
+        from lightning_topo.pruning.api import prune_model
+        from lightning_topo.pruning.export import to_exportable
+
+        model = _hf_model(pl_module)
+        current = count_encoder_parameters(model)
+        if self.original_params is None:
+            self.original_params = current
+        k = len(self.history) + 1
+        target = self.original_params * self.ratio ** (k / self.steps)
+        settings = self.config.replace(ratio=min(1.0, target / current), seed=self.config.seed + k)
+        trainable = {n: p.requires_grad for n, p in model.named_parameters()}
+        _, info = prune_model(model, self._calibration(trainer), return_info=True, **settings.prune_kwargs())
+        new_model = to_exportable(model)
+        for n, p in new_model.named_parameters():
+            if n in trainable:
+                p.requires_grad_(trainable[n])
+        if new_model is not model:
+            pl_module.model = new_model  # _check_supported made sure the HF model lives there
+        record = self._record(trainer, new_model, k, at_fit_end)
+        self.history.append(record)
+        self._tables.append(info.table)
+        rank_zero_info(
+            f"TopologicalPruning step {k}/{self.steps}: encoder {current} -> {record['params']} parameters "
+            f"({record['ratio']:.3f} of the original); heads {record['widths']['heads']}, FFN {record['widths']['ffn']}"
+        )
+        if not at_fit_end:
+            trainer.strategy.setup_optimizers(trainer)
+        self._log_step(trainer, pl_module, record, at_fit_end)
+
+    def _record(self, trainer: pl.Trainer, model: nn.Module, k: int, at_fit_end: bool) -> dict[str, Any]:
+        params = count_encoder_parameters(model)
+        return {
+            "step": k,
+            "epoch": int(trainer.current_epoch),
+            "global_step": int(trainer.global_step),
+            "at_fit_end": at_fit_end,
+            "params": params,
+            "ratio": params / self.original_params,  # type: ignore[operator]
+            "total_params": sum(p.numel() for p in model.parameters()),
+            "widths": layer_widths(model),
+        }
+
+    def _log_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, record: Mapping[str, Any], at_fit_end: bool
+    ) -> None:
+        metrics = {
+            "prune/params": float(record["params"]),
+            "prune/ratio": float(record["ratio"]),
+            "prune/total_params": float(record["total_params"]),
+        }
+        if at_fit_end:  # self.log is not allowed in on_train_end
+            for logger in trainer.loggers:
+                logger.log_metrics(metrics, step=trainer.global_step)
+        else:
+            for key, value in metrics.items():
+                pl_module.log(key, value, on_step=False, on_epoch=True)
+        self._log_wandb(trainer, record)
+
+    @rank_zero_only
+    def _log_wandb(self, trainer: pl.Trainer, record: Mapping[str, Any]) -> None:
+        from lightning.pytorch.loggers import WandbLogger
+
+        loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
+        if not loggers:
+            return
+        from lightning_topo.plots import plot_kept_units
+
+        rows = [
+            [record["step"], layer, kind, kept]
+            for kind in ("heads", "ffn")
+            for layer, kept in enumerate(record["widths"][kind])
+        ]
+        with tempfile.TemporaryDirectory(prefix="lt-prune-") as tmp:
+            image = plot_kept_units(self.history, Path(tmp) / "kept_units.png")
+            for logger in loggers:
+                logger.log_table(key="prune/kept_units", columns=["step", "layer", "kind", "kept"], data=rows)
+                logger.log_image(key="prune/kept_units_plot", images=[str(image)])
+
+    # ------------------------------------------------------------------ saving
     @rank_zero_only
     def _save(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.output_dir is None or not self.history:
+        if not self.save or self._target is None:
+            return
+        if not self.history:
+            rank_zero_warn(
+                "TopologicalPruning did not prune (no step ran), so no compressed checkpoint was written"
+            )
             return
         from lightning_topo.pruning.export import save_compressed
 
-        datamodule = getattr(trainer, "datamodule", None)
-        tokenizer = None
-        if datamodule is not None:
-            try:
-                tokenizer = datamodule.tokenizer
-            except Exception:  # noqa: BLE001 - a datamodule without a tokenizer
-                tokenizer = None
-        model = self._hf_model(pl_module)
+        tokenizer = getattr(trainer.datamodule, "tokenizer", None) if trainer.datamodule is not None else None
+        model = _hf_model(pl_module)
         was_training = model.training
-        path = save_compressed(model.eval(), self.output_dir, tokenizer=tokenizer, overwrite=self.overwrite)
-        model.train(was_training)
+        try:
+            path = save_compressed(model.eval(), self._target, tokenizer=tokenizer, overwrite=self.overwrite)
+        finally:
+            model.train(was_training)
         (path / "pruning_history.json").write_text(json.dumps(self.state_dict(), indent=1, default=str))
         for k, table in enumerate(self._tables, start=1):
             table.to_csv(path / f"importance_step{k}.csv")
+        self.saved_path = path
         rank_zero_info(f"TopologicalPruning saved the compressed checkpoint to {path}")
 
     # ------------------------------------------------------------------ state
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {
-            "method": self.method,
+            "method": self.method_name,
             "ratio": self.ratio,
             "steps": self.steps,
             "original_params": self.original_params,
             "history": self.history,
         }
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.original_params = state_dict.get("original_params")
         self.history = list(state_dict.get("history", []))
 
 
+# ---------------------------------------------------------------------- checks (module level)
+
+
+def _hf_model(pl_module: pl.LightningModule) -> nn.Module:
+    """The Hugging Face model: ``pl_module.model`` when it is a module, else ``pl_module`` itself."""
+    model = getattr(pl_module, "model", None)
+    return model if isinstance(model, nn.Module) else pl_module
+
+
+def _check_output_dir(output_dir: object, save: bool) -> Path | None:
+    if output_dir is None:
+        return None
+    if not save:
+        raise ValueError(
+            f"output_dir={str(output_dir)!r} is given but save=False writes nothing; drop one of the two"
+        )
+    if not isinstance(output_dir, (str, os.PathLike)) or not str(output_dir).strip():
+        raise ValueError(
+            f"output_dir must be a folder path (str or Path) or None (the run's versioned folder); got {output_dir!r}"
+        )
+    return Path(output_dir)
+
+
+def _check_dataloader(dataloader: object) -> Iterable[Mapping[str, Any]] | None:
+    if dataloader is None:
+        return None
+    if isinstance(dataloader, (str, bytes, Mapping)) or not isinstance(dataloader, Iterable):
+        raise ValueError(
+            "dataloader must be an iterable of tokenised batches (e.g. a DataLoader or a list of dicts with "
+            f"input_ids/attention_mask) or None (the training dataloader); got {type(dataloader).__name__}"
+        )
+    return dataloader  # type: ignore[return-value]
+
+
+def _refuse_distributed(trainer: pl.Trainer) -> None:
+    """Refuse more than one process: DDP wraps the modules that pruning replaces."""
+    world_size = int(getattr(trainer, "world_size", 1) or 1)
+    if world_size > 1:
+        strategy = type(getattr(trainer, "strategy", None)).__name__
+        raise ValueError(
+            f"TopologicalPruning runs in a single process; this Trainer has world_size={world_size} "
+            f"({strategy}). Prune on one device with `lightning-topo prune` (or Trainer(devices=1)), "
+            "then fine-tune the pruned checkpoint with DDP"
+        )
+
+
+def _check_supported(model: nn.Module) -> None:
+    """Refuse a model whose pruned shapes cannot be swapped in and exported, before it is changed.
+
+    Pruning keeps the model's class only when every layer ends with the same FFN width and every
+    head; otherwise the model becomes a ``PrunedBert*`` model, which exists for BERT only.
+    """
+    from lightning_topo.pruning.importance import encoder_layers
+
+    encoder_layers(model)  # TypeError for a model without BERT-style layers
+    from transformers import BertForSequenceClassification, BertModel
+
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type not in ("bert", "pruned_bert") or not isinstance(
+        model, (BertForSequenceClassification, BertModel)
+    ):
+        raise TypeError(
+            f"TopologicalPruning supports BERT models (BertForSequenceClassification or BertModel, model_type "
+            f"'bert'), held in pl_module.model; got {type(model).__name__} (model_type {model_type!r}), whose pruned "
+            "shapes cannot be exported. Nothing was changed"
+        )
+
+
+def _run_folder(trainer: pl.Trainer) -> Path:
+    """The run's versioned folder: ``<save_dir>/<name>/<version>`` of the first logger, else ``default_root_dir``."""
+    if not trainer.loggers:
+        return Path(trainer.default_root_dir)
+    logger = trainer.loggers[0]
+    save_dir = logger.save_dir if logger.save_dir is not None else trainer.default_root_dir
+    version = logger.version
+    version = version if isinstance(version, str) else f"version_{version}"
+    return Path(save_dir) / str(logger.name or "") / version
+
+
+def _check_writable(target: Path) -> None:
+    """Raise unless ``target`` can be created: its nearest existing ancestor is a writable folder."""
+    ancestor = target.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise NotADirectoryError(
+            f"TopologicalPruning output_dir {str(target)!r} cannot be created: {str(ancestor)!r} is a file, "
+            "not a folder; choose another output_dir"
+        )
+    try:
+        with tempfile.TemporaryFile(dir=ancestor):
+            pass
+    except OSError as err:
+        raise PermissionError(
+            f"TopologicalPruning output_dir {str(target)!r} cannot be written: {str(ancestor)!r} is not "
+            f"writable ({err.strerror}); choose another output_dir"
+        ) from None
+
+
 def _take(loader: Iterable[Any], n: int) -> list[Any]:
-    out = []
-    for i, batch in enumerate(loader):
-        if i >= n:
-            break
-        out.append(batch)
-    return out
-
-
-def _kept_figure(history: Sequence[Mapping[str, Any]]) -> Any:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(8, 3), dpi=100)
-    FigureCanvasAgg(fig)
-    last = history[-1]["widths"]
-    for ax_i, kind in enumerate(("heads", "ffn")):
-        ax = fig.add_subplot(1, 2, ax_i + 1)
-        vals = last[kind]
-        ax.bar(range(len(vals)), vals)
-        ax.set_xlabel("layer")
-        ax.set_ylabel(f"kept {kind}")
-        ax.set_title(f"{kind} after step {history[-1]['step']} ({history[-1]['ratio']:.2f} of encoder)")
-    fig.tight_layout()
-    return fig
+    """The first ``n`` batches of ``loader`` (no batch beyond them is drawn)."""
+    return list(itertools.islice(loader, n))

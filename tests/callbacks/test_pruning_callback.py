@@ -1,8 +1,13 @@
-"""TopologicalPruning on a tiny BERT inside SequenceClassifier: budget, recovery training, checkpoint, resume."""
+"""TopologicalPruning on a tiny BERT inside SequenceClassifier: budget, recovery training, checkpoint,
+resume, argument checks at construction and refusals at setup (before anything changes)."""
 
 from __future__ import annotations
 
 import json
+import math
+import warnings
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -92,7 +97,10 @@ def test_prunes_to_budget_continues_training_and_saves(tiny_dir, tmp_path, tiny_
     # compressed checkpoint
     out = tmp_path / "out"
     assert (out / "config.json").exists() and (out / "model.safetensors").exists()
-    assert (out / "importance_step1.csv").exists()
+    assert cb.saved_path == out
+    rows = (out / "importance_step1.csv").read_text().splitlines()
+    assert rows[0] == "layer,kind,unit,score"
+    assert len(rows) - 1 == 2 * 64 + (2 * 4 if "heads" in units else 0)  # every scored unit, once
     history = json.loads((out / "pruning_history.json").read_text())
     assert history["history"][0]["params"] == after
     reloaded = load_compressed(out).eval()
@@ -136,23 +144,15 @@ def test_prune_at_fit_end(tiny_dir, tmp_path):
     )
     trainer = _trainer(tmp_path, [cb], max_epochs=1)
     trainer.fit(module, train_dataloaders=_loader(_batches(2)))
-    assert count_encoder_parameters(module.model) / before <= 0.7
+    after = count_encoder_parameters(module.model)
+    assert after / before <= 0.7
+    assert cb.history[0]["at_fit_end"] is True and cb.history[0]["params"] == after
     assert (tmp_path / "o" / "config.json").exists()
-
-
-def test_bad_arguments():
-    for kwargs in (
-        {"ratio": 0.0},
-        {"ratio": 1.2},
-        {"steps": 0},
-        {"method": "nope"},
-        {"prune_epoch": None, "steps": 2},
-    ):
-        with pytest.raises(ValueError):
-            TopologicalPruning(**kwargs)
-    for bad in (0, 2.5, True):
-        with pytest.raises(ValueError, match="ffn_multiple"):
-            TopologicalPruning(ffn_multiple=bad)
+    # at fit end the metrics go straight to the loggers (self.log is not allowed in on_train_end)
+    metrics = (tmp_path / "logs" / "version_0" / "metrics.csv").read_text().splitlines()
+    header = metrics[0].split(",")
+    last = dict(zip(header, metrics[-1].split(","), strict=True))
+    assert float(last["prune/params"]) == after
 
 
 def test_wandb_table_and_plot(tiny_dir, tmp_path, monkeypatch):
@@ -162,15 +162,21 @@ def test_wandb_table_and_plot(tiny_dir, tmp_path, monkeypatch):
 
     logged = {}
     logger = WandbLogger(project="lt-test", save_dir=str(tmp_path), offline=True)
-    original = logger.log_table
+    original_table, original_image = logger.log_table, logger.log_image
 
     def log_table(key, columns=None, data=None, **kw):
         logged[key] = (columns, data)
-        return original(key=key, columns=columns, data=data, **kw)
+        return original_table(key=key, columns=columns, data=data, **kw)
+
+    def log_image(key, images, **kw):
+        # the PNG must exist while W&B reads it
+        logged[key] = [(p, open(p, "rb").read(8)) for p in images]
+        return original_image(key=key, images=images, **kw)
 
     monkeypatch.setattr(logger, "log_table", log_table)
+    monkeypatch.setattr(logger, "log_image", log_image)
     module = _module(tiny_dir)
-    cb = TopologicalPruning(method="magnitude", ratio=0.6, prune_epoch=0)
+    cb = TopologicalPruning(method="magnitude", ratio=0.6, prune_epoch=0, save=False)
     trainer = pl.Trainer(
         max_epochs=1, accelerator="cpu", devices=1, callbacks=[cb], logger=logger, default_root_dir=tmp_path,
         enable_progress_bar=False, enable_checkpointing=False, num_sanity_val_steps=0,
@@ -178,7 +184,12 @@ def test_wandb_table_and_plot(tiny_dir, tmp_path, monkeypatch):
     trainer.fit(module, train_dataloaders=_loader(_batches(2)))
     columns, data = logged["prune/kept_units"]
     assert columns == ["step", "layer", "kind", "kept"]
-    assert len(data) == 4  # 2 layers x (heads, ffn)
+    widths = cb.history[0]["widths"]
+    assert data == [
+        [1, layer, kind, kept] for kind in ("heads", "ffn") for layer, kept in enumerate(widths[kind])
+    ]
+    ((path, magic),) = logged["prune/kept_units_plot"]
+    assert magic == b"\x89PNG\r\n\x1a\n"
     import wandb
 
     wandb.finish()
@@ -191,9 +202,282 @@ def test_existing_output_dir_fails_before_training(tiny_dir, tmp_path):
     module = _module(tiny_dir)
     weight = module.model.bert.encoder.layer[0].intermediate.dense.weight.detach().clone()
     trainer = _trainer(tmp_path, [TopologicalPruning(prune_epoch=0, output_dir=out)], max_epochs=1)
-    with pytest.raises(FileExistsError, match="overwrite=True"):
+    with pytest.raises(FileExistsError, match="overwrite=True") as err:
         trainer.fit(module, train_dataloaders=_loader(_batches(2)))
-    assert torch.equal(
-        module.model.bert.encoder.layer[0].intermediate.dense.weight, weight
-    )  # no training ran
+    assert "\n" not in str(err.value) and str(out) in str(err.value)
+    assert trainer.global_step == 0
+    assert torch.equal(module.model.bert.encoder.layer[0].intermediate.dense.weight, weight)
+    assert sorted(p.name for p in out.iterdir()) == ["user_file.txt"]
     assert (out / "user_file.txt").read_text() == "mine"
+
+
+# ---------------------------------------------------------------------- construction
+
+
+@pytest.mark.parametrize(
+    "kwargs,name",
+    [
+        ({"ratio": 0.0}, "ratio"),
+        ({"ratio": 1.2}, "ratio"),
+        ({"ratio": None}, "ratio"),
+        ({"ratio": math.nan}, "ratio"),
+        ({"ratio": True}, "ratio"),
+        ({"ratio": "0.6"}, "ratio"),
+        ({"steps": 0}, "steps"),
+        ({"steps": 2.5}, "steps"),
+        ({"prune_epoch": -1}, "prune_epoch"),
+        ({"prune_epoch": 1.5}, "prune_epoch"),
+        ({"prune_epoch": None, "steps": 2}, "steps"),
+        ({"method": "nope"}, "method"),
+        ({"units": "ffnx"}, "units"),
+        ({"units": ["ffn", "bogus"]}, "units"),
+        ({"units": []}, "units"),
+        ({"stat": "mean"}, "stat"),
+        ({"min_heads": 0}, "min_heads"),
+        ({"min_ffn": 1.5}, "min_ffn"),
+        ({"max_positions": 1}, "max_positions"),
+        ({"max_positions": "2048"}, "max_positions"),
+        ({"calibration_batches": 0}, "calibration_batches"),
+        ({"ffn_multiple": 0}, "ffn_multiple"),
+        ({"ffn_multiple": 2.5}, "ffn_multiple"),
+        ({"ffn_multiple": True}, "ffn_multiple"),
+        ({"seed": None}, "seed"),
+        ({"seed": -1}, "seed"),
+        ({"save": "yes"}, "save"),
+        ({"overwrite": 1}, "overwrite"),
+        ({"output_dir": 3}, "output_dir"),
+        ({"output_dir": ""}, "output_dir"),
+        ({"output_dir": "out", "save": False}, "output_dir"),
+        ({"dataloader": "data.csv"}, "dataloader"),
+        ({"dataloader": {"input_ids": 1}}, "dataloader"),
+        ({"dataloader": 5}, "dataloader"),
+    ],
+)
+def test_bad_arguments_refused_at_construction(kwargs, name):
+    with pytest.raises(ValueError, match=name) as err:
+        TopologicalPruning(**kwargs)
+    assert "\n" not in str(err.value)
+    assert repr(next(iter(kwargs.values()))) in str(err.value) or name in (
+        "steps",
+        "dataloader",
+        "output_dir",
+    )
+
+
+def test_arguments_normalised():
+    cb = TopologicalPruning(units="ffn", ratio=1)
+    assert cb.config.units == ("ffn",)  # a string is one kind, never its characters
+    assert cb.ratio == 1.0 and isinstance(cb.ratio, float)
+    assert cb.output_dir is None and cb.save is True
+    assert TopologicalPruning(output_dir="a/b").output_dir == Path("a/b")
+    # the state key names the settings, so two differently configured callbacks keep separate states
+    assert TopologicalPruning(ratio=0.5).state_key != TopologicalPruning(ratio=0.6).state_key
+
+
+# ---------------------------------------------------------------------- setup refusals
+
+
+@pytest.fixture
+def tiny_roberta_dir(tmp_path):
+    from transformers import RobertaConfig, RobertaForSequenceClassification
+
+    torch.manual_seed(0)
+    config = RobertaConfig(
+        vocab_size=128, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        max_position_embeddings=70, num_labels=2, pad_token_id=1,
+    )  # fmt: skip
+    path = tmp_path / "tiny-roberta"
+    RobertaForSequenceClassification(config).save_pretrained(path)
+    return path
+
+
+def _state(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _unchanged(module, before):
+    after = module.state_dict()
+    return after.keys() == before.keys() and all(torch.equal(after[k], v) for k, v in before.items())
+
+
+def test_roberta_refused_at_setup_before_anything_changes(tiny_roberta_dir, tmp_path):
+    module = _module(tiny_roberta_dir)
+    before = _state(module)
+    out = tmp_path / "out"
+    trainer = _trainer(tmp_path, [TopologicalPruning(prune_epoch=0, output_dir=out)], max_epochs=1)
+    with pytest.raises(TypeError, match="RobertaForSequenceClassification.*'roberta'.*Nothing was changed"):
+        trainer.fit(module, train_dataloaders=_loader(_batches(2)))
+    assert trainer.global_step == 0
+    assert _unchanged(module, before)
+    assert not out.exists()
+
+
+def test_module_without_model_attribute_refused(tmp_path):
+    class Plain(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(4, 2)
+
+    cb = TopologicalPruning()
+    trainer = SimpleNamespace(world_size=1, loggers=[], default_root_dir=str(tmp_path), ckpt_path=None)
+    with pytest.raises(TypeError, match="BERT"):
+        cb.setup(trainer, Plain(), "fit")
+
+
+@pytest.mark.parametrize("where", ["under_a_file", "is_a_file"])
+def test_impossible_output_dir_refused_at_setup(tiny_dir, tmp_path, where):
+    blocker = tmp_path / "blocker.txt"
+    blocker.write_text("x")
+    out = blocker / "pruned" if where == "under_a_file" else blocker
+    module = _module(tiny_dir)
+    before = _state(module)
+    trainer = _trainer(
+        tmp_path, [TopologicalPruning(prune_epoch=0, output_dir=out, overwrite=True)], max_epochs=1
+    )
+    with pytest.raises((NotADirectoryError, FileExistsError), match="output_dir.*not a folder") as err:
+        trainer.fit(module, train_dataloaders=_loader(_batches(2)))
+    assert "\n" not in str(err.value)
+    assert trainer.global_step == 0 and _unchanged(module, before)
+    assert blocker.read_text() == "x"
+
+
+def test_unwritable_output_dir_refused_at_setup(tiny_dir, tmp_path, monkeypatch):
+    import tempfile
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    module = _module(tiny_dir)
+    cb = TopologicalPruning(prune_epoch=0, output_dir=tmp_path / "ro" / "pruned")
+    trainer = SimpleNamespace(world_size=1, loggers=[], default_root_dir=str(tmp_path), ckpt_path=None)
+    monkeypatch.setattr(tempfile, "TemporaryFile", refuse)
+    with pytest.raises(PermissionError, match="output_dir.*not writable \\(Permission denied\\)"):
+        cb.setup(trainer, module, "fit")
+    assert not (tmp_path / "ro").exists()
+
+
+def test_distributed_refused_at_setup(tiny_dir, tmp_path):
+    module = _module(tiny_dir)
+    before = _state(module)
+    cb = TopologicalPruning(prune_epoch=0, output_dir=tmp_path / "out")
+    trainer = SimpleNamespace(world_size=2, strategy=pl.strategies.DDPStrategy(), loggers=[], ckpt_path=None)
+    with pytest.raises(ValueError, match="world_size=2 \\(DDPStrategy\\).*`lightning-topo prune`.*DDP"):
+        cb.setup(trainer, module, "fit")
+    assert _unchanged(module, before) and not (tmp_path / "out").exists()
+    cb.setup(trainer, module, "validate")  # only fit is pruned: other stages are left alone
+
+
+@pytest.mark.slow
+def test_ddp_spawn_trainer_refused(tiny_dir, tmp_path):
+    """A real 2-process CPU Trainer: the refusal comes from setup in the workers, before training."""
+    module = _module(tiny_dir)
+    cb = TopologicalPruning(method="magnitude", prune_epoch=0, save=False)
+    trainer = pl.Trainer(
+        strategy="ddp_spawn", devices=2, accelerator="cpu", max_epochs=1, callbacks=[cb], logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, default_root_dir=tmp_path,
+    )  # fmt: skip
+    with pytest.raises(Exception, match="lightning-topo prune") as err:
+        trainer.fit(module, train_dataloaders=_loader(_batches(2)))
+    assert "world_size=2" in str(err.value)
+    assert cb.history == []
+
+
+# ---------------------------------------------------------------------- versioned default output
+
+
+def _fit_default(tiny_dir, tmp_path, logger, **cb_kwargs):
+    module = _module(tiny_dir)
+    cb = TopologicalPruning(method="magnitude", ratio=0.6, prune_epoch=0, **cb_kwargs)
+    trainer = pl.Trainer(
+        max_epochs=1, accelerator="cpu", devices=1, callbacks=[cb], logger=logger, default_root_dir=tmp_path,
+        enable_progress_bar=False, enable_checkpointing=False, num_sanity_val_steps=0, enable_model_summary=False,
+    )  # fmt: skip
+    trainer.fit(module, train_dataloaders=_loader(_batches(2)))
+    return cb, module
+
+
+def test_default_output_is_the_runs_versioned_folder_twice_in_a_row(tiny_dir, tmp_path, tiny_batch):
+    paths = []
+    for _ in range(2):  # the same command twice in the same folder
+        logger = pl.loggers.CSVLogger(tmp_path / "runs", name="quickstart")
+        cb, module = _fit_default(tiny_dir, tmp_path, logger)
+        paths.append(cb.saved_path)
+        reloaded = load_compressed(cb.saved_path).eval()
+        with torch.no_grad():
+            a = reloaded(
+                input_ids=tiny_batch["input_ids"], attention_mask=tiny_batch["attention_mask"]
+            ).logits
+            b = module.model.eval()(
+                input_ids=tiny_batch["input_ids"], attention_mask=tiny_batch["attention_mask"]
+            ).logits
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+        history = json.loads((cb.saved_path / "pruning_history.json").read_text())
+        assert history["history"][0]["params"] == count_encoder_parameters(module.model)
+    runs = tmp_path / "runs" / "quickstart"
+    assert paths == [runs / "version_0" / "pruned", runs / "version_1" / "pruned"]
+
+
+def test_default_output_without_logger_takes_the_next_free_name(tiny_dir, tmp_path):
+    first, _ = _fit_default(tiny_dir, tmp_path, False)
+    (tmp_path / "pruned" / "note.txt").write_text("kept")
+    second, _ = _fit_default(tiny_dir, tmp_path, False)
+    assert first.saved_path == tmp_path / "pruned" and second.saved_path == tmp_path / "pruned-v1"
+    assert (tmp_path / "pruned" / "note.txt").read_text() == "kept"  # never overwritten
+    assert (second.saved_path / "config.json").exists()
+
+
+def test_save_false_writes_nothing(tiny_dir, tmp_path):
+    cb, _ = _fit_default(tiny_dir, tmp_path, False, save=False)
+    assert len(cb.history) == 1 and cb.saved_path is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny"]
+
+
+# ---------------------------------------------------------------------- calibration data
+
+
+class _Counting:
+    """An iterable of batches that counts how many were drawn."""
+
+    def __init__(self, batches):
+        self.batches, self.drawn = batches, 0
+
+    def __iter__(self):
+        for b in self.batches:
+            self.drawn += 1
+            yield b
+
+
+def test_calibration_draws_calibration_batches_from_the_given_dataloader(tiny_dir, tmp_path):
+    calib = _Counting(_batches(6, seed=1))
+    cb = TopologicalPruning(
+        method="activation", prune_epoch=0, calibration_batches=3, dataloader=calib, save=False
+    )
+    trainer = _trainer(tmp_path, [cb], max_epochs=1)
+    trainer.fit(_module(tiny_dir), train_dataloaders=_loader(_batches(2)))
+    assert len(cb.history) == 1
+    assert calib.drawn == 3  # not the whole dataloader, and no batch beyond the third
+
+
+def test_empty_calibration_dataloader_is_a_clear_error(tiny_dir, tmp_path):
+    module = _module(tiny_dir)
+    cb = TopologicalPruning(method="activation", prune_epoch=0, dataloader=[], save=False)
+    trainer = _trainer(tmp_path, [cb], max_epochs=1)
+    with pytest.raises(ValueError, match="calibration dataloader yielded no batch"):
+        trainer.fit(module, train_dataloaders=_loader(_batches(2)))
+
+
+def test_resume_warning_for_a_module_that_cannot_rebuild_shapes(tiny_dir, tmp_path):
+    class Plain(pl.LightningModule):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+    from transformers import BertForSequenceClassification
+
+    module = Plain(BertForSequenceClassification.from_pretrained(tiny_dir))
+    trainer = SimpleNamespace(world_size=1, loggers=[], default_root_dir=str(tmp_path), ckpt_path="x.ckpt")
+    with pytest.warns(UserWarning, match="on_load_checkpoint"):
+        TopologicalPruning(save=False).setup(trainer, module, "fit")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        TopologicalPruning(save=False).setup(trainer, _module(tiny_dir), "fit")  # SequenceClassifier rebuilds
