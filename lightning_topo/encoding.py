@@ -15,6 +15,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
+__all__ = [
+    "MODEL_INPUT_KEYS",
+    "EncodedBatch",
+    "encode_batch",
+    "encode_hf_model",
+    "ensure_hidden_state_capture",
+    "model_inputs",
+    "module_device",
+]
+
 #: Keys of a tokenised batch that are passed to a Hugging Face model's forward.
 MODEL_INPUT_KEYS: tuple[str, ...] = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
 
@@ -74,7 +84,9 @@ def encode_batch(model: torch.nn.Module, batch: Mapping[str, Any]) -> EncodedBat
     if callable(encode):
         out = encode(batch)
         if not isinstance(out, EncodedBatch):
-            raise TypeError(f"{type(model).__name__}.encode must return EncodedBatch, got {type(out).__name__}")
+            raise TypeError(
+                f"{type(model).__name__}.encode must return EncodedBatch, got {type(out).__name__}"
+            )
         return out
     return encode_hf_model(model, batch)
 
@@ -88,7 +100,7 @@ def encode_hf_model(model: torch.nn.Module, batch: Mapping[str, Any]) -> Encoded
         TypeError: if ``batch`` is not a mapping, or the model returns no hidden states.
         ValueError: if ``batch`` has no ``input_ids``.
     """
-    device = _module_device(model)
+    device = module_device(model)
     inputs = {k: v.to(device) for k, v in model_inputs(batch).items()}
     if "attention_mask" not in inputs:
         inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
@@ -127,7 +139,12 @@ def ensure_hidden_state_capture(model: torch.nn.Module) -> None:
             _CAN_RECORD_REGISTRY[sub] = can_record
 
 
-def _module_device(model: torch.nn.Module) -> torch.device:
-    for p in model.parameters():
+def module_device(module: torch.nn.Module) -> torch.device:
+    """The device a module's inputs go to: its ``device`` attribute (a LightningModule's), else
+    the device of its first parameter, else the CPU."""
+    device = getattr(module, "device", None)
+    if isinstance(device, torch.device):
+        return device
+    for p in module.parameters():
         return p.device
     return torch.device("cpu")

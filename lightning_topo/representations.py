@@ -1,17 +1,17 @@
-"""Collect pooled hidden states from a dataloader, per layer, with per-class sampling.
+"""Collect pooled hidden states per layer, per class: the one collection step behind every lens.
 
-The one collection step behind every score and callback: run the model batch by batch through
-:func:`lightning_topo.encoding.encode_batch` (under ``torch.no_grad()``, in eval mode, on the
-module's device), pool each selected layer to one vector per sequence, gather across DDP ranks,
-and subsample each class (seeded).
+:class:`RepresentationCollector` pools the selected layers of
+:class:`~lightning_topo.encoding.EncodedBatch` es as they come (a callback feeds it the batches
+a ``validation_step`` already encoded: no second forward pass); :func:`collect_representations`
+drives it over a dataloader. :meth:`RepresentationCollector.finalize` concatenates, gathers the
+shards of all processes through a ``gather`` function the caller passes in (a Lightning
+callback passes one built on ``trainer.strategy.all_gather``; this module never imports
+Lightning's ``Trainer`` nor calls ``torch.distributed`` itself), and takes one seeded per-class
+subsample shared by every layer.
 
 Layer indices follow ``EncodedBatch.hidden_states``: 0 is the embedding output, ``i`` the output
 of encoder layer ``i`` and ``-1`` the last layer; negative indices are normalised to
-``0..num_layers``.
-
-Order independence (**choice**): before sampling, the points are put in a canonical order
-(lexicographic in their coordinates), so the subsample depends only on the set of points and
-the seed, not on the dataloader order or on how DDP ranks split the data.
+``0..num_layers``. Sampling is order independent (see :mod:`lightning_topo.scores.sampling`).
 
 Example::
 
@@ -25,36 +25,50 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from itertools import islice
+from numbers import Integral
 from typing import Any, TypeVar
 
-import numpy as np
 import torch
 from torch import Tensor
 
-from lightning_topo.encoding import EncodedBatch, encode_batch, ensure_hidden_state_capture
+from lightning_topo.encoding import EncodedBatch, encode_batch, ensure_hidden_state_capture, module_device
+from lightning_topo.scores.checks import check_choice, check_int, check_seed
+from lightning_topo.scores.presets import POOLINGS
+from lightning_topo.scores.sampling import check_max_points_per_class, subsample_indices
 
 __all__ = [
-    "Representations",
+    "GatherFn",
+    "LayerSpec",
     "NonFiniteHiddenStatesError",
-    "collect_representations",
     "RepresentationCollector",
-    "resolve_layers",
+    "Representations",
+    "check_layers",
+    "collect_representations",
+    "gather_variable",
     "pool_hidden_states",
-    "canonical_order",
-    "sample_per_class",
-    "is_distributed",
-    "all_gather_variable",
+    "resolve_layers",
     "run_on_rank_zero_and_broadcast",
 ]
 
 T = TypeVar("T")
 
+#: A layer selection: an index, a sequence of indices, or ``"all"``.
 LayerSpec = int | Sequence[int] | str
+#: Concatenates a tensor ``(n_r, ...)`` over all processes, ``n_r`` may differ by rank (see
+#: :func:`gather_variable`); ``None`` means a single process.
+GatherFn = Callable[[Tensor], Tensor]
 
 
 class NonFiniteHiddenStatesError(ValueError):
-    """Hidden states with NaN/inf entries (usually a diverged model)."""
+    """Hidden states with NaN/inf entries (usually a diverged model).
+
+    Attributes:
+        layer: the first layer found with non-finite values.
+    """
+
+    def __init__(self, message: str, layer: int) -> None:
+        super().__init__(message)
+        self.layer = layer
 
 
 @dataclass
@@ -79,18 +93,51 @@ class Representations:
         """The selected (non-negative) layer indices, in the order they were requested."""
         return list(self.points)
 
-    @property
-    def classes(self) -> list[int]:
-        """Distinct labels, sorted."""
-        return [int(c) for c in torch.unique(self.labels).tolist()]
-
     def class_counts(self) -> dict[int, int]:
-        """Number of points per class."""
+        """Number of points per class, classes ascending."""
         values, counts = torch.unique(self.labels, return_counts=True)
         return {int(v): int(c) for v, c in zip(values.tolist(), counts.tolist(), strict=True)}
 
+    def check_finite(self) -> None:
+        """Raise :class:`NonFiniteHiddenStatesError` naming the first layer with NaN/inf values."""
+        for layer, p in self.points.items():
+            if not bool(torch.isfinite(p).all()):
+                n_bad = int((~torch.isfinite(p)).any(dim=1).sum())
+                raise NonFiniteHiddenStatesError(
+                    f"hidden states of layer {layer} have NaN/inf entries in {n_bad} of {p.shape[0]} "
+                    "examples; the model has diverged (lower the learning rate, enable gradient "
+                    "clipping) or the input is bad",
+                    layer=layer,
+                )
+
 
 # ----------------------------------------------------------------------------- layers / pooling
+
+
+def check_layers(layers: object, name: str = "layers") -> int | list[int] | str:
+    """Validate a layer selection without knowing the model's depth (done at construction).
+
+    Returns:
+        ``layers`` as an ``int``, a list of ints, or ``"all"``.
+
+    Raises:
+        TypeError: not an int, a sequence of ints or ``"all"`` (``1.7`` or ``True`` are refused,
+            never truncated).
+        ValueError: an empty sequence or another string.
+    """
+    accepted = "an int, a list of ints or 'all'"
+    if isinstance(layers, str):
+        if layers != "all":
+            raise ValueError(f"{name} must be {accepted}; got {layers!r}")
+        return layers
+    if isinstance(layers, Integral) and not isinstance(layers, bool):
+        return int(layers)
+    if not isinstance(layers, Sequence):
+        raise TypeError(f"{name} must be {accepted}; got {layers!r} ({type(layers).__name__})")
+    items = list(layers)
+    if not items:
+        raise ValueError(f"{name} must name at least one layer; got an empty list")
+    return [check_int(x, f"{name}[{i}]") for i, x in enumerate(items)]  # type: ignore[misc]
 
 
 def resolve_layers(layers: LayerSpec, num_layers: int) -> list[int]:
@@ -109,29 +156,19 @@ def resolve_layers(layers: LayerSpec, num_layers: int) -> list[int]:
             unknown string.
         TypeError: not an int, a sequence of ints or ``"all"``.
     """
+    spec = check_layers(layers)
     n_states = num_layers + 1
-    if isinstance(layers, str):
-        if layers != "all":
-            raise ValueError(f"layers must be an int, a list of ints or 'all'; got {layers!r}")
+    if spec == "all":
         return list(range(n_states))
-    if isinstance(layers, bool):
-        raise TypeError(f"layers must be an int, a list of ints or 'all'; got {layers!r}")
-    items = [layers] if isinstance(layers, int) else list(layers)
-    if not items:
-        raise ValueError("layers must name at least one layer; got an empty list")
     out: list[int] = []
-    for layer in items:
-        if isinstance(layer, bool) or not isinstance(layer, int | np.integer):
-            raise TypeError(f"layers must contain ints; got {layer!r} ({type(layer).__name__})")
-        layer = int(layer)
+    for layer in [spec] if isinstance(spec, int) else spec:
         if not -n_states <= layer < n_states:
             raise ValueError(
                 f"layers: index {layer} is out of range for a model with {num_layers} encoder layers; "
                 f"valid indices are {-n_states}..{num_layers} (0 = embeddings, -1 = last layer)"
             )
-        layer = layer % n_states
-        if layer not in out:
-            out.append(layer)
+        if layer % n_states not in out:
+            out.append(layer % n_states)
     return out
 
 
@@ -146,193 +183,65 @@ def pool_hidden_states(hidden: Tensor, attention_mask: Tensor | None, pooling: s
     Returns:
         ``(batch, d)`` tensor.
     """
+    check_choice(pooling, "pooling", POOLINGS)
     if pooling == "cls":
         return hidden[:, 0]
-    if pooling == "mean":
-        if attention_mask is None:
-            return hidden.mean(dim=1)
-        mask = attention_mask.to(hidden.dtype).unsqueeze(-1)
-        return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1.0)
-    raise ValueError(f"pooling must be 'cls' or 'mean'; got {pooling!r}")
-
-
-# ----------------------------------------------------------------------------- sampling
-
-
-def canonical_order(points: Tensor) -> Tensor:
-    """Row permutation ``(n,)`` sorting ``points`` lexicographically (column 0 first).
-
-    Used so that sampling does not depend on the order the points arrived in.
-    """
-    x = points.detach().to("cpu", torch.float64).numpy()
-    if x.shape[0] <= 1:
-        return torch.arange(x.shape[0], device=points.device)
-    order = np.lexsort(x.T[::-1])
-    return torch.from_numpy(order.astype(np.int64)).to(points.device)
-
-
-def _check_labels(labels: object, n: int, name: str = "labels") -> Tensor:
-    if not isinstance(labels, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of integer class labels; got {type(labels).__name__}")
-    if labels.dim() != 1:
-        raise ValueError(f"{name} must be 1-D of shape (n,); got shape {tuple(labels.shape)}")
-    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
-        raise TypeError(f"{name} must have an integer dtype; got {labels.dtype}. Convert with {name}.long()")
-    if labels.shape[0] != n:
-        raise ValueError(f"{name} has {labels.shape[0]} entries but points has {n} rows; they must match")
-    return labels
-
-
-def sample_per_class(
-    points: Tensor,
-    labels: Tensor,
-    max_points_per_class: int | None,
-    *,
-    method: str = "random",
-    bandwidth: float = 1.0,
-    seed: int = 0,
-) -> tuple[Tensor, Tensor]:
-    """Cap the number of points of every class (seeded, differentiable w.r.t. ``points``).
-
-    Classes with at most ``max_points_per_class`` points are kept whole. Larger classes are
-    either subsampled without replacement (``method="random"``) or resampled from a Gaussian
-    kernel density estimate (``method="kde"``: ``max_points_per_class`` points drawn with
-    replacement plus ``N(0, bandwidth^2 I)`` noise, exactly what
-    ``sklearn.neighbors.KernelDensity(kernel="gaussian", bandwidth=bandwidth).sample`` does;
-    BERTops' rule). ``method="none"`` keeps every point. Points are put in
-    :func:`canonical_order` first, so the result depends on the point set and ``seed`` only.
-
-    Args:
-        points: ``(n, d)`` float tensor.
-        labels: ``(n,)`` integer labels.
-        max_points_per_class: cap per class (``None``: no cap).
-        method: ``"random"``, ``"kde"`` or ``"none"``.
-        bandwidth: KDE noise standard deviation (``method="kde"``).
-        seed: seed of the sampling generator.
-
-    Returns:
-        ``(points, labels)``: the inputs unchanged when no class exceeds the cap, else the
-        sampled points grouped by class in ascending label order.
-    """
-    from lightning_topo.scores.presets import SAMPLING_METHODS
-
-    if method not in SAMPLING_METHODS:
-        raise ValueError(f"sampling method must be one of {SAMPLING_METHODS}; got {method!r}")
-    if max_points_per_class is not None and (
-        isinstance(max_points_per_class, bool) or int(max_points_per_class) < 2
-    ):
-        raise ValueError(
-            f"max_points_per_class must be an int >= 2 or None (no cap); got {max_points_per_class!r}"
-        )
-    labels = _check_labels(labels, points.shape[0])
-    if method == "none" or max_points_per_class is None:
-        return points, labels
-    if int(torch.unique(labels, return_counts=True)[1].max()) <= max_points_per_class:
-        return points, labels
-    order = canonical_order(points)
-    points, labels = points[order], labels[order]
-    gen = torch.Generator(device="cpu").manual_seed(int(seed))
-    out_points: list[Tensor] = []
-    out_labels: list[Tensor] = []
-    labels_cpu = labels.cpu()
-    for c in torch.unique(labels_cpu).tolist():
-        idx = torch.nonzero(labels_cpu == c, as_tuple=False).flatten()
-        n_c = idx.numel()
-        if max_points_per_class is not None and n_c > max_points_per_class:
-            k = int(max_points_per_class)
-            if method == "random":
-                pick = torch.sort(torch.randperm(n_c, generator=gen)[:k]).values
-                sel = points[idx[pick].to(points.device)]
-            else:  # kde
-                pick = torch.randint(0, n_c, (k,), generator=gen)
-                noise = torch.randn(k, points.shape[1], generator=gen, dtype=torch.float64)
-                sel = points[idx[pick].to(points.device)] + (bandwidth * noise).to(
-                    points.device, points.dtype
-                )
-        else:
-            sel = points[idx.to(points.device)]
-        out_points.append(sel)
-        out_labels.append(torch.full((sel.shape[0],), int(c), dtype=torch.long, device=labels.device))
-    return torch.cat(out_points), torch.cat(out_labels)
-
-
-def _subsample_indices(labels: Tensor, key: Tensor, max_points_per_class: int, seed: int) -> Tensor:
-    """Row indices (into the original order) of a seeded per-class random subsample."""
-    order = canonical_order(key)
-    labels_sorted = labels[order].cpu()
-    gen = torch.Generator(device="cpu").manual_seed(int(seed))
-    keep: list[Tensor] = []
-    for c in torch.unique(labels_sorted).tolist():
-        idx = torch.nonzero(labels_sorted == c, as_tuple=False).flatten()
-        if idx.numel() > max_points_per_class:
-            pick = torch.sort(torch.randperm(idx.numel(), generator=gen)[:max_points_per_class]).values
-            idx = idx[pick]
-        keep.append(idx)
-    return order.cpu()[torch.cat(keep)]
+    if attention_mask is None:
+        return hidden.mean(dim=1)
+    mask = attention_mask.to(hidden.dtype).unsqueeze(-1)
+    return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1.0)
 
 
 # ----------------------------------------------------------------------------- distributed
 
 
-def is_distributed() -> bool:
-    """True when ``torch.distributed`` is initialised with more than one process."""
-    return (
-        torch.distributed.is_available()
-        and torch.distributed.is_initialized()
-        and torch.distributed.get_world_size() > 1
-    )
+def gather_variable(tensor: Tensor, all_gather: Callable[[Tensor], Tensor]) -> Tensor:
+    """Concatenate ``tensor`` ``(n_r, ...)`` of every process in rank order; ``n_r`` may differ.
 
+    Args:
+        tensor: this process's rows.
+        all_gather: a collective that stacks a same-shaped tensor from every process into
+            ``(world_size, ...)``, e.g. Lightning's ``trainer.strategy.all_gather`` under a
+            multi-process strategy.
 
-def _comm_device(tensor: Tensor) -> torch.device:
-    backend = torch.distributed.get_backend()
-    if backend == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
+    Returns:
+        ``(sum_r n_r, ...)`` on ``tensor.device``, the same on every process.
 
-
-def all_gather_variable(tensor: Tensor) -> Tensor:
-    """Concatenate ``tensor`` (``(n_r, ...)``, ``n_r`` may differ by rank) from all ranks, rank order.
-
-    Every rank receives the full ``(sum n_r, ...)`` tensor, on ``tensor.device``. Without an
-    initialised process group (or with one process) returns ``tensor`` unchanged.
+    Rows are padded to the longest shard, gathered, and the padding dropped again (two
+    collectives: the sizes, then the rows).
     """
-    if not is_distributed():
-        return tensor
-    dist = torch.distributed
-    device = _comm_device(tensor)
-    local = tensor.detach().to(device).contiguous()
-    size = torch.tensor([local.shape[0]], dtype=torch.long, device=device)
-    sizes = [torch.zeros_like(size) for _ in range(dist.get_world_size())]
-    dist.all_gather(sizes, size)
-    counts = [int(s.item()) for s in sizes]
+    local = tensor.detach().contiguous()
+    sizes = all_gather(torch.tensor([local.shape[0]], dtype=torch.long, device=local.device))
+    counts = [int(n) for n in sizes.reshape(-1).tolist()]
     longest = max(counts)
     if local.shape[0] < longest:
-        pad = torch.zeros((longest - local.shape[0], *local.shape[1:]), dtype=local.dtype, device=device)
+        pad = local.new_zeros((longest - local.shape[0], *local.shape[1:]))
         local = torch.cat([local, pad])
-    buffers = [torch.empty_like(local) for _ in counts]
-    dist.all_gather(buffers, local)
-    return torch.cat([b[:n] for b, n in zip(buffers, counts, strict=True)]).to(tensor.device)
+    stacked = all_gather(local)
+    return torch.cat([stacked[r, :n] for r, n in enumerate(counts)]).to(tensor.device)
 
 
-def run_on_rank_zero_and_broadcast(fn: Callable[[], T]) -> T:
-    """Run ``fn`` on rank 0 only and give its (picklable) result to every rank.
+def run_on_rank_zero_and_broadcast(
+    fn: Callable[[], T], *, is_global_zero: bool, broadcast: Callable[[Any], Any]
+) -> T:
+    """Run ``fn`` on the global-zero process only and hand its (picklable) result to every process.
 
-    Without an initialised multi-process group this is just ``fn()``. Tensors in the result
-    should be on the CPU. An exception on rank 0 is re-raised on every rank (so no rank waits
-    forever).
+    Args:
+        fn: the computation (e.g. persistence diagrams of a gathered cloud).
+        is_global_zero: whether this process computes (``trainer.is_global_zero``).
+        broadcast: sends an object from global rank 0 to all processes and returns it
+            (``trainer.strategy.broadcast``; the identity for a single process).
+
+    An exception raised on rank 0 is re-raised on every process, so no process waits for a
+    result that never comes. Tensors in the result should be on the CPU.
     """
-    if not is_distributed():
-        return fn()
-    dist = torch.distributed
-    payload: list[Any] = [None]
-    if dist.get_rank() == 0:
+    payload: tuple[str, Any] | None = None
+    if is_global_zero:
         try:
-            payload[0] = ("ok", fn())
-        except Exception as err:  # re-raised on all ranks below
-            payload[0] = ("error", err)
-    device = _comm_device(torch.empty(0))
-    dist.broadcast_object_list(payload, src=0, device=device)
-    status, value = payload[0]
+            payload = ("ok", fn())
+        except Exception as err:  # re-raised on every process below
+            payload = ("error", err)
+    status, value = broadcast(payload)
     if status == "error":
         raise value
     return value
@@ -351,15 +260,6 @@ def _move_to_device(batch: Any, device: torch.device) -> Any:
     return batch
 
 
-def _module_device(module: torch.nn.Module) -> torch.device:
-    device = getattr(module, "device", None)
-    if isinstance(device, torch.device):
-        return device
-    for p in module.parameters():
-        return p.device
-    return torch.device("cpu")
-
-
 class RepresentationCollector:
     """Accumulates pooled hidden states batch by batch; :meth:`finalize` gathers and samples.
 
@@ -368,22 +268,29 @@ class RepresentationCollector:
     (no second forward pass).
 
     Args:
-        layers: int, list of ints or ``"all"``; resolved against the first batch's depth.
-        pooling: ``"cls"`` or ``"mean"``.
+        layers: int, list of ints or ``"all"``; checked here, resolved against the first
+            batch's depth.
+        pooling: ``"cls"`` (default) or ``"mean"``.
+        max_batches: keep at most this many batches (``None``: all); :meth:`add` ignores the rest.
+
+    Raises:
+        TypeError / ValueError: a bad argument (the message names it).
     """
 
-    def __init__(self, layers: LayerSpec = -1, pooling: str = "cls") -> None:
-        from lightning_topo.scores.presets import POOLINGS
-
-        if pooling not in POOLINGS:
-            raise ValueError(f"pooling must be one of {POOLINGS}; got {pooling!r}")
-        self.layers = layers
-        self.pooling = pooling
+    def __init__(self, layers: LayerSpec = -1, pooling: str = "cls", max_batches: int | None = None) -> None:
+        self.layers = check_layers(layers)
+        self.pooling = check_choice(pooling, "pooling", POOLINGS)
+        self.max_batches = check_int(max_batches, "max_batches", minimum=1, allow_none=True)
         self.num_layers = -1
         self.num_batches = 0
         self._selected: list[int] | None = None
         self._chunks: dict[int, list[Tensor]] = {}
         self._labels: list[Tensor] = []
+
+    @property
+    def full(self) -> bool:
+        """Whether ``max_batches`` batches were added."""
+        return self.max_batches is not None and self.num_batches >= self.max_batches
 
     def add(self, encoded: EncodedBatch, batch: Mapping[str, Any] | None = None) -> None:
         """Pool the selected layers of one encoded batch (``labels`` from ``encoded`` or ``batch``).
@@ -391,6 +298,8 @@ class RepresentationCollector:
         Raises:
             ValueError: no labels, or a layer index out of range for the model.
         """
+        if self.full:
+            return
         if self._selected is None:
             self.num_layers = encoded.num_layers
             self._selected = resolve_layers(self.layers, self.num_layers)
@@ -413,42 +322,47 @@ class RepresentationCollector:
                 self._chunks[layer].append(pooled.detach())
         self.num_batches += 1
 
-    def reset(self) -> None:
-        """Forget every batch added so far."""
-        self.__init__(self.layers, self.pooling)  # type: ignore[misc]
-
     def finalize(
-        self, *, max_points_per_class: int | None = None, seed: int = 0, gather: bool = True
+        self,
+        *,
+        max_points_per_class: int | None = None,
+        seed: int = 0,
+        gather: GatherFn | None = None,
+        check_finite: bool = True,
     ) -> Representations:
-        """Concatenate, gather across DDP ranks, check finiteness, subsample per class.
+        """Concatenate, gather across processes, check finiteness, subsample per class.
+
+        Args:
+            max_points_per_class: seeded random cap per class (``None``: keep all); one
+                subsample, keyed on the deepest selected layer, is applied to every layer.
+            seed: sampling seed.
+            gather: concatenates a tensor over all processes (e.g.
+                ``functools.partial(gather_variable, all_gather=trainer.strategy.all_gather)``);
+                ``None`` for a single process. Every process must call ``finalize`` then.
+            check_finite: raise on NaN/inf hidden states (else the caller checks with
+                :meth:`Representations.check_finite`).
 
         Raises:
             ValueError: nothing was added.
             NonFiniteHiddenStatesError: NaN/inf hidden states (names the layer).
         """
+        cap = check_max_points_per_class(max_points_per_class)
+        seed = check_seed(seed)
         if self._selected is None:
-            raise ValueError("dataloader yielded no batches; nothing to collect")
-        selected = self._selected
-        labels_all = torch.cat(self._labels)
-        points = {layer: torch.cat(self._chunks[layer]) for layer in selected}
-        if gather and is_distributed():
-            labels_all = all_gather_variable(labels_all)
-            points = {layer: all_gather_variable(p) for layer, p in points.items()}
-        for layer, p in points.items():
-            if not bool(torch.isfinite(p).all()):
-                n_bad = int((~torch.isfinite(p)).any(dim=1).sum())
-                raise NonFiniteHiddenStatesError(
-                    f"hidden states of layer {layer} have NaN/inf entries in {n_bad} of {p.shape[0]} "
-                    "examples; the model has diverged (lower the learning rate, enable gradient "
-                    "clipping) or the input is bad"
-                )
-        if max_points_per_class is not None:
-            keep = _subsample_indices(labels_all, points[selected[-1]], int(max_points_per_class), seed)
-            labels_all = labels_all[keep.to(labels_all.device)]
-            points = {layer: p[keep.to(p.device)] for layer, p in points.items()}
-        return Representations(
-            points=points, labels=labels_all, num_layers=self.num_layers, pooling=self.pooling
-        )
+            raise ValueError("the dataloader yielded no batches; nothing to collect")
+        labels = torch.cat(self._labels)
+        points = {layer: torch.cat(self._chunks[layer]) for layer in self._selected}
+        if gather is not None:
+            labels = gather(labels)
+            points = {layer: gather(p) for layer, p in points.items()}
+        reps = Representations(points=points, labels=labels, num_layers=self.num_layers, pooling=self.pooling)
+        if check_finite:
+            reps.check_finite()
+        if cap is not None:
+            keep = subsample_indices(labels, points[max(points)], cap, seed)
+            reps.labels = labels[keep.to(labels.device)]
+            reps.points = {layer: p[keep.to(p.device)] for layer, p in points.items()}
+        return reps
 
 
 def collect_representations(
@@ -460,56 +374,51 @@ def collect_representations(
     max_points_per_class: int | None = None,
     max_batches: int | None = None,
     seed: int = 0,
-    gather: bool = True,
+    gather: GatherFn | None = None,
+    check_finite: bool = True,
 ) -> Representations:
     """Pooled hidden states of the examples in ``dataloader``, per layer, with their labels.
 
     Runs under ``torch.no_grad()`` with ``module`` in eval mode (its previous mode is restored),
     batches moved to the module's device; the global CPU random state is restored afterwards, so
-    collecting does not change a training run's random stream. Under DDP (``gather=True`` and an initialised process
-    group with world size > 1) every rank encodes its shard and the shards are all-gathered, so
-    every rank returns the same full set (then sampled identically).
+    collecting does not change a training run's random stream (iterating a ``DataLoader`` draws
+    its base seed from it).
 
     Args:
         module: a module with ``encode(batch) -> EncodedBatch`` or a Hugging Face encoder
             (see :func:`~lightning_topo.encoding.encode_batch`).
         dataloader: iterable of dict batches with ``input_ids``, ``attention_mask`` and
             ``labels`` ``(batch,)``.
-        layers: int, list of ints, or ``"all"`` (see :func:`resolve_layers`).
-        pooling: ``"cls"`` or ``"mean"`` (mean over the attention mask).
-        max_points_per_class: seeded random subsample cap per class (``None``: keep all).
-        max_batches: read at most this many batches (per rank under DDP).
-        seed: sampling seed.
-        gather: gather the shards of all DDP ranks.
+        layers: int, list of ints, or ``"all"`` (see :func:`resolve_layers`; default ``-1``).
+        pooling: ``"cls"`` (default) or ``"mean"`` (mean over the attention mask).
+        max_points_per_class: seeded random subsample cap per class, int >= 2 (``None``: keep all).
+        max_batches: read at most this many batches (per process under DDP; ``None``: all).
+        seed: sampling seed, int >= 0.
+        gather: under DDP, a function concatenating the shards of all processes (see
+            :meth:`RepresentationCollector.finalize`); ``None``: this process's batches only.
+        check_finite: raise :class:`NonFiniteHiddenStatesError` on NaN/inf hidden states.
 
     Returns:
         :class:`Representations` with ``points[layer]`` of shape ``(n, d)`` on the module's device.
 
     Raises:
-        ValueError: empty dataloader, batches without labels, an out-of-range layer, a bad
-            ``pooling``, or NaN/inf hidden states (the message names the layer).
+        TypeError / ValueError: a bad argument, an empty dataloader, batches without labels, an
+            out-of-range layer, or NaN/inf hidden states (the message names the layer).
     """
-    from lightning_topo.scores.presets import POOLINGS
-
-    if pooling not in POOLINGS:
-        raise ValueError(f"pooling must be one of {POOLINGS}; got {pooling!r}")
-    if max_batches is not None and max_batches < 1:
-        raise ValueError(f"max_batches must be a positive int or None; got {max_batches!r}")
-    if max_points_per_class is not None and max_points_per_class < 2:
-        raise ValueError(f"max_points_per_class must be >= 2 or None; got {max_points_per_class!r}")
-    device = _module_device(module)
+    collector = RepresentationCollector(layers=layers, pooling=pooling, max_batches=max_batches)
+    cap = check_max_points_per_class(max_points_per_class)
+    seed = check_seed(seed)
+    device = module_device(module)
     ensure_hidden_state_capture(module)
-    collector = RepresentationCollector(layers=layers, pooling=pooling)
     was_training = module.training
     module.eval()
     try:
-        # iterating a DataLoader draws its base seed from the global CPU generator: fork it so that
-        # measuring does not change the training run's random stream (dropout, shuffling)
         with torch.random.fork_rng(devices=[]), torch.no_grad():
-            batches = dataloader if max_batches is None else islice(dataloader, max_batches)
-            for batch in batches:
+            for batch in dataloader:
                 batch = _move_to_device(batch, device)
                 collector.add(encode_batch(module, batch), batch)
+                if collector.full:  # stop before the loader fetches another batch
+                    break
     finally:
         module.train(was_training)
-    return collector.finalize(max_points_per_class=max_points_per_class, seed=seed, gather=gather)
+    return collector.finalize(max_points_per_class=cap, seed=seed, gather=gather, check_finite=check_finite)

@@ -1,4 +1,4 @@
-"""collect_representations: layers, pooling, sampling, modes, errors, DDP gather helpers."""
+"""collect_representations: layers, pooling, sampling, modes, errors, distributed helpers."""
 
 from __future__ import annotations
 
@@ -11,14 +11,15 @@ from torch.utils.data import DataLoader
 
 from lightning_topo.representations import (
     NonFiniteHiddenStatesError,
-    all_gather_variable,
-    canonical_order,
+    RepresentationCollector,
+    check_layers,
     collect_representations,
+    gather_variable,
     pool_hidden_states,
     resolve_layers,
     run_on_rank_zero_and_broadcast,
-    sample_per_class,
 )
+from lightning_topo.scores.sampling import canonical_order, sample_per_class, subsample_indices
 
 
 def _dataset(n=20, seq=7, seed=0, num_classes=2):
@@ -49,8 +50,31 @@ def test_resolve_layers():
         resolve_layers("last", 2)
     with pytest.raises(ValueError, match="at least one"):
         resolve_layers([], 2)
-    with pytest.raises(TypeError, match="ints"):
+    with pytest.raises(TypeError, match=r"layers\[0\] must be an int; got 1.5"):
         resolve_layers([1.5], 2)
+
+
+@pytest.mark.parametrize(
+    ("layers", "error", "match"),
+    [
+        ([1.7], TypeError, r"layers\[0\] must be an int; got 1.7"),  # never truncated to layer 1
+        (2.0, TypeError, "layers must be an int, a list of ints or 'all'; got 2.0"),
+        (True, TypeError, "layers must be"),
+        ([0, True], TypeError, r"layers\[1\]"),
+        ("last", ValueError, "layers must be"),
+        ([], ValueError, "at least one layer"),
+        (None, TypeError, "layers must be"),
+    ],
+)
+def test_check_layers_refuses_without_the_model(layers, error, match):
+    with pytest.raises(error, match=match):
+        check_layers(layers)
+
+
+def test_check_layers_accepts_numpy_ints():
+    np = pytest.importorskip("numpy")
+    assert check_layers([np.int64(1), -1]) == [1, -1]
+    assert check_layers(np.int32(2)) == 2 and check_layers("all") == "all"
 
 
 def test_pooling():
@@ -104,6 +128,32 @@ def test_cap_max_batches_and_seed(tiny_classifier, loader):
     assert few.labels.numel() == 12
 
 
+def test_one_subsample_shared_by_all_layers(tiny_classifier, loader):
+    full = collect_representations(tiny_classifier, loader, layers=[0, -1])
+    reps = collect_representations(tiny_classifier, loader, layers=[0, -1], max_points_per_class=3, seed=5)
+    keep = subsample_indices(full.labels, full.points[2], 3, 5)  # keyed on the deepest layer
+    for layer in (0, 2):
+        torch.testing.assert_close(reps.points[layer], full.points[layer][keep])
+    assert torch.equal(reps.labels, full.labels[keep])
+
+
+def test_collector_stops_at_max_batches(tiny_classifier):
+    class Counting:
+        def __init__(self):
+            self.served = 0
+
+        def __iter__(self):
+            for batch in DataLoader(_dataset(), batch_size=5):
+                self.served += 1
+                yield batch
+
+    loader = Counting()
+    reps = collect_representations(tiny_classifier, loader, max_batches=2)
+    assert reps.labels.numel() == 10 and loader.served == 2  # no third batch fetched
+    collector = RepresentationCollector(max_batches=1)
+    assert not collector.full
+
+
 def test_errors(tiny_classifier, loader):
     with pytest.raises(ValueError, match="out of range"):
         collect_representations(tiny_classifier, loader, layers=7)
@@ -116,6 +166,14 @@ def test_errors(tiny_classifier, loader):
         collect_representations(tiny_classifier, no_labels)
     with pytest.raises(ValueError, match="max_points_per_class"):
         collect_representations(tiny_classifier, loader, max_points_per_class=1)
+    with pytest.raises(TypeError, match="max_points_per_class must be an int >= 2 or None; got 2.5"):
+        collect_representations(tiny_classifier, loader, max_points_per_class=2.5)
+    with pytest.raises(TypeError, match="seed must be an int >= 0; got None"):
+        collect_representations(tiny_classifier, loader, seed=None)
+    with pytest.raises(TypeError, match=r"layers\[0\] must be an int; got 1.7"):
+        collect_representations(tiny_classifier, loader, layers=[1.7])
+    with pytest.raises(ValueError, match="max_batches"):
+        collect_representations(tiny_classifier, loader, max_batches=0)
 
 
 def test_nan_hidden_states(tiny_classifier, loader):
@@ -123,8 +181,14 @@ def test_nan_hidden_states(tiny_classifier, loader):
         tiny_classifier.bert.embeddings.word_embeddings.weight[7] = float("nan")
     batches = list(DataLoader(_dataset(), batch_size=5))
     batches[0]["input_ids"][0, 1] = 7
-    with pytest.raises(NonFiniteHiddenStatesError, match="layer 2 have NaN/inf"):
+    with pytest.raises(NonFiniteHiddenStatesError, match="layer 2 have NaN/inf") as info:
         collect_representations(tiny_classifier, batches)
+    assert info.value.layer == 2
+    # the caller may check later (the monitor does, to log NaN for every metric name)
+    reps = collect_representations(tiny_classifier, batches, check_finite=False)
+    assert reps.class_counts() == {0: 10, 1: 10}
+    with pytest.raises(NonFiniteHiddenStatesError):
+        reps.check_finite()
 
 
 def test_sample_per_class_kde():
@@ -139,14 +203,29 @@ def test_sample_per_class_kde():
     assert (dist > 1e-3).all()
     same, _ = sample_per_class(points, labels, 10, method="kde", seed=0)
     assert torch.equal(out, same)
-    with pytest.raises(ValueError, match="sampling method"):
+    with pytest.raises(ValueError, match="sampling must be one of"):
         sample_per_class(points, labels, 10, method="fps")
+    with pytest.raises(ValueError, match="bandwidth must be a finite number > 0.0; got nan"):
+        sample_per_class(points, labels, 10, method="kde", bandwidth=float("nan"))
+    with pytest.raises(TypeError, match="max_points_per_class"):
+        sample_per_class(points, labels, 2.5)
 
 
-def test_single_process_helpers_are_identity():
-    t = torch.arange(6).reshape(3, 2)
-    assert all_gather_variable(t) is t
-    assert run_on_rank_zero_and_broadcast(lambda: 42) == 42
+def test_broadcast_helper_reraises_rank_zero_error_everywhere():
+    identity = lambda obj: obj  # noqa: E731  (a single process: broadcast is the identity)
+    assert run_on_rank_zero_and_broadcast(lambda: 42, is_global_zero=True, broadcast=identity) == 42
+
+    def fail():
+        raise ValueError("boom on rank 0")
+
+    with pytest.raises(ValueError, match="boom on rank 0"):
+        run_on_rank_zero_and_broadcast(fail, is_global_zero=True, broadcast=identity)
+    # a non-zero rank does not run fn; it receives rank 0's payload
+    calls = []
+    got = run_on_rank_zero_and_broadcast(
+        lambda: calls.append(1), is_global_zero=False, broadcast=lambda _: ("ok", "from rank 0")
+    )
+    assert got == "from rank 0" and calls == []
 
 
 def _free_port() -> int:
@@ -158,27 +237,39 @@ def _free_port() -> int:
 def _gather_worker(rank: int, world: int, port: int, out_dir: str) -> None:
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
-    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+    dist = torch.distributed
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+
+    def all_gather(t):  # what Lightning's strategy.all_gather returns: (world, *t.shape)
+        buffers = [torch.empty_like(t) for _ in range(world)]
+        dist.all_gather(buffers, t)
+        return torch.stack(buffers)
+
+    def broadcast(obj):
+        payload = [obj]
+        dist.broadcast_object_list(payload, src=0)
+        return payload[0]
+
     try:
         local = torch.full((rank + 1, 2), float(rank))  # 1 row on rank 0, 2 rows on rank 1
-        gathered = all_gather_variable(local)
+        gathered = gather_variable(local, all_gather)
         calls = []
 
         def compute():
             calls.append(rank)
-            return {"sum": float(gathered.sum()), "rank": torch.distributed.get_rank()}
+            return {"sum": float(gathered.sum()), "rank": dist.get_rank()}
 
-        result = run_on_rank_zero_and_broadcast(compute)
+        result = run_on_rank_zero_and_broadcast(compute, is_global_zero=rank == 0, broadcast=broadcast)
         torch.save({"gathered": gathered, "result": result, "calls": calls}, f"{out_dir}/rank{rank}.pt")
     finally:
         torch.distributed.destroy_process_group()
 
 
 @pytest.mark.slow
-def test_all_gather_variable_and_broadcast(tmp_path):
+def test_gather_variable_and_broadcast_two_processes(tmp_path):
     torch.multiprocessing.spawn(_gather_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2)
-    r0 = torch.load(tmp_path / "rank0.pt")
-    r1 = torch.load(tmp_path / "rank1.pt")
+    r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
     expected = torch.tensor([[0.0, 0.0], [1.0, 1.0], [1.0, 1.0]])
     assert torch.equal(r0["gathered"], expected) and torch.equal(r1["gathered"], expected)
     assert r0["result"] == r1["result"] == {"sum": 4.0, "rank": 0}

@@ -29,23 +29,23 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
-from lightning_topo.representations import _check_labels, sample_per_class
+from lightning_topo.scores.checks import check_choice, check_labels, check_real, check_seed
 from lightning_topo.scores.presets import PSFPreset, get_preset
-from lightning_topo.topology import persistence_diagrams, persistence_entropy, total_persistence
+from lightning_topo.scores.sampling import sample_per_class
+from lightning_topo.topology import persistence_diagrams
 from lightning_topo.topology._checks import check_points
+from lightning_topo.topology.diagrams import BACKENDS
 
 __all__ = [
     "psf",
     "psf_per_class",
     "psf_from_diagrams",
     "class_diagrams",
-    "persistence_summary",
-    "PersistenceSummary",
+    "prepare_classes",
     "PSFLoss",
 ]
 
@@ -82,17 +82,33 @@ def psf_from_diagrams(diagrams: Sequence[Tensor]) -> Tensor:
     return ((s32 + s22) / 2) / pairs.shape[0]
 
 
-def _prepare(
+def prepare_classes(
     points: Tensor,
     labels: Tensor,
-    preset: str | PSFPreset | None,
-    sampling: str | None,
-    max_points_per_class: int | None,
-    bandwidth: float | None,
-    seed: int,
-) -> tuple[Tensor, Tensor, list[int]]:
+    *,
+    preset: str | PSFPreset | None = "default",
+    sampling: str | None = None,
+    max_points_per_class: int | None = None,
+    bandwidth: float | None = None,
+    seed: int = 0,
+) -> tuple[Tensor, Tensor]:
+    """Check a labelled cloud and sample each class as the preset says (the first step of PSF).
+
+    Args:
+        points: ``(n, d)`` float32/float64, finite.
+        labels: ``(n,)`` integer labels, at least 2 distinct values.
+        preset, sampling, max_points_per_class, bandwidth, seed: as :func:`psf`.
+
+    Returns:
+        ``(points, labels)`` after sampling; every class has at least 2 points.
+
+    Raises:
+        TypeError / ValueError: bad points, labels or argument (the message names it), fewer
+            than 2 classes, or a class with fewer than 2 points.
+    """
     points = check_points(points, "points")
-    labels = _check_labels(labels, points.shape[0], "labels")
+    labels = check_labels(labels, points.shape[0], "labels")
+    seed = check_seed(seed)
     settings = get_preset(preset).override(
         sampling=sampling, max_points_per_class=max_points_per_class, bandwidth=bandwidth
     )
@@ -117,7 +133,7 @@ def _prepare(
             f"labels: every class needs at least 2 points for a persistence diagram; got {small} "
             "(class: count). Use more data (max_batches, max_points_per_class) or drop these classes"
         )
-    return points, labels, classes
+    return points, labels
 
 
 def class_diagrams(
@@ -125,7 +141,7 @@ def class_diagrams(
     labels: Tensor,
     *,
     max_dim: int = 1,
-    backend: str = "auto",
+    backend: str = "torch",
 ) -> dict[int, list[Tensor]]:
     """Finite persistence diagrams of each class's point cloud (no sampling, no checks on classes).
 
@@ -154,14 +170,22 @@ def psf_per_class(
     max_points_per_class: int | None = None,
     bandwidth: float | None = None,
     seed: int = 0,
-    backend: str = "auto",
+    backend: str = "torch",
 ) -> Tensor:
     """``psf_c`` for every class (see :func:`psf`).
 
     Returns:
         ``(C,)`` tensor, one entry per distinct label in ascending label order.
     """
-    points, labels, _ = _prepare(points, labels, preset, sampling, max_points_per_class, bandwidth, seed)
+    points, labels = prepare_classes(
+        points,
+        labels,
+        preset=preset,
+        sampling=sampling,
+        max_points_per_class=max_points_per_class,
+        bandwidth=bandwidth,
+        seed=seed,
+    )
     diagrams = class_diagrams(points, labels, max_dim=1, backend=backend)
     return torch.stack([psf_from_diagrams(d) for d in diagrams.values()])
 
@@ -175,7 +199,7 @@ def psf(
     max_points_per_class: int | None = None,
     bandwidth: float | None = None,
     seed: int = 0,
-    backend: str = "auto",
+    backend: str = "torch",
 ) -> Tensor:
     """BERTops' persistence scoring function: the mean over classes of ``psf_c``.
 
@@ -187,18 +211,23 @@ def psf(
             resample to 5,000 when a class has more), or a :class:`PSFPreset`. Only its sampling
             fields are used here (layer and pooling matter when collecting hidden states).
         sampling: override the preset's rule: ``"random"``, ``"kde"`` or ``"none"``.
-        max_points_per_class: override the preset's cap (``None``: the preset's).
-        bandwidth: override the KDE bandwidth.
-        seed: sampling seed (the same seed gives the same score).
-        backend: persistence backend (``"auto"``, ``"torch"``, ``"torchph"``).
+        max_points_per_class: override the preset's cap, an int >= 2 (``None``: the preset's;
+            ``sampling="none"`` keeps every point).
+        bandwidth: override the KDE bandwidth (finite, > 0).
+        seed: sampling seed, an int >= 0 (the same seed gives the same score; ``None`` is
+            refused so that every score is reproducible).
+        backend: persistence backend, see :func:`~lightning_topo.topology.persistence_diagrams`
+            (default ``"torch"``: MST for H0, giotto-ph generators for H1).
 
     Returns:
         0-d tensor in ``points``' dtype, differentiable w.r.t. ``points``.
 
     Raises:
-        TypeError: ``points`` not a float tensor or ``labels`` not an integer tensor.
+        TypeError: ``points`` not a float tensor, ``labels`` not an integer tensor, or an
+            argument of the wrong type (``max_points_per_class=2.5``, ``seed=None``).
         ValueError: bad shapes, ``len(labels) != len(points)``, NaN/inf, fewer than 2 classes, a
-            class with fewer than 2 points, or an unknown preset/sampling.
+            class with fewer than 2 points, or an unknown preset/sampling or a bad value
+            (``bandwidth=nan``).
     """
     return psf_per_class(
         points,
@@ -212,70 +241,18 @@ def psf(
     ).mean()
 
 
-@dataclass
-class PersistenceSummary:
-    """Everything the monitor logs about one point cloud, from one set of diagrams.
-
-    Attributes:
-        psf: 0-d tensor, mean of ``psf_per_class``.
-        psf_per_class: ``{class: 0-d tensor}``.
-        total_persistence: ``{dim: 0-d tensor}``, mean over classes of ``Σ (d − b)`` of the raw
-            (unnormalised) class diagrams.
-        entropy: ``{dim: 0-d tensor}``, mean over classes of the persistence entropy.
-        diagrams: ``{class: [H0, H1]}`` raw diagrams ``(m, 2)``.
-        num_points: ``{class: points used}``.
-    """
-
-    psf: Tensor
-    psf_per_class: dict[int, Tensor]
-    total_persistence: dict[int, Tensor] = field(default_factory=dict)
-    entropy: dict[int, Tensor] = field(default_factory=dict)
-    diagrams: dict[int, list[Tensor]] = field(default_factory=dict)
-    num_points: dict[int, int] = field(default_factory=dict)
-
-
-def persistence_summary(
-    points: Tensor,
-    labels: Tensor,
-    *,
-    homology_dims: Sequence[int] = (0, 1),
-    preset: str | PSFPreset | None = "default",
-    sampling: str | None = None,
-    max_points_per_class: int | None = None,
-    bandwidth: float | None = None,
-    seed: int = 0,
-    backend: str = "auto",
-) -> PersistenceSummary:
-    """PSF, per-class PSF and per-dimension total persistence / entropy from one diagram pass.
-
-    Arguments as :func:`psf`; ``homology_dims`` (subset of ``{0, 1}``) selects the dimensions
-    whose total persistence (``p = 1``) and persistence entropy are averaged over classes.
-    """
-    dims = sorted({int(d) for d in homology_dims})
-    if any(d not in (0, 1) for d in dims):
-        raise ValueError(f"homology_dims must be a subset of (0, 1); got {tuple(homology_dims)}")
-    points, labels, _ = _prepare(points, labels, preset, sampling, max_points_per_class, bandwidth, seed)
-    diagrams = class_diagrams(points, labels, max_dim=1, backend=backend)
-    per_class = {c: psf_from_diagrams(d) for c, d in diagrams.items()}
-    return PersistenceSummary(
-        psf=torch.stack(list(per_class.values())).mean(),
-        psf_per_class=per_class,
-        total_persistence={
-            k: torch.stack([total_persistence(d[k]) for d in diagrams.values()]).mean() for k in dims
-        },
-        entropy={k: torch.stack([persistence_entropy(d[k]) for d in diagrams.values()]).mean() for k in dims},
-        diagrams=diagrams,
-        num_points={int(c): int((labels == c).sum()) for c in diagrams},
-    )
-
-
 class PSFLoss(nn.Module):
     """PSF as an auxiliary loss term: ``weight * psf`` (``mode="min"``) or ``-weight * psf`` (``"max"``).
 
     Args:
-        weight: non-negative multiplier.
-        mode: ``"max"`` to push PSF up, ``"min"`` to push it down.
-        preset, sampling, max_points_per_class, bandwidth, seed, backend: as :func:`psf`.
+        weight: finite multiplier >= 0 (default 1.0); the direction is set by ``mode``.
+        mode: ``"max"`` (default) to push PSF up, ``"min"`` to push it down.
+        preset, sampling, max_points_per_class, bandwidth, seed, backend: as :func:`psf`;
+            all are validated here, at construction.
+
+    Raises:
+        TypeError / ValueError: a bad argument (``weight=nan``, ``weight="0.1"``, ...); the
+            message names it.
 
     Example::
 
@@ -296,35 +273,24 @@ class PSFLoss(nn.Module):
         max_points_per_class: int | None = None,
         bandwidth: float | None = None,
         seed: int = 0,
-        backend: str = "auto",
+        backend: str = "torch",
     ) -> None:
         super().__init__()
-        if mode not in ("max", "min"):
-            raise ValueError(f"mode must be 'max' (maximise PSF) or 'min' (minimise PSF); got {mode!r}")
-        if weight < 0:
-            raise ValueError(f"weight must be >= 0 (use mode to pick the direction); got {weight}")
-        get_preset(preset)
-        self.weight = float(weight)
+        check_choice(mode, "mode", ("max", "min"))
+        self.weight = check_real(weight, "weight", minimum=0.0)
         self.mode = mode
+        # resolve once: a bad preset, sampling, cap, bandwidth, seed or backend fails here, not
+        # at the first training step
+        self.settings = get_preset(preset).override(
+            sampling=sampling, max_points_per_class=max_points_per_class, bandwidth=bandwidth
+        )
         self.preset = preset
-        self.sampling = sampling
-        self.max_points_per_class = max_points_per_class
-        self.bandwidth = bandwidth
-        self.seed = seed
-        self.backend = backend
+        self.seed = check_seed(seed)
+        self.backend = check_choice(backend, "backend", BACKENDS)
 
     def forward(self, points: Tensor, labels: Tensor) -> Tensor:
         """``points: (n, d)``, ``labels: (n,)`` -> 0-d loss tensor."""
-        value = psf(
-            points,
-            labels,
-            preset=self.preset,
-            sampling=self.sampling,
-            max_points_per_class=self.max_points_per_class,
-            bandwidth=self.bandwidth,
-            seed=self.seed,
-            backend=self.backend,
-        )
+        value = psf(points, labels, preset=self.settings, seed=self.seed, backend=self.backend)
         sign = -1.0 if self.mode == "max" else 1.0
         return sign * self.weight * value
 

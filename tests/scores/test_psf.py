@@ -143,6 +143,73 @@ def test_psf_loss_sign_and_weight():
         PSFLoss(weight=-1)
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"weight": float("nan")}, ValueError, "weight must be a finite number >= 0.0; got nan"),
+        ({"weight": float("inf")}, ValueError, "weight must be a finite number"),
+        ({"weight": "0.1"}, TypeError, "weight must be a finite number >= 0.0; got '0.1' \\(str\\)"),
+        ({"weight": None}, TypeError, "weight"),
+        ({"weight": True}, TypeError, "weight"),
+        ({"bandwidth": float("nan")}, ValueError, "bandwidth must be a finite number > 0.0; got nan"),
+        ({"bandwidth": 0.0}, ValueError, "bandwidth"),
+        ({"seed": None}, TypeError, "seed must be an int >= 0; got None"),
+        ({"seed": 1.5}, TypeError, "seed"),
+        (
+            {"max_points_per_class": 2.5},
+            TypeError,
+            "max_points_per_class must be an int >= 2 or None; got 2.5",
+        ),
+        ({"sampling": "fps"}, ValueError, "sampling must be one of"),
+        ({"preset": "paper"}, ValueError, "preset must be one of"),
+        ({"backend": "gpu"}, ValueError, "backend must be one of"),
+        ({"mode": "up"}, ValueError, "mode must be one of"),
+    ],
+)
+def test_psf_loss_refuses_bad_arguments_at_construction(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        PSFLoss(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        (
+            {"max_points_per_class": 2.5},
+            TypeError,
+            "max_points_per_class must be an int >= 2 or None; got 2.5",
+        ),
+        ({"max_points_per_class": 2.0}, TypeError, "max_points_per_class"),
+        (
+            {"bandwidth": float("nan"), "sampling": "kde"},
+            ValueError,
+            "bandwidth must be a finite number > 0.0",
+        ),
+        ({"bandwidth": "1"}, TypeError, "bandwidth"),
+        ({"seed": None}, TypeError, "seed must be an int >= 0; got None"),
+        ({"seed": -1}, ValueError, "seed must be an int >= 0; got -1"),
+    ],
+)
+def test_psf_refuses_bad_arguments(kwargs, error, match):
+    points, labels = _cloud(8, 20, 3, 2)
+    with pytest.raises(error, match=match):
+        psf(points, labels, **kwargs)
+
+
+def test_preset_fields_are_validated():
+    from lightning_topo.scores import PSFPreset
+
+    with pytest.raises(ValueError, match="pooling"):
+        PSFPreset(pooling="max")
+    with pytest.raises(TypeError, match="layer must be an int"):
+        PSFPreset(layer=1.7)
+    with pytest.raises(ValueError, match="bandwidth"):
+        get_preset("bertops").override(bandwidth=float("nan"))
+    with pytest.raises(ValueError, match="split"):
+        PSFPreset(split="test")
+    assert not hasattr(PSFPreset(), "max_dim")  # PSF always uses H0 and H1
+
+
 def test_bad_inputs():
     points, labels = _cloud(8, 20, 3, 2)
     with pytest.raises(ValueError, match="at least 2 classes"):
@@ -162,7 +229,7 @@ def test_bad_inputs():
         psf(points, labels.double())
     with pytest.raises(ValueError, match="preset"):
         psf(points, labels, preset="fast")
-    with pytest.raises(ValueError, match="sampling"):
+    with pytest.raises(ValueError, match="sampling must be one of"):
         psf(points, labels, sampling="stratified", max_points_per_class=4)
     with pytest.raises(ValueError, match="max_points_per_class"):
         psf(points, labels, max_points_per_class=1)

@@ -1,0 +1,145 @@
+"""Per-class sampling of labelled point clouds (a leaf module: imports only torch and numpy).
+
+Both :mod:`lightning_topo.scores.psf` (sampling inside a score) and
+:mod:`lightning_topo.representations` (one subsample shared by every collected layer) use these
+functions, so the rule is written once.
+
+Order independence (**choice**): before sampling, the points are put in a canonical order
+(lexicographic in their coordinates), so a sample depends only on the *set* of points and the
+seed, not on the dataloader order or on how DDP ranks split the data.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from lightning_topo.scores.checks import check_choice, check_int, check_labels, check_real, check_seed
+
+__all__ = [
+    "SAMPLING_METHODS",
+    "canonical_order",
+    "check_max_points_per_class",
+    "sample_per_class",
+    "subsample_indices",
+]
+
+#: Per-class sampling rules: ``"random"`` (subsample without replacement), ``"kde"``
+#: (Gaussian KDE resample: random points plus ``N(0, bandwidth^2)`` noise, as
+#: ``sklearn.neighbors.KernelDensity(bandwidth).sample``), ``"none"`` (keep every point).
+SAMPLING_METHODS: tuple[str, ...] = ("random", "kde", "none")
+
+
+def check_max_points_per_class(value: object, name: str = "max_points_per_class") -> int | None:
+    """A per-class cap: an int ``>= 2`` (a persistence diagram needs 2 points) or ``None`` (no cap)."""
+    return check_int(value, name, minimum=2, allow_none=True)
+
+
+def canonical_order(points: Tensor) -> Tensor:
+    """Row permutation ``(n,)`` sorting ``points`` ``(n, d)`` lexicographically (column 0 first).
+
+    Used so that sampling does not depend on the order the points arrived in. NaN rows sort
+    last (numpy's rule); the result is on ``points.device``.
+    """
+    x = points.detach().to("cpu", torch.float64).numpy()
+    if x.shape[0] <= 1:
+        return torch.arange(x.shape[0], device=points.device)
+    order = np.lexsort(x.T[::-1])
+    return torch.from_numpy(order.astype(np.int64)).to(points.device)
+
+
+def subsample_indices(labels: Tensor, key: Tensor, max_points_per_class: int, seed: int) -> Tensor:
+    """Row indices of a seeded per-class random subsample, into the original row order.
+
+    Args:
+        labels: ``(n,)`` integer labels.
+        key: ``(n, d)`` points that define the canonical order (e.g. the deepest collected
+            layer), so every layer sampled with these indices keeps the same examples.
+        max_points_per_class: keep at most this many rows of each class.
+        seed: seed of the sampling generator.
+
+    Returns:
+        ``(m,)`` int64 indices on the CPU, grouped by class in ascending label order.
+    """
+    cap = check_max_points_per_class(max_points_per_class)
+    labels = check_labels(labels, key.shape[0])
+    order = canonical_order(key).cpu()
+    labels_sorted = labels[order.to(labels.device)].cpu()
+    gen = torch.Generator(device="cpu").manual_seed(check_seed(seed))
+    keep: list[Tensor] = []
+    for c in torch.unique(labels_sorted).tolist():
+        idx = torch.nonzero(labels_sorted == c, as_tuple=False).flatten()
+        if cap is not None and idx.numel() > cap:
+            pick = torch.sort(torch.randperm(idx.numel(), generator=gen)[:cap]).values
+            idx = idx[pick]
+        keep.append(idx)
+    return order[torch.cat(keep)]
+
+
+def _draw(points: Tensor, idx: Tensor, k: int, method: str, bandwidth: float, gen: torch.Generator) -> Tensor:
+    """``k`` rows of class ``idx``: a subsample (``"random"``) or a Gaussian KDE resample (``"kde"``)."""
+    if method == "random":
+        pick = torch.sort(torch.randperm(idx.numel(), generator=gen)[:k]).values
+        return points[idx[pick].to(points.device)]
+    pick = torch.randint(0, idx.numel(), (k,), generator=gen)
+    noise = torch.randn(k, points.shape[1], generator=gen, dtype=torch.float64)
+    return points[idx[pick].to(points.device)] + (bandwidth * noise).to(points.device, points.dtype)
+
+
+def sample_per_class(
+    points: Tensor,
+    labels: Tensor,
+    max_points_per_class: int | None,
+    *,
+    method: str = "random",
+    bandwidth: float = 1.0,
+    seed: int = 0,
+) -> tuple[Tensor, Tensor]:
+    """Cap the number of points of every class (seeded, differentiable w.r.t. ``points``).
+
+    Classes with at most ``max_points_per_class`` points are kept whole. Larger classes are
+    either subsampled without replacement (``method="random"``) or resampled from a Gaussian
+    kernel density estimate (``method="kde"``: ``max_points_per_class`` points drawn with
+    replacement plus ``N(0, bandwidth^2 I)`` noise, what
+    ``sklearn.neighbors.KernelDensity(kernel="gaussian", bandwidth=bandwidth).sample`` does;
+    BERTops' rule). ``method="none"`` keeps every point. Points are put in
+    :func:`canonical_order` first, so the result depends on the point set and ``seed`` only.
+
+    Args:
+        points: ``(n, d)`` float tensor.
+        labels: ``(n,)`` integer labels.
+        max_points_per_class: cap per class, an int >= 2 (``None``: no cap).
+        method: ``"random"``, ``"kde"`` or ``"none"``.
+        bandwidth: KDE noise standard deviation (finite, > 0; used by ``method="kde"``).
+        seed: seed of the sampling generator (int >= 0).
+
+    Returns:
+        ``(points, labels)``: the inputs unchanged when no class exceeds the cap, else the
+        sampled points grouped by class in ascending label order.
+
+    Raises:
+        TypeError / ValueError: a bad argument (the message names it).
+    """
+    check_choice(method, "sampling", SAMPLING_METHODS)
+    cap = check_max_points_per_class(max_points_per_class)
+    bandwidth = check_real(bandwidth, "bandwidth", minimum=0.0, strict=True)  # type: ignore[assignment]
+    seed = check_seed(seed)
+    labels = check_labels(labels, points.shape[0])
+    if method == "none" or cap is None or int(torch.unique(labels, return_counts=True)[1].max()) <= cap:
+        return points, labels
+    order = canonical_order(points)
+    points, labels = points[order], labels[order]
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    out_points: list[Tensor] = []
+    out_labels: list[Tensor] = []
+    labels_cpu = labels.cpu()
+    for c in torch.unique(labels_cpu).tolist():
+        idx = torch.nonzero(labels_cpu == c, as_tuple=False).flatten()
+        if idx.numel() > cap:
+            sel = _draw(points, idx, cap, method, bandwidth, gen)
+        else:
+            sel = points[idx.to(points.device)]
+        out_points.append(sel)
+        out_labels.append(torch.full((sel.shape[0],), int(c), dtype=torch.long, device=labels.device))
+    return torch.cat(out_points), torch.cat(out_labels)
