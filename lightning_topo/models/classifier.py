@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import lightning.pytorch as pl
 import torch
@@ -16,12 +16,30 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 from lightning_topo.encoding import EncodedBatch, encode_hf_model, model_inputs
 from lightning_topo.models.embedded import resolve_model_path
 
-__all__ = ["SequenceClassifier", "AuxiliaryLoss"]
+__all__ = ["SequenceClassifier", "AuxiliaryLoss", "linear_warmup_decay"]
 
 #: Signature of an auxiliary loss: ``fn(encoded, batch) -> scalar tensor``.
 AuxiliaryLoss = Callable[[EncodedBatch, Mapping[str, Any]], Tensor]
 
-_NO_DECAY = ("bias", "LayerNorm.weight", "LayerNorm.bias", "layer_norm.weight", "layer_norm.bias", "norm.weight")
+_NO_DECAY = (
+    "bias",
+    "LayerNorm.weight",
+    "LayerNorm.bias",
+    "layer_norm.weight",
+    "layer_norm.bias",
+    "norm.weight",
+)
+
+
+def linear_warmup_decay(step: int, warmup: int, total: int) -> float:
+    """Learning-rate factor at optimizer step ``step`` (0-based) of ``total``.
+
+    Linear warmup ``(step + 1) / (warmup + 1)`` for the first ``warmup`` steps, then linear decay
+    ``(total - step) / (total - warmup)`` to 0 at ``step = total``; never negative.
+    """
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    return max(0.0, (total - step) / max(1, total - warmup))
 
 
 class SequenceClassifier(pl.LightningModule):
@@ -31,7 +49,9 @@ class SequenceClassifier(pl.LightningModule):
     ``BertForSequenceClassification``); callbacks may change it in place (e.g. pruning), and
     :meth:`configure_optimizers` always builds from the *current* parameters, so
     ``trainer.strategy.setup_optimizers(trainer)`` after such a change gives a fresh AdamW whose
-    learning-rate schedule continues from ``trainer.global_step``.
+    learning-rate schedule continues from ``trainer.global_step``, also after resuming from a
+    checkpoint saved after the change (the checkpoint holds the changed shapes, see
+    :attr:`restores_shapes_on_load`).
 
     Logged metrics: ``train/loss`` (the total loss, step and epoch), ``train/ce`` (the
     cross-entropy, only when auxiliary losses are registered), ``train/aux/{name}`` (each
@@ -51,12 +71,20 @@ class SequenceClassifier(pl.LightningModule):
         adam_epsilon: AdamW epsilon. Default ``1e-8``.
         classifier_dropout: dropout before the head; ``None`` keeps the checkpoint's setting.
 
+    Attributes:
+        restores_shapes_on_load: ``True``: :meth:`on_load_checkpoint` rebuilds ``self.model`` from
+            the Hugging Face config stored in the checkpoint when the weights' shapes differ, so
+            a run whose model was shrunk in place (``TopologicalPruning``) can be resumed or
+            reloaded. Callbacks that change shapes read this to warn about modules that cannot.
+
     Example::
 
         model = SequenceClassifier(num_labels=2)              # embedded MiniLM
         enc = model.encode(batch)                             # EncodedBatch: hidden states + logits
         model.register_auxiliary_loss("psf", lambda enc, batch: psf_loss(enc), weight=0.1)
     """
+
+    restores_shapes_on_load: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -159,7 +187,9 @@ class SequenceClassifier(pl.LightningModule):
         if not name or "/" in name:
             raise ValueError(f"auxiliary loss name must be non-empty and have no '/'; got {name!r}")
         if name in self._aux_losses:
-            raise ValueError(f"auxiliary loss {name!r} is already registered; remove_auxiliary_loss({name!r}) first")
+            raise ValueError(
+                f"auxiliary loss {name!r} is already registered; remove_auxiliary_loss({name!r}) first"
+            )
         if not callable(fn):
             raise TypeError(f"fn must be callable as fn(encoded, batch) -> Tensor; got {type(fn).__name__}")
         if isinstance(fn, nn.Module):
@@ -189,7 +219,9 @@ class SequenceClassifier(pl.LightningModule):
         labels = self._labels(batch, "training")
         if not self._aux_losses:
             loss = F.cross_entropy(self(batch), labels)
-            self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=labels.numel())
+            self.log(
+                "train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=labels.numel()
+            )
             return loss
         encoded = self.encode(batch)
         ce = F.cross_entropy(encoded.logits, labels)
@@ -216,7 +248,9 @@ class SequenceClassifier(pl.LightningModule):
     def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         self._eval_step(batch, "test", self.test_metrics)
 
-    def predict_step(self, batch: Mapping[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
+    def predict_step(
+        self, batch: Mapping[str, Any], batch_idx: int, dataloader_idx: int = 0
+    ) -> dict[str, Tensor]:
         """``{"logits": (batch, C), "probs": (batch, C), "preds": (batch,)}`` (+ ``labels`` if given)."""
         logits = self(batch)
         out = {"logits": logits, "probs": logits.softmax(-1), "preds": logits.argmax(-1)}
@@ -242,42 +276,50 @@ class SequenceClassifier(pl.LightningModule):
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> Any:
-        """AdamW over the current trainable parameters + linear warmup/decay per step.
+        """AdamW over the current trainable parameters + a per-step :func:`linear_warmup_decay`.
 
-        Built from ``self.named_parameters()`` at call time, so it can be called again after
-        the model was changed in place; the schedule continues from ``trainer.global_step``.
+        Built from ``self.named_parameters()`` at call time, so it can be called again (through
+        ``trainer.strategy.setup_optimizers(trainer)``) after the model was changed in place. The
+        new scheduler starts at ``trainer.global_step``, so one schedule over
+        ``trainer.estimated_stepping_batches`` runs through such rebuilds; rebuild between steps
+        (``on_train_epoch_start`` or ``on_train_batch_start``), where the scheduler has already
+        stepped for the previous batch.
+
+        The position lives in the scheduler's own state (``last_epoch`` = global step), which
+        Lightning saves in checkpoints: on resume this method runs while ``trainer.global_step``
+        is still 0 and the restored scheduler state then puts the schedule back at the right step.
+        Without a known number of training steps (validate/test only) only the optimizer is returned.
         """
         decay, no_decay = [], []
         for name, p in self.named_parameters():
-            if not p.requires_grad:
-                continue
-            (no_decay if p.ndim < 2 or any(n in name for n in _NO_DECAY) else decay).append(p)
+            if p.requires_grad:
+                (no_decay if p.ndim < 2 or any(n in name for n in _NO_DECAY) else decay).append(p)
         groups = [
             {"params": decay, "weight_decay": self.hparams.weight_decay},
             {"params": no_decay, "weight_decay": 0.0},
         ]
         optimizer = torch.optim.AdamW(groups, lr=self.hparams.learning_rate, eps=self.hparams.adam_epsilon)
-        trainer = self._trainer
-        total = 0
-        offset = 0
-        if trainer is not None:
-            try:
-                total = int(trainer.estimated_stepping_batches)
-            except Exception:  # noqa: BLE001 - e.g. no train dataloader (validate/test only)
-                total = 0
-            offset = int(trainer.global_step)
-        if total <= 0 or total == float("inf"):
+        total = self._total_steps()
+        if total is None:
             return optimizer
         warmup = int(self.hparams.warmup_ratio * total)
-
-        def lr_lambda(step: int) -> float:
-            s = step + offset
-            if s < warmup:
-                return (s + 1) / (warmup + 1)
-            return max(0.0, (total - s) / max(1, total - warmup))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
+        start = int(self.trainer.global_step)
+        for group in optimizer.param_groups:  # lets LambdaLR start at `start` instead of 0
+            group["initial_lr"] = group["lr"]
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: linear_warmup_decay(step, warmup, total), last_epoch=start - 1
+        )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _total_steps(self) -> int | None:
+        """``trainer.estimated_stepping_batches``, or ``None`` when unknown or infinite."""
+        if self._trainer is None:
+            return None
+        try:
+            total = float(self.trainer.estimated_stepping_batches)
+        except Exception:  # noqa: BLE001 - e.g. no train dataloader (validate/test only)
+            return None
+        return int(total) if 0 < total < float("inf") else None
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -287,21 +329,22 @@ class SequenceClassifier(pl.LightningModule):
         checkpoint["hf_model_class"] = type(self.model).__name__
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Rebuild ``self.model`` from the checkpoint's HF config when its shapes differ (a pruned
+        model), and drop weights of auxiliary modules that are not registered here."""
         state = checkpoint.get("state_dict", {})
+        own = self.state_dict()
         config_dict = checkpoint.get("hf_config")
-        if config_dict is not None and self._shapes_differ(state):
+        if config_dict is not None and any(k in own and own[k].shape != v.shape for k, v in state.items()):
             from transformers import AutoConfig, AutoModelForSequenceClassification
 
             config_dict = dict(config_dict)
             model_type = config_dict.pop("model_type")
             config = AutoConfig.for_model(model_type, **config_dict)
             self.model = AutoModelForSequenceClassification.from_config(config).to(self.device)
-        extra = [k for k in state if k.startswith("auxiliary_modules.") and k not in self.state_dict()]
+        extra = [k for k in state if k.startswith("auxiliary_modules.") and k not in own]
         if extra:
-            rank_zero_warn(f"checkpoint has weights of auxiliary modules not registered here; skipping {len(extra)}")
+            rank_zero_warn(
+                f"checkpoint has weights of auxiliary modules not registered here; skipping {len(extra)}"
+            )
             for k in extra:
                 del state[k]
-
-    def _shapes_differ(self, state: Mapping[str, Tensor]) -> bool:
-        own = self.state_dict()
-        return any(k in own and own[k].shape != v.shape for k, v in state.items())

@@ -14,14 +14,20 @@ from lightning_topo.models import SequenceClassifier, TextClassificationDataModu
 @pytest.fixture
 def model(tiny_model_dir) -> SequenceClassifier:
     torch.manual_seed(0)
-    return SequenceClassifier(str(tiny_model_dir), num_labels=2, id2label={0: "neg", 1: "pos"}, learning_rate=1e-3)
+    return SequenceClassifier(
+        str(tiny_model_dir), num_labels=2, id2label={0: "neg", 1: "pos"}, learning_rate=1e-3
+    )
 
 
 @pytest.fixture
 def dm(tiny_model_dir, toy_csv) -> TextClassificationDataModule:
     return TextClassificationDataModule(
-        data_file=str(toy_csv), text_column="sentence", label_column="target",
-        tokenizer_name_or_path=str(tiny_model_dir), batch_size=16, max_length=16,
+        data_file=str(toy_csv),
+        text_column="sentence",
+        label_column="target",
+        tokenizer_name_or_path=str(tiny_model_dir),
+        batch_size=16,
+        max_length=16,
     )
 
 
@@ -77,14 +83,29 @@ def test_auxiliary_loss_is_added_and_logged(model, tiny_batch):
 def test_auxiliary_module_is_trained(model, dm, tmp_path):
     probe = nn.Linear(32, 1)
     before = probe.weight.detach().clone()
-    model.register_auxiliary_loss("probe", lambda enc, batch: probe(enc.hidden_states[1]).pow(2).mean(), weight=1.0)
+    model.register_auxiliary_loss(
+        "probe", lambda enc, batch: probe(enc.hidden_states[1]).pow(2).mean(), weight=1.0
+    )
     model.auxiliary_modules["probe"] = probe  # fn is a closure here; register the module by hand
-    trainer = pl.Trainer(max_steps=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
-                         default_root_dir=tmp_path)
+    trainer = pl.Trainer(
+        max_steps=3,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(model, dm)
     assert not torch.equal(probe.weight, before)
-    assert "train/aux/probe_step" in trainer.callback_metrics or "train/aux/probe" in trainer.callback_metrics
+    optimised = {id(p) for g in trainer.optimizers[0].param_groups for p in g["params"]}
+    assert {id(p) for p in probe.parameters()} <= optimised
+    logged = set(trainer.callback_metrics)
+    assert {"train/aux/probe_step", "train/aux/probe_epoch", "train/ce_step", "train/loss_step"} <= logged
+    total = trainer.callback_metrics["train/loss_step"]
+    ce, aux = trainer.callback_metrics["train/ce_step"], trainer.callback_metrics["train/aux/probe_step"]
+    assert float(total) == pytest.approx(float(ce) + float(aux), rel=1e-5)  # weight 1.0
 
 
 def test_configure_optimizers_rebuilds_from_current_parameters(model, dm, tmp_path):
@@ -92,8 +113,8 @@ def test_configure_optimizers_rebuilds_from_current_parameters(model, dm, tmp_pa
     from transformers.pytorch_utils import prune_linear_layer
 
     class Shrink(pl.Callback):
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            if trainer.global_step == 2:
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if trainer.global_step == 2 and pl_module.model.config.intermediate_size != 32:
                 for layer in pl_module.model.bert.encoder.layer:
                     keep = torch.arange(32)
                     layer.intermediate.dense = prune_linear_layer(layer.intermediate.dense, keep, dim=0)
@@ -101,14 +122,23 @@ def test_configure_optimizers_rebuilds_from_current_parameters(model, dm, tmp_pa
                 pl_module.model.config.intermediate_size = 32
                 trainer.strategy.setup_optimizers(trainer)
 
-    trainer = pl.Trainer(max_steps=5, logger=False, enable_progress_bar=False, enable_model_summary=False,
-                         num_sanity_val_steps=0, limit_val_batches=1, default_root_dir=tmp_path,
-                         callbacks=[Shrink()])
+    trainer = pl.Trainer(
+        max_steps=5,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=1,
+        default_root_dir=tmp_path,
+        callbacks=[Shrink()],
+    )
     trainer.fit(model, dm)
     params = {id(p) for g in trainer.optimizers[0].param_groups for p in g["params"]}
     assert {id(p) for p in model.parameters()} == params
+    # the rebuilt schedule continued at step 5 of 5 (max_steps), no new warmup: lr = 0 at the end
     sched = trainer.lr_scheduler_configs[0].scheduler
-    assert sched.get_last_lr()[0] < model.hparams.learning_rate  # schedule continued, no new warmup
+    assert sched.last_epoch == trainer.global_step == 5
+    assert sched.get_last_lr()[0] == pytest.approx(_expected_lr(model, 5, total=5))
     ckpt = tmp_path / "shrunk.ckpt"
     trainer.save_checkpoint(ckpt)
     reloaded = SequenceClassifier.load_from_checkpoint(ckpt)
@@ -117,6 +147,78 @@ def test_configure_optimizers_rebuilds_from_current_parameters(model, dm, tmp_pa
     model.eval()
     reloaded.eval()
     torch.testing.assert_close(reloaded(batch), model(batch))
+
+
+def _expected_lr(model: SequenceClassifier, step: int, total: int) -> float:
+    """Linear warmup over warmup_ratio * total steps, then linear decay to 0 (the documented schedule)."""
+    warmup = int(model.hparams.warmup_ratio * total)
+    factor = (step + 1) / (warmup + 1) if step < warmup else max(0.0, (total - step) / max(1, total - warmup))
+    return model.hparams.learning_rate * factor
+
+
+class _ShrinkAtEpoch1(pl.Callback):
+    """Halves every FFN at the start of epoch 1 and rebuilds the optimizers, as TopologicalPruning does."""
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        from transformers.pytorch_utils import prune_linear_layer
+
+        if trainer.current_epoch != 1 or pl_module.model.config.intermediate_size == 32:
+            return
+        for layer in pl_module.model.bert.encoder.layer:
+            keep = torch.arange(32)
+            layer.intermediate.dense = prune_linear_layer(layer.intermediate.dense, keep, dim=0)
+            layer.output.dense = prune_linear_layer(layer.output.dense, keep, dim=1)
+        pl_module.model.config.intermediate_size = 32
+        trainer.strategy.setup_optimizers(trainer)
+
+
+class _RecordLR(pl.Callback):
+    def __init__(self) -> None:
+        self.lr: dict[int, float] = {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.lr[trainer.global_step] = trainer.optimizers[0].param_groups[0]["lr"]
+
+
+def test_lr_after_resuming_a_pruned_run_matches_the_uninterrupted_run(tiny_model_dir, dm, tmp_path):
+    """Resumed after the rebuild epoch, every step sees the lr of the uninterrupted run."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    def trainer(record: _RecordLR, ckpt_dir=None) -> pl.Trainer:
+        callbacks = [_ShrinkAtEpoch1(), record]
+        if ckpt_dir is not None:
+            callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, filename="{epoch}", save_top_k=-1))
+        return pl.Trainer(
+            max_epochs=3,
+            limit_train_batches=4,
+            limit_val_batches=0,
+            logger=False,
+            enable_checkpointing=ckpt_dir is not None,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            default_root_dir=tmp_path,
+            callbacks=callbacks,
+        )
+
+    def new_model() -> SequenceClassifier:
+        torch.manual_seed(0)
+        return SequenceClassifier(str(tiny_model_dir), num_labels=2, learning_rate=1e-3, warmup_ratio=0.25)
+
+    full = _RecordLR()
+    model = new_model()
+    trainer(full, tmp_path / "ckpt").fit(model, dm)
+    assert sorted(full.lr) == list(range(12))
+    for step, lr in full.lr.items():  # one schedule over all 12 steps, across the rebuild at step 4
+        assert lr == pytest.approx(_expected_lr(model, step, total=12)), step
+
+    resumed = _RecordLR()
+    trainer(resumed, tmp_path / "ckpt_resumed").fit(
+        new_model(), dm, ckpt_path=tmp_path / "ckpt" / "epoch=1.ckpt"
+    )
+    assert sorted(resumed.lr) == [8, 9, 10, 11]
+    for step, lr in resumed.lr.items():
+        assert lr == pytest.approx(full.lr[step]), step
 
 
 def test_validation_step_returns_its_encoded_batch(model, dm, tmp_path):
@@ -133,9 +235,16 @@ def test_validation_step_returns_its_encoded_batch(model, dm, tmp_path):
     counting = CountingClassifier(str(model.hparams.model_name_or_path), num_labels=2)
     monitor = PersistenceScoreMonitor(plots=False, max_points_per_class=8)
     trainer = pl.Trainer(
-        max_epochs=1, limit_train_batches=1, accelerator="cpu", logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-        default_root_dir=tmp_path, callbacks=[monitor],
+        max_epochs=1,
+        limit_train_batches=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=tmp_path,
+        callbacks=[monitor],
     )
     trainer.fit(counting, datamodule=dm)
     val_batches = len(dm.val_dataloader())
