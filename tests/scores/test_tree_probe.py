@@ -303,3 +303,32 @@ def test_tree_probe_loss_checks():
         TreeProbeLoss(8, layer=5)(Enc(), {})
     value = TreeProbeLoss(8, layer=1)(Enc(), {})
     assert value.ndim == 0 and value > 0
+
+
+# ------------------------------------------------------------------------ sentence sample
+def test_word_vector_sample_is_capped_seeded_and_batch_size_free():
+    from lightning_topo.encoding import EncodedBatch
+    from lightning_topo.word_vectors import WordVectorSample
+
+    g = torch.Generator().manual_seed(0)
+    n, seq = 30, 8
+    hidden = tuple(torch.randn(n, seq, 4, generator=g) for _ in range(3))
+    lengths = torch.randint(1, seq + 1, (n,), generator=g)
+    mask = (torch.arange(seq)[None] < lengths[:, None]).long()
+
+    def run(batch_size, seed=0):
+        sample = WordVectorSample([0, 2], max_sentences=10, seed=seed)
+        for s in range(0, n, batch_size):
+            enc = EncodedBatch(tuple(h[s : s + batch_size] for h in hidden), mask[s : s + batch_size])
+            sample.add(enc, {"input_ids": torch.zeros_like(mask[s : s + batch_size])})
+        return sample.finalize()
+
+    a, b, c = run(7), run(30), run(7, seed=1)
+    assert torch.equal(a[2][0], b[2][0]) and torch.equal(a[0][1], b[0][1])
+    assert not torch.equal(a[2][0], c[2][0])
+    words, keep = a[2]
+    assert words.shape[0] == 10 and bool((keep.sum(1) >= 2).all())
+    # every kept sentence is one of the inputs, with its words in order
+    for i in range(10):
+        k = int(keep[i].sum())
+        assert any(torch.equal(words[i, :k], hidden[2][j, :k]) and int(lengths[j]) == k for j in range(n))

@@ -1,0 +1,94 @@
+"""Figures of the tree probe monitor (matplotlib's object-oriented API on an Agg canvas).
+
+Kept apart from :mod:`lightning_topo.plots` for now; the functions take the monitor's history
+(``[{"epoch", "scores": {name: float}, "monitor"}, ...]``) and write PNGs atomically.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["log_probe_to_wandb", "plot_probe_by_layer", "probe_table"]
+
+_LAYER = re.compile(r"/layer_(\d+)$")
+
+
+def _layer_series(record: Mapping[str, Any], prefix: str, kind: str) -> tuple[list[int], list[float]]:
+    points = []
+    for name, value in record["scores"].items():
+        match = _LAYER.search(name)
+        if match and name.startswith(f"{prefix}/{kind}/"):
+            points.append((int(match.group(1)), float(value)))
+    points.sort()
+    return [p[0] for p in points], [p[1] for p in points]
+
+
+def plot_probe_by_layer(
+    history: Sequence[Mapping[str, Any]], kinds: Sequence[str], path: str | Path, prefix: str = "probe"
+) -> Path:
+    """One panel per target rule (ssp, essp, sp): held-out probe loss against the layer, one line
+    per measured epoch (light = early, dark = late). Written atomically to ``path``."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    kinds = list(kinds) or ["ssp"]
+    fig = Figure(figsize=(4.2 * len(kinds), 3.6), dpi=100)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(kinds), squeeze=False)[0]
+    count = max(1, len(history))
+    for ax, kind in zip(axes, kinds, strict=True):
+        for i, record in enumerate(history):
+            layers, values = _layer_series(record, prefix, kind)
+            if not layers:
+                continue
+            shade = 0.25 + 0.75 * (i + 1) / count
+            ax.plot(
+                layers, values, marker="o", color=(0.1, 0.3, 0.8, shade), label=f"epoch {record['epoch']}"
+            )
+        ax.set_xlabel("layer (0 = embeddings)")
+        ax.set_ylabel("held-out probe loss (MSE)")
+        ax.set_title(kind)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    fig.suptitle("tree topological probe per layer")
+    return _save(fig, Path(path))
+
+
+def probe_table(history: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[list[Any]]]:
+    """Columns and rows (one per measured epoch) of the history, for a ``wandb.Table``."""
+    names: list[str] = []
+    for record in history:
+        names.extend(n for n in record["scores"] if n not in names)
+    columns = ["epoch", *names, "monitor"]
+    rows = [
+        [int(r["epoch"]), *[r["scores"].get(n, math.nan) for n in names], r.get("monitor")] for r in history
+    ]
+    return columns, rows
+
+
+def log_probe_to_wandb(
+    logger: Any, path: Path, history: Sequence[Mapping[str, Any]], prefix: str = "probe"
+) -> None:
+    """Log the figure as ``{prefix}/plots/by_layer`` and the history as ``{prefix}/history``."""
+    import wandb
+
+    columns, rows = probe_table(history)
+    logger.experiment.log(
+        {
+            f"{prefix}/plots/by_layer": wandb.Image(str(path)),
+            f"{prefix}/history": wandb.Table(columns=columns, data=rows),
+        }
+    )
+
+
+def _save(fig: Any, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
+    fig.savefig(tmp, format="png", bbox_inches="tight")
+    os.replace(tmp, path)
+    return path
