@@ -43,8 +43,9 @@ class TopoLightningCLI(LightningCLI):
             "--torch_threads",
             type=int | None,
             default=None,
-            help="torch.set_num_threads before anything runs (default: torch's choice). On a busy shared "
-            "CPU machine 1 thread can be several times faster than an oversubscribed 2.",
+            help="torch.set_num_threads before anything runs (default: null = torch's own setting, all "
+            "cores). On a CPU machine shared with other jobs 1 thread can be several times faster than "
+            "oversubscribed cores.",
         )
         parser.link_arguments("model.model_name_or_path", "data.tokenizer_name_or_path", apply_on="parse")
         parser.link_arguments("data.num_classes", "model.num_labels", apply_on="instantiate")
