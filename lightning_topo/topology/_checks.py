@@ -1,9 +1,17 @@
-"""Input validation shared by the topology functions (private)."""
+"""Input validation shared by the topology functions.
+
+:func:`check_points` is public (exported by :mod:`lightning_topo.topology`) so that callers
+such as the scores validate a point cloud with the very same rules and messages.
+"""
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
+
+__all__ = ["check_points", "check_distance_matrix", "check_float_tensor", "check_finite", "max_abs"]
 
 
 def check_float_tensor(x: object, name: str) -> Tensor:
@@ -21,9 +29,7 @@ def check_float_tensor(x: object, name: str) -> Tensor:
 
 def check_finite(x: Tensor, name: str) -> None:
     """Raise ``ValueError`` if ``x`` has NaN or infinite entries."""
-    # one reduction: a finite sum proves every entry finite (NaN/inf propagate); only when
-    # the sum is not finite (bad entries, or overflow) do the exact elementwise check
-    if bool(torch.isfinite(x.detach().sum())) or bool(torch.isfinite(x).all()):
+    if bool(torch.isfinite(x).all()):
         return
     n_nan = int(torch.isnan(x).sum())
     n_inf = int(torch.isinf(x).sum())
@@ -33,11 +39,28 @@ def check_finite(x: Tensor, name: str) -> None:
     )
 
 
-def check_points(points: object, name: str = "points", *, finite: bool = True) -> Tensor:
-    """Validate a point cloud ``(n, d)``: float dtype, 2-D, n >= 2, d >= 1, finite.
+def max_abs(x: Tensor, name: str) -> float:
+    """Largest ``|x|`` entry (one pass, no temporary); raises ``ValueError`` on NaN/inf entries."""
+    value = float(torch.linalg.vector_norm(x.detach(), ord=math.inf))
+    if not math.isfinite(value):  # NaN and inf propagate into the max
+        check_finite(x, name)
+    return value
 
-    ``finite=False`` skips the value check (for callers that detect NaN/inf more cheaply
-    later and then call :func:`check_finite`).
+
+def check_points(points: object, name: str = "points", *, finite: bool = True) -> Tensor:
+    """Validate a point cloud ``(n, d)``: float32/float64 tensor, 2-D, ``n >= 2``, ``d >= 1``, finite.
+
+    Args:
+        points: the candidate point cloud.
+        name: argument name used in the error messages.
+        finite: check for NaN/inf entries (``False`` for callers that check later, more cheaply).
+
+    Returns:
+        ``points`` itself (no copy).
+
+    Raises:
+        TypeError: not a tensor, or not float32/float64.
+        ValueError: not 2-D, fewer than 2 points, no coordinates, or NaN/inf entries.
     """
     points = check_float_tensor(points, name)
     if points.dim() != 2:
@@ -48,12 +71,38 @@ def check_points(points: object, name: str = "points", *, finite: bool = True) -
     if d < 1:
         raise ValueError(f"{name} must have at least 1 coordinate per point; got shape {tuple(points.shape)}")
     if finite:
-        check_finite(points, name)
+        max_abs(points, name)
     return points
 
 
+def symmetry_tolerance(dtype: torch.dtype, largest: float) -> float:
+    """Rounding allowed in a distance matrix's symmetry and diagonal: ``16 sqrt(eps) max|D|``.
+
+    A matrix computed by a GEMM (e.g. ``torch.cdist``) has a diagonal of about
+    ``sqrt(eps) |x|`` instead of 0; this keeps such matrices while refusing real asymmetry.
+    """
+    return 16.0 * math.sqrt(torch.finfo(dtype).eps) * largest
+
+
+def _largest_asymmetry(distances: Tensor, block: int = 1024) -> float:
+    """``max |D - D^T|`` in blocks of rows (never an n x n temporary)."""
+    worst = 0.0
+    for start in range(0, distances.shape[0], block):
+        rows = distances[start : start + block]
+        cols = distances[:, start : start + block].T
+        worst = max(worst, float((rows - cols).abs().max()))
+    return worst
+
+
 def check_distance_matrix(distances: object, name: str = "distances") -> Tensor:
-    """Validate a distance matrix ``(n, n)``: float dtype, square, n >= 2, finite, non-negative."""
+    """Validate a distance matrix ``(n, n)``: float32/float64, ``n >= 2``, finite, non-negative,
+    symmetric and zero on the diagonal up to rounding (see :func:`symmetry_tolerance`).
+
+    Raises:
+        TypeError: not a tensor, or not float32/float64.
+        ValueError: not square, fewer than 2 points, NaN/inf, negative, asymmetric or a
+            non-zero diagonal.
+    """
     distances = check_float_tensor(distances, name)
     if distances.dim() != 2 or distances.shape[0] != distances.shape[1]:
         raise ValueError(
@@ -62,10 +111,26 @@ def check_distance_matrix(distances: object, name: str = "distances") -> Tensor:
     n = distances.shape[0]
     if n < 2:
         raise ValueError(f"{name} needs at least 2 points to have a persistence diagram; got n={n}")
-    check_finite(distances, name)
-    smallest = float(distances.detach().min())
+    d = distances.detach()
+    largest = max_abs(d, name)
+    smallest = float(d.min())
     if smallest < 0:
         raise ValueError(f"{name} must be non-negative; got a minimum of {smallest}")
+    tol = symmetry_tolerance(d.dtype, largest)
+    diagonal = float(d.diagonal().max())
+    if diagonal > tol:
+        raise ValueError(
+            f"{name} must have a zero diagonal (a point is at distance 0 from itself); got a "
+            f"diagonal entry of {diagonal:.6g} (allowed rounding {tol:.3g}). Set it with "
+            f"{name}.fill_diagonal_(0) if it is a distance matrix, or pass the points instead"
+        )
+    asym = _largest_asymmetry(d)
+    if asym > tol:
+        raise ValueError(
+            f"{name} must be symmetric (D[i, j] == D[j, i]); got |D - D.T| up to {asym:.6g} "
+            f"(allowed rounding {tol:.3g}). Symmetrise it, e.g. ({name} + {name}.T) / 2, if the "
+            "asymmetry is noise, or pass the points instead"
+        )
     return distances
 
 

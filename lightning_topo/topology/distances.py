@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
-from lightning_topo.topology._checks import check_points
+from lightning_topo.topology import _memory
+from lightning_topo.topology._checks import check_points, max_abs
+
+# points whose largest |coordinate| lies in [2^-32, 2^32] are used as they are: their squared
+# distances (at most 16 * 2^64 * d) and the float32 copy handed to giotto-ph cannot overflow,
+# and the GEMM's rounding (~eps |x|^2) stays above float32's smallest normal number
+_SAFE_LOW, _SAFE_HIGH = 2.0**-32, 2.0**32
 
 
 def safe_sqrt(x: Tensor) -> Tensor:
@@ -33,14 +41,27 @@ def squared_distances(points: Tensor) -> Tensor:
     return d2.masked_fill(eye, 0.0)
 
 
-def ranking_matrix(points: Tensor) -> tuple[Tensor, Tensor]:
-    """Detached squared distances ``(n, n)`` and row norms ``(n,)`` (internal, no autograd).
+def range_scale(largest: float, low: float = _SAFE_LOW, high: float = _SAFE_HIGH) -> float:
+    """Power of two ``s`` that brings ``largest * s`` into ``[1, 2)`` when ``largest`` lies
+    outside ``[low, high]``, else 1.
+
+    Multiplying by a power of two is exact in floating point (barring underflow of entries far
+    below the largest one), so a computation on ``x * s`` divided by ``s`` gives the bits the
+    unscaled computation would give if it did not overflow or underflow.
+    """
+    if largest == 0.0 or low <= largest <= high:
+        return 1.0
+    return 2.0 ** -math.floor(math.log2(largest))
+
+
+def ranking_matrix(points: Tensor) -> Tensor:
+    """Detached squared distances ``(n, n)`` (internal, no autograd).
 
     ``y = x - x_0`` (a shift leaves distances unchanged and limits cancellation in the GEMM),
     ``sq = |y|^2`` and ``D2 = sq[:, None] + sq[None, :] - 2 y y^T``, built as one outer sum
     and one in-place ``addmm_``. Round-off may leave tiny negatives and a non-zero diagonal:
-    fine for ranking edges (Prim never reads the diagonal). ``sq`` is the cheap place to
-    detect NaN/inf input (they propagate into it).
+    fine for ranking edges (Prim never reads the diagonal). ``points`` must be in the safe
+    range of :func:`range_scale` (callers scale them first).
     """
     with torch.no_grad():
         x = points.detach()
@@ -48,7 +69,17 @@ def ranking_matrix(points: Tensor) -> tuple[Tensor, Tensor]:
         sq = torch.linalg.vector_norm(y, dim=1).square_()
         d2 = sq.unsqueeze(1) + sq.unsqueeze(0)
         d2.addmm_(y, y.T, beta=1.0, alpha=-2.0)
-    return d2, sq
+    return d2
+
+
+def check_representable(values: Tensor, name: str) -> None:
+    """Raise ``ValueError`` if distances computed in a safe range overflow the output dtype."""
+    if not bool(torch.isfinite(values).all()):
+        raise ValueError(
+            f"distances between the {name} exceed the largest {values.dtype} value "
+            f"({torch.finfo(values.dtype).max:.3g}); convert {name} to float64 "
+            f"({name}.double()) or rescale them"
+        )
 
 
 def pairwise_distances(points: Tensor) -> Tensor:
@@ -62,12 +93,25 @@ def pairwise_distances(points: Tensor) -> Tensor:
         units as the coordinates). Symmetric, the diagonal is exactly 0, and the gradient
         is 0 (never NaN) where two points coincide.
 
+    Points with huge or tiny coordinates (e.g. float32 of size 1e19, whose squares overflow)
+    are computed on a copy scaled by a power of two and the result scaled back (exact).
+
     Raises:
         TypeError: ``points`` is not a floating-point tensor.
-        ValueError: ``points`` is not 2-D, has fewer than 2 rows, or has NaN/inf entries.
+        ValueError: ``points`` is not 2-D, has fewer than 2 rows, has NaN/inf entries, or
+            distances that exceed the dtype's range.
+        MemoryError: the ``(n, n)`` matrix and its intermediates do not fit in memory.
     """
-    points = check_points(points, "points")
-    return safe_sqrt(squared_distances(points))
+    points = check_points(points, "points", finite=False)
+    scale = range_scale(max_abs(points, "points"))
+    n = points.shape[0]
+    bytes_per_entry = _memory.PAIRWISE_COPIES * points.element_size()
+    _memory.ensure_fits(n, bytes_per_entry, points.device, "pairwise_distances")
+    if scale == 1.0:
+        return safe_sqrt(squared_distances(points))
+    distances = safe_sqrt(squared_distances(points * scale)) / scale
+    check_representable(distances.detach(), "points")
+    return distances
 
 
 class _EdgeLengths(torch.autograd.Function):

@@ -9,14 +9,10 @@ from torch import Tensor
 from lightning_topo.topology._checks import check_distance_matrix
 
 
-def _prim_numpy(weights: np.ndarray, offset: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Prim from vertex 0 on a dense matrix; CPU inner loop in NumPy (a view, no copy).
-
-    The weight of edge (i, j) is ``weights[i, j] + offset[i]`` (``offset`` 0 when None).
-    """
+def _prim_numpy(weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Prim from vertex 0 on a dense matrix; CPU inner loop in NumPy (a view, no copy)."""
     n = weights.shape[0]
-    buf = np.empty(n, dtype=weights.dtype)
-    best = weights[0] + (0 if offset is None else offset[0])
+    best = weights[0].copy()
     parent = np.zeros(n, dtype=np.int64)
     blocked = np.zeros(n, dtype=weights.dtype)  # +inf once a vertex is in the tree
     blocked[0] = np.inf
@@ -30,8 +26,6 @@ def _prim_numpy(weights: np.ndarray, offset: np.ndarray | None = None) -> tuple[
         par[k] = parent[j]
         blocked[j] = np.inf
         row = weights[j]
-        if offset is not None:
-            row = np.add(row, offset[j], out=buf)
         np.less(row, best, out=closer)  # strict: an earlier tree vertex keeps a tie
         np.putmask(parent, closer, j)
         np.minimum(best, row, out=best)
@@ -39,12 +33,12 @@ def _prim_numpy(weights: np.ndarray, offset: np.ndarray | None = None) -> tuple[
     return par, new
 
 
-def _prim_torch(weights: Tensor, offset: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def _prim_torch(weights: Tensor) -> tuple[Tensor, Tensor]:
     """Same algorithm as :func:`_prim_numpy` with torch ops only (no host sync in the loop)."""
     n = weights.shape[0]
     device = weights.device
     inf = torch.tensor(float("inf"), dtype=weights.dtype, device=device)
-    best = weights[0].clone() if offset is None else weights[0] + offset[0]
+    best = weights[0].clone()
     best[0] = inf
     parent = torch.zeros(n, dtype=torch.long, device=device)
     blocked = torch.zeros(n, dtype=weights.dtype, device=device)
@@ -57,8 +51,6 @@ def _prim_torch(weights: Tensor, offset: Tensor | None = None) -> tuple[Tensor, 
         par[k : k + 1] = parent.index_select(0, j)
         blocked.index_fill_(0, j, float("inf"))
         row = weights.index_select(0, j).squeeze(0)
-        if offset is not None:
-            row = row + offset.index_select(0, j)
         closer = row < best
         parent = torch.where(closer, j, parent)
         torch.minimum(best, row, out=best)
@@ -66,22 +58,18 @@ def _prim_torch(weights: Tensor, offset: Tensor | None = None) -> tuple[Tensor, 
     return par, new
 
 
-def mst_edges(weights: Tensor, offset: Tensor | None = None, *, force_torch: bool = False) -> Tensor:
+def mst_edges(weights: Tensor, *, force_torch: bool = False) -> Tensor:
     """MST edges ``(n-1, 2)`` int64 (parent, new vertex) in Prim order, on ``weights.device``.
 
-    The edge (i, j) weighs ``weights[i, j] + offset[i]``; any matrix that orders the edges
-    like the distances will do (e.g. squared distances, or ``|x_j|^2 - 2 x_i.x_j`` with
-    ``offset = |x_i|^2``), and it is read detached. CPU tensors use a NumPy inner loop,
-    other devices torch ops.
+    Any matrix that orders the edges like the distances will do (e.g. squared distances);
+    it is read detached. CPU tensors use a NumPy inner loop, other devices torch ops
+    (``force_torch=True`` runs the torch loop on CPU, to test that path without a GPU).
     """
     weights = weights.detach()
-    if offset is not None:
-        offset = offset.detach().to(weights.dtype)
     if weights.device.type == "cpu" and not force_torch:
-        off = None if offset is None else offset.contiguous().numpy()
-        par, new = _prim_numpy(weights.contiguous().numpy(), off)
+        par, new = _prim_numpy(weights.contiguous().numpy())
         return torch.from_numpy(np.stack([par, new], axis=1))
-    par, new = _prim_torch(weights.contiguous(), offset)
+    par, new = _prim_torch(weights.contiguous())
     return torch.stack([par, new], dim=1)
 
 

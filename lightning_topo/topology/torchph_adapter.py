@@ -19,7 +19,7 @@ from lightning_topo.topology.distances import pairwise_distances
 
 _INSTALL_HINT = (
     "torchph is optional and not installed with lightning-topo; it needs a source build with "
-    "its CUDA extension (the PyPI wheel torchph 0.1.1 ships none). Use backend='auto' "
+    "its CUDA extension (the PyPI wheel torchph 0.1.1 ships none). Use backend='torch' "
     "(lightning-topo's own engine) instead"
 )
 
@@ -58,7 +58,7 @@ def torchph_persistence_diagrams(x: Tensor, max_dim: int, *, distance_matrix: bo
     if dm.device.type != "cuda":
         raise RuntimeError(
             "backend='torchph' needs a CUDA tensor (torchph's Vietoris–Rips code is CUDA-only); "
-            f"got a tensor on {dm.device}. Use backend='auto' on CPU"
+            f"got a tensor on {dm.device}. Use backend='torch' on CPU"
         )
     try:
         non_essential, _essential = vr_persistence(dm.contiguous(), max_dim, 0.0)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -122,7 +124,111 @@ def test_bad_diagrams_for_vectorisations() -> None:
         total_persistence(torch.rand(3, 2), p=0.0)
 
 
-def test_huge_finite_values_are_accepted() -> None:
-    # the sum overflows to inf in float32, but every entry is finite: must not raise
-    x = torch.tensor([[3e38, 3e38], [3e38, -3e38], [0.0, 1.0]])
-    pairwise_distances(x)
+@pytest.mark.parametrize(
+    "dtype,size",
+    [(torch.float32, 1e19), (torch.float64, 1e160), (torch.float32, 1e-25), (torch.float64, 1e-170)],
+    ids=["float32-1e19", "float64-1e160", "float32-1e-25", "float64-1e-170"],
+)
+def test_huge_and_tiny_points_give_scaled_diagrams(dtype: torch.dtype, size: float) -> None:
+    # squared distances overflow (or underflow) the dtype; the engine works on an exactly
+    # scaled copy, so the diagrams are those of the unit-size cloud times the size
+    unit = torch.randn(40, 5, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    scale = 2.0 ** round(math.log2(size))  # a power of two: unit * scale is exact
+    x = (unit * scale).to(dtype)
+    ref = [d * scale for d in persistence_diagrams(unit.to(dtype), 1)]
+    ours = persistence_diagrams(x, 1)
+    assert ours[0].shape[0] == 39 and ours[1].shape[0] > 0
+    for a, b in zip(ours, ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=0)
+    torch.testing.assert_close(
+        pairwise_distances(x), pairwise_distances(unit.to(dtype)) * scale, rtol=1e-5, atol=0
+    )
+
+
+@pytest.mark.parametrize("fn", FUNCS, ids=lambda f: f.__name__)
+def test_distances_beyond_the_dtype_raise(fn) -> None:
+    # every entry is finite, but the square's sides (4e38) exceed float32's 3.4e38
+    x = torch.tensor([[2e38, 2e38], [2e38, -2e38], [-2e38, -2e38], [-2e38, 2e38]])
+    with pytest.raises(ValueError, match=r"exceed the largest torch.float32.*points.double\(\)"):
+        fn(x)
+    assert fn(x.double()) is not None
+
+
+@pytest.mark.parametrize("fn", [h0_diagram, h1_diagram, persistence_diagrams], ids=lambda f: f.__name__)
+@pytest.mark.parametrize(
+    "fix,match",
+    [("asym", "must be symmetric"), ("diag", "zero diagonal")],
+    ids=["asymmetric", "non-zero-diagonal"],
+)
+def test_distance_matrix_must_be_symmetric_with_zero_diagonal(fn, fix: str, match: str) -> None:
+    dm = pairwise_distances(torch.randn(12, 3, generator=torch.Generator().manual_seed(5)))
+    bad = dm.clone()
+    if fix == "asym":
+        bad[2, 7] += 0.5
+    else:
+        bad[3, 3] = 0.5
+    with pytest.raises(ValueError, match=match) as info:
+        fn(bad, distance_matrix=True)
+    assert "points" in str(info.value)
+    fn(dm, distance_matrix=True)  # the matrix it came from is accepted
+
+
+def test_cdist_output_is_accepted() -> None:
+    # torch.cdist's GEMM leaves a diagonal of ~sqrt(eps)|x|: rounding, not a wrong matrix
+    import gph
+
+    x = torch.randn(300, 768, generator=torch.Generator().manual_seed(6)) + 3.0
+    dm = torch.cdist(x, x)
+    assert float(dm.diagonal().max()) > 0
+    h0, h1 = persistence_diagrams(dm, distance_matrix=True)
+    assert h0.shape[0] == 299
+    ref = gph.ripser_parallel(dm.fill_diagonal_(0).numpy(), maxdim=1, metric="precomputed")["dgms"][1]
+    ref = torch.from_numpy(ref[torch.from_numpy(ref[:, 1] > ref[:, 0]).numpy()])
+    ref = ref[torch.argsort(ref[:, 1], stable=True)]
+    ref = ref[torch.argsort(ref[:, 0], stable=True)]
+    torch.testing.assert_close(h1, ref, atol=0, rtol=0)
+
+
+def test_minimum_spanning_tree_refuses_asymmetric() -> None:
+    dm = torch.tensor([[0.0, 1.0, 2.0], [1.0, 0.0, 1.0], [5.0, 1.0, 0.0]])
+    with pytest.raises(ValueError, match="distances must be symmetric"):
+        minimum_spanning_tree(dm)
+
+
+@pytest.mark.parametrize("n_threads", [0, -2, 1.5, "2", True])
+def test_bad_n_threads(n_threads) -> None:
+    with pytest.raises(ValueError, match="n_threads"):
+        h1_diagram(GOOD, n_threads=n_threads)
+
+
+@pytest.mark.parametrize(
+    "call,what",
+    [
+        (lambda x: persistence_diagrams(x, 1), "H1 persistence"),
+        (lambda x: persistence_diagrams(x, 0), "persistence"),
+        (h0_diagram, "persistence"),
+        (pairwise_distances, "pairwise_distances"),
+    ],
+    ids=["h0-h1", "h0-only", "h0_diagram", "pairwise"],
+)
+def test_matrix_too_large_for_memory(monkeypatch, call, what: str) -> None:
+    from lightning_topo.topology import _memory
+
+    x = torch.randn(100, 3)
+    monkeypatch.setattr(_memory, "available_bytes", lambda device: 10_000)
+    with pytest.raises(MemoryError, match=what) as info:
+        call(x)
+    message = str(info.value)
+    assert "100 points" in message and "0.01 MB is available" in message
+    assert "max_points_per_class" in message
+    fits = int(message.split("about ")[2].split(" fit")[0])
+    assert 1 <= fits < 100
+    monkeypatch.setattr(_memory, "available_bytes", lambda device: None)  # unknown: no check
+    call(x)
+
+
+def test_available_memory_is_read() -> None:
+    from lightning_topo.topology import _memory
+
+    available = _memory.available_bytes(torch.device("cpu"))
+    assert available is None or 0 < available < 2**50
