@@ -10,7 +10,6 @@ Subpackages:
 """
 
 from lightning_topo.encoding import EncodedBatch, encode_batch
-from lightning_topo.pruning import _register as _register_auto_classes  # noqa: F401  (lazy Auto-class registration)
 
 __version__ = "0.1.0"
 

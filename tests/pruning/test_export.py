@@ -31,7 +31,7 @@ _LOADER = textwrap.dedent(
     path, remote, batch_file, out_file = sys.argv[1], sys.argv[2] == "1", sys.argv[3], sys.argv[4]
     kwargs = {"trust_remote_code": True} if remote else {}
     model = AutoModelForSequenceClassification.from_pretrained(path, **kwargs).eval()
-    batch = torch.load(batch_file)
+    batch = torch.load(batch_file, weights_only=True)
     with torch.no_grad():
         logits = model(**batch).logits
     torch.save(logits, out_file)
@@ -65,7 +65,7 @@ def _load_in_subprocess(path, batch, tmp_path, *, remote):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     info = json.loads(proc.stdout.strip().splitlines()[-1])
-    return torch.load(out_file), info
+    return torch.load(out_file, weights_only=True), info
 
 
 def test_uniform_ffn_reloads_with_stock_transformers(tiny_classifier, tiny_batch, tmp_path):
@@ -104,7 +104,7 @@ def test_per_layer_reloads_with_trust_remote_code_without_lightning_topo(
 def test_per_layer_reloads_in_process_via_auto_classes(tiny_classifier, tiny_batch, tmp_path):
     from transformers import AutoModelForSequenceClassification
 
-    import lightning_topo  # noqa: F401  (registers the Auto classes)
+    import lightning_topo.pruning.export  # noqa: F401  (importing it registers the Auto classes)
 
     masks = KeepMasks(heads=[torch.tensor([True, True, False, True]), torch.tensor([True, True, True, True])])
     model = apply_keep_masks(copy.deepcopy(tiny_classifier), masks)

@@ -1,4 +1,4 @@
-"""BERT with per-layer FFN widths and per-layer attention-head counts.
+"""BERT and RoBERTa with per-layer FFN widths and per-layer attention-head counts.
 
 This file is self-contained (it imports only ``torch``, ``transformers`` and ``huggingface_hub``,
 which ships with ``transformers``): :func:`lightning_topo.pruning.save_compressed` copies it into
@@ -11,17 +11,44 @@ registered with the Auto classes and ``trust_remote_code`` is not needed.
 
 Layer ``i`` has ``intermediate_sizes[i]`` FFN units and ``num_heads_per_layer[i]`` attention heads
 of the unchanged head size ``hidden_size // num_attention_heads`` (``num_attention_heads`` keeps
-the original head count so that the head size stays defined). Everything else is stock BERT.
+the original head count so that the head size stays defined). Everything else is stock BERT
+(``model_type="pruned_bert"``) or stock RoBERTa (``model_type="pruned_roberta"``).
 """
 
 from __future__ import annotations
 
 from huggingface_hub.dataclasses import strict
 from torch import nn
-from transformers import BertConfig
+from transformers import BertConfig, RobertaConfig
 from transformers.models.bert.modeling_bert import BertForSequenceClassification, BertModel
+from transformers.models.roberta.modeling_roberta import RobertaForSequenceClassification, RobertaModel
 
-__all__ = ["PrunedBertConfig", "PrunedBertModel", "PrunedBertForSequenceClassification"]
+__all__ = [
+    "PrunedBertConfig",
+    "PrunedBertModel",
+    "PrunedBertForSequenceClassification",
+    "PrunedRobertaConfig",
+    "PrunedRobertaModel",
+    "PrunedRobertaForSequenceClassification",
+]
+
+
+def _fill_and_check_widths(config) -> None:
+    """Default per-layer widths to the uniform ones and check there is one positive width per layer."""
+    n = config.num_hidden_layers
+    if config.intermediate_sizes is None:
+        config.intermediate_sizes = [config.intermediate_size] * n
+    if config.num_heads_per_layer is None:
+        config.num_heads_per_layer = [config.num_attention_heads] * n
+    config.intermediate_sizes = [int(v) for v in config.intermediate_sizes]
+    config.num_heads_per_layer = [int(v) for v in config.num_heads_per_layer]
+    if len(config.intermediate_sizes) != n or len(config.num_heads_per_layer) != n:
+        raise ValueError(
+            f"intermediate_sizes and num_heads_per_layer need num_hidden_layers={n} entries; got "
+            f"{len(config.intermediate_sizes)} and {len(config.num_heads_per_layer)}"
+        )
+    if min(config.intermediate_sizes) < 1 or min(config.num_heads_per_layer) < 1:
+        raise ValueError("every layer needs at least 1 FFN unit and 1 attention head")
 
 
 @strict
@@ -41,23 +68,26 @@ class PrunedBertConfig(BertConfig):
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
-        n = self.num_hidden_layers
-        if self.intermediate_sizes is None:
-            self.intermediate_sizes = [self.intermediate_size] * n
-        if self.num_heads_per_layer is None:
-            self.num_heads_per_layer = [self.num_attention_heads] * n
-        self.intermediate_sizes = [int(v) for v in self.intermediate_sizes]
-        self.num_heads_per_layer = [int(v) for v in self.num_heads_per_layer]
-        if len(self.intermediate_sizes) != n or len(self.num_heads_per_layer) != n:
-            raise ValueError(
-                f"intermediate_sizes and num_heads_per_layer need num_hidden_layers={n} entries; got "
-                f"{len(self.intermediate_sizes)} and {len(self.num_heads_per_layer)}"
-            )
-        if min(self.intermediate_sizes) < 1 or min(self.num_heads_per_layer) < 1:
-            raise ValueError("every layer needs at least 1 FFN unit and 1 attention head")
+        _fill_and_check_widths(self)
 
 
-def _resize_encoder(bert: BertModel, config: PrunedBertConfig) -> None:
+@strict
+class PrunedRobertaConfig(RobertaConfig):
+    """A :class:`~transformers.RobertaConfig` with per-layer widths (same extra fields as
+    :class:`PrunedBertConfig`)."""
+
+    model_type = "pruned_roberta"
+
+    intermediate_sizes: list[int] | None = None
+    num_heads_per_layer: list[int] | None = None
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        _fill_and_check_widths(self)
+
+
+def _resize_encoder(bert: nn.Module, config) -> None:
+    """Give every encoder layer of ``bert`` (a BertModel or RobertaModel) the widths in ``config``."""
     hidden = config.hidden_size
     head_size = hidden // config.num_attention_heads
     for layer, width, heads in zip(
@@ -97,4 +127,27 @@ class PrunedBertForSequenceClassification(BertForSequenceClassification):
     def __init__(self, config: PrunedBertConfig):
         super().__init__(config)
         _resize_encoder(self.bert, config)
+        self.post_init()
+
+
+class PrunedRobertaModel(RobertaModel):
+    """:class:`~transformers.RobertaModel` whose layers follow ``config.intermediate_sizes`` and
+    ``config.num_heads_per_layer``."""
+
+    config_class = PrunedRobertaConfig
+
+    def __init__(self, config: PrunedRobertaConfig, add_pooling_layer: bool = True):
+        super().__init__(config, add_pooling_layer=add_pooling_layer)
+        _resize_encoder(self, config)
+        self.post_init()
+
+
+class PrunedRobertaForSequenceClassification(RobertaForSequenceClassification):
+    """:class:`~transformers.RobertaForSequenceClassification` over a :class:`PrunedRobertaModel`."""
+
+    config_class = PrunedRobertaConfig
+
+    def __init__(self, config: PrunedRobertaConfig):
+        super().__init__(config)
+        _resize_encoder(self.roberta, config)
         self.post_init()
