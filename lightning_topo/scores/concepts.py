@@ -30,6 +30,7 @@ __all__ = [
     "align_concepts",
     "concept_top_words",
     "default_n_concepts",
+    "describe_layer",
     "discover_concepts",
     "match_concepts",
     "polar_concepts",
@@ -310,3 +311,62 @@ def concept_top_words(
     for cid, word in zip(ids.tolist(), words, strict=True):
         counts[cid][word] += 1
     return [c.most_common(top_k) for c in counts]
+
+
+def describe_layer(
+    concept_ids: Tensor,
+    words: Sequence[str],
+    token_classes: Tensor,
+    num_classes: int,
+    label_sets: dict[str, Sequence[Hashable | None]],
+    reference_ids: Tensor | None = None,
+    theta: float = 0.9,
+    top_k: int = 10,
+) -> dict:
+    """Shares and a readable description of one layer's concepts (JSON-ready).
+
+    Args:
+        concept_ids: ``(n_tokens,)`` concept ids of the layer.
+        words: ``n_tokens`` word forms. token_classes: ``(n_tokens,)`` output class of each token.
+        num_classes: number of output classes.
+        label_sets: ``{name: one label per token}`` (see :func:`align_concepts`).
+        reference_ids: ``(n_tokens,)`` the reference model's concept ids on the same tokens
+            (``None``: no matching).
+        theta: alignment and matching threshold. top_k: words listed per concept.
+
+    Returns:
+        ``{"matched": share | None, "polar": share aligned to one output class,
+        "aligned": {name: share}, "concepts": [{"id", "size", "words": [[word, count]],
+        "polar_class", "class_share", "aligned": {name: label}, "matched": ref id | None}]}``.
+    """
+    polar = align_concepts(concept_ids, token_classes.tolist(), theta)
+    aligned = {name: align_concepts(concept_ids, labels, theta) for name, labels in label_sets.items()}
+    match = match_concepts(reference_ids, concept_ids, theta) if reference_ids is not None else None
+    top = concept_top_words(concept_ids, words, top_k)
+    concepts = []
+    for cid, size in enumerate(polar.sizes.tolist()):
+        if size == 0:
+            continue
+        concepts.append(
+            {
+                "id": cid,
+                "size": size,
+                "words": [[w, n] for w, n in top[cid]],
+                "polar_class": polar.labels[cid],
+                "class_share": round(float(polar.purity[cid]), 4),
+                "aligned": {
+                    n: _jsonable(a.labels[cid]) for n, a in aligned.items() if a.labels[cid] is not None
+                },
+                "matched": None if match is None or match.matches[cid] < 0 else int(match.matches[cid]),
+            }
+        )
+    return {
+        "matched": None if match is None else match.share,
+        "polar": polar.share,
+        "aligned": {name: a.share for name, a in aligned.items()},
+        "concepts": concepts,
+    }
+
+
+def _jsonable(label: Hashable) -> Hashable:
+    return label if isinstance(label, str | int | float | bool) else str(label)

@@ -1,0 +1,94 @@
+"""Figures of the latent-concept lens: matched and polar share per layer, one line per measurement.
+
+matplotlib's object-oriented API on the Agg canvas (no pyplot global state); files are written
+to a temporary sibling and renamed into place. Shared by
+:class:`~lightning_topo.callbacks.ConceptAlignmentMonitor` and reports.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["plot_share_per_layer", "write_concept_figures"]
+
+#: ``(metric family, y-axis label, file stem)`` of the figures written by :func:`write_concept_figures`.
+FIGURES: tuple[tuple[str, str, str], ...] = (
+    ("matched", "share of concepts matched to a pre-trained concept", "concepts_matched"),
+    ("polar", "share of concepts aligned to one output class", "concepts_polar"),
+)
+
+
+def _figure(width: float = 6.0, height: float = 4.0) -> Any:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig: Any, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, format="png", bbox_inches="tight")
+    os.replace(tmp, path)
+    return path
+
+
+def _label(record: Mapping[str, Any]) -> str:
+    if record.get("epoch", 0) < 0:
+        return "pre-trained"
+    return f"epoch {record['epoch']} (step {record['global_step']})"
+
+
+def plot_share_per_layer(
+    history: Sequence[Mapping[str, Any]], family: str, ylabel: str, path: str | Path
+) -> Path | None:
+    """One line per measurement: ``layers[i][family]`` against the layer index.
+
+    Args:
+        history: records ``{"epoch", "global_step", "layers": {layer: {family: share | None}}}``
+            (``epoch == -1``: the pre-trained reference).
+        family: ``"matched"`` or ``"polar"`` (or ``"aligned/<label set>"``).
+        path: PNG file to write.
+
+    Returns:
+        The path, or ``None`` when no record has a value for ``family``.
+    """
+    fig = _figure()
+    ax = fig.add_subplot(1, 1, 1)
+    drawn = 0
+    for record in history:
+        points = []
+        for layer, values in sorted(record["layers"].items(), key=lambda kv: int(kv[0])):
+            value = (
+                values.get(family) if "/" not in family else values["aligned"].get(family.split("/", 1)[1])
+            )
+            if value is not None:
+                points.append((int(layer), float(value)))
+        if points:
+            xs, ys = zip(*points, strict=True)
+            style = "--" if record.get("epoch", 0) < 0 else "-"
+            ax.plot(xs, ys, style, marker="o", label=_label(record))
+            drawn += 1
+    if not drawn:
+        return None
+    ax.set_xlabel("layer (0 = embeddings)")
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    return _save(fig, Path(path))
+
+
+def write_concept_figures(history: Sequence[Mapping[str, Any]], out_dir: str | Path) -> dict[str, Path]:
+    """Write the matched and polar share figures to ``out_dir``; ``{stem: path}`` of those written."""
+    out: dict[str, Path] = {}
+    for family, ylabel, stem in FIGURES:
+        path = plot_share_per_layer(history, family, ylabel, Path(out_dir) / f"{stem}.png")
+        if path is not None:
+            out[stem] = path
+    return out

@@ -1,0 +1,237 @@
+"""ConceptAlignmentMonitor on a tiny BERT fit: metrics, JSON, figures, triggers, resume, bad inputs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+POSITIVE = ["good", "great", "superb", "nice", "lovely", "fine"]
+NEGATIVE = ["bad", "awful", "poor", "dull", "boring", "worse"]
+FILLER = ["the", "movie", "film", "was", "a", "plot", "story", "and", "it", "is", "this", "actors", ",", "."]
+VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *POSITIVE, *NEGATIVE, *FILLER]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
+
+    path = tmp_path_factory.mktemp("tiny_bert")
+    BertTokenizer(vocab={w: i for i, w in enumerate(VOCAB)}).save_pretrained(path)
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=len(VOCAB), hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        max_position_embeddings=64, num_labels=2, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    )  # fmt: skip
+    BertForSequenceClassification(config).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory) -> Path:
+    rng = random.Random(0)
+    path = tmp_path_factory.mktemp("data") / "toy.csv"
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["sentence", "target"])
+        writer.writeheader()
+        for i in range(240):
+            words = rng.sample(FILLER, 5) + rng.sample(POSITIVE if i % 2 else NEGATIVE, 2)
+            rng.shuffle(words)
+            writer.writerow({"sentence": " ".join(words), "target": str(i % 2)})
+    return path
+
+
+def _fit(tmp_path, model_dir, data_file, monitor, max_epochs=2, ckpt_path=None, checkpoint=False):
+    from lightning.pytorch import Trainer
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger
+
+    from lightning_topo.models import SequenceClassifier, TextClassificationDataModule
+
+    dm = TextClassificationDataModule(
+        data_file=str(data_file), text_column="sentence", label_column="target",
+        tokenizer_name_or_path=str(model_dir), max_length=16, batch_size=16, eval_batch_size=32, val_fraction=0.25,
+    )  # fmt: skip
+    model = SequenceClassifier(model_name_or_path=str(model_dir), num_labels=2, learning_rate=1e-3)
+    callbacks = [monitor]
+    if checkpoint:
+        callbacks.append(ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_top_k=0))
+    trainer = Trainer(
+        max_epochs=max_epochs, accelerator="cpu", devices=1, logger=CSVLogger(tmp_path, name="run", version=0),
+        callbacks=callbacks, enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=1,
+        log_every_n_steps=1, enable_checkpointing=checkpoint,
+    )  # fmt: skip
+    trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
+    return trainer
+
+
+def _monitor(**kwargs):
+    from lightning_topo.callbacks.concept_monitor import ConceptAlignmentMonitor
+
+    kwargs.setdefault("max_tokens", 200)
+    kwargs.setdefault("trigger_sentences", 16)
+    return ConceptAlignmentMonitor(**kwargs)
+
+
+def _count_forward_passes(monkeypatch):
+    import lightning_topo.callbacks.concept_monitor as mod
+
+    calls = []
+    real = mod.token_activations
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(mod, "token_activations", counted)
+    return calls
+
+
+def test_fit_logs_every_metric_writes_json_figures_and_triggers(tmp_path, model_dir, data_file, monkeypatch):
+    calls = _count_forward_passes(monkeypatch)
+    monitor = _monitor()
+    trainer = _fit(tmp_path, model_dir, data_file, monitor)
+    sets = ("lexical", "suffix", "casing", "punctuation", "number")
+    expected = {f"concepts/{f}/layer_{i}" for f in ("matched", "polar") for i in range(3)}
+    expected |= {f"concepts/aligned/{s}/layer_{i}" for s in sets for i in range(3)}
+    assert expected <= set(trainer.callback_metrics)
+    for name in expected:
+        assert 0.0 <= float(trainer.callback_metrics[name]) <= 1.0
+    assert len(calls) == 1  # the reference; the epochs reuse the validation forward
+    out = Path(trainer.log_dir) / "concepts"
+    files = sorted(p.name for p in out.glob("concepts_*.json"))
+    steps = [r["global_step"] for r in monitor.history[1:]]
+    assert files == sorted(
+        [
+            "concepts_reference.json",
+            "concepts_triggers.json",
+            *[f"concepts_epoch{e}_step{s}.json" for e, s in enumerate(steps)],
+        ]
+    )
+    payload = json.loads((out / f"concepts_epoch1_step{steps[1]}.json").read_text())
+    assert payload["model"] == "fine-tuned" and payload["n_tokens"] == 200 and payload["n_concepts"] == 10
+    concepts = payload["layers"]["2"]["concepts"]
+    assert sum(c["size"] for c in concepts) == 200
+    assert all(c["words"] and c["words"][0][1] >= 1 for c in concepts)
+    assert {"aligned", "matched", "polar_class", "class_share"} <= set(concepts[0])
+    assert (out / "concepts_matched.png").stat().st_size > 0 and (
+        out / "concepts_polar.png"
+    ).stat().st_size > 0
+    metrics = list(csv.DictReader(open(Path(trainer.log_dir) / "metrics.csv")))
+    drops = [r for r in metrics if r.get("concepts/trigger_drop")]
+    assert len(drops) == 1 and drops[0]["concepts/random_drop"] != ""
+    assert monitor.trigger_result["layer"] == 2
+    assert [r["epoch"] for r in monitor.history] == [-1, 0, 1]
+
+
+def test_model_unchanged_between_reference_and_itself(tmp_path, model_dir, data_file):
+    """With a negligible learning rate the fine-tuned concepts are the pre-trained ones: 100% matched."""
+    from lightning.pytorch import Trainer
+
+    from lightning_topo.models import SequenceClassifier, TextClassificationDataModule
+
+    dm = TextClassificationDataModule(
+        data_file=str(data_file), text_column="sentence", label_column="target",
+        tokenizer_name_or_path=str(model_dir), max_length=16, batch_size=16, val_fraction=0.25,
+    )  # fmt: skip
+    model = SequenceClassifier(model_name_or_path=str(model_dir), num_labels=2, learning_rate=1e-12)
+    monitor = _monitor(triggers=False, plots=False)
+    trainer = Trainer(
+        max_epochs=1, limit_train_batches=2, accelerator="cpu", logger=False, callbacks=[monitor],
+        enable_progress_bar=False, enable_checkpointing=False, default_root_dir=tmp_path,
+    )  # fmt: skip
+    trainer.fit(model, datamodule=dm)
+    assert [r["epoch"] for r in monitor.history] == [-1, 0]
+    assert all(shares["matched"] == 1.0 for shares in monitor.history[-1]["layers"].values())
+
+
+def test_resume_restores_reference_and_history(tmp_path, model_dir, data_file, monkeypatch):
+    first = _monitor(triggers=False)
+    _fit(tmp_path / "a", model_dir, data_file, first, max_epochs=1, checkpoint=True)
+    calls = _count_forward_passes(monkeypatch)
+    second = _monitor(triggers=False, overwrite=False)
+    _fit(
+        tmp_path / "a",
+        model_dir,
+        data_file,
+        second,
+        max_epochs=2,
+        ckpt_path=str(tmp_path / "a" / "ckpt" / "last.ckpt"),
+    )
+    assert not calls  # the reference was restored, not recomputed from the fine-tuned weights
+    assert all(torch.equal(first.reference[k], second.reference[k]) for k in first.reference)
+    assert [r["epoch"] for r in second.history] == [-1, 0, 1]
+    assert second.history[:2] == first.history
+
+
+def test_n_concepts_larger_than_token_set_fails_before_training(tmp_path, model_dir, data_file):
+    monitor = _monitor(max_tokens=50, n_concepts=50, max_per_word=1)
+    with pytest.raises(ValueError, match="n_concepts=50 is larger than the token set"):
+        _fit(tmp_path, model_dir, data_file, monitor)
+    assert not list(tmp_path.rglob("concepts_*.json"))
+
+
+def test_conllu_that_does_not_match_the_text_fails_at_fit_start(tmp_path, model_dir, data_file):
+    path = tmp_path / "other.conllu"
+    path.write_text("1\tHello\thello\tINTJ\t_\t_\t0\t_\t_\t_\n\n", encoding="utf-8")
+    monitor = _monitor(conllu_file=str(path))
+    assert monitor.label_sets[-1] == "upos"
+    with pytest.raises(ValueError, match="conllu_file .* none of its 1 sentences match"):
+        _fit(tmp_path, model_dir, data_file, monitor)
+
+
+def test_existing_concept_files_are_not_overwritten(tmp_path, model_dir, data_file):
+    out = tmp_path / "run" / "version_0" / "concepts"
+    out.mkdir(parents=True)
+    (out / "concepts_reference.json").write_text("{}")
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        _fit(tmp_path, model_dir, data_file, _monitor())
+    assert (out / "concepts_reference.json").read_text() == "{}"
+
+
+def test_datamodule_without_texts_is_refused(tmp_path, model_dir):
+    from lightning.pytorch import LightningDataModule, Trainer
+
+    from lightning_topo.models import SequenceClassifier
+
+    class Bare(LightningDataModule):
+        pass
+
+    trainer = Trainer(max_epochs=1, logger=False, callbacks=[_monitor()], enable_progress_bar=False)
+    with pytest.raises(ValueError, match="split_texts"):
+        trainer.fit(SequenceClassifier(model_name_or_path=str(model_dir), num_labels=2), datamodule=Bare())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"every_n_epochs": 0}, ValueError, "every_n_epochs"),
+        ({"layers": "top"}, ValueError, "layers"),
+        ({"layers": []}, ValueError, "layers"),
+        ({"max_tokens": 1}, ValueError, "max_tokens"),
+        ({"n_concepts": 300}, ValueError, "n_concepts"),
+        ({"theta": 0}, ValueError, "theta"),
+        ({"label_sets": ["sentiment"]}, ValueError, "label_sets"),
+        ({"label_sets": ["upos"]}, ValueError, "conllu_file"),
+        ({"conllu_file": "missing.conllu"}, FileNotFoundError, "conllu_file"),
+    ],
+)
+def test_bad_arguments(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        _monitor(**kwargs)
+
+
+def test_state_dict_roundtrip():
+    a = _monitor()
+    a.reference = {0: torch.tensor([0, 1, 1])}
+    a.history = [
+        {"epoch": -1, "global_step": 0, "layers": {0: {"matched": None, "polar": 0.5, "aligned": {}}}}
+    ]
+    b = _monitor()
+    b.load_state_dict(a.state_dict())
+    assert torch.equal(b.reference[0], a.reference[0]) and b.history == a.history
+    assert a.state_key == b.state_key and a.state_key != _monitor(layers=[1]).state_key
