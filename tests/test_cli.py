@@ -15,7 +15,39 @@ def test_help_and_unknown_command(capsys):
     assert "fit|validate|test|predict" in capsys.readouterr().out
     assert main(["--help"]) == 0
     assert main(["frobnicate"]) == 2
-    assert "unknown subcommand 'frobnicate'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1  # one line, no usage dump, no traceback
+    assert "unknown subcommand 'frobnicate'; choose one of fit, validate, test, predict, prune" in err
+
+
+@pytest.mark.parametrize(
+    ("args", "phrase"),
+    [
+        (
+            ["--data.data_file", "{tmp}/nope.csv"],
+            "FileNotFoundError: data_file '{tmp}/nope.csv' does not exist",
+        ),
+        (["--data.data_file", "{tmp}"], "IsADirectoryError: data_file '{tmp}' is a directory"),
+        (
+            ["--data.data_file", "{tmp}/latin.csv"],
+            "ValueError: data_file '{tmp}/latin.csv' is not UTF-8 text",
+        ),
+        (["--torch_threads", "0"], "torch_threads must be >= 1"),
+    ],
+    ids=["missing", "directory", "not-utf8", "threads"],
+)
+def test_refused_values_are_one_line_with_status_2(tmp_path, capsys, monkeypatch, args, phrase):
+    """Bad input found while the CLI builds model and data: one line on stderr, exit 2, nothing written."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "latin.csv").write_bytes(b"text,label\ncaf\xe9,1\n")
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    runs = tmp_path / "runs"
+    code = main(["fit", *args, "--trainer.default_root_dir", str(runs), "--trainer.max_epochs", "1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith("lightning-topo fit: error: ")
+    assert phrase.replace("{tmp}", str(tmp_path)) in err[0]
+    assert not runs.exists() and not (tmp_path / "lightning_logs").exists()
 
 
 def test_fit_help_lists_model_and_data_options(capsys, monkeypatch):
@@ -24,8 +56,14 @@ def test_fit_help_lists_model_and_data_options(capsys, monkeypatch):
         main(["fit", "--help"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
-    for option in ("--model.model_name_or_path", "--model.learning_rate", "--data.data_file",
-                   "--data.max_length", "--data.limit", "--trainer.max_epochs"):
+    for option in (
+        "--model.model_name_or_path",
+        "--model.learning_rate",
+        "--data.data_file",
+        "--data.max_length",
+        "--data.limit",
+        "--trainer.max_epochs",
+    ):
         assert option in out
     # linked options are not settable
     assert "--model.num_labels" not in out and "--data.tokenizer_name_or_path" not in out

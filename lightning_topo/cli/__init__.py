@@ -26,22 +26,37 @@ Run 'lightning-topo SUBCOMMAND --help' for the options of one subcommand.
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``lightning-topo``; returns the exit status.
+
+    0 on success; 2 for an unknown subcommand or a value refused before anything ran (one line on
+    stderr, no traceback). Lightning's subcommands parse with LightningCLI (``--help`` per
+    subcommand); ``prune`` returns its own status.
+    """
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help"):
         print(USAGE)
         return 0
     command = args[0]
     if command in LIGHTNING_SUBCOMMANDS:
-        from lightning_topo.cli.fit import run_lightning_cli
+        from lightning_topo.cli.fit import InputError, run_lightning_cli
 
-        run_lightning_cli(args)
+        try:
+            run_lightning_cli(args)
+        except (InputError, FileExistsError) as err:
+            # refused before anything ran, or a refusal to overwrite a file: one line, no traceback
+            print(f"lightning-topo {command}: error: {' '.join(str(err).split())}", file=sys.stderr)
+            return 2
         return 0
     if command in OWN_SUBCOMMANDS:
         import importlib
 
         module = importlib.import_module(OWN_SUBCOMMANDS[command])
         return int(module.main(args[1:]) or 0)
-    print(f"lightning-topo: unknown subcommand {command!r}\n\n{USAGE}", file=sys.stderr)
+    choices = ", ".join((*LIGHTNING_SUBCOMMANDS, *OWN_SUBCOMMANDS))
+    print(
+        f"lightning-topo: error: unknown subcommand {command!r}; choose one of {choices} (lightning-topo --help)",
+        file=sys.stderr,
+    )
     return 2
 
 

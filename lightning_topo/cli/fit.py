@@ -13,7 +13,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning_topo.models.classifier import SequenceClassifier
 from lightning_topo.models.datamodule import TextClassificationDataModule
 
-__all__ = ["TopoLightningCLI", "run_lightning_cli"]
+__all__ = ["InputError", "TopoLightningCLI", "run_lightning_cli"]
 
 #: Trainer defaults of the CLI (a config file overrides them): CSV logs under ``runs/``.
 TRAINER_DEFAULTS: dict[str, Any] = {
@@ -22,6 +22,13 @@ TRAINER_DEFAULTS: dict[str, Any] = {
         "init_args": {"save_dir": "runs", "name": "lightning-topo"},
     },
 }
+
+
+class InputError(Exception):
+    """A config or command-line value refused while the model, data and trainer were being built,
+    before anything ran. ``lightning-topo`` prints it as one line and exits with status 2; the
+    original exception (``ValueError``, ``TypeError``, ``FileNotFoundError``, ...) is its
+    ``__cause__``."""
 
 
 class TopoLightningCLI(LightningCLI):
@@ -36,6 +43,9 @@ class TopoLightningCLI(LightningCLI):
 
     After ``fit`` it prints a one-line summary with the final ``val/acc``, ``val/f1`` and
     ``val/loss``, the wall time and the best checkpoint.
+
+    A bad value found while the classes are built (a missing data file, a missing column,
+    ``torch_threads: 0``, ...) raises :class:`InputError` naming it.
     """
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -55,10 +65,19 @@ class TopoLightningCLI(LightningCLI):
         threads = self._get(self.config, "torch_threads")
         if threads is not None:
             if threads < 1:
-                raise ValueError(f"torch_threads must be >= 1; got {threads}")
+                raise InputError(
+                    f"torch_threads must be >= 1 (or null for torch's own setting); got {threads}"
+                )
             import torch
 
             torch.set_num_threads(int(threads))
+
+    def instantiate_classes(self) -> None:
+        """Build model, datamodule and trainer; a refused value becomes :class:`InputError`."""
+        try:
+            super().instantiate_classes()
+        except (ValueError, TypeError, OSError) as err:
+            raise InputError(" ".join(f"{type(err).__name__}: {err}".split())) from err
 
     def before_fit(self) -> None:
         self._fit_started = time.perf_counter()

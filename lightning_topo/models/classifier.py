@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import os
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
@@ -40,6 +42,20 @@ def linear_warmup_decay(step: int, warmup: int, total: int) -> float:
     if step < warmup:
         return (step + 1) / (warmup + 1)
     return max(0.0, (total - step) / max(1, total - warmup))
+
+
+def _check_arguments(model_name_or_path: Any, num_labels: Any, *numbers: Any) -> None:
+    if model_name_or_path is not None and not isinstance(model_name_or_path, str | os.PathLike):
+        raise TypeError(
+            "model_name_or_path must be a local model directory or hub id (str) or None (the embedded MiniLM); "
+            f"got {type(model_name_or_path).__name__}"
+        )
+    if isinstance(num_labels, bool) or not isinstance(num_labels, int):
+        raise TypeError(f"num_labels must be an int; got {type(num_labels).__name__} {num_labels!r}")
+    names = ("learning_rate", "weight_decay", "warmup_ratio", "adam_epsilon")
+    for name, value in zip(names, numbers, strict=True):
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise TypeError(f"{name} must be a finite number; got {type(value).__name__} {value!r}")
 
 
 class SequenceClassifier(pl.LightningModule):
@@ -98,6 +114,9 @@ class SequenceClassifier(pl.LightningModule):
         classifier_dropout: float | None = None,
     ) -> None:
         super().__init__()
+        _check_arguments(
+            model_name_or_path, num_labels, learning_rate, weight_decay, warmup_ratio, adam_epsilon
+        )
         if num_labels < 2:
             raise ValueError(f"num_labels must be >= 2 for classification; got {num_labels}")
         if id2label is not None and len(id2label) != num_labels:
@@ -213,6 +232,43 @@ class SequenceClassifier(pl.LightningModule):
     def auxiliary_losses(self) -> dict[str, float]:
         """Registered auxiliary loss names and their weights."""
         return {name: w for name, (_, w) in self._aux_losses.items()}
+
+    # ------------------------------------------------------------------ input checks
+    def setup(self, stage: str) -> None:
+        """Refuse, before anything runs, a datamodule whose tokenizer can produce token ids the
+        model has no embedding for (a tokenizer that is not the model's)."""
+        tokenizer = getattr(self.trainer.datamodule, "tokenizer", None) if self._trainer is not None else None
+        if tokenizer is None or not hasattr(tokenizer, "__len__"):
+            return
+        rows = self.model.get_input_embeddings().num_embeddings
+        if len(tokenizer) > rows:
+            raise ValueError(
+                f"the datamodule's tokenizer has {len(tokenizer)} tokens but the model's embedding has {rows} rows "
+                "(vocab_size), so some token ids would index out of range. Use the model's own tokenizer "
+                "(tokenizer_name_or_path = model_name_or_path; the CLI links them) or resize the embeddings "
+                "with model.model.resize_token_embeddings(len(tokenizer))"
+            )
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Check each batch on the host, before it reaches the device: token ids inside the
+        vocabulary and sequences no longer than the position embeddings (an out-of-range id is a
+        cryptic ``IndexError`` on CPU and a device-side assert on GPU)."""
+        ids = batch.get("input_ids") if isinstance(batch, Mapping) else None
+        if isinstance(ids, Tensor) and ids.numel():
+            rows = self.model.get_input_embeddings().num_embeddings
+            low, high = int(ids.min()), int(ids.max())
+            if low < 0 or high >= rows:
+                raise ValueError(
+                    f"batch input_ids hold token id {high if high >= rows else low} but the model's vocabulary has "
+                    f"ids 0..{rows - 1}; tokenize with the model's own tokenizer (data.tokenizer_name_or_path)"
+                )
+            positions = getattr(self.model.config, "max_position_embeddings", None)
+            if positions is not None and ids.shape[-1] > positions:
+                raise ValueError(
+                    f"batch sequences have {ids.shape[-1]} tokens but the model has {positions} position "
+                    f"embeddings; set data.max_length <= {positions}"
+                )
+        return batch
 
     # ------------------------------------------------------------------ steps
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:

@@ -250,3 +250,79 @@ def test_validation_step_returns_its_encoded_batch(model, dm, tmp_path):
     val_batches = len(dm.val_dataloader())
     assert CountingClassifier.encode_calls == val_batches  # one encode per validation batch, none extra
     assert "topo/psf" in trainer.callback_metrics
+
+
+# ----------------------------------------------------------------------------- refused early (issue 12)
+def test_bad_argument_types(tiny_model_dir):
+    from pathlib import Path
+
+    with pytest.raises(TypeError, match="model_name_or_path must be a local model directory or hub id"):
+        SequenceClassifier(3, num_labels=2)
+    with pytest.raises(TypeError, match="num_labels must be an int; got float 2.0"):
+        SequenceClassifier(str(tiny_model_dir), num_labels=2.0)
+    with pytest.raises(TypeError, match="learning_rate must be a finite number; got str"):
+        SequenceClassifier(str(tiny_model_dir), learning_rate="1e-3")
+    with pytest.raises(TypeError, match="weight_decay must be a finite number; got float nan"):
+        SequenceClassifier(str(tiny_model_dir), weight_decay=float("nan"))
+    assert SequenceClassifier(Path(tiny_model_dir)).hparams.num_labels == 2  # a Path is fine
+
+
+def _fit_steps(model, dm, tmp_path, **kwargs) -> pl.Trainer:
+    trainer = pl.Trainer(
+        max_steps=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        default_root_dir=tmp_path,
+        **kwargs,
+    )
+    trainer.fit(model, dm)
+    return trainer
+
+
+def test_tokenizer_larger_than_the_vocabulary_is_refused_before_training(model, toy_csv, tmp_path):
+    from transformers import BertTokenizer
+
+    from ._toy import VOCAB
+
+    big = tmp_path / "big_tokenizer"
+    BertTokenizer(vocab={w: i for i, w in enumerate(VOCAB + [f"w{i}" for i in range(200)])}).save_pretrained(
+        big
+    )
+    dm = TextClassificationDataModule(
+        data_file=str(toy_csv), text_column="sentence", label_column="target", tokenizer_name_or_path=str(big)
+    )
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=r"tokenizer has 229 tokens but the model's embedding has 128 rows"):
+        _fit_steps(model, dm, tmp_path)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # nothing was trained
+
+
+def test_out_of_vocabulary_ids_and_too_long_batches_are_refused(model, tmp_path):
+    from torch.utils.data import DataLoader
+
+    def loader(ids: torch.Tensor) -> DataLoader:
+        rows = [
+            {"input_ids": r, "attention_mask": torch.ones_like(r), "labels": torch.tensor(0)} for r in ids
+        ]
+        return DataLoader(rows, batch_size=2)
+
+    trainer = pl.Trainer(
+        max_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    before = model.model.classifier.weight.detach().clone()
+    with pytest.raises(ValueError, match=r"token id 500 but the model's vocabulary has ids 0..127"):
+        trainer.fit(model, train_dataloaders=loader(torch.tensor([[2, 500, 3], [2, 7, 3]])))
+    with pytest.raises(
+        ValueError, match=r"sequences have 70 tokens but the model has 64 position embeddings.*max_length"
+    ):
+        trainer.fit(model, train_dataloaders=loader(torch.full((2, 70), 5)))
+    assert torch.equal(model.model.classifier.weight, before)

@@ -275,3 +275,76 @@ def test_train_loader_is_sharded_by_the_trainers_ranks(tiny_model_dir, toy_csv):
         loader.sampler.set_epoch(1)
         assert list(loader.sampler) != seen[-1]
     assert sorted(seen[0] + seen[1]) == list(range(160))
+
+
+# ----------------------------------------------------------------------------- refused early (issue 12)
+def test_unreadable_files_are_refused_naming_the_argument(tiny_model_dir, tmp_path):
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes(b"sentence,target\n" + b"bon caf\xe9,1\n" * 4)
+    dm = make(tiny_model_dir, data_file=str(latin))
+    with pytest.raises(
+        ValueError, match=r"data_file '.*latin.csv' is not UTF-8 text: byte 0xe9 at offset 23 \(line 2\)"
+    ):
+        dm.setup("fit")
+    train = write_csv(tmp_path / "train.csv", toy_rows(20))
+    with pytest.raises(ValueError, match="val_file '.*latin.csv' is not UTF-8"):
+        make(tiny_model_dir, train_file=str(train), val_file=str(latin)).setup("fit")
+    with pytest.raises(IsADirectoryError, match="predict_file '.*' is a directory"):
+        make(tiny_model_dir, data_file=str(train), predict_file=str(tmp_path))
+
+
+def test_missing_text_column_names_the_argument(tiny_model_dir, toy_csv):
+    dm = TextClassificationDataModule(data_file=str(toy_csv), tokenizer_name_or_path=str(tiny_model_dir))
+    with pytest.raises(
+        ValueError, match=r"text_column='text'.*columns \['sentence', 'target', 'id'\].*Set text_column="
+    ):
+        dm.setup("fit")
+    dm = make(tiny_model_dir, data_file=str(toy_csv), label_column="targte")
+    with pytest.raises(ValueError, match=r"label_column='targte'.*did you mean 'target'"):
+        _ = dm.num_classes
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"seed": None}, TypeError, r"seed must be an int \(it fixes the split.*got NoneType None"),
+        ({"seed": 1.5}, TypeError, "seed must be an int"),
+        ({"max_length": "64"}, TypeError, "max_length must be an int; got str '64'"),
+        ({"max_length": 1}, ValueError, "max_length must be >= 2; got 1"),
+        ({"batch_size": 32.0}, TypeError, "batch_size must be an int; got float 32.0"),
+        ({"batch_size": True}, TypeError, "batch_size must be an int; got bool"),
+        ({"eval_batch_size": 0}, ValueError, "eval_batch_size must be >= 1"),
+        ({"num_workers": -1}, ValueError, "num_workers must be >= 0"),
+        ({"limit": 2.5}, TypeError, "limit must be an int; got float 2.5"),
+        ({"limit": {"train": 0}}, ValueError, r"limit\['train'\] must be >= 1"),
+        ({"val_fraction": "0.1"}, TypeError, "val_fraction must be a number"),
+        ({"val_fraction": float("nan")}, ValueError, "0 < val_fraction"),
+        ({"text_column": 3}, TypeError, "text_column must be a non-empty string"),
+        ({"label_names": "neg,pos"}, TypeError, "label_names must be a list of class names"),
+        ({"data_file": 5}, TypeError, "data_file must be a non-empty string"),
+    ],
+)
+def test_bad_argument_types(tiny_model_dir, toy_csv, kwargs, error, message):
+    kwargs = {"data_file": str(toy_csv), **kwargs}
+    with pytest.raises(error, match=message):
+        make(tiny_model_dir, **kwargs)
+
+
+def test_tokenizer_argument_of_the_wrong_type_or_place(tiny_model_dir, toy_csv, tmp_path):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    with pytest.raises(
+        TypeError, match=r"tokenizer_name_or_path must be .* got BertTokenizer.*save_pretrained"
+    ):
+        TextClassificationDataModule(data_file=str(toy_csv), tokenizer_name_or_path=tokenizer)
+    with pytest.raises(TypeError, match="tokenizer_name_or_path must be"):
+        TextClassificationDataModule(data_file=str(toy_csv), tokenizer_name_or_path=3)
+    empty = tmp_path / "empty_dir"
+    empty.mkdir()
+    dm = make(empty, data_file=str(toy_csv))
+    with pytest.raises(
+        OSError, match="tokenizer_name_or_path '.*empty_dir' could not be loaded as a tokenizer"
+    ):
+        dm.setup("fit")
+    assert make(tiny_model_dir, data_file=toy_csv).split_sizes()["train"] == 160  # a Path is fine
