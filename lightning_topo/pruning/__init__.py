@@ -1,12 +1,19 @@
 """Topology-guided structured pruning and compressed checkpoints (``docs/pruning.md``).
 
-Public API (imported lazily, so ``import lightning_topo.pruning`` stays cheap):
+Public API (imported lazily, so ``import lightning_topo.pruning`` does not import transformers
+until a name is used):
 
+    PruningConfig, DEFAULTS                      every setting, its default and its check
     prune_model(model, dataloader, *, method="topological", ratio=0.6, units=("ffn", "heads"), ...)
-    compute_importance(model, dataloader, *, method=...) -> ImportanceTable
+    compute_importance(model, dataloader, *, method=...) -> ImportanceTable   (method: name or callable)
     plan_keep_masks(model, table, *, ratio=..., quantile=...) -> KeepMasks
     apply_keep_masks(model, masks) -> model
-    save_compressed(model, path, *, tokenizer=None, overwrite=False) / load_compressed(path)
+    check_supported(model)                       TypeError unless the pruned model can be exported
+    save_compressed(model, path, *, tokenizer=None, overwrite=False, extra_files=None)
+    load_compressed(path, *, verify=None)        verifies SHA256SUMS; importing it registers the
+                                                 pruned classes with transformers' Auto classes
+
+Data flows config -> layout -> importance -> structured -> api; export reads layout and structured.
 """
 
 from __future__ import annotations
@@ -20,6 +27,12 @@ _EXPORTS = {
     "prune_model": "lightning_topo.pruning.api",
     "PruneResult": "lightning_topo.pruning.api",
     "compute_importance": "lightning_topo.pruning.importance",
+    "ImportanceFn": "lightning_topo.pruning.importance",
+    "ImportanceContext": "lightning_topo.pruning.importance",
+    "UnitOutputs": "lightning_topo.pruning.importance",
+    "check_supported": "lightning_topo.pruning.layout",
+    "encoder_layers": "lightning_topo.pruning.layout",
+    "layer_widths": "lightning_topo.pruning.layout",
     "collect_unit_outputs": "lightning_topo.pruning.importance",
     "ImportanceTable": "lightning_topo.pruning.importance",
     "METHODS": "lightning_topo.pruning.importance",
@@ -31,6 +44,8 @@ _EXPORTS = {
     "save_compressed": "lightning_topo.pruning.export",
     "load_compressed": "lightning_topo.pruning.export",
     "register_auto_classes": "lightning_topo.pruning.export",
+    "check_output_path": "lightning_topo.pruning.export",
+    "verify_manifest": "lightning_topo.pruning.export",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -1,4 +1,4 @@
-"""``prune_model``: scores -> keep-masks -> surgery, shared by the callback and the CLI."""
+"""``prune_model``: scores -> keep-masks -> surgery, the one pruning step shared by the callback and the CLI."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 from torch import nn
 
 from lightning_topo.pruning.config import DEFAULTS, PruningConfig
-from lightning_topo.pruning.importance import ImportanceTable, compute_importance
+from lightning_topo.pruning.importance import ImportanceFn, ImportanceTable, compute_importance
 from lightning_topo.pruning.structured import KeepMasks, apply_keep_masks, plan_keep_masks
 
 __all__ = ["prune_model", "PruneResult"]
@@ -30,7 +30,7 @@ def prune_model(
     model: nn.Module,
     dataloader: Iterable[Mapping[str, Any]] | None = None,
     *,
-    method: str = DEFAULTS.method,  # type: ignore[assignment]
+    method: str | ImportanceFn = DEFAULTS.method,  # type: ignore[assignment]
     ratio: float | None = DEFAULTS.ratio,
     quantile: float | None = DEFAULTS.quantile,
     units: Sequence[str] = DEFAULTS.units,
@@ -45,25 +45,29 @@ def prune_model(
 ) -> nn.Module | tuple[nn.Module, PruneResult]:
     """Prune a BERT-family Hugging Face model in place to a physically smaller one.
 
+    Scores every unit (:func:`~lightning_topo.pruning.importance.compute_importance`), turns the
+    scores into per-layer keep-masks that meet the budget
+    (:func:`~lightning_topo.pruning.structured.plan_keep_masks`) and removes the other units
+    (:func:`~lightning_topo.pruning.structured.apply_keep_masks`). Every setting is checked first
+    (:class:`~lightning_topo.pruning.config.PruningConfig`, whose fields and defaults these
+    arguments are), so a bad one fails before the model is read or changed.
+
     Args:
-        model: e.g. ``BertForSequenceClassification`` (any model with ``base_model.encoder.layer``
-            of BERT layers). Modified in place (its pruned ``nn.Linear`` modules are replaced).
-        dataloader: calibration batches (dicts with ``input_ids``, ``attention_mask``, ...);
-            not needed for ``method="magnitude"``/``"random"``.
-        method: ``"topological"`` (default; alias of
-            :data:`~lightning_topo.pruning.importance.DEFAULT_TOPOLOGICAL`),
-            ``"topological-redundancy"``, ``"topological-1d"``, ``"magnitude"``, ``"activation"``,
-            ``"random"``.
-        ratio: fraction of the encoder's parameters to keep, in ``(0, 1]`` (default 0.6), relative
-            to ``model`` as passed in.
+        model: e.g. ``BertForSequenceClassification`` or ``RobertaForSequenceClassification`` (any
+            model with the layer layout of :mod:`lightning_topo.pruning.layout`). Modified in place:
+            its pruned ``nn.Linear`` modules are replaced, so optimisers must be rebuilt.
+        dataloader: calibration batches (dicts with ``input_ids``, ``attention_mask``, ...); not
+            needed for ``method="magnitude"``/``"random"``.
+        method: a name from :data:`~lightning_topo.pruning.config.METHODS` or an importance
+            callable (:data:`~lightning_topo.pruning.importance.ImportanceFn`).
+        ratio: fraction of the encoder's parameters to keep, in ``(0, 1]``, relative to ``model``
+            as passed in.
         quantile: instead of ``ratio``, drop each layer's units below this per-layer score quantile.
-        units: which kinds to prune, subset of ``("ffn", "heads")``.
+        units: which kinds to prune, subset of ``("ffn", "heads")`` (a string is one kind).
         min_heads, min_ffn: floors per layer (``>= 1``).
-        ffn_multiple: with ``ratio``, pruned FFN widths are rounded down to a multiple of this
-            (default 8, for fast GEMMs; ``1`` keeps the exact budget). See
-            :func:`~lightning_topo.pruning.structured.plan_keep_masks`.
+        ffn_multiple: with ``ratio``, pruned FFN widths are rounded down to a multiple of this.
         max_positions, max_batches: calibration size (token positions, batches).
-        stat: reading B's summary (``"max"`` or ``"total"``).
+        stat: H0 summary of ``topological-1d`` (``"max"``: longest finite bar; ``"total"``: sum).
         seed: calibration sampling and ``random`` scores.
         return_info: also return a :class:`PruneResult` with the scores and masks.
 
@@ -71,8 +75,8 @@ def prune_model(
         ``model`` (same object, smaller), or ``(model, info)`` with ``return_info=True``.
 
     Raises:
-        ValueError: bad ``ratio``/``quantile``, a calibration set without tokens, or a target that
-            would remove every unit of a layer. The model is not modified when an error is raised.
+        ValueError: a bad setting (message names it), a calibration set without tokens, or a target
+            that would remove every unit of a layer. The model is not modified when an error is raised.
         TypeError: not a BERT-family model.
     """
     cfg = PruningConfig(

@@ -61,11 +61,10 @@ _PRUNED_CLASSES: dict[str, tuple[type, type, type]] = {
 }
 
 
-def register_auto_classes(*, config_only: bool = False) -> None:
+def register_auto_classes() -> None:
     """Register the pruned config/model classes with transformers' Auto classes (idempotent).
 
-    Runs when this module is imported; call it again only if something unregistered them.
-    ``config_only`` is accepted for compatibility and registers everything anyway.
+    Runs when this module is imported, through transformers' public ``register`` methods only.
     """
     for config_cls, bare_cls, classifier_cls in _PRUNED_CLASSES.values():
         AutoConfig.register(config_cls.model_type, config_cls, exist_ok=True)

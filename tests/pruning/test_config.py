@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
+import torch
 
+from lightning_topo.pruning import collect_unit_outputs, compute_importance, plan_keep_masks, prune_model
 from lightning_topo.pruning.config import DEFAULTS, METHODS, UNIT_KINDS, PruningConfig
 
 
@@ -77,3 +80,34 @@ def test_callable_method_and_replace_revalidates():
         cfg.replace(ratio=2.0)
     kwargs = cfg.prune_kwargs()
     assert "calibration_batches" not in kwargs and kwargs["method"] is mine
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda m, b: prune_model(m, [b], units="f"), "units"),
+        (lambda m, b: prune_model(m, [b], stat="mean"), "stat"),
+        (lambda m, b: prune_model(m, [b], max_positions=2.5), "max_positions"),
+        (lambda m, b: prune_model(m, [b], min_heads=1.5), "min_heads"),
+        (lambda m, b: prune_model(m, [b], ratio=math.nan), "ratio"),
+        (lambda m, b: prune_model(m, [b], seed=None), "seed"),
+        (lambda m, b: prune_model(m, [b], method=42), "method"),
+        (lambda m, b: compute_importance(m, [b], max_batches=0), "max_batches"),
+        (lambda m, b: collect_unit_outputs(m, [b], max_positions=1), "max_positions"),
+        (lambda m, b: plan_keep_masks(m, compute_importance(m, method="random"), quantile=1.0), "quantile"),
+    ],
+)
+def test_entry_points_refuse_bad_settings_before_touching_the_model(call, match, tiny_classifier, tiny_batch):
+    before = {k: v.clone() for k, v in tiny_classifier.state_dict().items()}
+    with pytest.raises(ValueError, match=match):
+        call(tiny_classifier, tiny_batch)
+    after = tiny_classifier.state_dict()
+    assert set(after) == set(before) and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_units_string_prunes_only_that_kind(tiny_classifier, tiny_batch):
+    model = prune_model(
+        copy.deepcopy(tiny_classifier), [tiny_batch], units="ffn", ratio=0.8, method="magnitude"
+    )
+    assert [layer.attention.self.num_attention_heads for layer in model.bert.encoder.layer] == [4, 4]
+    assert all(layer.intermediate.dense.out_features < 64 for layer in model.bert.encoder.layer)

@@ -71,10 +71,24 @@ def test_removing_equals_zeroing(tiny_classifier, tiny_batch, ffn, heads):
 def test_pruned_model_trains(tiny_classifier, tiny_batch):
     pruned = apply_keep_masks(copy.deepcopy(tiny_classifier), _masks("per-layer", "per-layer")).train()
     opt = torch.optim.SGD(pruned.parameters(), lr=0.1)
+    before = {name: p.detach().clone() for name, p in pruned.named_parameters()}
     loss = pruned(**tiny_batch).loss
     loss.backward()
     opt.step()
-    assert all(p.grad is not None for p in pruned.parameters() if p.requires_grad and p.grad is not None)
+    shrunk = [
+        name
+        for name, _ in pruned.named_parameters()
+        if ".encoder.layer." in name
+        and any(k in name for k in ("query", "value", "intermediate.dense", "output.dense"))
+    ]
+    assert (
+        len(shrunk) == 2 * 2 * 5
+    )  # 2 layers x weight/bias x query, value, attention.output, intermediate, output
+    params = dict(pruned.named_parameters())
+    for name in shrunk:  # the new, smaller tensors are trained: finite gradients of their own shape, moved
+        grad = params[name].grad
+        assert grad is not None and grad.shape == params[name].shape and torch.isfinite(grad).all(), name
+        assert not torch.equal(params[name].detach(), before[name]), name
 
 
 @pytest.mark.parametrize("ratio", [0.9, 0.6, 0.35])
