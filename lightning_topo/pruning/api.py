@@ -92,26 +92,8 @@ def prune_model(
         stat=stat,
         seed=seed,
     )
-    table = compute_importance(
-        model,
-        dataloader,
-        method=cfg.method,  # type: ignore[arg-type]
-        units=cfg.units,
-        max_positions=cfg.max_positions,
-        max_batches=cfg.max_batches,
-        stat=cfg.stat,
-        seed=cfg.seed,
-    )
-    masks = plan_keep_masks(
-        model,
-        table,
-        ratio=cfg.ratio,
-        quantile=cfg.quantile,
-        units=cfg.units,
-        min_heads=cfg.min_heads,
-        min_ffn=cfg.min_ffn,
-        ffn_multiple=cfg.ffn_multiple,
-    )
+    table = compute_importance(model, dataloader, **cfg.importance_kwargs())
+    masks = plan_keep_masks(model, table, **cfg.plan_kwargs())
     apply_keep_masks(model, masks)
     if return_info:
         return model, PruneResult(table=table, masks=masks, kept=masks.kept())

@@ -195,6 +195,16 @@ class PruningConfig:
         """A copy with ``changes`` applied (and validated)."""
         return dataclasses.replace(self, **changes)
 
+    def importance_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`~lightning_topo.pruning.compute_importance`."""
+        keys = ("method", "units", "max_positions", "max_batches", "stat", "seed")
+        return {k: getattr(self, k) for k in keys}
+
+    def plan_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`~lightning_topo.pruning.plan_keep_masks`."""
+        keys = ("ratio", "quantile", "units", "min_heads", "min_ffn", "ffn_multiple")
+        return {k: getattr(self, k) for k in keys}
+
     def prune_kwargs(self) -> dict[str, Any]:
         """The keyword arguments of :func:`~lightning_topo.pruning.prune_model` (all but ``calibration_batches``)."""
         out = dataclasses.asdict(self)

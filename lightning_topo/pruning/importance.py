@@ -171,6 +171,31 @@ def _record_batch(
     sample.add(captured, count)
 
 
+def _record_all(
+    model: nn.Module,
+    layers: nn.ModuleList,
+    dataloader: Iterable[Mapping[str, Any]],
+    units: tuple[str, ...],
+    max_batches: int | None,
+    sample: _PositionSample,
+) -> None:
+    """Run the model on the batches in eval mode under ``no_grad``; hooks and training flag restored."""
+    captured: dict = {}
+    handles = _install_recorders(layers, units, captured)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for b, batch in enumerate(dataloader):
+                if max_batches is not None and b >= max_batches:
+                    break
+                _record_batch(model, batch, captured, sample)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+
+
 def collect_unit_outputs(
     model: nn.Module,
     dataloader: Iterable[Mapping[str, Any]],
@@ -209,20 +234,7 @@ def collect_unit_outputs(
             f"dataloader must be an iterable of tokenised batches; got {type(dataloader).__name__}"
         )
     layers = encoder_layers(model)
-    captured: dict = {}
-    handles = _install_recorders(layers, units, captured)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for b, batch in enumerate(dataloader):
-                if max_batches is not None and b >= max_batches:
-                    break
-                _record_batch(model, batch, captured, sample)
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
+    _record_all(model, layers, dataloader, units, max_batches, sample)
     n = sample.keys.numel()
     if n < 2:
         raise ValueError(
