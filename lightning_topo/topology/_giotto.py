@@ -19,12 +19,13 @@ _BLOCK_ENTRIES = 1 << 20  # entries scanned at a time by edges_with_values (boun
 
 
 def edges_with_values(matrix: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """For each of the sorted, distinct ``values`` ``(k,)``, one off-diagonal ``(i, j)`` with
+    """For each of the sorted, distinct ``values`` ``(k,)``, one edge ``(i, j)``, ``i < j``, with
     ``matrix[i, j] == values[t]``; returns ``(k, 2)`` int64, ``-1`` where there is none.
 
-    One pass over the ``(n, n)`` matrix in blocks of rows, each entry located among the
-    ``values`` by binary search: ``O(n^2 log k)`` time, ``O(n + k)`` memory beyond a block;
-    measured cheaper than sorting the ``n (n - 1) / 2`` entries of the upper triangle.
+    ``matrix`` is read as symmetric: one pass over its upper triangle in blocks of rows, each
+    entry located among the ``values`` by binary search: ``O(n^2 log k)`` time and memory
+    bounded by a block; measured cheaper than sorting the ``n (n - 1) / 2`` entries
+    (docs/topology.md).
     """
     n = matrix.shape[0]
     found = np.full((len(values), 2), -1, dtype=np.int64)
@@ -32,13 +33,13 @@ def edges_with_values(matrix: np.ndarray, values: np.ndarray) -> np.ndarray:
         return found
     rows = max(1, _BLOCK_ENTRIES // n)
     for start in range(0, n, rows):
-        block = matrix[start : start + rows]
+        block = matrix[start : start + rows, start:]  # upper triangle and diagonal of these rows
         slot = np.searchsorted(values, block).clip(max=len(values) - 1)
         ii, jj = np.nonzero(values[slot] == block)
-        off_diagonal = ii + start != jj
-        ii, jj = ii[off_diagonal], jj[off_diagonal]
+        above = jj > ii  # off the diagonal (column start + jj, row start + ii)
+        ii, jj = ii[above], jj[above]
         found[slot[ii, jj], 0] = ii + start  # later hits overwrite earlier ones: any edge is fine
-        found[slot[ii, jj], 1] = jj
+        found[slot[ii, jj], 1] = jj + start
     return found
 
 
@@ -58,6 +59,9 @@ def h1_pairs(matrix: np.ndarray, n_threads: int) -> np.ndarray:
     dgm = dgm[np.isfinite(dgm).all(axis=1) & (dgm[:, 1] > dgm[:, 0])]
     values, where = np.unique(dgm.ravel(), return_inverse=True)
     edges = edges_with_values(matrix, values)
+    missing = (edges < 0).any(axis=1)
+    if missing.any():  # a matrix symmetric only up to rounding: giotto-ph read the other triangle
+        edges[missing] = edges_with_values(matrix.T, values[missing])[:, ::-1]
     if len(values) and int(edges.min()) < 0:
         missing = values[(edges < 0).any(axis=1)][:5].tolist()
         raise RuntimeError(

@@ -91,3 +91,16 @@ def test_edges_with_values_finds_ties_and_misses() -> None:
     assert m[found[2, 0], found[2, 1]] == 2.0 and found[2, 0] != found[2, 1], "a tie maps to any edge"
     assert found[3].tolist() == [-1, -1]
     assert sorted(found[4].tolist()) == [1, 3]
+
+
+@pytest.mark.parametrize("triangle", ["upper", "lower"])
+def test_h1_of_a_matrix_symmetric_up_to_rounding(triangle: str) -> None:
+    # giotto-ph reads one triangle; its values must be found whichever one was perturbed
+    x = torch.randn(50, 3, generator=torch.Generator().manual_seed(8))
+    dm = pairwise_distances(x)
+    upper = torch.triu(torch.ones(50, 50, dtype=torch.bool), diagonal=1)
+    upper = upper if triangle == "upper" else upper.T
+    noisy = torch.where(upper, dm * (1 + 1e-6), dm)
+    h1 = h1_diagram(noisy, distance_matrix=True)
+    ref = gph.ripser_parallel(noisy.numpy(), maxdim=1, metric="precomputed")["dgms"][1]
+    _assert_same(_finite_sorted(h1.numpy()), _finite_sorted(ref), 0.0, "H1 of a nearly symmetric matrix")
