@@ -1,0 +1,313 @@
+"""GeometryMonitor in real (tiny) fits: metrics, figures, one validation forward, resume, refusals."""
+
+from __future__ import annotations
+
+import math
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, Logger
+from torch.utils.data import DataLoader
+
+from lightning_topo.callbacks.geometry_monitor import GeometryMonitor
+from lightning_topo.encoding import EncodedBatch, encode_batch
+from lightning_topo.geometry_capture import GeometryAccumulator, GeometryCapture
+
+
+class TinyClassifier(pl.LightningModule):
+    """A tiny random BertForSequenceClassification; ``validation_step`` returns its EncodedBatch."""
+
+    def __init__(self, config, run_model_in_validation: bool = True, model=None):
+        super().__init__()
+        from transformers import BertForSequenceClassification
+
+        torch.manual_seed(0)
+        self.model = model if model is not None else BertForSequenceClassification(config)
+        self.run_model_in_validation = run_model_in_validation
+        self.forwards = {"train": 0, "val": 0}
+        self.hooks_seen_in_training = 0
+
+    def encode(self, batch) -> EncodedBatch:
+        return encode_batch(self.model, batch)
+
+    def training_step(self, batch, batch_idx):
+        self.forwards["train"] += 1
+        self.hooks_seen_in_training += _geometry_hooks(self.model)
+        out = self.model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]
+        )
+        return out.loss
+
+    def validation_step(self, batch, batch_idx):
+        if not self.run_model_in_validation:  # logs without running the model: the monitor must re-read
+            self.log("val/acc", 0.5 + 0.01 * self.current_epoch, on_epoch=True)
+            return None
+        self.forwards["val"] += 1
+        enc = self.encode(batch)
+        acc = (enc.logits.argmax(-1) == batch["labels"]).float().mean()
+        self.log("val/acc", acc, on_epoch=True)
+        return enc
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.05)
+
+
+def _geometry_hooks(model) -> int:
+    hooks = [h for m in model.modules() for h in (*m._forward_hooks.values(), *m._forward_pre_hooks.values())]
+    return sum(getattr(h, "__module__", "") == "lightning_topo.geometry_capture" for h in hooks)
+
+
+def make_dataset(n: int, seed: int, empty_row: int | None = None):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, 128, (n, 8), generator=g)
+    labels = torch.arange(n) % 2
+    ids[:, 1] = labels + 1
+    mask = torch.ones(n, 8, dtype=torch.long)
+    mask[::3, 6:] = 0
+    if empty_row is not None:
+        mask[empty_row] = 0
+    ids[mask == 0] = 0
+    return [{"input_ids": ids[i], "attention_mask": mask[i], "labels": labels[i]} for i in range(n)]
+
+
+class TinyData(pl.LightningDataModule):
+    def __init__(self, empty_row: int | None = None):
+        super().__init__()
+        self.empty_row = empty_row
+
+    def train_dataloader(self):
+        return DataLoader(make_dataset(32, 0), batch_size=8)
+
+    def val_dataloader(self):
+        return DataLoader(make_dataset(24, 1, self.empty_row), batch_size=8)
+
+
+def run_fit(tmp_path, config, monitor, max_epochs=3, logger=None, model=None, ckpt_path=None, callbacks=()):
+    model = model or TinyClassifier(config)
+    trainer = pl.Trainer(
+        default_root_dir=str(tmp_path),
+        max_epochs=max_epochs,
+        callbacks=[monitor, *callbacks],
+        logger=logger if logger is not None else False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
+        accelerator="cpu",
+        devices=1,
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(model, datamodule=TinyData(), ckpt_path=ckpt_path)
+    return trainer, model
+
+
+def _names(layers=(1, 2), prefix="geometry"):
+    names = []
+    for i in layers:
+        cone = f"{prefix}/cone/layer_{i}"
+        names += [cone, f"{cone}/input", f"{cone}/heads", f"{cone}/attention_output"]
+        names += [
+            f"{prefix}/{k}/layer_{i}" for k in ("attention_entropy", "directionality", "qk_spectral_entropy")
+        ]
+    return names
+
+
+def test_logs_every_metric_correlations_and_figures(tmp_path, tiny_config):
+    monitor = GeometryMonitor()
+    trainer, model = run_fit(tmp_path, tiny_config, monitor, logger=CSVLogger(str(tmp_path), name="csv"))
+    metrics = trainer.callback_metrics
+    for name in _names():
+        assert name in metrics, name
+        value = float(metrics[name])
+        assert math.isfinite(value)
+        if "/cone/" in name or "directionality" in name:
+            assert 0.0 <= value <= 1.0 + 1e-6, (name, value)
+        if "attention_entropy" in name:
+            assert 0.0 <= value <= math.log(8) + 1e-6
+    assert "geometry/cone/layer_2/pearson_val_acc" in metrics
+    assert "geometry/directionality/layer_1/spearman_val_acc" in metrics
+    assert [r["epoch"] for r in monitor.history] == [0, 1, 2]
+    record = monitor.history[-1]
+    assert record["layers"] == [1, 2] and record["monitor"] is not None
+    assert {k: (len(v), len(v[0])) for k, v in record["heads"].items()} == {
+        "cone_heads": (2, 4),
+        "directionality": (2, 4),
+        "qk_spectral_entropy": (2, 4),
+        "attention_entropy": (2, 4),
+    }
+    out = monitor.plot_dir(trainer)
+    assert (out / "cone_vs_epoch.png").stat().st_size > 0
+    for r in monitor.history:
+        assert (out / f"heads_epoch{r['epoch']}_step{r['step']}.png").stat().st_size > 0
+    assert _geometry_hooks(model.model) == 0 and model.hooks_seen_in_training == 0
+    assert len(monitor.timings) == 3 and all(t["reread_s"] == 0.0 for t in monitor.timings)
+
+
+def test_values_equal_a_direct_measurement_of_the_final_model(tmp_path, tiny_config):
+    monitor = GeometryMonitor()
+    trainer, model = run_fit(tmp_path, tiny_config, monitor, max_epochs=1)
+    model.model.eval()
+    acc = GeometryAccumulator([1, 2], num_heads=4)
+    with GeometryCapture(model.model, on_layer=acc.add), torch.no_grad():
+        for batch in TinyData().val_dataloader():
+            model.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    direct = acc.result()
+    logged = monitor.history[-1]["scores"]
+    for i in (1, 2):
+        assert logged[f"geometry/cone/layer_{i}"] == pytest.approx(float(direct[i]["cone/output"]), rel=1e-5)
+        assert logged[f"geometry/cone/layer_{i}/heads"] == pytest.approx(
+            float(direct[i]["cone/heads"].mean()), rel=1e-5
+        )
+        assert logged[f"geometry/attention_entropy/layer_{i}"] == pytest.approx(
+            float(direct[i]["attention_entropy"].mean()), rel=1e-5
+        )
+
+
+def test_adds_no_second_validation_pass(tmp_path, tiny_config):
+    _, without = run_fit(tmp_path / "a", tiny_config, monitor=pl.Callback(), max_epochs=2)
+    monitor = GeometryMonitor()
+    _, with_monitor = run_fit(tmp_path / "b", tiny_config, monitor, max_epochs=2)
+    calls = {"n": 0}
+
+    def count(module, args, kwargs):
+        calls["n"] += 1
+
+    assert with_monitor.forwards == without.forwards == {"train": 8, "val": 6}
+    # and the HF model itself ran once per validation batch: count with a hook in a new fit
+    model = TinyClassifier(tiny_config)
+    model.model.register_forward_pre_hook(count, with_kwargs=True)
+    run_fit(tmp_path / "c", tiny_config, GeometryMonitor(), max_epochs=2, model=model)
+    assert calls["n"] == 8 + 6
+
+
+def test_rereads_when_validation_step_runs_no_model(tmp_path, tiny_config):
+    monitor = GeometryMonitor(every_n_epochs=2, max_batches=2)
+    model = TinyClassifier(tiny_config, run_model_in_validation=False)
+    trainer, _ = run_fit(tmp_path, tiny_config, monitor, max_epochs=3, model=model)
+    assert [r["epoch"] for r in monitor.history] == [1]  # every_n_epochs=2
+    assert len(monitor.timings) == 1 and monitor.timings[0]["reread_s"] > 0
+    assert "geometry/cone/layer_1" in trainer.callback_metrics
+    assert _geometry_hooks(model.model) == 0
+
+
+def test_resume_restores_history(tmp_path, tiny_config):
+    ckpt = ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), save_last=True, save_top_k=0)
+    first = GeometryMonitor()
+    run_fit(tmp_path, tiny_config, first, max_epochs=2, callbacks=[ckpt])
+    second = GeometryMonitor()
+    run_fit(
+        tmp_path,
+        tiny_config,
+        second,
+        max_epochs=3,
+        ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"),
+        callbacks=[ModelCheckpoint(dirpath=str(tmp_path / "ckpt2"), save_last=True, save_top_k=0)],
+    )
+    assert [r["epoch"] for r in second.history] == [0, 1, 2]
+    assert second.history[:2] == first.history
+
+
+class WandbLogger(Logger):  # the monitor recognises W&B by the class name; this stub records calls
+    def __init__(self):
+        super().__init__()
+        self.images, self.tables = [], []
+
+    name, version, experiment = "stub", "0", None
+
+    def log_metrics(self, metrics, step=None):
+        pass
+
+    def log_hyperparams(self, params, *args, **kwargs):
+        pass
+
+    def log_image(self, key, images, **kwargs):
+        self.images.append(key)
+
+    def log_table(self, key, columns=None, data=None, **kwargs):
+        self.tables.append((key, columns, data))
+
+
+def test_wandb_gets_images_and_a_history_table(tmp_path, tiny_config):
+    logger = WandbLogger()
+    monitor = GeometryMonitor(layers=[-1], monitor_against=None)
+    run_fit(tmp_path, tiny_config, monitor, max_epochs=2, logger=logger)
+    assert "geometry/plots/cone_vs_epoch" in logger.images
+    assert sum(k.startswith("geometry/plots/heads_") for k in logger.images) == 2
+    ((key, columns, rows),) = logger.tables
+    assert key == "geometry/history" and columns[:3] == ["epoch", "step", "geometry/cone/layer_2"]
+    assert len(rows) == 2
+
+
+# ----------------------------------------------------------------------------- refusals
+
+
+def _fit_refused(tmp_path, config, monitor, model=None, data=None):
+    model = model or TinyClassifier(config)
+    trainer = pl.Trainer(
+        default_root_dir=str(tmp_path),
+        max_epochs=1,
+        callbacks=[monitor],
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        accelerator="cpu",
+        devices=1,
+    )
+    trainer.fit(model, datamodule=data or TinyData())
+    return model
+
+
+def test_setup_refuses_non_bert_models_before_training(tmp_path, tiny_config):
+    from transformers import DistilBertConfig, DistilBertForSequenceClassification
+
+    distil = DistilBertForSequenceClassification(
+        DistilBertConfig(vocab_size=128, dim=16, n_layers=1, n_heads=2, hidden_dim=32)
+    )
+    model = TinyClassifier(tiny_config, model=distil)
+    with pytest.raises(TypeError, match="BERT-family encoder"):
+        _fit_refused(tmp_path, tiny_config, GeometryMonitor(), model=model)
+    assert model.forwards["train"] == 0
+
+
+def test_setup_refuses_model_attention_without_eager(tmp_path, tiny_config):
+    model = TinyClassifier(tiny_config)
+    with pytest.raises(ValueError, match="attn_implementation='eager'"):
+        _fit_refused(tmp_path, tiny_config, GeometryMonitor(attention="model"), model=model)
+    assert model.forwards["train"] == 0
+    model.model.set_attn_implementation("eager")  # the fix the message names works
+    monitor = GeometryMonitor(attention="model")
+    _fit_refused(tmp_path, tiny_config, monitor, model=model)
+    assert "geometry/attention_entropy/layer_2" in monitor.history[-1]["scores"]
+
+
+def test_setup_refuses_a_validation_sequence_without_valid_position(tmp_path, tiny_config):
+    model = TinyClassifier(tiny_config)
+    with pytest.raises(ValueError, match=r"validation batch 1 has sequence\(s\) \[2\]"):
+        _fit_refused(tmp_path, tiny_config, GeometryMonitor(), model=model, data=TinyData(empty_row=10))
+    assert model.forwards["train"] == 0
+
+
+def test_setup_refuses_layers_beyond_the_model(tmp_path, tiny_config):
+    with pytest.raises(ValueError, match="encoder layers 1..2"):
+        _fit_refused(tmp_path, tiny_config, GeometryMonitor(layers=[3]))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"every_n_epochs": 0}, ValueError, "every_n_epochs"),
+        ({"every_n_epochs": 1.5}, TypeError, "every_n_epochs"),
+        ({"layers": "last"}, ValueError, "layers"),
+        ({"layers": [0]}, ValueError, "layers"),
+        ({"layers": [1, 1]}, ValueError, "duplicates"),
+        ({"attention": "eager"}, ValueError, "attention"),
+        ({"normalize": "yes"}, TypeError, "normalize"),
+        ({"max_batches": 0}, ValueError, "max_batches"),
+        ({"log_prefix": "/"}, ValueError, "log_prefix"),
+        ({"monitor_against": 3}, TypeError, "monitor_against"),
+    ],
+)
+def test_constructor_refuses_bad_arguments(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        GeometryMonitor(**kwargs)
