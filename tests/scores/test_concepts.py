@@ -140,3 +140,22 @@ def test_polar_concepts_and_top_words():
 def test_bad_inputs_raise_clear_errors(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_describe_layer_reports_shares_and_readable_concepts():
+    from lightning_topo.scores.concepts import describe_layer
+
+    ids = torch.tensor([0, 0, 0, 1, 1, 1])
+    ref = torch.tensor([0, 0, 0, 1, 1, 2])
+    words = ["good", "great", "good", "the", ",", "the"]
+    classes = torch.tensor([1, 1, 1, 0, 1, 0])
+    sets = {"punctuation": [None, None, None, None, "punctuation", None]}
+    out = describe_layer(ids, words, classes, 2, sets, reference_ids=ref, theta=0.9, top_k=2)
+    assert out["matched"] == 0.5 and out["polar"] == 0.5 and out["aligned"] == {"punctuation": 0.0}
+    first, second = out["concepts"]
+    assert (
+        first["words"] == [["good", 2], ["great", 1]] and first["polar_class"] == 1 and first["matched"] == 0
+    )
+    assert second["polar_class"] is None and second["matched"] is None
+    assert second["class_share"] == pytest.approx(2 / 3, abs=1e-4)
+    assert describe_layer(ids, words, classes, 2, {})["matched"] is None
