@@ -8,8 +8,10 @@
    callback, but ``validation_step`` returns nothing so it must re-read the validation set).
    ``--repeats`` rounds run baseline and monitor_reuse alternately (the re-read variant once), so
    drifts of a shared machine hit both; medians are reported. Each fit is split into phases
-   measured by a callback: training batches, validation loop, fit end (plots), and the monitor's
-   own time (collecting + scores) and plot time. The overhead is reported as the difference of
+   measured by a callback: training batches, validation loop, fit end (plots). The monitor's
+   own time is measured from outside the class by timing its hooks (:func:`time_hooks`):
+   pooling reused batches (``on_validation_batch_end``), collecting + scores
+   (``on_validation_epoch_end``) and plots (``on_fit_end``). The overhead is reported as the difference of
    median fit wall times and as the monitor's own measured time (incl. plots) / fit time.
 2. The per-epoch score computation alone (:func:`lightning_topo.scores.persistence_summary`,
    i.e. H0 + H1 diagrams, PSF, total persistence and entropy) for 2 classes x
@@ -19,6 +21,10 @@ Usage::
 
     .venv/bin/python benchmarks/monitor_overhead.py --repeats 3  # both parts
     .venv/bin/python benchmarks/monitor_overhead.py --skip-fit   # part 2 only
+    # a smoke run (about a minute; results to a scratch file):
+    .venv/bin/python benchmarks/monitor_overhead.py --max-epochs 1 --skip-reread \
+        --cli-arg=--trainer.limit_train_batches=2 --cli-arg=--trainer.limit_val_batches=2 \
+        --score-sizes 32 --score-hidden 16 --results /tmp/monitor_smoke.json
 
 Writes ``benchmarks/results/monitor.json`` and prints a table.
 """
@@ -64,6 +70,27 @@ def time_scores(hidden_sizes=(384, 768), sizes=(512, 1024, 2048), repeats: int =
             )
             print(f"  scores d={d:4d} n={n:5d}/class: {min(times):7.2f} s  (H1 pairs {h1})", flush=True)
     return rows
+
+
+def time_hooks(callback: object, hooks: tuple[str, ...]) -> dict[str, float]:
+    """Wrap ``hooks`` of one callback instance with wall-clock timers; returns the running totals.
+
+    Works for any callback (nothing in the class is changed or read): each call's time is added
+    to ``totals[hook]``.
+    """
+    totals = dict.fromkeys(hooks, 0.0)
+    for name in hooks:
+        original = getattr(callback, name)
+
+        def timed(*args, _original=original, _name=name, **kwargs):
+            start = time.perf_counter()
+            try:
+                return _original(*args, **kwargs)
+            finally:
+                totals[_name] += time.perf_counter() - start
+
+        setattr(callback, name, timed)
+    return totals
 
 
 def _validation_step_not_sharing(self, batch, batch_idx):
@@ -125,19 +152,10 @@ def run_fit(variant: str, workdir: Path, max_epochs: int, extra_args: list[str] 
         cli = run_lightning_cli(args, run=False)
         timer = _phase_timer()
         monitor = None
-        plot_s = [0.0]
+        hook_s: dict[str, float] = {}
         if variant != "baseline":
             monitor = PersistenceScoreMonitor(plots=True)
-            write_plots = monitor._write_plots
-
-            def timed_write_plots(trainer, _write=write_plots):
-                t = time.perf_counter()
-                try:
-                    return _write(trainer)
-                finally:
-                    plot_s[0] += time.perf_counter() - t
-
-            monitor._write_plots = timed_write_plots
+            hook_s = time_hooks(monitor, ("on_validation_batch_end", "on_validation_epoch_end", "on_fit_end"))
             cli.trainer.callbacks.insert(0, monitor)
         cli.trainer.callbacks.insert(0, timer)
         if variant == "monitor":
@@ -160,13 +178,17 @@ def run_fit(variant: str, workdir: Path, max_epochs: int, extra_args: list[str] 
         **metrics,
     }
     if monitor is not None:
-        out["monitor_collect_s"] = sum(t["collect_s"] for t in monitor.timings)
-        out["monitor_compute_s"] = sum(t["compute_s"] for t in monitor.timings)
-        out["monitor_plot_s"] = plot_s[0]
-        out["monitor_s"] = out["monitor_collect_s"] + out["monitor_compute_s"] + plot_s[0]
+        out["monitor_pool_s"] = hook_s["on_validation_batch_end"]
+        out["monitor_measure_s"] = hook_s["on_validation_epoch_end"]
+        out["monitor_plot_s"] = hook_s["on_fit_end"]
+        out["monitor_s"] = sum(hook_s.values())
         out["history"] = monitor.history
     phases = ", ".join(f"{k} {out[k]:.1f}" for k in ("train_s", "val_s", "fit_end_s") if out[k] is not None)
-    extra = f", monitor {out['monitor_s']:.2f} s (plots {plot_s[0]:.2f})" if monitor is not None else ""
+    extra = (
+        f", monitor {out['monitor_s']:.2f} s (plots {out['monitor_plot_s']:.2f})"
+        if monitor is not None
+        else ""
+    )
     print(f"  fit {variant}: {fit_s:.1f} s ({phases}{extra})  {metrics}", flush=True)
     return out
 
@@ -215,10 +237,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=1, help="rounds of baseline + monitor_reuse fits")
     parser.add_argument("--skip-reread", action="store_true", help="do not run the re-reading variant")
     parser.add_argument(
-        "--cli-args", nargs="*", default=[], help="extra LightningCLI arguments, e.g. for a dry run"
+        "--cli-arg",
+        action="append",
+        default=[],
+        help="one extra LightningCLI argument (repeatable), e.g. --cli-arg=--trainer.limit_train_batches=2",
     )
     parser.add_argument("--score-repeats", type=int, default=1, help="timings per score setting (min)")
-    parser.add_argument("--results", default=None, help="results JSON (default benchmarks/results/monitor.json)")
+    parser.add_argument(
+        "--score-sizes", type=int, nargs="+", default=[512, 1024, 2048], help="points per class to time"
+    )
+    parser.add_argument(
+        "--score-hidden", type=int, nargs="+", default=[384, 768], help="hidden sizes to time"
+    )
+    parser.add_argument(
+        "--results", default=None, help="results JSON (default benchmarks/results/monitor.json)"
+    )
     args = parser.parse_args(argv)
     global RESULTS
     if args.results:
@@ -248,13 +281,15 @@ def main(argv: list[str] | None = None) -> int:
                 order.append("monitor")
         for variant in order:
             with tempfile.TemporaryDirectory() as tmp:
-                runs[variant].append(run_fit(variant, Path(tmp), args.max_epochs, args.cli_args))
+                runs[variant].append(run_fit(variant, Path(tmp), args.max_epochs, args.cli_arg))
             runs_done = {k: v for k, v in runs.items() if v}
             result["fit"] = {"runs": runs_done, "summary": summarise(runs_done), "order": order}
             _write(result)  # keep partial results if a later fit is interrupted
     if not args.skip_scores:
         print("per-epoch score computation (2 classes):", flush=True)
-        result["scores"] = time_scores(repeats=args.score_repeats)
+        result["scores"] = time_scores(
+            hidden_sizes=tuple(args.score_hidden), sizes=tuple(args.score_sizes), repeats=args.score_repeats
+        )
 
     _write(result)
 

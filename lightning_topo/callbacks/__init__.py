@@ -1,12 +1,21 @@
-"""Lightning callbacks: thin shells that decide when to compute a score and where to log it.
+"""Lightning callbacks: thin shells that decide when to compute a score and what to log.
 
-Imported lazily so that ``import lightning_topo.callbacks`` stays cheap.
+Each callback lives in its own module and is imported on first use (PEP 562), so that
+``import lightning_topo.callbacks`` stays cheap and importing one callback does not import the
+others' dependencies. A new callback adds one line to ``_EXPORTS`` (and to the
+``TYPE_CHECKING`` block for type checkers); see ``docs/extending.md``.
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from lightning_topo.callbacks.persistence_monitor import (
+        PersistenceScoreMonitor as PersistenceScoreMonitor,
+    )
+    from lightning_topo.callbacks.pruning import TopologicalPruning as TopologicalPruning
 
 _EXPORTS = {
     "PersistenceScoreMonitor": "lightning_topo.callbacks.persistence_monitor",
@@ -20,3 +29,7 @@ def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
         return getattr(importlib.import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'lightning_topo.callbacks' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*(n for n in globals() if not n.startswith("_")), *_EXPORTS])

@@ -2,105 +2,116 @@ r"""
 Persistence score monitor
 =========================
 
-Log BERTops' PSF and persistence statistics of the hidden representations every epoch, so that
-:class:`~lightning.pytorch.callbacks.EarlyStopping` and
+Log BERTops' PSF and persistence statistics of the hidden representations at every
+validation run, so that :class:`~lightning.pytorch.callbacks.EarlyStopping` and
 :class:`~lightning.pytorch.callbacks.ModelCheckpoint` can monitor ``topo/psf``.
 
-The callback only decides *when* to measure and *where* to log: the hidden states come from
-:func:`lightning_topo.representations.collect_representations` and the numbers from
-:func:`lightning_topo.scores.persistence_summary`.
+The callback decides *when* to measure and *what* to log, nothing more: hidden states come
+from :mod:`lightning_topo.representations`, the numbers from
+:func:`lightning_topo.scores.persistence_metrics` and
+:func:`lightning_topo.scores.correlation_metrics`, the figures from :mod:`lightning_topo.plots`.
+``docs/extending.md`` describes this pattern for new lenses.
 """
 
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from copy import deepcopy
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.trainer.states import TrainerFn
-from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+from typing_extensions import override
 
+from lightning_topo import plots
 from lightning_topo.encoding import EncodedBatch
 from lightning_topo.representations import (
+    GatherFn,
     NonFiniteHiddenStatesError,
     RepresentationCollector,
+    Representations,
+    check_layers,
     collect_representations,
+    gather_variable,
     run_on_rank_zero_and_broadcast,
 )
-from lightning_topo.scores.presets import POOLINGS, PSFPreset, get_preset
-from lightning_topo.scores.psf import persistence_summary
+from lightning_topo.scores import (
+    SCORES,
+    PSFPreset,
+    correlation_metrics,
+    get_preset,
+    metric_names,
+    persistence_metrics,
+)
+from lightning_topo.scores.checks import check_bool, check_choice, check_int, check_seed
+from lightning_topo.scores.summary import check_homology_dims, check_scores
+from lightning_topo.topology.diagrams import BACKENDS
 
 __all__ = ["PersistenceScoreMonitor", "SCORES"]
 
-#: Scores the monitor can log.
-SCORES: tuple[str, ...] = ("psf", "total_persistence", "entropy")
-_SPLITS = ("val", "train")
-
 
 class PersistenceScoreMonitor(Callback):
-    r"""Measure PSF (and H0/H1 persistence statistics) of the hidden states at the end of validation.
+    r"""Measure PSF (and H0/H1 persistence statistics) of the hidden states at each validation run.
 
-    Each measured epoch it re-reads the validation (or training) dataloader, pools the selected
-    layers (``[CLS]`` or mean), samples each class, computes the per-class persistence diagrams
-    once and logs, with ``pl_module.log`` from ``on_validation_epoch_end``:
+    At the end of every validation run of a measured epoch (also the mid-epoch runs of
+    ``val_check_interval < 1``; never the sanity check), it pools the selected layers
+    (``[CLS]`` or mean) of the validation (or training) examples, samples each class, and logs
+    with ``pl_module.log`` from ``on_validation_epoch_end``:
 
     * ``topo/psf`` -- PSF of the *primary* layer (the deepest selected layer);
     * ``topo/psf/layer_{i}`` -- PSF of every selected layer ``i`` (0 = embeddings);
     * ``topo/psf/class_{c}`` -- ``psf_c`` of class ``c`` (primary layer);
     * ``topo/h{k}/total_persistence``, ``topo/h{k}/entropy`` -- mean over classes of the total
       persistence (``Σ (d - b)``, raw units) and persistence entropy of the H\ :sub:`k` diagrams;
-    * once 3 measured epochs exist, logged from ``on_train_epoch_end`` (``metric`` is
-      ``monitor_against`` with ``/`` replaced by ``_``): ``{score}/pearson_{metric}`` and
-      ``{score}/spearman_{metric}``, the correlation over epochs between a score's history and
-      the history of ``monitor_against`` (e.g. ``topo/psf/pearson_val_acc``), for ``topo/psf``,
-      the per-layer PSFs and the H0/H1 statistics.
+    * from ``on_train_epoch_end``, once 3 measurements with a value of ``monitor_against``
+      exist: ``{score}/pearson_{metric}`` and ``{score}/spearman_{metric}`` (``metric`` is
+      ``monitor_against`` with ``/`` replaced by ``_``, e.g. ``topo/psf/pearson_val_acc``) for
+      every score but the per-class ones.
 
-    Nothing is computed while ``trainer.sanity_checking``. Because the values are logged before
-    ``on_validation_end`` / ``on_train_epoch_end``, ``EarlyStopping(monitor="topo/psf")`` sees
-    the current epoch's value. Under DDP every rank encodes its shard, the shards are gathered,
-    rank 0 computes and broadcasts, so all ranks log the same value. At the end of ``fit``
-    (rank zero) PNG figures are written to ``<trainer.log_dir>/topo/`` (``default_root_dir``
-    without a logger): the score and the monitored metric per epoch, the score against the
-    metric, and the per-class diagrams of the last measured epoch; with a ``WandbLogger`` they
-    are also logged as ``wandb.Image`` together with a ``wandb.Table`` ``topo/history``.
+    ``topo`` is ``log_prefix``. **One forward pass**: when ``validation_step`` returns the
+    :class:`~lightning_topo.encoding.EncodedBatch` it computed (or a mapping with it under
+    ``"encoded"``), the monitor pools it batch by batch and does not read the data again;
+    otherwise it re-reads the dataloader in eval mode. **DDP**: every process pools its shard,
+    the shards are gathered with ``trainer.strategy.all_gather``, global rank 0 computes and
+    ``trainer.strategy.broadcast`` hands the values to every process, so all log the same.
+    **Figures** (global rank 0, end of ``fit``) go to ``<trainer.log_dir>/topo/`` and, with a
+    ``WandbLogger``, to W&B with a ``topo/history`` table (:mod:`lightning_topo.plots`).
+    The history of measurements (``state_dict``) survives a resume from a checkpoint.
 
     Args:
-        every_n_epochs: measure when ``(current_epoch + 1) % every_n_epochs == 0``. With
-            values > 1 give ``EarlyStopping`` ``strict=False`` (the metric is absent on the
-            other epochs).
-        split: ``"val"`` (``trainer.val_dataloaders``) or ``"train"`` (``trainer.train_dataloader``);
-            ``None``: the preset's (``"val"`` for ``"default"``, ``"train"`` for ``"bertops"``).
-            Either way the measurement runs at the end of validation.
-        layers: hidden-state index, list of indices or ``"all"`` (negative indices count from
-            the end; ``None``: the preset's layer, ``-1``).
+        every_n_epochs: measure in epochs where ``(current_epoch + 1) % every_n_epochs == 0``
+            (default 1). With values > 1 give ``EarlyStopping`` ``strict=False``.
+        split: ``"val"`` (``trainer.val_dataloaders``) or ``"train"``
+            (``trainer.train_dataloader``, re-read at the end of validation); ``None``: the
+            preset's (``"val"`` for ``"default"``, ``"train"`` for ``"bertops"``).
+        layers: hidden-state index, list of indices or ``"all"``; negative indices count from
+            the end; ``None``: the preset's (``-1``, the last layer).
         pooling: ``"cls"`` or ``"mean"`` (``None``: the preset's, ``"cls"``).
-        scores: subset of ``("psf", "total_persistence", "entropy")``.
-        homology_dims: dimensions (subset of ``(0, 1)``) for ``total_persistence``/``entropy``.
-        max_points_per_class: cap per class (``None``: the preset's: 512 for ``"default"``,
-            5,000 for ``"bertops"``).
-        max_batches: read at most this many batches per measurement (per rank under DDP;
+        scores: non-empty subset of ``("psf", "total_persistence", "entropy")`` (default all).
+        homology_dims: non-empty subset of ``(0, 1)`` for ``total_persistence`` / ``entropy``.
+        max_points_per_class: int >= 2, cap per class (``None``: the preset's: 512 for
+            ``"default"``, 5,000 for ``"bertops"``).
+        max_batches: read at most this many batches per measurement (per process under DDP;
             ``None``: the whole dataloader).
-        seed: sampling seed; the same seed and data give the same scores.
-        preset: ``"default"`` (random subsample) or ``"bertops"`` (the paper's settings: last
-            layer, ``[CLS]``, training split, KDE resample to 5,000 per class), or a
+        seed: sampling seed, int >= 0 (default 0); the same seed and data give the same scores.
+        preset: ``"default"``, ``"bertops"`` (the paper's settings: last layer, ``[CLS]``,
+            training split, KDE resample to 5,000 per class) or a
             :class:`~lightning_topo.scores.PSFPreset`.
-        monitor_against: metric whose history is recorded next to the scores and correlated
-            with them (``None``: do not record one). A rank-zero warning is raised if it is
-            never logged.
-        plots: write the figures at the end of ``fit``.
-        log_prefix: first component of every metric name.
-        prog_bar: also show ``topo/psf`` in the progress bar.
-        backend: persistence backend passed to :func:`~lightning_topo.topology.persistence_diagrams`.
+        monitor_against: metric recorded next to the scores and correlated with them
+            (default ``"val/acc"``; ``None``: none). A rank-zero warning names the logged
+            metrics if it is never logged.
+        plots: write the figures at the end of ``fit`` (default ``True``).
+        log_prefix: first component of every metric name (default ``"topo"``).
+        prog_bar: also show ``topo/psf`` in the progress bar (default ``True``).
+        backend: persistence backend, see :func:`~lightning_topo.topology.persistence_diagrams`.
 
     Raises:
-        ValueError: an invalid argument (the message names it).
+        TypeError / ValueError: an invalid argument, at construction (the message names it).
 
     Example::
 
@@ -128,65 +139,45 @@ class PersistenceScoreMonitor(Callback):
         plots: bool = True,
         log_prefix: str = "topo",
         prog_bar: bool = True,
-        backend: str = "auto",
+        backend: str = "torch",
     ) -> None:
         super().__init__()
-        if isinstance(every_n_epochs, bool) or not isinstance(every_n_epochs, int) or every_n_epochs < 1:
-            raise ValueError(f"every_n_epochs must be a positive int; got {every_n_epochs!r}")
-        settings = get_preset(preset)
-        split = settings.split if split is None else split
-        if split not in _SPLITS:
-            raise ValueError(f"split must be one of {_SPLITS}; got {split!r}")
-        settings = settings.override(pooling=pooling, max_points_per_class=max_points_per_class)
-        if settings.pooling not in POOLINGS:
-            raise ValueError(f"pooling must be one of {POOLINGS}; got {pooling!r}")
-        if settings.max_points_per_class is not None and settings.max_points_per_class < 2:
-            raise ValueError(f"max_points_per_class must be >= 2 or None; got {max_points_per_class!r}")
-        scores = (scores,) if isinstance(scores, str) else tuple(scores)
-        unknown = [s for s in scores if s not in SCORES]
-        if unknown or not scores:
-            raise ValueError(f"scores must be a non-empty subset of {SCORES}; got {scores!r}")
-        dims = tuple(sorted({int(d) for d in homology_dims}))
-        if any(d not in (0, 1) for d in dims):
-            raise ValueError(f"homology_dims must be a subset of (0, 1); got {tuple(homology_dims)!r}")
-        if max_batches is not None and (isinstance(max_batches, bool) or max_batches < 1):
-            raise ValueError(f"max_batches must be a positive int or None; got {max_batches!r}")
-        if layers is not None and not isinstance(layers, int | str):
-            layers = [int(x) for x in layers]
-            if not layers:
-                raise ValueError("layers must name at least one layer; got an empty list")
-        if isinstance(layers, str) and layers != "all":
-            raise ValueError(f"layers must be an int, a list of ints or 'all'; got {layers!r}")
-        self.every_n_epochs = every_n_epochs
-        self.split = split
-        self.layers: int | list[int] | str = settings.layer if layers is None else layers
-        self.pooling = settings.pooling
-        self.scores = scores
-        self.homology_dims = dims
-        self.max_batches = max_batches
-        self.seed = int(seed)
-        self.preset = settings
+        self.every_n_epochs = check_int(every_n_epochs, "every_n_epochs", minimum=1)
+        self.preset = get_preset(preset).override(
+            split=split, pooling=pooling, max_points_per_class=max_points_per_class
+        )
         self.preset_name = preset if isinstance(preset, str) else "custom"
+        self.split = self.preset.split
+        self.pooling = self.preset.pooling
+        self.layers = check_layers(self.preset.layer if layers is None else layers)
+        self.scores = check_scores(scores)
+        self.homology_dims = check_homology_dims(homology_dims)
+        self.max_batches = check_int(max_batches, "max_batches", minimum=1, allow_none=True)
+        self.seed = check_seed(seed)
+        if monitor_against is not None and (not isinstance(monitor_against, str) or not monitor_against):
+            raise ValueError(
+                f"monitor_against must be a metric name such as 'val/acc', or None; got {monitor_against!r}"
+            )
         self.monitor_against = monitor_against
-        self.plots = plots
-        self.log_prefix = log_prefix.rstrip("/")
-        self.prog_bar = prog_bar
-        self.backend = backend
-        #: One record per measured epoch: ``{"epoch", "scores": {name: float}, "monitor": float | None}``.
+        self.plots = check_bool(plots, "plots")
+        if not isinstance(log_prefix, str) or not log_prefix.strip("/"):
+            raise ValueError(f"log_prefix must be a non-empty string such as 'topo'; got {log_prefix!r}")
+        self.log_prefix = log_prefix.strip("/")
+        self.prog_bar = check_bool(prog_bar, "prog_bar")
+        self.backend = check_choice(backend, "backend", BACKENDS)
+        #: One record per measurement: ``{"epoch", "step", "scores": {name: float}, "monitor": float | None}``.
         self.history: list[dict[str, Any]] = []
+        self._collector: RepresentationCollector | None = None
         self._pending: dict[str, Any] | None = None
-        self._pending_correlations: dict[str, float] = {}
+        self._pending_correlations: dict[str, Any] = {}
         self._last_diagrams: dict[int, list[Any]] | None = None
         self._last_layer: int | None = None
         self._warned_missing_monitor = False
-        #: Wall time of each measurement in this process: ``{"collect_s", "compute_s"}`` (not saved).
-        self.timings: list[dict[str, float]] = []
-        self._collector: RepresentationCollector | None = None
-        self._piggyback_s = 0.0
 
-    # ------------------------------------------------------------------ Lightning plumbing
+    # ------------------------------------------------------------------ state
 
     @property
+    @override
     def state_key(self) -> str:
         return self._generate_state_key(
             split=self.split,
@@ -196,11 +187,22 @@ class PersistenceScoreMonitor(Callback):
             monitor_against=self.monitor_against,
         )
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {"history": deepcopy(self.history), "monitor_against": self.monitor_against}
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.history = deepcopy(state_dict.get("history", []))
+        saved = state_dict.get("monitor_against", self.monitor_against)
+        if saved != self.monitor_against:
+            rank_zero_warn(
+                f"PersistenceScoreMonitor: the checkpoint recorded monitor_against={saved!r}, not "
+                f"{self.monitor_against!r}; the saved one is restored so that the history stays one series"
+            )
+        self.monitor_against = saved
+        self.history = [{"step": None, **record} for record in deepcopy(state_dict.get("history", []))]
+
+    # ------------------------------------------------------------------ names
 
     def _name(self, *parts: str) -> str:
         return "/".join([self.log_prefix, *parts])
@@ -210,107 +212,26 @@ class PersistenceScoreMonitor(Callback):
         """Name of the headline metric, ``topo/psf``."""
         return self._name("psf")
 
+    def plot_dir(self, trainer: pl.Trainer) -> Path:
+        """Where the figures go: ``<trainer.log_dir or default_root_dir>/<log_prefix>``."""
+        try:
+            root = trainer.log_dir
+        except Exception:  # some loggers have no local directory
+            root = None
+        return Path(root or trainer.default_root_dir) / self.log_prefix
+
+    # ------------------------------------------------------------------ when to measure
+
     def _should_measure(self, trainer: pl.Trainer) -> bool:
-        if trainer.sanity_checking:
-            return False
-        return (trainer.current_epoch + 1) % self.every_n_epochs == 0
+        return not trainer.sanity_checking and (trainer.current_epoch + 1) % self.every_n_epochs == 0
 
-    def _dataloader(self, trainer: pl.Trainer) -> Any:
-        if self.split == "val":
-            loaders = trainer.val_dataloaders
-        else:
-            loaders = trainer.train_dataloader
-        if isinstance(loaders, list | tuple):
-            loaders = loaders[0] if loaders else None
-        elif isinstance(loaders, dict):
-            loaders = next(iter(loaders.values()), None)
-        return loaders
-
-    # ------------------------------------------------------------------ measurement
-
-    def measure(
-        self, pl_module: torch.nn.Module, dataloader: Any, collector: RepresentationCollector | None = None
-    ) -> dict[str, Any]:
-        """Collect hidden states and compute every score (all ranks call it).
-
-        Args:
-            pl_module: the model (``encode`` or a Hugging Face model).
-            dataloader: re-read when ``collector`` is ``None``.
-            collector: hidden states already pooled during the validation loop (no second pass).
-
-        Returns:
-            ``{"scores": {metric name: float}, "diagrams": {class: [H0, H1] numpy}, "layer": int}``;
-            identical on every rank.
-        """
-        settings = self.preset
-        cap = settings.max_points_per_class if settings.sampling == "random" else None
-        start = time.perf_counter() - self._piggyback_s
-        if collector is not None:
-            reps = collector.finalize(max_points_per_class=cap, seed=self.seed)
-        else:
-            reps = collect_representations(
-                pl_module,
-                dataloader,
-                layers=self.layers,
-                pooling=self.pooling,
-                max_points_per_class=cap,
-                max_batches=self.max_batches,
-                seed=self.seed,
-            )
-        collected = time.perf_counter()
-        result = run_on_rank_zero_and_broadcast(lambda: self._compute(reps))
-        self.timings.append({"collect_s": collected - start, "compute_s": time.perf_counter() - collected})
-        return result
-
-    def _compute(self, reps: Any) -> dict[str, Any]:
-        primary = max(reps.layers)
-        scores: dict[str, float] = {}
-        diagrams = None
-        for layer in reps.layers:
-            summary = persistence_summary(
-                reps.points[layer],
-                reps.labels,
-                homology_dims=self.homology_dims,
-                preset=self.preset,
-                seed=self.seed,
-                backend=self.backend,
-            )
-            if "psf" in self.scores:
-                scores[self._name("psf", f"layer_{layer}")] = float(summary.psf)
-            if layer != primary:
-                continue
-            diagrams = {c: [d.detach().cpu().numpy() for d in dg] for c, dg in summary.diagrams.items()}
-            if "psf" in self.scores:
-                scores[self.score_name] = float(summary.psf)
-                for c, v in summary.psf_per_class.items():
-                    scores[self._name("psf", f"class_{c}")] = float(v)
-            for k in self.homology_dims:
-                if "total_persistence" in self.scores:
-                    scores[self._name(f"h{k}", "total_persistence")] = float(summary.total_persistence[k])
-                if "entropy" in self.scores:
-                    scores[self._name(f"h{k}", "entropy")] = float(summary.entropy[k])
-        return {"scores": scores, "diagrams": diagrams, "layer": primary}
-
-    def _nan_scores(self) -> dict[str, float]:
-        scores = {}
-        if "psf" in self.scores:
-            scores[self.score_name] = math.nan
-        for k in self.homology_dims:
-            for s in ("total_persistence", "entropy"):
-                if s in self.scores:
-                    scores[self._name(f"h{k}", s)] = math.nan
-        return scores
-
-    # Reuse of the validation loop's own forward pass: when ``validation_step`` returns the
-    # ``EncodedBatch`` it computed (or a mapping with it under ``"encoded"``), the selected layers
-    # are pooled batch by batch here and the dataloader is not read a second time.
-
+    @override
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._collector = None
-        self._piggyback_s = 0.0
         if self.split == "val" and self._should_measure(trainer):
-            self._collector = RepresentationCollector(layers=self.layers, pooling=self.pooling)
+            self._collector = RepresentationCollector(self.layers, self.pooling, self.max_batches)
 
+    @override
     def on_validation_batch_end(
         self,
         trainer: pl.Trainer,
@@ -322,38 +243,26 @@ class PersistenceScoreMonitor(Callback):
     ) -> None:
         if self._collector is None or dataloader_idx != 0:
             return
-        encoded = outputs.get("encoded") if isinstance(outputs, dict) else outputs
-        if not isinstance(encoded, EncodedBatch):
+        encoded = outputs.get("encoded") if isinstance(outputs, Mapping) else outputs
+        if isinstance(encoded, EncodedBatch):
+            self._collector.add(encoded, batch)
+        else:
             self._collector = None  # validation_step does not share its hidden states: re-read later
-            return
-        if self.max_batches is not None and self._collector.num_batches >= self.max_batches:
-            return
-        start = time.perf_counter()
-        self._collector.add(encoded, batch)
-        self._piggyback_s += time.perf_counter() - start
 
+    @override
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self._should_measure(trainer):
             return
         collector, self._collector = self._collector, None
-        if collector is not None and collector.num_batches == 0:
-            collector = None
-        loader = self._dataloader(trainer)
-        if loader is None and collector is None:
-            rank_zero_warn(
-                f"PersistenceScoreMonitor(split={self.split!r}) found no dataloader on the trainer; "
-                "nothing is logged. Give the trainer a datamodule with that split or change `split`."
-            )
+        reps = self._collect(trainer, pl_module, collector)
+        if reps is None:
             return
-        try:
-            result = self.measure(pl_module, loader, collector)
-        except NonFiniteHiddenStatesError as err:
-            rank_zero_warn(
-                f"PersistenceScoreMonitor logs NaN this epoch: {err}. EarlyStopping(check_finite=True) "
-                "will stop on it."
-            )
-            result = {"scores": self._nan_scores(), "diagrams": None, "layer": None}
-        for name, value in result["scores"].items():
+        values = run_on_rank_zero_and_broadcast(
+            partial(self._compute, reps),
+            is_global_zero=trainer.is_global_zero,
+            broadcast=trainer.strategy.broadcast,
+        )
+        for name, value in values.items():
             pl_module.log(
                 name,
                 value,
@@ -361,69 +270,26 @@ class PersistenceScoreMonitor(Callback):
                 logger=bool(trainer.loggers),
                 on_step=False,
                 on_epoch=True,
-                sync_dist=True,
+                sync_dist=True,  # equal on every process already; keeps Lightning's DDP check quiet
             )
         self._pending = {
-            "epoch": int(trainer.current_epoch),
-            "scores": dict(result["scores"]),
+            "epoch": trainer.current_epoch,
+            "step": trainer.global_step,
+            "scores": values,
             "monitor": None,
         }
-        if result["diagrams"] is not None:
-            self._last_diagrams = result["diagrams"]
-            self._last_layer = result["layer"]
 
+    @override
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking or self._pending is None:
-            return
         record, self._pending = self._pending, None
-        if trainer.state.fn != TrainerFn.FITTING:
+        if record is None or trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
             return  # a stand-alone trainer.validate() logs the scores but does not extend the history
-        if self.monitor_against is not None:
-            value = trainer.callback_metrics.get(self.monitor_against)
-            if value is None:
-                if not self._warned_missing_monitor:
-                    self._warned_missing_monitor = True
-                    available = sorted(
-                        k for k in trainer.callback_metrics if not k.startswith(self.log_prefix)
-                    )
-                    rank_zero_warn(
-                        f"PersistenceScoreMonitor(monitor_against={self.monitor_against!r}): that metric "
-                        f"was not logged; available metrics: {available}. Set monitor_against to one of "
-                        "them (or None); no correlations are logged until then."
-                    )
-            else:
-                record["monitor"] = float(value)
-        # a resumed run that repeats an epoch replaces that epoch's record
-        self.history = [r for r in self.history if r["epoch"] != record["epoch"]] + [record]
+        record["monitor"] = self._monitor_value(trainer)
+        key = (record["epoch"], record["step"])  # a resumed run repeating a validation replaces it
+        self.history = [r for r in self.history if (r["epoch"], r["step"]) != key] + [record]
         self._pending_correlations = self._correlations()
 
-    def _correlations(self) -> dict[str, float]:
-        from torchmetrics.functional import pearson_corrcoef, spearman_corrcoef
-
-        if self.monitor_against is None:
-            return {}
-        rows = [r for r in self.history if r.get("monitor") is not None and math.isfinite(r["monitor"])]
-        if len(rows) < 3:
-            return {}
-        suffix = self.monitor_against.replace("/", "_")
-        target = torch.tensor([r["monitor"] for r in rows], dtype=torch.float64)
-        out: dict[str, float] = {}
-        for name in rows[-1]["scores"]:
-            if "/class_" in name:
-                continue
-            values = [r["scores"].get(name, math.nan) for r in rows]
-            if not all(math.isfinite(v) for v in values):
-                continue
-            preds = torch.tensor(values, dtype=torch.float64)
-            if float(preds.std()) == 0.0 or float(target.std()) == 0.0:
-                pearson = spearman = math.nan  # undefined for a constant series
-            else:
-                pearson = float(pearson_corrcoef(preds, target))
-                spearman = float(spearman_corrcoef(preds, target))
-            out[f"{name}/pearson_{suffix}"] = pearson
-            out[f"{name}/spearman_{suffix}"] = spearman
-        return out
-
+    @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         correlations, self._pending_correlations = self._pending_correlations, {}
         for name, value in correlations.items():
@@ -431,48 +297,110 @@ class PersistenceScoreMonitor(Callback):
                 name, value, logger=bool(trainer.loggers), on_step=False, on_epoch=True, sync_dist=False
             )
 
-    # ------------------------------------------------------------------ figures
-
+    @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.plots and self.history:
-            self._write_plots(trainer)
+        if self.plots and self.history and trainer.is_global_zero:
+            self._write_figures(trainer)
 
-    def plot_dir(self, trainer: pl.Trainer) -> Path:
-        """Where the figures go: ``<trainer.log_dir or default_root_dir>/topo``."""
-        root = None
+    # ------------------------------------------------------------------ what to log
+
+    def _collect(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, collector: RepresentationCollector | None
+    ) -> Representations | None:
+        """Hidden states of this validation run, gathered over all processes (every process calls it)."""
+        gather: GatherFn | None = None
+        if trainer.world_size > 1:
+            gather = partial(gather_variable, all_gather=trainer.strategy.all_gather)
+        cap = self.preset.max_points_per_class if self.preset.sampling == "random" else None
+        if collector is not None and collector.num_batches > 0:
+            return collector.finalize(
+                max_points_per_class=cap, seed=self.seed, gather=gather, check_finite=False
+            )
+        loaders = trainer.val_dataloaders if self.split == "val" else trainer.train_dataloader
+        if isinstance(loaders, Mapping):
+            loaders = next(iter(loaders.values()), None)
+        elif isinstance(loaders, list | tuple):
+            loaders = loaders[0] if loaders else None
+        if loaders is None:
+            rank_zero_warn(
+                f"PersistenceScoreMonitor(split={self.split!r}) found no dataloader on the trainer; "
+                "nothing is logged. Give the trainer a datamodule with that split or change `split`."
+            )
+            return None
+        return collect_representations(
+            pl_module,
+            loaders,
+            layers=self.layers,
+            pooling=self.pooling,
+            max_points_per_class=cap,
+            max_batches=self.max_batches,
+            seed=self.seed,
+            gather=gather,
+            check_finite=False,
+        )
+
+    def _compute(self, reps: Representations) -> dict[str, float]:
+        """All logged values, prefixed (global rank 0 only); NaN for every name on NaN/inf states."""
         try:
-            root = trainer.log_dir
-        except Exception:  # some loggers have no local directory
-            root = None
-        return Path(root or trainer.default_root_dir) / self.log_prefix
+            reps.check_finite()
+        except NonFiniteHiddenStatesError as err:
+            rank_zero_warn(
+                f"PersistenceScoreMonitor logs NaN: {err}. EarlyStopping(check_finite=True) stops on it."
+            )
+            names = metric_names(
+                reps.layers, list(reps.class_counts()), scores=self.scores, homology_dims=self.homology_dims
+            )
+            return {self._name(n): math.nan for n in names}
+        result = persistence_metrics(
+            reps.points,
+            reps.labels,
+            scores=self.scores,
+            homology_dims=self.homology_dims,
+            preset=self.preset,
+            seed=self.seed,
+            backend=self.backend,
+        )
+        self._last_diagrams = {c: [d.detach().cpu() for d in dg] for c, dg in result.diagrams.items()}
+        self._last_layer = result.layer
+        return {self._name(n): float(v) for n, v in result.values.items()}
 
-    @rank_zero_only
-    def _write_plots(self, trainer: pl.Trainer) -> dict[str, Path]:
-        from lightning_topo import plots as _plots
+    def _monitor_value(self, trainer: pl.Trainer) -> float | None:
+        if self.monitor_against is None:
+            return None
+        value = trainer.callback_metrics.get(self.monitor_against)
+        if value is None and not self._warned_missing_monitor:
+            self._warned_missing_monitor = True
+            available = sorted(k for k in trainer.callback_metrics if not k.startswith(self.log_prefix + "/"))
+            rank_zero_warn(
+                f"PersistenceScoreMonitor(monitor_against={self.monitor_against!r}): that metric was not "
+                f"logged; available metrics: {available}. Set monitor_against to one of them (or None); "
+                "no correlations are logged until then."
+            )
+        return None if value is None else float(value)
 
-        out = self.plot_dir(trainer)
-        monitor = self.monitor_against if any(r.get("monitor") is not None for r in self.history) else None
+    def _correlations(self) -> dict[str, Any]:
+        if self.monitor_against is None or not self.history:
+            return {}
+        names = [n for n in self.history[-1]["scores"] if "/class_" not in n]
+        series = {n: [r["scores"].get(n, math.nan) for r in self.history] for n in names}
+        target = [math.nan if r["monitor"] is None else r["monitor"] for r in self.history]
+        return correlation_metrics(series, target, target_name=self.monitor_against)
+
+    def _write_figures(self, trainer: pl.Trainer) -> dict[str, Path]:
+        monitor = self.monitor_against if any(r["monitor"] is not None for r in self.history) else None
         score = self.score_name if "psf" in self.scores else next(iter(self.history[-1]["scores"]))
-        safe = score.replace("/", "_")
-        images: dict[str, Path] = {
-            f"{self.log_prefix}/plots/{safe}_vs_epoch": _plots.plot_score_vs_epoch(
-                self.history, score, monitor, out / f"{safe}_vs_epoch.png"
-            )
-        }
-        if monitor is not None:
-            mon_safe = monitor.replace("/", "_")
-            images[f"{self.log_prefix}/plots/{safe}_vs_{mon_safe}"] = _plots.plot_score_vs_monitor(
-                self.history, score, monitor, out / f"{safe}_vs_{mon_safe}.png"
-            )
-        if self._last_diagrams is not None:
-            epoch = self.history[-1]["epoch"]
-            images[f"{self.log_prefix}/plots/diagrams"] = _plots.plot_class_diagrams(
-                self._last_diagrams,
-                f"persistence diagrams, layer {self._last_layer}, {self.pooling}, epoch {epoch}",
-                out / "diagrams_last_epoch.png",
-            )
-        columns, rows = _plots.history_table(self.history, monitor)
-        for logger in trainer.loggers:
-            if type(logger).__name__ == "WandbLogger":
-                _plots.log_to_wandb(logger, images, columns, rows)
+        last = self.history[-1]
+        images = plots.write_history_figures(
+            self.history,
+            self.plot_dir(trainer),
+            score=score,
+            monitor=monitor,
+            diagrams=self._last_diagrams,
+            diagram_title=f"persistence diagrams, layer {self._last_layer}, {self.pooling}, "
+            f"epoch {last['epoch']}, step {last['step']}",
+            key_prefix=self.log_prefix,
+        )
+        plots.publish_to_wandb(
+            trainer.loggers, images, self.history, monitor, table_key=self._name("history")
+        )
         return images

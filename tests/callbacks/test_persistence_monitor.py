@@ -241,7 +241,7 @@ def test_model_checkpoint_can_monitor_psf(tmp_path, tiny_config):
 
 
 def _history_close(a, b):
-    assert [r["epoch"] for r in a] == [r["epoch"] for r in b]
+    assert [(r["epoch"], r["step"]) for r in a] == [(r["epoch"], r["step"]) for r in b]
     for ra, rb in zip(a, b, strict=True):
         assert ra["scores"].keys() == rb["scores"].keys()
         for k in ra["scores"]:
@@ -262,7 +262,7 @@ def test_resume_continues_history(tmp_path, tiny_config):
         max_epochs=2,
         extra_callbacks=[ckpt],
     )
-    state = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)["callbacks"]
+    state = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)["callbacks"]
     assert any(len(v.get("history", [])) == 2 for v in state.values())
     resumed_monitor = PersistenceScoreMonitor(plots=False)
     model = TinyClassifier(tiny_config)
@@ -293,12 +293,33 @@ def test_presets_set_defaults():
 
 def test_state_dict_roundtrip_and_state_key():
     a = PersistenceScoreMonitor(layers=[-1, 1], pooling="mean")
-    a.history = [{"epoch": 0, "scores": {"topo/psf": 0.1}, "monitor": 0.5}]
+    a.history = [{"epoch": 0, "step": 4, "scores": {"topo/psf": 0.1}, "monitor": 0.5}]
     b = PersistenceScoreMonitor(layers=[-1, 1], pooling="mean")
     b.load_state_dict(a.state_dict())
     assert b.history == a.history and b.history is not a.history
     assert a.state_key == b.state_key
     assert a.state_key != PersistenceScoreMonitor(pooling="cls").state_key
+    # records saved before the step was recorded load with step None
+    b.load_state_dict({"history": [{"epoch": 3, "scores": {"topo/psf": 0.2}, "monitor": None}]})
+    assert b.history == [{"epoch": 3, "step": None, "scores": {"topo/psf": 0.2}, "monitor": None}]
+
+
+def test_state_dict_restores_monitor_against():
+    saved = PersistenceScoreMonitor(monitor_against="val/f1")
+    saved.history = [{"epoch": 0, "step": 4, "scores": {"topo/psf": 0.1}, "monitor": 0.7}]
+    fresh = PersistenceScoreMonitor(monitor_against="val/acc")
+    with pytest.warns(UserWarning, match="monitor_against='val/f1'"):
+        fresh.load_state_dict(saved.state_dict())
+    assert fresh.monitor_against == "val/f1"  # the history's monitor values belong to val/f1
+    assert fresh.state_dict() == saved.state_dict()
+
+
+def test_every_hook_is_marked_override():
+    hooks = [n for n, v in vars(PersistenceScoreMonitor).items() if n.startswith("on_") and callable(v)]
+    assert len(hooks) >= 6
+    for name in [*hooks, "state_dict", "load_state_dict"]:
+        assert getattr(vars(PersistenceScoreMonitor)[name], "__override__", False), name
+    assert getattr(PersistenceScoreMonitor.state_key.fget, "__override__", False)
 
 
 @pytest.mark.parametrize(
@@ -314,11 +335,42 @@ def test_state_dict_roundtrip_and_state_key():
         ({"layers": []}, "layers"),
         ({"preset": "paper"}, "preset"),
         ({"max_batches": 0}, "max_batches"),
+        ({"homology_dims": ()}, "homology_dims"),
+        ({"homology_dims": (0.5,)}, "homology_dims"),
+        ({"monitor_against": ""}, "monitor_against"),
+        ({"log_prefix": "/"}, "log_prefix"),
+        ({"backend": "gpu"}, "backend"),
+        ({"seed": -1}, "seed"),
     ],
 )
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         PersistenceScoreMonitor(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"max_points_per_class": 2.5}, r"max_points_per_class must be an int >= 2 or None; got 2.5"),
+        ({"layers": [1.7]}, r"layers\[0\] must be an int; got 1.7"),  # never truncated to layer 1
+        ({"layers": 1.0}, "layers must be an int, a list of ints or 'all'"),
+        ({"seed": None}, "seed must be an int >= 0; got None"),
+        ({"every_n_epochs": 1.5}, "every_n_epochs"),
+        ({"max_batches": 2.5}, "max_batches"),
+        ({"plots": "yes"}, "plots must be True or False"),
+        ({"prog_bar": 1}, "prog_bar"),
+    ],
+)
+def test_bad_argument_types(kwargs, match):
+    with pytest.raises(TypeError, match=match):
+        PersistenceScoreMonitor(**kwargs)
+
+
+def test_bad_preset_field_fails_at_construction():
+    from lightning_topo.scores import PSFPreset
+
+    with pytest.raises(ValueError, match="bandwidth must be a finite number > 0.0; got nan"):
+        PersistenceScoreMonitor(preset=PSFPreset(sampling="kde", bandwidth=float("nan")))
 
 
 def test_layer_out_of_range_raises(tmp_path, tiny_config):
@@ -354,7 +406,20 @@ def test_nan_hidden_states_warn_and_log_nan(tmp_path, tiny_config):
             model_kwargs={"nan_hidden": True},
             extra_callbacks=[early],
         )
-    assert math.isnan(float(trainer.callback_metrics["topo/psf"]))
+    # every name of a healthy run is logged, as NaN: headline, per layer, per class, H0/H1
+    names = {k for k in trainer.callback_metrics if k.startswith("topo/")}
+    assert names == {
+        "topo/psf",
+        "topo/psf/layer_2",
+        "topo/psf/class_0",
+        "topo/psf/class_1",
+        "topo/h0/total_persistence",
+        "topo/h0/entropy",
+        "topo/h1/total_persistence",
+        "topo/h1/entropy",
+    }
+    assert all(math.isnan(float(trainer.callback_metrics[k])) for k in names)
+    assert set(monitor.history[0]["scores"]) == names
     assert trainer.current_epoch == 1 and early.stopped_epoch == 0  # stopped after the first epoch
     assert trainer.should_stop
 
@@ -406,8 +471,8 @@ def test_wandb_offline_run_holds_scalars_and_images(tmp_path, tiny_config, monke
 # ------------------------------------------------------------------------------------- DDP
 
 
-class _RecordPSF(pl.Callback):
-    """Writes every rank's logged ``topo/psf`` of each epoch to a JSON file."""
+class _RecordMetrics(pl.Callback):
+    """Writes every rank's logged ``topo/*`` values (and its encode count) per epoch to JSON."""
 
     def __init__(self, out_dir: str):
         self.out_dir = out_dir
@@ -415,37 +480,51 @@ class _RecordPSF(pl.Callback):
     def on_validation_end(self, trainer, pl_module):
         if trainer.sanity_checking:
             return
+        values = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("topo/")}
+        record = {"values": values, "encode_calls": pl_module.encode_calls}
         path = Path(self.out_dir) / f"rank{trainer.global_rank}_epoch{trainer.current_epoch}.json"
-        path.write_text(json.dumps(float(trainer.callback_metrics["topo/psf"])))
+        path.write_text(json.dumps(record))
 
 
 @pytest.mark.slow
-def test_ddp_two_processes_match_one(tmp_path, tiny_config):
+@pytest.mark.parametrize("reuse", [True, False], ids=["reuse_validation_forward", "reread"])
+def test_ddp_two_processes_match_one(tmp_path, tiny_config, reuse):
     torch.distributed.is_available() or pytest.skip("torch.distributed not available")
     out1, out2 = tmp_path / "one", tmp_path / "two"
     out1.mkdir()
     out2.mkdir()
     # lr=0 keeps the weights equal in both runs; 24 validation examples split evenly over 2 ranks
     # (no padding duplicates), each class below the cap so the same points are measured.
+    model_kwargs = {"lr": 0.0, "return_encoded": reuse}
     one = make_trainer(
-        tmp_path / "r1", [PersistenceScoreMonitor(plots=False), _RecordPSF(str(out1))], max_epochs=1
+        tmp_path / "r1",
+        [PersistenceScoreMonitor(plots=False), _RecordMetrics(str(out1))],
+        max_epochs=1,
+        num_sanity_val_steps=0,
     )
-    train, val = loaders()
-    one.fit(TinyClassifier(tiny_config, lr=0.0), train, val)
+    one.fit(TinyClassifier(tiny_config, **model_kwargs), *loaders())
     two = make_trainer(
         tmp_path / "r2",
-        [PersistenceScoreMonitor(plots=False), _RecordPSF(str(out2))],
+        [PersistenceScoreMonitor(plots=False), _RecordMetrics(str(out2))],
         max_epochs=1,
         devices=2,
         strategy="ddp_spawn",
+        num_sanity_val_steps=0,
     )
-    train, val = loaders()
-    two.fit(TinyClassifier(tiny_config, lr=0.0), train, val)
+    two.fit(TinyClassifier(tiny_config, **model_kwargs), *loaders())
     ref = json.loads((out1 / "rank0_epoch0.json").read_text())
     got0 = json.loads((out2 / "rank0_epoch0.json").read_text())
     got1 = json.loads((out2 / "rank1_epoch0.json").read_text())
-    assert got0 == got1  # every rank logs the same value
-    assert got0 == pytest.approx(ref, rel=1e-5)
+    assert len(ref["values"]) == 8  # psf, layer, 2 classes, H0/H1 x 2
+    assert got0["values"] == got1["values"]  # every rank logs the same values
+    assert got0["values"].keys() == ref["values"].keys()
+    for name, value in ref["values"].items():
+        assert got0["values"][name] == pytest.approx(value, rel=1e-5), name
+    if reuse:  # 12 examples per rank = 2 batches, each encoded once by validation_step, never again
+        assert got0["encode_calls"] == got1["encode_calls"] == 2
+        assert ref["encode_calls"] == 3
+    else:
+        assert got0["encode_calls"] == got1["encode_calls"] == 2  # the monitor's own re-read
 
 
 def test_standalone_validate_logs_but_keeps_history(tmp_path, tiny_config):
@@ -455,3 +534,80 @@ def test_standalone_validate_logs_but_keeps_history(tmp_path, tiny_config):
     trainer.validate(trainer.lightning_module, val, verbose=False)
     assert {"topo/psf", "topo/h1/entropy"} <= set(trainer.callback_metrics)
     assert monitor.history == before
+
+
+def test_mid_epoch_validation_gets_its_own_record(tmp_path, tiny_config):
+    # 4 training batches per epoch, validation every 2: two measurements per epoch, none overwritten
+    trainer, monitor = fit(
+        tmp_path, tiny_config, max_epochs=2, val_check_interval=0.5, model_kwargs={"lr": 0.5}
+    )
+    assert [(r["epoch"], r["step"]) for r in monitor.history] == [(0, 2), (0, 4), (1, 6), (1, 8)]
+    assert all(r["monitor"] is not None for r in monitor.history)
+    # correlations use all four measurements
+    psf = [r["scores"]["topo/psf"] for r in monitor.history]
+    acc = [r["monitor"] for r in monitor.history]
+    from lightning_topo.scores import pearson_spearman
+
+    expected, _ = pearson_spearman(psf, acc)
+    got = float(trainer.callback_metrics["topo/psf/pearson_val_acc"])
+    assert got == pytest.approx(float(expected), abs=1e-5, nan_ok=True)
+    assert len({r["scores"]["topo/psf"] for r in monitor.history}) == 4  # weights changed between runs
+
+
+class _FakeRun:
+    def __init__(self):
+        self.payloads = []
+
+    def log(self, payload):
+        self.payloads.append(payload)
+
+
+def _recording_wandb_logger(tmp_path):
+    from lightning.pytorch.loggers import WandbLogger
+
+    class RecordingWandbLogger(WandbLogger):
+        """A real WandbLogger subclass whose run only records what it is given."""
+
+        run = _FakeRun()
+
+        @property
+        def experiment(self):
+            return self.run
+
+        def log_metrics(self, metrics, step=None):
+            pass
+
+        def log_hyperparams(self, params, *args, **kwargs):
+            pass
+
+    return RecordingWandbLogger(save_dir=str(tmp_path), offline=True)
+
+
+def test_log_prefix_names_metrics_files_and_wandb_table(tmp_path, tiny_config):
+    pytest.importorskip("wandb")
+    import wandb
+
+    logger = _recording_wandb_logger(tmp_path)
+    monitor = PersistenceScoreMonitor(log_prefix="lens/", max_points_per_class=64)
+    trainer, _ = fit(tmp_path, tiny_config, monitor=monitor, max_epochs=3, logger=logger)
+    assert {"lens/psf", "lens/psf/class_1", "lens/h1/entropy", "lens/psf/pearson_val_acc"} <= set(
+        trainer.callback_metrics
+    )
+    assert not any(k.startswith("topo/") for k in trainer.callback_metrics)
+    (payload,) = logger.run.payloads
+    assert isinstance(payload["lens/history"], wandb.Table) and "topo/history" not in payload
+    assert {"lens/plots/lens_psf_vs_epoch", "lens/plots/lens_psf_vs_val_acc", "lens/plots/diagrams"} <= set(
+        payload
+    )
+    table = payload["lens/history"]
+    assert table.columns[:3] == ["epoch", "step", "lens/psf"] and len(table.data) == 3
+
+
+def test_a_logger_merely_named_wandblogger_is_not_wandb(tmp_path, tiny_config):
+    from lightning.pytorch.loggers import CSVLogger
+
+    class WandbLogger(CSVLogger):  # same class name, not a W&B logger
+        pass
+
+    trainer, monitor = fit(tmp_path, tiny_config, max_epochs=1, logger=WandbLogger(str(tmp_path)))
+    assert monitor.history and (Path(trainer.log_dir) / "topo" / "topo_psf_vs_epoch.png").exists()
