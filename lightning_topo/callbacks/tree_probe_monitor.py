@@ -52,7 +52,7 @@ class TreeProbeMonitor(Callback):
     sentences (of at least 2 words) from the validation loop's own forward pass (when
     ``validation_step`` returns the :class:`~lightning_topo.encoding.EncodedBatch`, as
     :class:`~lightning_topo.models.SequenceClassifier` does; otherwise it encodes each batch
-    again), mean-pools word pieces into words, splits the sentences 90/10 inside the sample,
+    again), mean-pools word pieces into words, holds out ``probe_val_fraction`` of the sampled sentences,
     trains one probe per layer and target rule, and logs from ``on_validation_epoch_end``:
 
     * ``probe/ssp/layer_{i}``, ``probe/essp/layer_{i}`` -- held-out probe loss (lower = the
@@ -75,9 +75,10 @@ class TreeProbeMonitor(Callback):
         targets: subset of ``("ssp", "essp")``.
         treebank: optional CoNLL-U file: adds ``probe/sp/...`` on its sentences.
         max_sentences: sentences sampled per measurement (and treebank sentences used).
-        probe_epochs, probe_lr, probe_batch_size: the probe's budget (defaults: 10 epochs, AdamW
-            lr 1e-3, 16 sentences a step; see docs/tree_probe.md for the choice and the
-            authors' 2e-5 / 32 on ~20k sentences).
+        probe_epochs, probe_lr, probe_batch_size, probe_val_fraction: the probe's budget
+            (defaults :data:`~lightning_topo.scores.tree_probe.MONITOR_BUDGET`: 5 epochs, AdamW
+            lr 1e-2, 32 sentences a step, 20% of the sample held out; the authors train 10
+            epochs at lr 2e-5 on ~20k sentences; see docs/tree_probe.md for the choice).
         rank: probe rank (``None`` = hidden size // 2, as the paper).
         word_pooling: ``True`` pools word pieces into words with the datamodule's tokenizer
             (``trainer.datamodule.tokenizer``); ``False`` or no tokenizer: every non-padding token.
@@ -106,6 +107,7 @@ class TreeProbeMonitor(Callback):
         probe_epochs: int = MONITOR_BUDGET.epochs,
         probe_lr: float = MONITOR_BUDGET.lr,
         probe_batch_size: int = MONITOR_BUDGET.batch_size,
+        probe_val_fraction: float = MONITOR_BUDGET.val_fraction,
         rank: int | None = None,
         word_pooling: bool = True,
         seed: int = 0,
@@ -121,7 +123,9 @@ class TreeProbeMonitor(Callback):
             raise ValueError(f"targets must be a non-empty subset of {TARGET_KINDS}; got {targets!r}")
         if rank is not None:
             _check_positive_int(rank, "rank")
-        self.budget = ProbeBudget(epochs=probe_epochs, lr=probe_lr, batch_size=probe_batch_size)
+        self.budget = ProbeBudget(
+            epochs=probe_epochs, lr=probe_lr, batch_size=probe_batch_size, val_fraction=probe_val_fraction
+        )
         self.budget.check()
         self.layers_arg = _check_layers(layers)
         self.treebank = None if treebank is None else Path(treebank)
