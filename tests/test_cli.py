@@ -39,6 +39,7 @@ def test_help_and_unknown_command(capsys):
 def test_refused_values_are_one_line_with_status_2(tmp_path, capsys, monkeypatch, args, phrase):
     """Bad input found while the CLI builds model and data: one line on stderr, exit 2, nothing written."""
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.argv", ["lightning-topo"])
     (tmp_path / "latin.csv").write_bytes(b"text,label\ncaf\xe9,1\n")
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
     runs = tmp_path / "runs"

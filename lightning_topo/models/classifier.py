@@ -151,11 +151,14 @@ class SequenceClassifier(pl.LightningModule):
         self._aux_losses: dict[str, tuple[AuxiliaryLoss, float]] = {}
         #: ``nn.Module`` auxiliary losses (e.g. a probe with weights): trained and moved with the model.
         self.auxiliary_modules = nn.ModuleDict()
+        self._ids_checked = False  # see check_input_ids
 
     # ------------------------------------------------------------------ forward / encode
     def forward(self, batch: Mapping[str, Any]) -> Tensor:
         """Logits ``(batch, num_labels)`` of a tokenised batch (``labels`` are ignored)."""
-        return self.model(**self._inputs(batch), return_dict=True).logits
+        inputs = self._inputs(batch)
+        self.check_input_ids(inputs["input_ids"])
+        return self.model(**inputs, return_dict=True).logits
 
     def encode(self, batch: Mapping[str, Any]) -> EncodedBatch:
         """Forward pass with all hidden states: the one documented way to read representations.
@@ -170,6 +173,7 @@ class SequenceClassifier(pl.LightningModule):
             ``(batch, seq, hidden)`` (index 0 = embeddings), the attention mask, the labels and the
             logits ``(batch, num_labels)``. Gradients flow unless the caller disables them.
         """
+        self.check_input_ids(model_inputs(batch)["input_ids"])
         return encode_hf_model(self.model, batch)
 
     def _inputs(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
@@ -237,6 +241,7 @@ class SequenceClassifier(pl.LightningModule):
     def setup(self, stage: str) -> None:
         """Refuse, before anything runs, a datamodule whose tokenizer can produce token ids the
         model has no embedding for (a tokenizer that is not the model's)."""
+        self._ids_checked = False
         tokenizer = getattr(self.trainer.datamodule, "tokenizer", None) if self._trainer is not None else None
         if tokenizer is None or not hasattr(tokenizer, "__len__"):
             return
@@ -249,26 +254,37 @@ class SequenceClassifier(pl.LightningModule):
                 "with model.model.resize_token_embeddings(len(tokenizer))"
             )
 
-    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Check each batch on the host, before it reaches the device: token ids inside the
-        vocabulary and sequences no longer than the position embeddings (an out-of-range id is a
-        cryptic ``IndexError`` on CPU and a device-side assert on GPU)."""
-        ids = batch.get("input_ids") if isinstance(batch, Mapping) else None
-        if isinstance(ids, Tensor) and ids.numel():
-            rows = self.model.get_input_embeddings().num_embeddings
-            low, high = int(ids.min()), int(ids.max())
-            if low < 0 or high >= rows:
-                raise ValueError(
-                    f"batch input_ids hold token id {high if high >= rows else low} but the model's vocabulary has "
-                    f"ids 0..{rows - 1}; tokenize with the model's own tokenizer (data.tokenizer_name_or_path)"
-                )
-            positions = getattr(self.model.config, "max_position_embeddings", None)
-            if positions is not None and ids.shape[-1] > positions:
-                raise ValueError(
-                    f"batch sequences have {ids.shape[-1]} tokens but the model has {positions} position "
-                    f"embeddings; set data.max_length <= {positions}"
-                )
-        return batch
+    def check_input_ids(self, input_ids: Any) -> None:
+        """Refuse token ids outside the vocabulary and sequences longer than the position
+        embeddings, which would otherwise fail inside the embedding lookup (a cryptic
+        ``IndexError`` on CPU, a device-side assert on GPU).
+
+        :meth:`forward` and :meth:`encode` call it: on CPU for every batch (a min/max over the ids,
+        negligible next to the forward), on an accelerator for the first batch after each
+        :meth:`setup` only (it synchronises); :meth:`setup` has already compared the datamodule's
+        tokenizer with the vocabulary.
+
+        Raises:
+            ValueError: naming the offending id or length and the fix.
+        """
+        if not isinstance(input_ids, Tensor) or not input_ids.numel():
+            return
+        if input_ids.device.type != "cpu" and self._ids_checked:
+            return
+        self._ids_checked = True
+        rows = self.model.get_input_embeddings().num_embeddings
+        low, high = int(input_ids.min()), int(input_ids.max())
+        if low < 0 or high >= rows:
+            raise ValueError(
+                f"batch input_ids hold token id {high if high >= rows else low} but the model's vocabulary has "
+                f"ids 0..{rows - 1}; tokenize with the model's own tokenizer (data.tokenizer_name_or_path)"
+            )
+        positions = getattr(self.model.config, "max_position_embeddings", None)
+        if isinstance(positions, int) and input_ids.shape[-1] > positions:
+            raise ValueError(
+                f"batch sequences have {input_ids.shape[-1]} tokens but the model has {positions} position "
+                f"embeddings; set data.max_length <= {positions}"
+            )
 
     # ------------------------------------------------------------------ steps
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:

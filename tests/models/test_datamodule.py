@@ -6,6 +6,7 @@ import gzip
 import json
 from collections import Counter
 
+import lightning.pytorch as pl
 import pytest
 import torch
 
@@ -348,3 +349,48 @@ def test_tokenizer_argument_of_the_wrong_type_or_place(tiny_model_dir, toy_csv, 
     ):
         dm.setup("fit")
     assert make(tiny_model_dir, data_file=toy_csv).split_sizes()["train"] == 160  # a Path is fine
+
+
+class _RecordTrainSampler(pl.Callback):
+    def __init__(self, folder) -> None:
+        self.folder = folder
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        sampler = trainer.train_dataloader.sampler
+        record = {"type": type(sampler).__name__, "epoch": sampler.epoch, "indices": list(sampler)}
+        (self.folder / f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
+
+
+@pytest.mark.parametrize("group", [True, False])
+def test_lightning_ddp_keeps_the_length_grouped_sampler(tiny_model_dir, toy_csv, tmp_path, group):
+    """Through Lightning's real DDP code path (one in-process rank, gloo): our sampler is kept and gets
+    set_epoch, where a plain shuffling loader gets Lightning's DistributedSampler instead."""
+    import torch.distributed as dist
+
+    from lightning_topo.models import SequenceClassifier
+
+    dm = make(tiny_model_dir, data_file=str(toy_csv), batch_size=8, max_length=16, group_by_length=group)
+    model = SequenceClassifier(str(tiny_model_dir), num_labels=2)
+    trainer = pl.Trainer(
+        strategy="ddp",
+        accelerator="cpu",
+        devices=1,
+        max_epochs=2,
+        limit_train_batches=1,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        callbacks=[_RecordTrainSampler(tmp_path)],
+    )
+    try:
+        trainer.fit(model, dm)
+    finally:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+    record = json.loads((tmp_path / "rank0.json").read_text())
+    assert record["type"] == ("LengthGroupedSampler" if group else "DistributedSampler")
+    assert record["epoch"] == 1  # set by Lightning at the second epoch
+    assert sorted(record["indices"]) == list(range(160))
