@@ -12,8 +12,9 @@ The callback only decides *when* to prune and *where* to write and log; the work
 
 from __future__ import annotations
 
+import csv
+import io
 import itertools
-import json
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -65,9 +66,10 @@ class TopologicalPruning(Callback):
     ``WandbLogger``: a table ``prune/kept_units`` (step, layer, kind, kept) and the bar plot
     ``prune/kept_units_plot`` (:func:`lightning_topo.plots.plot_kept_units`).
 
-    Checked at ``setup``, before anything is trained, changed or written: the model is a BERT model
-    whose pruned shapes can be exported (``pl_module.model`` or the module itself; RoBERTa and other
-    families are refused), the output folder can be created, and training runs in one process.
+    Checked at ``setup``, before anything is trained, changed or written: ``pl_module.model`` is a
+    model whose pruned shapes can be exported (BERT or RoBERTa family, sequence classifier or bare
+    encoder: :func:`lightning_topo.pruning.layout.check_supported`; e.g. ELECTRA is refused), the
+    output folder can be created, and training runs in one process.
     Distributed training (``trainer.world_size > 1``) is refused: pruning mid-training replaces the
     modules that DDP wraps. Prune on one device with ``lightning-topo prune``, then fine-tune the
     pruned checkpoint with DDP.
@@ -196,10 +198,9 @@ class TopologicalPruning(Callback):
         if stage != "fit":
             return
         _refuse_distributed(trainer)
-        _check_supported(_hf_model(pl_module))
+        _check_supported(pl_module)
         if self.save:
             self._target = self._resolve_target(trainer)
-            _check_writable(self._target)
         if trainer.ckpt_path and not is_overridden("on_load_checkpoint", pl_module):
             rank_zero_warn(
                 "TopologicalPruning: resuming from a checkpoint saved after pruning needs the LightningModule "
@@ -210,23 +211,18 @@ class TopologicalPruning(Callback):
     def _resolve_target(self, trainer: pl.Trainer) -> Path:
         """The explicit ``output_dir`` (refused if it exists without overwrite) or a free versioned folder."""
         if self.output_dir is not None:
-            if self.output_dir.exists() and not self.output_dir.is_dir():
-                raise FileExistsError(
-                    f"TopologicalPruning output_dir {str(self.output_dir)!r} is a file, not a folder; "
-                    "choose another output_dir"
-                )
             if self.output_dir.exists() and not self.overwrite:
                 raise FileExistsError(
                     f"TopologicalPruning output_dir {str(self.output_dir)!r} already exists; choose another "
                     "output_dir, leave output_dir unset (the run's versioned folder) or pass overwrite=True"
                 )
-            return self.output_dir
+            return _check_output_path(self.output_dir, self.overwrite)
         base = _run_folder(trainer)
         target, n = base / DEFAULT_FOLDER, 0
         while target.exists():
             n += 1
             target = base / f"{DEFAULT_FOLDER}-v{n}"
-        return target
+        return _check_output_path(target, False)
 
     # ------------------------------------------------------------------ hooks
     def _due(self, epoch: int) -> bool:
@@ -286,7 +282,7 @@ class TopologicalPruning(Callback):
             if n in trainable:
                 p.requires_grad_(trainable[n])
         if new_model is not model:
-            pl_module.model = new_model  # _check_supported made sure the HF model lives there
+            pl_module.model = new_model  # setup made sure the HF model lives there
         record = self._record(trainer, new_model, k, at_fit_end)
         self.history.append(record)
         self._tables.append(info.table)
@@ -360,15 +356,21 @@ class TopologicalPruning(Callback):
         from lightning_topo.pruning.export import save_compressed
 
         tokenizer = getattr(trainer.datamodule, "tokenizer", None) if trainer.datamodule is not None else None
+        extra_files: dict[str, str | dict] = {"pruning_history.json": self.state_dict()}
+        for k, table in enumerate(self._tables, start=1):
+            extra_files[f"importance_step{k}.csv"] = _csv(table.rows())
         model = _hf_model(pl_module)
         was_training = model.training
         try:
-            path = save_compressed(model.eval(), self._target, tokenizer=tokenizer, overwrite=self.overwrite)
+            path = save_compressed(
+                model.eval(),
+                self._target,
+                tokenizer=tokenizer,
+                overwrite=self.overwrite,
+                extra_files=extra_files,
+            )
         finally:
             model.train(was_training)
-        (path / "pruning_history.json").write_text(json.dumps(self.state_dict(), indent=1, default=str))
-        for k, table in enumerate(self._tables, start=1):
-            table.to_csv(path / f"importance_step{k}.csv")
         self.saved_path = path
         rank_zero_info(f"TopologicalPruning saved the compressed checkpoint to {path}")
 
@@ -435,26 +437,46 @@ def _refuse_distributed(trainer: pl.Trainer) -> None:
         )
 
 
-def _check_supported(model: nn.Module) -> None:
-    """Refuse a model whose pruned shapes cannot be swapped in and exported, before it is changed.
+def _check_supported(pl_module: pl.LightningModule) -> None:
+    """Refuse, before it is changed, a model that cannot be pruned, swapped in and exported.
 
-    Pruning keeps the model's class only when every layer ends with the same FFN width and every
-    head; otherwise the model becomes a ``PrunedBert*`` model, which exists for BERT only.
+    Pruning replaces ``pl_module.model`` by a model whose config describes the new shapes, so the
+    Hugging Face model must live there; :func:`lightning_topo.pruning.layout.check_supported` says
+    which model classes can be exported (BERT and RoBERTa families).
     """
-    from lightning_topo.pruning.importance import encoder_layers
+    from lightning_topo.pruning.layout import check_supported
 
-    encoder_layers(model)  # TypeError for a model without BERT-style layers
-    from transformers import BertForSequenceClassification, BertModel
-
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
-    if model_type not in ("bert", "pruned_bert") or not isinstance(
-        model, (BertForSequenceClassification, BertModel)
-    ):
+    model = _hf_model(pl_module)
+    if model is pl_module:
         raise TypeError(
-            f"TopologicalPruning supports BERT models (BertForSequenceClassification or BertModel, model_type "
-            f"'bert'), held in pl_module.model; got {type(model).__name__} (model_type {model_type!r}), whose pruned "
-            "shapes cannot be exported. Nothing was changed"
+            f"TopologicalPruning needs the Hugging Face model in pl_module.model (as SequenceClassifier has); "
+            f"{type(pl_module).__name__} has no nn.Module attribute 'model'. Nothing was changed"
         )
+    try:
+        check_supported(model)
+    except TypeError as err:
+        raise TypeError(f"TopologicalPruning: {err} Nothing was changed") from None
+
+
+def _check_output_path(path: Path, overwrite: bool) -> Path:
+    """:func:`~lightning_topo.pruning.export.check_output_path` with errors naming ``output_dir``."""
+    from lightning_topo.pruning.export import check_output_path
+
+    try:
+        return check_output_path(path, overwrite=overwrite)
+    except (FileExistsError, NotADirectoryError, PermissionError) as err:
+        raise type(err)(f"TopologicalPruning output_dir: {err}") from None
+
+
+def _csv(rows: Sequence[Mapping[str, Any]]) -> str:
+    """``rows`` (dicts with the same keys) as CSV text with a header."""
+    if not rows:
+        return ""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
 
 
 def _run_folder(trainer: pl.Trainer) -> Path:
@@ -466,26 +488,6 @@ def _run_folder(trainer: pl.Trainer) -> Path:
     version = logger.version
     version = version if isinstance(version, str) else f"version_{version}"
     return Path(save_dir) / str(logger.name or "") / version
-
-
-def _check_writable(target: Path) -> None:
-    """Raise unless ``target`` can be created: its nearest existing ancestor is a writable folder."""
-    ancestor = target.parent
-    while not ancestor.exists() and ancestor != ancestor.parent:
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise NotADirectoryError(
-            f"TopologicalPruning output_dir {str(target)!r} cannot be created: {str(ancestor)!r} is a file, "
-            "not a folder; choose another output_dir"
-        )
-    try:
-        with tempfile.TemporaryFile(dir=ancestor):
-            pass
-    except OSError as err:
-        raise PermissionError(
-            f"TopologicalPruning output_dir {str(target)!r} cannot be written: {str(ancestor)!r} is not "
-            f"writable ({err.strerror}); choose another output_dir"
-        ) from None
 
 
 def _take(loader: Iterable[Any], n: int) -> list[Any]:

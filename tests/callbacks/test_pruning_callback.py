@@ -103,6 +103,9 @@ def test_prunes_to_budget_continues_training_and_saves(tiny_dir, tmp_path, tiny_
     assert len(rows) - 1 == 2 * 64 + (2 * 4 if "heads" in units else 0)  # every scored unit, once
     history = json.loads((out / "pruning_history.json").read_text())
     assert history["history"][0]["params"] == after
+    # written into the staged folder before it was moved into place: covered by the checksum manifest
+    manifest = (out / "SHA256SUMS").read_text()
+    assert "pruning_history.json" in manifest and "importance_step1.csv" in manifest
     reloaded = load_compressed(out).eval()
     module.model.eval()
     with torch.no_grad():
@@ -277,17 +280,29 @@ def test_arguments_normalised():
 # ---------------------------------------------------------------------- setup refusals
 
 
-@pytest.fixture
-def tiny_roberta_dir(tmp_path):
-    from transformers import RobertaConfig, RobertaForSequenceClassification
+def _save_tiny(tmp_path, family):
+    from transformers import (
+        ElectraConfig,
+        ElectraForSequenceClassification,
+        RobertaConfig,
+        RobertaForSequenceClassification,
+    )
 
     torch.manual_seed(0)
-    config = RobertaConfig(
+    sizes = dict(
         vocab_size=128, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-        max_position_embeddings=70, num_labels=2, pad_token_id=1,
+        num_labels=2, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
     )  # fmt: skip
-    path = tmp_path / "tiny-roberta"
-    RobertaForSequenceClassification(config).save_pretrained(path)
+    if family == "roberta":
+        model = RobertaForSequenceClassification(
+            RobertaConfig(**sizes, max_position_embeddings=70, pad_token_id=1)
+        )
+    else:
+        model = ElectraForSequenceClassification(
+            ElectraConfig(**sizes, embedding_size=32, max_position_embeddings=64)
+        )
+    path = tmp_path / f"tiny-{family}"
+    model.save_pretrained(path)
     return path
 
 
@@ -300,16 +315,36 @@ def _unchanged(module, before):
     return after.keys() == before.keys() and all(torch.equal(after[k], v) for k, v in before.items())
 
 
-def test_roberta_refused_at_setup_before_anything_changes(tiny_roberta_dir, tmp_path):
-    module = _module(tiny_roberta_dir)
+def test_unsupported_model_refused_at_setup_before_anything_changes(tmp_path):
+    module = _module(_save_tiny(tmp_path, "electra"))
     before = _state(module)
     out = tmp_path / "out"
     trainer = _trainer(tmp_path, [TopologicalPruning(prune_epoch=0, output_dir=out)], max_epochs=1)
-    with pytest.raises(TypeError, match="RobertaForSequenceClassification.*'roberta'.*Nothing was changed"):
+    with pytest.raises(
+        TypeError, match="ElectraForSequenceClassification.*'electra'.*Nothing was changed"
+    ) as err:
         trainer.fit(module, train_dataloaders=_loader(_batches(2)))
+    assert "\n" not in str(err.value)
     assert trainer.global_step == 0
     assert _unchanged(module, before)
     assert not out.exists()
+
+
+def test_roberta_prunes_heads_and_reloads(tmp_path, tiny_batch):
+    module = _module(_save_tiny(tmp_path, "roberta"))
+    before = count_encoder_parameters(module.model)
+    out = tmp_path / "out"
+    cb = TopologicalPruning(ratio=0.6, prune_epoch=0, calibration_batches=2, ffn_multiple=1, output_dir=out)
+    trainer = _trainer(tmp_path, [cb], max_epochs=1)
+    trainer.fit(module, train_dataloaders=_loader(_batches()))
+    assert count_encoder_parameters(module.model) / before <= 0.6
+    reloaded = load_compressed(out).eval()
+    ids = tiny_batch["input_ids"].clamp(min=3)  # RoBERTa's padding id is 1
+    with torch.no_grad():
+        a = reloaded(input_ids=ids, attention_mask=tiny_batch["attention_mask"]).logits
+        b = module.model.eval()(input_ids=ids, attention_mask=tiny_batch["attention_mask"]).logits
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    assert json.loads((out / "config.json").read_text())["model_type"].endswith("roberta")
 
 
 def test_module_without_model_attribute_refused(tmp_path):
@@ -320,7 +355,7 @@ def test_module_without_model_attribute_refused(tmp_path):
 
     cb = TopologicalPruning()
     trainer = SimpleNamespace(world_size=1, loggers=[], default_root_dir=str(tmp_path), ckpt_path=None)
-    with pytest.raises(TypeError, match="BERT"):
+    with pytest.raises(TypeError, match="pl_module.model.*Plain has no"):
         cb.setup(trainer, Plain(), "fit")
 
 
@@ -334,7 +369,9 @@ def test_impossible_output_dir_refused_at_setup(tiny_dir, tmp_path, where):
     trainer = _trainer(
         tmp_path, [TopologicalPruning(prune_epoch=0, output_dir=out, overwrite=True)], max_epochs=1
     )
-    with pytest.raises((NotADirectoryError, FileExistsError), match="output_dir.*not a folder") as err:
+    with pytest.raises(
+        (NotADirectoryError, FileExistsError), match="output_dir.*(not a folder|not a compressed checkpoint)"
+    ) as err:
         trainer.fit(module, train_dataloaders=_loader(_batches(2)))
     assert "\n" not in str(err.value)
     assert trainer.global_step == 0 and _unchanged(module, before)
@@ -342,16 +379,13 @@ def test_impossible_output_dir_refused_at_setup(tiny_dir, tmp_path, where):
 
 
 def test_unwritable_output_dir_refused_at_setup(tiny_dir, tmp_path, monkeypatch):
-    import tempfile
-
-    def refuse(*args, **kwargs):
-        raise PermissionError(13, "Permission denied")
+    import os
 
     module = _module(tiny_dir)
     cb = TopologicalPruning(prune_epoch=0, output_dir=tmp_path / "ro" / "pruned")
     trainer = SimpleNamespace(world_size=1, loggers=[], default_root_dir=str(tmp_path), ckpt_path=None)
-    monkeypatch.setattr(tempfile, "TemporaryFile", refuse)
-    with pytest.raises(PermissionError, match="output_dir.*not writable \\(Permission denied\\)"):
+    monkeypatch.setattr(os, "access", lambda *args, **kwargs: False)  # tests run as root: chmod cannot refuse
+    with pytest.raises(PermissionError, match="output_dir.*write permission"):
         cb.setup(trainer, module, "fit")
     assert not (tmp_path / "ro").exists()
 
