@@ -298,19 +298,20 @@ def check_output_path(path: str | Path, *, overwrite: bool = False) -> Path:
     Also finishes or cleans up a save to ``path`` that a killed run left behind.
 
     Raises:
-        FileExistsError: ``path`` exists and ``overwrite`` is false, or it exists but is a file or a
-            non-empty folder that is not a checkpoint (never replaced, even with ``overwrite=True``).
+        FileExistsError: ``path`` exists (an empty folder does not count) and ``overwrite`` is false,
+            or it is a file or a non-empty folder that is not a checkpoint (never replaced, even with
+            ``overwrite=True``).
         NotADirectoryError: a parent of ``path`` is a file.
         PermissionError: the folder that would hold ``path`` is not writable.
     """
     path = Path(path)
     _recover(path)
-    if path.exists():
+    if path.exists() and not (path.is_dir() and not any(path.iterdir())):  # an empty folder holds nothing
         if not overwrite:
             raise FileExistsError(
                 f"{path} already exists; pass overwrite=True to replace it, or choose another path"
             )
-        if not path.is_dir() or (any(path.iterdir()) and not (path / "config.json").is_file()):
+        if not path.is_dir() or not (path / "config.json").is_file():
             raise FileExistsError(
                 f"{path} exists and is not a compressed checkpoint (no config.json); it is never replaced, "
                 "even with overwrite=True: choose another path or remove it yourself"

@@ -252,6 +252,14 @@ def test_a_killed_overwrite_leaves_a_loadable_checkpoint(mode, tiny_classifier, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
 
 
+def test_an_empty_folder_is_filled_without_overwrite(tiny_classifier, tmp_path):
+    (tmp_path / "made_at_setup").mkdir()
+    path = save_compressed(tiny_classifier, tmp_path / "made_at_setup")
+    verify_manifest(path)
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        check_output_path(path)
+
+
 def test_leftovers_of_live_writers_are_kept(tmp_path):
     busy = tmp_path / f".ckpt.tmp-{os.getppid()}-abcd1234"
     busy.mkdir()
