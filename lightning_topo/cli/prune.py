@@ -3,219 +3,148 @@
     lightning-topo prune --checkpoint runs/.../epoch=2.ckpt --method topological --ratio 0.6 \\
         --recover-epochs 1 --output outputs/pruned
 
-``--checkpoint`` is a Lightning ``.ckpt`` of :class:`~lightning_topo.models.SequenceClassifier` or a
-Hugging Face folder (e.g. one written by ``save_compressed``). Calibration and recovery data come
-from :class:`~lightning_topo.models.TextClassificationDataModule`: by default the embedded dataset
-(or the datamodule settings stored in the ``.ckpt`` by ``lightning-topo fit``), overridable with
-``--data-file`` etc. The source checkpoint is only read.
+``--checkpoint`` is a Lightning ``.ckpt`` of :class:`~lightning_topo.models.SequenceClassifier`
+(read with ``torch.load(weights_only=True)``: tensors and plain data only, so a crafted file cannot
+run code) or a Hugging Face folder (e.g. one written by ``save_compressed``). Calibration and
+recovery data come from :class:`~lightning_topo.models.TextClassificationDataModule`: by default the
+embedded dataset (or the datamodule settings stored in the ``.ckpt`` by ``lightning-topo fit``),
+overridable with ``--data-file``, ``--text-column``, ``--label-column`` etc. The source checkpoint
+is only read.
+
+Every argument, the source and the output folder are checked before anything is loaded or trained;
+a bad input prints one line (``lightning-topo prune: error: ...``) and exits with status 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import itertools
+import pickle
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lightning_topo.pruning.importance import METHODS
+from lightning_topo.pruning.config import DEFAULTS, METHODS, UNIT_KINDS, PruningConfig
 
 __all__ = ["main", "build_parser"]
 
+#: Exceptions that mean "bad input": printed as one line, exit status 2. Anything else is a bug
+#: and keeps its traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ValueError,
+    TypeError,
+    FileNotFoundError,
+    FileExistsError,
+    NotADirectoryError,
+    IsADirectoryError,
+    PermissionError,
+)
+
+#: Datamodule settings taken from a ``.ckpt`` written by ``lightning-topo fit`` (same data, same splits).
+_DATAMODULE_KEYS = (
+    "data_file",
+    "train_file",
+    "val_file",
+    "text_column",
+    "text_pair_column",
+    "label_column",
+    "split_column",
+    "label_names",
+    "tokenizer_name_or_path",
+    "max_length",
+    "batch_size",
+    "eval_batch_size",
+    "val_fraction",
+    "test_fraction",
+    "seed",
+)
+
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``lightning-topo prune`` (defaults from :data:`~lightning_topo.pruning.config.DEFAULTS`)."""
     p = argparse.ArgumentParser(
         prog="lightning-topo prune",
         description="Topology-guided structured pruning of a trained checkpoint (docs/pruning.md).",
     )
     p.add_argument("--checkpoint", required=True, help="Lightning .ckpt or Hugging Face model folder")
-    p.add_argument("--output", required=True, help="folder for the compressed checkpoint")
-    p.add_argument("--method", default="topological", choices=METHODS)
-    p.add_argument("--ratio", type=float, default=0.6, help="fraction of encoder parameters kept, in (0, 1]")
-    p.add_argument("--units", nargs="+", default=["ffn", "heads"], choices=["ffn", "heads"])
+    p.add_argument("--output", required=True, help="folder for the compressed checkpoint (must not exist)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --output checkpoint")
+    p.add_argument("--method", default=DEFAULTS.method, choices=METHODS)
+    p.add_argument(
+        "--ratio", type=float, default=DEFAULTS.ratio, help="fraction of encoder parameters kept, in (0, 1]"
+    )
+    p.add_argument("--units", nargs="+", default=list(DEFAULTS.units), choices=UNIT_KINDS)
     p.add_argument(
         "--recover-epochs", type=int, default=1, help="recovery fine-tune epochs after pruning (0: none)"
     )
-    p.add_argument("--calibration-batches", type=int, default=16)
-    p.add_argument("--max-positions", type=int, default=2048)
-    p.add_argument("--min-heads", type=int, default=1)
-    p.add_argument("--min-ffn", type=int, default=1)
+    p.add_argument("--calibration-batches", type=int, default=DEFAULTS.calibration_batches, help="(>= 1)")
+    p.add_argument("--max-positions", type=int, default=DEFAULTS.max_positions)
+    p.add_argument("--min-heads", type=int, default=DEFAULTS.min_heads)
+    p.add_argument("--min-ffn", type=int, default=DEFAULTS.min_ffn)
     p.add_argument(
         "--ffn-multiple",
         type=int,
-        default=8,
+        default=DEFAULTS.ffn_multiple,
         help="round pruned FFN widths down to a multiple of this (default 8, faster GEMMs; 1 = exact budget)",
     )
+    p.add_argument("--stat", default=DEFAULTS.stat, choices=("max", "total"))
     p.add_argument(
         "--learning-rate", type=float, default=None, help="recovery learning rate (default: checkpoint's)"
     )
-    p.add_argument("--data-file", default=None, help="data file (default: the embedded dataset)")
+    p.add_argument(
+        "--data-file", default=None, help="CSV/TSV/JSONL data file (default: the embedded dataset)"
+    )
+    p.add_argument(
+        "--text-column", default=None, help="column of --data-file holding the text (default: text)"
+    )
+    p.add_argument(
+        "--label-column", default=None, help="column of --data-file holding the label (default: label)"
+    )
     p.add_argument("--split-column", default=None)
     p.add_argument("--max-length", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--limit-train", type=int, default=None, help="use a seeded subset of the training split")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --output folder")
+    p.add_argument("--seed", type=int, default=DEFAULTS.seed)
     p.add_argument("--accelerator", default="auto")
     return p
 
 
-def _load_module(checkpoint: Path, learning_rate: float | None) -> tuple[Any, dict[str, Any]]:
-    """A SequenceClassifier for ``checkpoint`` and the datamodule settings stored with it."""
-    import torch
-
-    from lightning_topo.models.classifier import SequenceClassifier
-
-    if checkpoint.is_dir():
-        if not (checkpoint / "config.json").exists():
-            raise FileNotFoundError(
-                f"--checkpoint {checkpoint} is a folder without config.json (not a HF model)"
-            )
-        from transformers import AutoConfig
-
-        import lightning_topo  # noqa: F401  (Auto-class registration of pruned_bert)
-
-        config = AutoConfig.from_pretrained(checkpoint)
-        kwargs: dict[str, Any] = {"model_name_or_path": str(checkpoint), "num_labels": int(config.num_labels)}
-        if learning_rate is not None:
-            kwargs["learning_rate"] = learning_rate
-        return SequenceClassifier(**kwargs), {"tokenizer_name_or_path": str(checkpoint)}
-    if not checkpoint.is_file():
-        raise FileNotFoundError(f"--checkpoint {checkpoint} does not exist")
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    dm_hparams = dict(ckpt.get("datamodule_hyper_parameters") or {})
-    overrides = {} if learning_rate is None else {"learning_rate": learning_rate}
-    module = SequenceClassifier.load_from_checkpoint(checkpoint, map_location="cpu", **overrides)
-    return module, dm_hparams
-
-
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``lightning-topo prune``; returns the exit status (2 for bad input, with one line on stderr)."""
     args = build_parser().parse_args(argv)
     try:
         return _run(args)
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError) as err:
-        print(f"lightning-topo prune: error: {err}", file=sys.stderr)
+    except USER_ERRORS as err:
+        message = " ".join(str(err).split()) or type(err).__name__
+        print(f"lightning-topo prune: error: {message}", file=sys.stderr)
         return 2
 
 
 def _run(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    source, output = _check_paths(args)
+    stored = _stored_settings(source)
+    dm_kwargs = _datamodule_kwargs(args, stored)  # checks the data file's columns
     import lightning.pytorch as pl
 
     from lightning_topo.models.datamodule import TextClassificationDataModule
-    from lightning_topo.pruning.export import save_compressed
+    from lightning_topo.pruning.layout import check_supported
     from lightning_topo.pruning.structured import count_encoder_parameters
 
-    if not 0.0 < args.ratio <= 1.0:
-        raise ValueError(f"--ratio (fraction of encoder parameters kept) must be in (0, 1]; got {args.ratio}")
-    if args.recover_epochs < 0:
-        raise ValueError(f"--recover-epochs must be >= 0; got {args.recover_epochs}")
-    output = Path(args.output)
-    source = Path(args.checkpoint).resolve()
-    if output.resolve() == source or source in output.resolve().parents:
-        raise ValueError(
-            "--output must not be the source checkpoint or inside it (the source is never modified)"
-        )
-    if output.exists() and not args.overwrite:
-        raise FileExistsError(f"--output {output} exists; pass --overwrite to replace it")
     pl.seed_everything(args.seed, workers=True, verbose=False)
-    module, dm_hparams = _load_module(source, args.learning_rate)
-    model = module.model
-    from lightning_topo.pruning.importance import encoder_layers
-
-    encoder_layers(model)  # clear error for a non-BERT model before reading any data
-    dm_kwargs: dict[str, Any] = {
-        k: v
-        for k, v in dm_hparams.items()
-        if k
-        in (
-            "data_file",
-            "train_file",
-            "val_file",
-            "text_column",
-            "text_pair_column",
-            "label_column",
-            "split_column",
-            "label_names",
-            "tokenizer_name_or_path",
-            "max_length",
-            "batch_size",
-            "seed",
-        )
-    }
-    if dm_kwargs.get("tokenizer_name_or_path") is None:
-        dm_kwargs["tokenizer_name_or_path"] = module.hparams.get("model_name_or_path")
-    for key, value in (
-        ("data_file", args.data_file),
-        ("split_column", args.split_column),
-        ("max_length", args.max_length),
-        ("batch_size", args.batch_size),
-    ):
-        if value is not None:
-            dm_kwargs[key] = value
-    if args.data_file is not None:
-        dm_kwargs.pop("train_file", None)
-        dm_kwargs.pop("val_file", None)
-    if args.limit_train is not None:
-        dm_kwargs["limit"] = {"train": args.limit_train}
+    module = _load_module(source, args.learning_rate)
+    check_supported(module.model)  # before reading any data
     dm = TextClassificationDataModule(**dm_kwargs)
     dm.setup("fit")
-    before = count_encoder_parameters(model)
-
+    before = count_encoder_parameters(module.model)
     if args.recover_epochs > 0:
-        from lightning_topo.callbacks.pruning import TopologicalPruning
-
-        callback = TopologicalPruning(
-            method=args.method,
-            ratio=args.ratio,
-            prune_epoch=0,
-            units=args.units,
-            calibration_batches=args.calibration_batches,
-            max_positions=args.max_positions,
-            output_dir=output,
-            overwrite=args.overwrite,
-            min_heads=args.min_heads,
-            min_ffn=args.min_ffn,
-            ffn_multiple=args.ffn_multiple,
-            seed=args.seed,
-        )
-        trainer = pl.Trainer(
-            max_epochs=args.recover_epochs,
-            accelerator=args.accelerator,
-            devices=1,
-            callbacks=[callback],
-            logger=False,
-            enable_checkpointing=False,
-            num_sanity_val_steps=0,
-            default_root_dir=str(output.parent),
-        )
-        trainer.fit(module, datamodule=dm)
-        metrics = trainer.validate(module, datamodule=dm, verbose=False)
-        model = module.model
+        metrics = _prune_and_recover(args, settings, module, dm, output)
     else:
-        from lightning_topo.pruning.api import prune_model
-
-        calib = []
-        for i, batch in enumerate(dm.train_dataloader()):
-            if i >= args.calibration_batches:
-                break
-            calib.append(batch)
-        prune_model(
-            model,
-            calib,
-            method=args.method,
-            ratio=args.ratio,
-            units=args.units,
-            min_heads=args.min_heads,
-            min_ffn=args.min_ffn,
-            ffn_multiple=args.ffn_multiple,
-            max_positions=args.max_positions,
-            seed=args.seed,
-        )
-        save_compressed(model.eval(), output, tokenizer=dm.tokenizer, overwrite=args.overwrite)
-        metrics = pl.Trainer(
-            accelerator=args.accelerator, devices=1, logger=False, enable_progress_bar=False
-        ).validate(module, datamodule=dm, verbose=False)
-    after = count_encoder_parameters(model)
+        metrics = _prune_only(args, settings, module, dm, output)
+    after = count_encoder_parameters(module.model)
     acc = metrics[0].get("val/acc") if metrics else None
     acc_s = "n/a" if acc is None else f"{float(acc):.4f}"
     print(
@@ -223,6 +152,218 @@ def _run(args: argparse.Namespace) -> int:
         f"({after / before:.3f}); val/acc {acc_s} after {args.recover_epochs} recovery epoch(s); saved to {output}"
     )
     return 0
+
+
+# ---------------------------------------------------------------------- checks before any work
+
+
+def _settings(args: argparse.Namespace) -> PruningConfig:
+    """The pruning settings, checked by :class:`PruningConfig`; errors name the command-line option."""
+    if args.recover_epochs < 0:
+        raise ValueError(
+            f"--recover-epochs must be >= 0 (0 = prune without recovery); got {args.recover_epochs}"
+        )
+    fields = {
+        "method": args.method,
+        "ratio": args.ratio,
+        "units": tuple(args.units),
+        "calibration_batches": args.calibration_batches,
+        "max_positions": args.max_positions,
+        "min_heads": args.min_heads,
+        "min_ffn": args.min_ffn,
+        "ffn_multiple": args.ffn_multiple,
+        "stat": args.stat,
+        "seed": args.seed,
+    }
+    try:
+        return PruningConfig(**fields)
+    except ValueError as err:
+        message = str(err)
+        name = message.split(" ", 1)[0]
+        if name in {f.name for f in dataclasses.fields(PruningConfig)}:
+            message = "--" + name.replace("_", "-") + message[len(name) :]
+        raise ValueError(message) from None
+
+
+def _check_paths(args: argparse.Namespace) -> tuple[Path, Path]:
+    """``(source, output)``: the source exists, the output is not inside it and can be written."""
+    from lightning_topo.pruning.export import check_output_path
+
+    source = Path(args.checkpoint).resolve()
+    output = Path(args.output)
+    if not source.exists():
+        raise FileNotFoundError(f"--checkpoint {args.checkpoint} does not exist")
+    if source.is_dir() and not (source / "config.json").is_file():
+        raise FileNotFoundError(
+            f"--checkpoint {args.checkpoint} is a folder without config.json: not a Hugging Face model folder"
+        )
+    if output.resolve() == source or source in output.resolve().parents:
+        raise ValueError(
+            "--output must not be the source checkpoint or inside it (the source is never modified)"
+        )
+    if output.exists() and not args.overwrite:
+        raise FileExistsError(
+            f"--output {output} already exists; pass --overwrite to replace it or choose another folder"
+        )
+    try:
+        check_output_path(output, overwrite=args.overwrite)
+    except (FileExistsError, NotADirectoryError, PermissionError) as err:
+        raise type(err)(f"--output: {err}") from None
+    return source, output
+
+
+# ---------------------------------------------------------------------- loading
+
+
+def _read_checkpoint(path: Path) -> dict[str, Any]:
+    """A Lightning checkpoint of a LightningModule, read with ``weights_only=True`` (no code runs)."""
+    import torch
+
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        blocked = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        what = f" (it would call {blocked.group(1)})" if blocked else ""
+        raise ValueError(
+            f"--checkpoint {path} is not a loadable checkpoint: it holds Python objects other than tensors and "
+            f"plain data{what}, or is not a torch file; it was not loaded. Pass a .ckpt written by Lightning's "
+            "save_checkpoint or lightning-topo fit, or a Hugging Face model folder"
+        ) from None
+    except Exception as err:  # noqa: BLE001 - an unreadable file, whatever the parser trips on
+        raise ValueError(
+            f"--checkpoint {path} is not a loadable checkpoint (truncated or not a torch file: {type(err).__name__})"
+        ) from None
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
+        raise ValueError(
+            f"--checkpoint {path} is not a Lightning checkpoint (no 'state_dict'); pass a .ckpt written by "
+            "lightning-topo fit or a Hugging Face model folder"
+        )
+    if not isinstance(ckpt.get("hyper_parameters"), dict):
+        raise ValueError(
+            f"--checkpoint {path} has no hyper_parameters: it was not saved from a SequenceClassifier"
+        )
+    return ckpt
+
+
+def _stored_settings(source: Path) -> dict[str, Any]:
+    """Datamodule settings that come with the source: from a ``.ckpt`` (as ``fit`` used them) or a folder."""
+    if source.is_dir():
+        return {"tokenizer_name_or_path": str(source)}
+    ckpt = _read_checkpoint(source)
+    stored = dict(ckpt.get("datamodule_hyper_parameters") or {})
+    if stored.get("tokenizer_name_or_path") is None:
+        stored["tokenizer_name_or_path"] = ckpt["hyper_parameters"].get("model_name_or_path")
+    return stored
+
+
+def _load_module(checkpoint: Path, learning_rate: float | None) -> Any:
+    """A SequenceClassifier for ``checkpoint`` (a ``.ckpt`` checked by :func:`_read_checkpoint`, or a folder)."""
+    from lightning_topo.models.classifier import SequenceClassifier
+
+    overrides = {} if learning_rate is None else {"learning_rate": learning_rate}
+    if not checkpoint.is_dir():
+        return SequenceClassifier.load_from_checkpoint(
+            checkpoint, map_location="cpu", weights_only=True, **overrides
+        )
+    from transformers import AutoConfig
+
+    import lightning_topo.pruning.export  # noqa: F401  (registers the pruned config/model classes)
+
+    config = AutoConfig.from_pretrained(checkpoint)
+    return SequenceClassifier(
+        model_name_or_path=str(checkpoint), num_labels=int(config.num_labels), **overrides
+    )
+
+
+def _datamodule_kwargs(args: argparse.Namespace, stored: dict[str, Any]) -> dict[str, Any]:
+    """Datamodule arguments: the source's stored settings, then the command-line overrides."""
+    kwargs = {k: v for k, v in stored.items() if k in _DATAMODULE_KEYS}
+    if args.data_file is not None:
+        kwargs.pop("train_file", None)
+        kwargs.pop("val_file", None)
+    overrides = {
+        "data_file": args.data_file,
+        "text_column": args.text_column,
+        "label_column": args.label_column,
+        "split_column": args.split_column,
+        "max_length": args.max_length,
+        "batch_size": args.batch_size,
+    }
+    kwargs.update({k: v for k, v in overrides.items() if v is not None})
+    if args.data_file is not None:
+        _check_columns(
+            Path(args.data_file), kwargs.get("text_column", "text"), kwargs.get("label_column", "label")
+        )
+    if args.limit_train is not None:
+        kwargs["limit"] = {"train": args.limit_train}
+    return kwargs
+
+
+def _check_columns(data_file: Path, text_column: str, label_column: str) -> None:
+    """Refuse a ``--data-file`` without the text/label columns, suggesting the options that name them."""
+    from lightning_topo.data.files import read_table
+
+    _, columns = read_table(data_file, "--data-file")
+    missing = [c for c in (text_column, label_column) if c not in columns]
+    if missing:
+        raise ValueError(
+            f"--data-file {data_file} has no column {missing[0]!r} (text column {text_column!r}, label column "
+            f"{label_column!r}); its columns are {columns}. Name them with --text-column and --label-column"
+        )
+
+
+# ---------------------------------------------------------------------- pruning
+
+
+def _prune_and_recover(
+    args: argparse.Namespace, settings: PruningConfig, module: Any, dm: Any, output: Path
+) -> Any:
+    """Prune at the start of a ``--recover-epochs`` fine-tune (``TopologicalPruning``), then validate."""
+    import lightning.pytorch as pl
+
+    from lightning_topo.callbacks.pruning import TopologicalPruning
+
+    callback = TopologicalPruning(
+        method=settings.method,
+        ratio=settings.ratio,  # type: ignore[arg-type]
+        prune_epoch=0,
+        units=settings.units,
+        calibration_batches=settings.calibration_batches,
+        max_positions=settings.max_positions,
+        output_dir=output,
+        overwrite=args.overwrite,
+        min_heads=settings.min_heads,
+        min_ffn=settings.min_ffn,
+        ffn_multiple=settings.ffn_multiple,
+        stat=settings.stat,
+        seed=settings.seed,
+    )
+    trainer = pl.Trainer(
+        max_epochs=args.recover_epochs,
+        accelerator=args.accelerator,
+        devices=1,
+        callbacks=[callback],
+        logger=False,
+        enable_checkpointing=False,
+        num_sanity_val_steps=0,
+        default_root_dir=str(output.parent),
+    )
+    trainer.fit(module, datamodule=dm)
+    return trainer.validate(module, datamodule=dm, verbose=False)
+
+
+def _prune_only(args: argparse.Namespace, settings: PruningConfig, module: Any, dm: Any, output: Path) -> Any:
+    """Prune once on ``--calibration-batches`` training batches, save, then validate."""
+    import lightning.pytorch as pl
+
+    from lightning_topo.pruning.api import prune_model
+    from lightning_topo.pruning.export import save_compressed
+
+    calibration = list(itertools.islice(dm.train_dataloader(), settings.calibration_batches))
+    prune_model(module.model, calibration, **settings.prune_kwargs())
+    save_compressed(module.model.eval(), output, tokenizer=dm.tokenizer, overwrite=args.overwrite)
+    trainer = pl.Trainer(accelerator=args.accelerator, devices=1, logger=False, enable_progress_bar=False)
+    return trainer.validate(module, datamodule=dm, verbose=False)
 
 
 if __name__ == "__main__":
