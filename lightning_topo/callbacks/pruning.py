@@ -24,7 +24,6 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_only
-from lightning.pytorch.utilities.model_helpers import is_overridden
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import nn
 from typing_extensions import override
@@ -78,8 +77,9 @@ class TopologicalPruning(Callback):
     :class:`~lightning_topo.models.SequenceClassifier` rebuilds its model in ``on_load_checkpoint``
     from the config stored in the checkpoint, so ``trainer.fit(ckpt_path=...)`` works; the
     callback's own state (which steps are done) is restored, so it does not prune twice. Other
-    LightningModules must rebuild the pruned shapes in their ``on_load_checkpoint`` (the callback
-    warns at ``setup`` when resuming a module that does not override it).
+    LightningModules must rebuild the pruned shapes in their ``on_load_checkpoint`` and declare it
+    with the class attribute ``restores_shapes_on_load = True`` (the callback warns at ``setup`` when
+    resuming a module without it).
 
     Args:
         method: importance method, a name from :data:`lightning_topo.pruning.config.METHODS` or a
@@ -201,11 +201,11 @@ class TopologicalPruning(Callback):
         _check_supported(pl_module)
         if self.save:
             self._target = self._resolve_target(trainer)
-        if trainer.ckpt_path and not is_overridden("on_load_checkpoint", pl_module):
+        if trainer.ckpt_path and getattr(pl_module, "restores_shapes_on_load", False) is not True:
             rank_zero_warn(
                 "TopologicalPruning: resuming from a checkpoint saved after pruning needs the LightningModule "
-                "to rebuild the pruned shapes in on_load_checkpoint (SequenceClassifier does); otherwise "
-                "loading fails with a size mismatch"
+                "to rebuild the pruned shapes in on_load_checkpoint and say so with restores_shapes_on_load = True "
+                "(SequenceClassifier does); otherwise loading fails with a size mismatch"
             )
 
     def _resolve_target(self, trainer: pl.Trainer) -> Path:
