@@ -21,7 +21,6 @@ __all__ = [
     "EXPORT_FAMILIES",
     "encoder_layers",
     "check_supported",
-    "model_family",
     "self_attention",
     "head_projections",
     "attention_output",
@@ -132,7 +131,7 @@ def encoder_layers(model: nn.Module) -> nn.ModuleList:
     return layers
 
 
-def model_family(model: nn.Module) -> str | None:
+def _model_family(model: nn.Module) -> str | None:
     """``"bert"`` or ``"roberta"`` for a model whose pruned form can be exported, else ``None``."""
     return EXPORT_FAMILIES.get(getattr(getattr(model, "config", None), "model_type", None))  # type: ignore[arg-type]
 
@@ -150,7 +149,7 @@ def check_supported(model: nn.Module) -> str:
         TypeError: naming the model's class and the supported classes.
     """
     encoder_layers(model)
-    family = model_family(model)
+    family = _model_family(model)
     base = getattr(model, "base_model", None)
     is_classifier = type(model).__name__.endswith("ForSequenceClassification")
     is_bare = base is model and type(model).__name__.endswith("Model")

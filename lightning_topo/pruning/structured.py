@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from transformers.pytorch_utils import prune_linear_layer
 
 from lightning_topo.pruning import layout
-from lightning_topo.pruning.config import DEFAULTS, UNIT_KINDS, PruningConfig, check_int
+from lightning_topo.pruning.config import DEFAULTS, UNIT_KINDS, PruningConfig
 from lightning_topo.pruning.importance import ImportanceTable
 from lightning_topo.pruning.layout import encoder_layers, layer_widths
 
@@ -85,11 +85,6 @@ def _top_k_mask(scores: Tensor, k: int) -> Tensor:
     mask = torch.zeros(n, dtype=torch.bool)
     mask[order[:k]] = True
     return mask
-
-
-def check_ffn_multiple(ffn_multiple: object) -> None:
-    """Raise ``ValueError`` unless ``ffn_multiple`` is an ``int >= 1`` (``bool`` is refused)."""
-    check_int("ffn_multiple", ffn_multiple, 1, hint=" (1 disables rounding)")
 
 
 def _check_table(model: nn.Module, table: ImportanceTable, units: tuple[str, ...]) -> dict[str, list[int]]:
