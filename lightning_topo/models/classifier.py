@@ -125,6 +125,8 @@ class SequenceClassifier(pl.LightningModule):
             raise ValueError(f"warmup_ratio must be in [0, 1); got {warmup_ratio}")
         if learning_rate <= 0:
             raise ValueError(f"learning_rate must be > 0; got {learning_rate}")
+        if isinstance(model_name_or_path, os.PathLike):  # saved as a string (weights_only checkpoints)
+            model_name_or_path = os.fspath(model_name_or_path)
         self.save_hyperparameters()
         from transformers import AutoModelForSequenceClassification
 

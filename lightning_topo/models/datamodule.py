@@ -202,6 +202,13 @@ class TextClassificationDataModule(pl.LightningDataModule):
         group_by_length: bool = True,
     ) -> None:
         super().__init__()
+        # Paths are saved as strings: checkpoints stay loadable with torch.load(weights_only=True).
+        data_file, train_file, val_file, test_file, predict_file = (
+            os.fspath(f) if isinstance(f, os.PathLike) else f
+            for f in (data_file, train_file, val_file, test_file, predict_file)
+        )
+        if isinstance(tokenizer_name_or_path, os.PathLike):
+            tokenizer_name_or_path = os.fspath(tokenizer_name_or_path)
         self.save_hyperparameters()
         self.max_length = _int_arg("max_length", max_length, 2)
         self.batch_size = _int_arg("batch_size", batch_size, 1)

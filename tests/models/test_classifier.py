@@ -264,7 +264,8 @@ def test_bad_argument_types(tiny_model_dir):
         SequenceClassifier(str(tiny_model_dir), learning_rate="1e-3")
     with pytest.raises(TypeError, match="weight_decay must be a finite number; got float nan"):
         SequenceClassifier(str(tiny_model_dir), weight_decay=float("nan"))
-    assert SequenceClassifier(Path(tiny_model_dir)).hparams.num_labels == 2  # a Path is fine
+    model = SequenceClassifier(Path(tiny_model_dir))  # a Path is fine, and saved as a string
+    assert model.hparams.model_name_or_path == str(tiny_model_dir)
 
 
 def _fit_steps(model, dm, tmp_path, **kwargs) -> pl.Trainer:

@@ -348,7 +348,8 @@ def test_tokenizer_argument_of_the_wrong_type_or_place(tiny_model_dir, toy_csv, 
         OSError, match="tokenizer_name_or_path '.*empty_dir' could not be loaded as a tokenizer"
     ):
         dm.setup("fit")
-    assert make(tiny_model_dir, data_file=toy_csv).split_sizes()["train"] == 160  # a Path is fine
+    dm = make(tiny_model_dir, data_file=toy_csv)  # a Path is fine, and saved as a string
+    assert dm.split_sizes()["train"] == 160 and dm.hparams.data_file == str(toy_csv)
 
 
 class _RecordTrainSampler(pl.Callback):

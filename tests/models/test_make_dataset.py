@@ -28,7 +28,9 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 def _fake_sdist(path: Path, lines: list[str]) -> Path:
     inner = io.BytesIO()
     with tarfile.open(fileobj=inner, mode="w:gz") as tar:
-        _add(tar, "hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt", "\r\n".join(lines).encode("latin-1"))
+        _add(
+            tar, "hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt", "\r\n".join(lines).encode("latin-1")
+        )
     with tarfile.open(path, "w:gz") as tar:
         _add(tar, "vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz", inner.getvalue())
     return path
@@ -43,7 +45,9 @@ def test_build_is_deterministic_and_drops_zero_scores(tmp_path):
     assert script.main(["--archive", str(archive), "--output", str(out1)]) == 0
     assert script.main(["--archive", str(archive), "--output", str(out2)]) == 0
     assert out1.read_bytes() == out2.read_bytes()
-    rows = list(csv.DictReader(io.StringIO(gzip.decompress(out1.read_bytes()).decode("utf-8")), delimiter="\t"))
+    rows = list(
+        csv.DictReader(io.StringIO(gzip.decompress(out1.read_bytes()).decode("utf-8")), delimiter="\t")
+    )
     assert len(rows) == 100 and all(r["text"] != "neutral sentence" for r in rows)
     assert rows[0]["text"] == "sentence 1 caf\xe9"  # latin-1 fallback decoded
     assert {r["label"] for r in rows} == {"0", "1"}
