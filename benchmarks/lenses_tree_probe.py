@@ -68,14 +68,15 @@ def stability(args: argparse.Namespace) -> dict[str, Any]:
 
     words, encode_s = _val_sample(args.max_sentences, 0, args.limit_val)
     rows: dict[str, Any] = {}
-    fit_times = []
+    fit_times, fit_cpu = [], []
     for kind in ("ssp", "essp"):
         for layer, (hidden, mask) in words.items():
             values = []
             for seed in range(args.seeds):
-                start = time.perf_counter()
+                start, cpu = time.perf_counter(), time.process_time()
                 values.append(fit_probe(hidden, mask, kind, budget=MONITOR_BUDGET, seed=seed).val_loss)
                 fit_times.append(time.perf_counter() - start)
+                fit_cpu.append(time.process_time() - cpu)
             rows[f"{kind}/layer_{layer}"] = {
                 "mean": statistics.fmean(values),
                 "std": statistics.stdev(values) if len(values) > 1 else 0.0,
@@ -94,6 +95,7 @@ def stability(args: argparse.Namespace) -> dict[str, Any]:
         "seeds": args.seeds,
         "encode_s": encode_s,
         "fit_s_mean": statistics.fmean(fit_times),
+        "fit_cpu_s_mean": statistics.fmean(fit_cpu),  # process CPU time: less sensitive to a busy machine
         "fits_per_measurement": 2 * len(words),
         "per_measurement_fit_s": statistics.fmean(fit_times) * 2 * len(words),
         "metric": rows,
