@@ -36,8 +36,7 @@ from torch import Tensor, nn
 from lightning_topo.scores.checks import check_choice, check_labels, check_real, check_seed
 from lightning_topo.scores.presets import PSFPreset, get_preset
 from lightning_topo.scores.sampling import sample_per_class
-from lightning_topo.topology import persistence_diagrams
-from lightning_topo.topology._checks import check_points
+from lightning_topo.topology import check_points, persistence_diagrams
 from lightning_topo.topology.diagrams import BACKENDS
 
 __all__ = [

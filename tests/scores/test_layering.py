@@ -17,6 +17,17 @@ FORBIDDEN = {
     "encoding.py": ("representations", "scores", "callbacks", "models", "cli", "plots"),
 }
 
+# the PSF modules; no private imports across packages (the lenses' modules are checked by their tests)
+_OWN_SCORES = (
+    "__init__.py",
+    "checks.py",
+    "sampling.py",
+    "presets.py",
+    "psf.py",
+    "summary.py",
+    "correlation.py",
+)
+
 
 def _imports(path: Path) -> list[tuple[str, int, bool]]:
     """(module, line, inside a function) for every import of ``path``."""
@@ -48,6 +59,8 @@ def test_no_upward_or_hidden_imports(target):
             assert not (in_function and module.startswith("lightning_topo")), (
                 f"{path.name}:{line} hides an import of {module} inside a function"
             )
+            if target != "scores" or path.name in _OWN_SCORES:
+                assert "._" not in module, f"{path.name}:{line} imports a private module {module}"
     for path in files:  # distributed work goes through the gather/broadcast functions passed in
         assert not re.search(r"torch\.distributed\.\w+\(", path.read_text()), (
             f"{path.name} calls torch.distributed directly"
