@@ -229,7 +229,41 @@ def _write(result: dict) -> None:
     os.replace(tmp, RESULTS)
 
 
-def main(argv: list[str] | None = None) -> int:
+def print_table(result: dict) -> None:
+    """The results as a Markdown table (fit medians, overheads, score timings)."""
+    print("\n| part | setting | seconds | share |")
+    print("|---|---|---|---|")
+    summary = result.get("fit", {}).get("summary", {})
+    if "baseline" in summary:
+        b = summary["baseline"]
+        print(
+            f"| fit | quickstart, no monitor (median of {b['runs']}; train {b['median_train_s']:.1f} s, "
+            f"val {b['median_val_s']:.1f} s) | {b['median_fit_s']:.1f} | |"
+        )
+    for name in ("monitor_reuse", "monitor"):
+        if name not in summary:
+            continue
+        m = summary[name]
+        label = "re-reads val set" if name == "monitor" else "reuses validation forward"
+        paired = m.get("median_paired_overhead_share")
+        paired_txt = f"; paired median {100 * paired:+.1f}%" if paired is not None else ""
+        print(
+            f"| fit | with monitor, {label} (median of {m['runs']}; train {m['median_train_s']:.1f} s, "
+            f"val {m['median_val_s']:.1f} s) | {m['median_fit_s']:.1f} | "
+            f"{100 * m['overhead_wall_share']:+.1f}% wall{paired_txt} |"
+        )
+        print(
+            f"| fit | monitor's own time, {label} (incl. plots {m['median_monitor_plot_s']:.1f} s) | "
+            f"{m['median_monitor_s']:.1f} | {100 * m['overhead_measured_share']:.1f}% of that fit |"
+        )
+    for row in result.get("scores", []):
+        print(
+            f"| scores | d={row['hidden']}, 2 x {row['points_per_class']} points | {row['seconds']:.2f} | |"
+        )
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options (see the module docstring)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--skip-fit", action="store_true", help="only time the score computation")
     parser.add_argument("--skip-scores", action="store_true", help="only time the quickstart fit")
@@ -252,7 +286,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--results", default=None, help="results JSON (default benchmarks/results/monitor.json)"
     )
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     global RESULTS
     if args.results:
         RESULTS = Path(args.results).resolve()
@@ -293,35 +331,7 @@ def main(argv: list[str] | None = None) -> int:
 
     _write(result)
 
-    print("\n| part | setting | seconds | share |")
-    print("|---|---|---|---|")
-    summary = result.get("fit", {}).get("summary", {})
-    if "baseline" in summary:
-        b = summary["baseline"]
-        print(
-            f"| fit | quickstart, no monitor (median of {b['runs']}; train {b['median_train_s']:.1f} s, "
-            f"val {b['median_val_s']:.1f} s) | {b['median_fit_s']:.1f} | |"
-        )
-    for name in ("monitor_reuse", "monitor"):
-        if name not in summary:
-            continue
-        m = summary[name]
-        label = "re-reads val set" if name == "monitor" else "reuses validation forward"
-        paired = m.get("median_paired_overhead_share")
-        paired_txt = f"; paired median {100 * paired:+.1f}%" if paired is not None else ""
-        print(
-            f"| fit | with monitor, {label} (median of {m['runs']}; train {m['median_train_s']:.1f} s, "
-            f"val {m['median_val_s']:.1f} s) | {m['median_fit_s']:.1f} | "
-            f"{100 * m['overhead_wall_share']:+.1f}% wall{paired_txt} |"
-        )
-        print(
-            f"| fit | monitor's own time, {label} (incl. plots {m['median_monitor_plot_s']:.1f} s) | "
-            f"{m['median_monitor_s']:.1f} | {100 * m['overhead_measured_share']:.1f}% of that fit |"
-        )
-    for row in result.get("scores", []):
-        print(
-            f"| scores | d={row['hidden']}, 2 x {row['points_per_class']} points | {row['seconds']:.2f} | |"
-        )
+    print_table(result)
     print(f"\nwrote {RESULTS}")
     return 0
 
