@@ -41,34 +41,35 @@ def _save(fig: Any, path: Path) -> Path:
 def _label(record: Mapping[str, Any]) -> str:
     if record.get("epoch", 0) < 0:
         return "pre-trained"
-    return f"epoch {record['epoch']} (step {record['global_step']})"
+    return f"epoch {record['epoch']} (step {record['step']})"
+
+
+def _per_layer(scores: Mapping[str, float], family: str) -> list[tuple[int, float]]:
+    """``[(layer, value)]`` of the metrics ``concepts/{family}/layer_{i}`` in ``scores``."""
+    prefix = f"concepts/{family}/layer_"
+    points = [(int(name[len(prefix) :]), float(v)) for name, v in scores.items() if name.startswith(prefix)]
+    return sorted(p for p in points if p[1] == p[1])  # NaN dropped
 
 
 def plot_share_per_layer(
     history: Sequence[Mapping[str, Any]], family: str, ylabel: str, path: str | Path
 ) -> Path | None:
-    """One line per measurement: ``layers[i][family]`` against the layer index.
+    """One line per measurement: the share ``concepts/{family}/layer_{i}`` against the layer ``i``.
 
     Args:
-        history: records ``{"epoch", "global_step", "layers": {layer: {family: share | None}}}``
-            (``epoch == -1``: the pre-trained reference).
-        family: ``"matched"`` or ``"polar"`` (or ``"aligned/<label set>"``).
+        history: records ``{"epoch", "step", "scores": {metric name: value}}`` as the monitor
+            keeps them (``epoch == -1``: the pre-trained reference, drawn dashed).
+        family: ``"matched"``, ``"polar"`` or ``"aligned/<label set>"``.
         path: PNG file to write.
 
     Returns:
-        The path, or ``None`` when no record has a value for ``family``.
+        The path, or ``None`` when no record has a value for ``family`` (nothing is written).
     """
     fig = _figure()
     ax = fig.add_subplot(1, 1, 1)
     drawn = 0
     for record in history:
-        points = []
-        for layer, values in sorted(record["layers"].items(), key=lambda kv: int(kv[0])):
-            value = (
-                values.get(family) if "/" not in family else values["aligned"].get(family.split("/", 1)[1])
-            )
-            if value is not None:
-                points.append((int(layer), float(value)))
+        points = _per_layer(record.get("scores", {}), family)
         if points:
             xs, ys = zip(*points, strict=True)
             style = "--" if record.get("epoch", 0) < 0 else "-"

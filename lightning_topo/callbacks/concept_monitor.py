@@ -3,22 +3,26 @@ Concept alignment monitor
 =========================
 
 How fine-tuning transforms each layer's latent concepts (Durrani et al. 2022): the concepts of
-the pre-trained model at fit start, then every ``every_n_epochs`` the fine-tuned model's
-concepts on the same tokens, how many still match a pre-trained concept, how many became
-*polar* (aligned to one output class) and how many align with human-defined label sets.
+the pre-trained model at the start of training, then at each validation run of a measured
+epoch the fine-tuned model's concepts on the same tokens, how many still match a pre-trained
+concept, how many became *polar* (aligned to one output class) and how many align with
+human-defined label sets.
 
-The callback only decides *when* to measure and *what* to log: tokens and word pooling come
-from :mod:`lightning_topo.tokens`, the numbers from :mod:`lightning_topo.scores.concepts`,
-the figures from :mod:`lightning_topo.plots_concepts`.
+The callback decides *when* to measure and *what* to log, nothing more: the token set and the
+word vectors come from :mod:`lightning_topo.tokens`, the numbers from
+:mod:`lightning_topo.scores.concepts` and :func:`lightning_topo.scores.correlation_metrics`, the
+figures from :mod:`lightning_topo.plots_concepts` and :mod:`lightning_topo.plots`.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from copy import deepcopy
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +33,12 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
 from typing_extensions import override
 
+from lightning_topo import plots
 from lightning_topo.encoding import EncodedBatch, encode_batch
+from lightning_topo.representations import check_layers, resolve_layers, run_on_rank_zero_and_broadcast
+from lightning_topo.scores.checks import check_bool, check_int, check_real, check_seed
 from lightning_topo.scores.concepts import default_n_concepts, describe_layer, discover_concepts
+from lightning_topo.scores.correlation import correlation_metrics
 from lightning_topo.tokens import (
     LABEL_SETS,
     TokenSet,
@@ -43,55 +51,74 @@ from lightning_topo.tokens import (
 
 __all__ = ["ConceptAlignmentMonitor"]
 
-_OFFLINE_SETS = tuple(s for s in LABEL_SETS if s != "class")
+#: Label sets the monitor can align with (``"class"`` is always measured, as ``polar``).
+ALIGNABLE: tuple[str, ...] = (*(s for s in LABEL_SETS if s != "class"), "upos")
+_DATAMODULE_NEEDS = ("split_texts", "split_labels", "tokenizer", "max_length")
 
 
 class ConceptAlignmentMonitor(Callback):
     r"""Latent concepts per layer, their match with the pre-trained model's and their alignment.
 
-    At the start of training (before the first step, after a checkpoint is restored) it draws a
+    At the start of training (before the first step; after a checkpoint is restored) it draws a
     fixed token set from the validation split (:func:`~lightning_topo.tokens.build_token_set`)
     and clusters the model *as it is* -- the pre-trained reference -- on each selected layer
     (Ward, :func:`~lightning_topo.scores.concepts.discover_concepts`). At the end of every
-    ``every_n_epochs``-th validation it clusters the fine-tuned model on the same tokens and
-    logs, for each selected layer ``i``:
+    validation run of a measured epoch (never the sanity check) it clusters the fine-tuned
+    model on the same tokens and logs, with ``pl_module.log``, for each selected layer ``i``:
 
     * ``concepts/matched/layer_{i}`` -- share of the concepts matched to a pre-trained concept
-      (at least ``theta`` of the tokens inside one);
+      (at least ``theta`` of the concept's tokens inside one);
     * ``concepts/polar/layer_{i}`` -- share of the concepts aligned to one output class;
-    * ``concepts/aligned/{label_set}/layer_{i}`` -- share aligned to a label of each set.
+    * ``concepts/aligned/{label_set}/layer_{i}`` -- share aligned to a label of each set;
+    * from ``on_train_epoch_end``, once 3 measurements with ``monitor_against`` exist:
+      ``concepts/{matched,polar}/layer_{i}/{pearson,spearman}_{metric}``
+      (:func:`~lightning_topo.scores.correlation_metrics`).
 
-    The token vectors come from the validation forward pass when ``validation_step`` returns
-    the :class:`~lightning_topo.encoding.EncodedBatch` (single process); otherwise, and for the
-    reference, one small forward pass over the token set's sentences is run. Each measurement
-    writes ``concepts_epoch{E}_step{S}.json`` (``concepts_reference.json`` for the reference)
-    to ``<trainer.log_dir>/concepts/``: every concept's most frequent words, its polar class,
-    its alignments and the pre-trained concept it matches. At the end of ``fit`` the words of
-    the most polar top-layer concept of each class are prepended to validation sentences of the
-    other classes (:func:`~lightning_topo.tokens.concept_triggers`); the accuracy drops are sent
-    to the loggers as ``concepts/trigger_drop`` and ``concepts/random_drop`` (same number of
-    random words), and figures ``concepts_matched.png`` and ``concepts_polar.png`` are written.
+    **One forward pass**: when ``validation_step`` returns its
+    :class:`~lightning_topo.encoding.EncodedBatch`, the rows whose token ids equal a token-set
+    sentence's give the word vectors; otherwise (and for the reference, and under DDP) one small
+    forward pass over the token set's sentences runs. **DDP**: global rank 0 measures and
+    ``trainer.strategy.broadcast`` hands the values to every process. **Files** (global rank 0,
+    written atomically to ``<trainer.log_dir>/concepts/``): ``concepts_reference.json`` and
+    ``concepts_epoch{E}_step{S}.json`` per measurement (every concept's most frequent words, its
+    polar class, its alignments and the pre-trained concept it matches); at the end of ``fit``
+    ``concepts_triggers.json`` and the figures ``concepts_matched.png``/``concepts_polar.png``
+    (also sent to a ``WandbLogger`` with a ``concepts/history`` table). **Triggers** (end of
+    ``fit``): the words of the most polar top-layer concept of each class are prepended to
+    validation sentences of the other classes (:func:`~lightning_topo.tokens.concept_triggers`);
+    the loggers get ``concepts/trigger_drop`` and ``concepts/random_drop`` (as many random
+    words). ``state_dict`` keeps the reference, the last concepts and the history, so a resumed
+    run continues against the same reference.
 
     Args:
-        every_n_epochs: measure when ``(current_epoch + 1) % every_n_epochs == 0``.
-        layers: hidden-state index, list of indices, or ``"all"`` (0 = embeddings). Default ``"all"``.
-        max_tokens: size of the token set. Default 1000.
-        max_per_word: tokens per lower-cased word form. Default 10.
-        n_concepts: concepts per layer; ``None``: ``min(600, tokens // 20)``.
-        theta: alignment and matching threshold (inclusive). Default 0.9.
-        label_sets: subset of ``("lexical", "suffix", "casing", "punctuation", "number")``,
-            plus ``"upos"`` when ``conllu_file`` is given (added automatically).
+        every_n_epochs: measure in epochs where ``(current_epoch + 1) % every_n_epochs == 0``.
+        layers: hidden-state index, list of indices or ``"all"`` (default; 0 = embeddings).
+        max_tokens: size of the token set (int >= 2, default 1000).
+        max_per_word: tokens per lower-cased word form (default 10; ``None``: no cap).
+        n_concepts: concepts per layer; ``None`` (default): ``min(600, tokens // 20)``.
+        theta: alignment and matching threshold in ``(0, 1]``, inclusive (default 0.9).
+        label_sets: subset of ``("lexical", "suffix", "casing", "punctuation", "number",
+            "upos")`` (default all but ``upos``); ``"upos"`` is added when ``conllu_file`` is given.
         conllu_file: CoNLL-U file of the validation text for UPOS alignment.
-        split: datamodule split to draw tokens and trigger sentences from. Default ``"val"``.
-        seed: token-set and trigger seed.
-        top_words: words listed per concept in the JSON files.
-        triggers: run the trigger experiment at the end of fit.
-        trigger_words: words per trigger. trigger_sentences: sentences per class.
-        plots: write the figures at the end of fit.
-        overwrite: allow a fresh run to replace concept files already in the output folder.
+        split: datamodule split for the tokens and the trigger sentences (default ``"val"``).
+        seed: token-set and trigger seed (int >= 0, default 0).
+        top_words: words listed per concept in the JSON files (default 10).
+        triggers: run the trigger experiment at the end of ``fit`` (default ``True``).
+        trigger_words: words per trigger (default 5).
+        trigger_sentences: sentences per class in the trigger experiment (default 64).
+        monitor_against: metric recorded next to the shares and correlated with them (default
+            ``"val/acc"``; ``None``: none).
+        plots: write the figures at the end of ``fit`` (default ``True``).
+        overwrite: let a fresh run replace concept files already in the output folder.
 
     The datamodule must provide ``split_texts(split)``, ``split_labels(split)``, a fast
     ``tokenizer`` and ``max_length`` (as :class:`~lightning_topo.models.TextClassificationDataModule`).
+
+    Raises:
+        TypeError / ValueError / FileNotFoundError: an invalid argument, at construction;
+        ValueError at fit start (before training): a datamodule without those members, an empty
+        token set, ``n_concepts`` above the token count, a CoNLL-U file that does not match the
+        text, or a resumed run whose token set differs; FileExistsError: concept files exist.
 
     Example::
 
@@ -108,7 +135,7 @@ class ConceptAlignmentMonitor(Callback):
         max_per_word: int | None = 10,
         n_concepts: int | None = None,
         theta: float = 0.9,
-        label_sets: Sequence[str] = _OFFLINE_SETS,
+        label_sets: Sequence[str] = ALIGNABLE[:-1],
         conllu_file: str | None = None,
         split: str = "val",
         seed: int = 0,
@@ -116,74 +143,68 @@ class ConceptAlignmentMonitor(Callback):
         triggers: bool = True,
         trigger_words: int = 5,
         trigger_sentences: int = 64,
+        monitor_against: str | None = "val/acc",
         plots: bool = True,
         overwrite: bool = False,
     ) -> None:
         super().__init__()
-        label_sets = (label_sets,) if isinstance(label_sets, str) else tuple(label_sets)
-        self._check_args(every_n_epochs, layers, max_tokens, n_concepts, theta, label_sets, conllu_file)
-        self.every_n_epochs = every_n_epochs
-        self.layers = layers if isinstance(layers, int | str) else [int(x) for x in layers]
-        self.max_tokens, self.max_per_word, self.n_concepts = max_tokens, max_per_word, n_concepts
-        self.theta = float(theta)
-        self.label_sets = label_sets + (("upos",) if conllu_file and "upos" not in label_sets else ())
-        self.conllu_file, self.split, self.seed, self.top_words = (
-            conllu_file,
-            split,
-            int(seed),
-            int(top_words),
-        )
-        self.triggers, self.trigger_words, self.trigger_sentences = triggers, trigger_words, trigger_sentences
-        self.plots, self.overwrite = plots, overwrite
-        #: Pre-trained concept ids ``{layer: (n_tokens,)}``; restored from checkpoints.
+        self.every_n_epochs = check_int(every_n_epochs, "every_n_epochs", minimum=1)
+        self.layers = check_layers(layers)
+        self.max_tokens = check_int(max_tokens, "max_tokens", minimum=2)
+        self.max_per_word = check_int(max_per_word, "max_per_word", minimum=1, allow_none=True)
+        self.n_concepts = check_int(n_concepts, "n_concepts", minimum=1, allow_none=True)
+        if self.n_concepts is not None and self.n_concepts > self.max_tokens:
+            raise ValueError(f"n_concepts must be <= max_tokens={max_tokens} or None; got {n_concepts!r}")
+        self.theta = check_real(theta, "theta", minimum=0.0, strict=True)
+        if self.theta > 1:
+            raise ValueError(f"theta must be in (0, 1]; got {theta!r}")
+        self.label_sets = self._check_label_sets(label_sets, conllu_file)
+        self.conllu_file, self.split = conllu_file, split
+        self.seed, self.top_words = check_seed(seed), check_int(top_words, "top_words", minimum=1)
+        self.triggers = check_bool(triggers, "triggers")
+        self.trigger_words = check_int(trigger_words, "trigger_words", minimum=1)
+        self.trigger_sentences = check_int(trigger_sentences, "trigger_sentences", minimum=1)
+        if monitor_against is not None and (not isinstance(monitor_against, str) or not monitor_against):
+            raise ValueError(
+                f"monitor_against must be a metric name such as 'val/acc', or None; got {monitor_against!r}"
+            )
+        self.monitor_against = monitor_against
+        self.plots, self.overwrite = check_bool(plots, "plots"), check_bool(overwrite, "overwrite")
+        #: Pre-trained concept ids ``{layer: (n_tokens,)}`` and their shares; restored from checkpoints.
         self.reference: dict[int, Tensor] | None = None
-        #: One record per measurement: ``{"epoch", "global_step", "layers": {layer: shares}, "file"}``.
+        self.reference_scores: dict[str, float] = {}
+        #: One record per measurement: ``{"epoch", "step", "scores": {name: float}, "monitor", "file"}``.
         self.history: list[dict[str, Any]] = []
-        #: Result of the trigger experiment (``None`` until the end of fit).
+        #: The trigger experiment's result (``None`` until the end of ``fit``).
         self.trigger_result: dict[str, Any] | None = None
         #: Wall time of each measurement in this process (not saved): ``{"what", "forward_s", "cluster_s"}``.
         self.timings: list[dict[str, Any]] = []
         self._last: dict[int, Tensor] | None = None
         self._fingerprint: str | None = None
         self._tokens: TokenSet | None = None
+        self._data: dict[str, Any] = {}
         self._labels: dict[str, list] = {}
-        self._capture: dict[int, dict[int, Tensor]] | None = None
-        self._lookup: dict[tuple[int, ...], int] = {}
         self._layer_ids: list[int] = []
-        self._texts: list[str] = []
-        self._sent_labels: list[int] = []
-        self._tokenizer: Any = None
-        self._max_length = 0
+        self._lookup: dict[tuple[int, ...], int] = {}
+        self._capture: dict[int, dict[int, Tensor]] | None = None
+        self._pending: dict[str, Any] | None = None
+        self._pending_correlations: dict[str, Any] = {}
 
     @staticmethod
-    def _check_args(every_n_epochs, layers, max_tokens, n_concepts, theta, label_sets, conllu_file) -> None:
-        if isinstance(every_n_epochs, bool) or not isinstance(every_n_epochs, int) or every_n_epochs < 1:
-            raise ValueError(f"every_n_epochs must be a positive int; got {every_n_epochs!r}")
-        if isinstance(layers, str) and layers != "all":
-            raise ValueError(f"layers must be an int, a list of ints or 'all'; got {layers!r}")
-        if not isinstance(layers, int | str) and not list(layers):
-            raise ValueError("layers must name at least one layer; got an empty list")
-        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 2:
-            raise ValueError(f"max_tokens must be an int >= 2; got {max_tokens!r}")
-        if n_concepts is not None and (isinstance(n_concepts, bool) or not 1 <= n_concepts <= max_tokens):
-            raise ValueError(
-                f"n_concepts must be in [1, max_tokens={max_tokens}] or None; got {n_concepts!r}"
-            )
-        if not 0 < float(theta) <= 1:
-            raise ValueError(f"theta must be in (0, 1]; got {theta!r}")
-        unknown = [s for s in label_sets if s not in (*_OFFLINE_SETS, "upos")]
+    def _check_label_sets(label_sets: Sequence[str], conllu_file: str | None) -> tuple[str, ...]:
+        sets = (label_sets,) if isinstance(label_sets, str) else tuple(label_sets)
+        unknown = [s for s in sets if s not in ALIGNABLE]
         if unknown:
-            raise ValueError(
-                f"label_sets must be a subset of {(*_OFFLINE_SETS, 'upos')}; got unknown {unknown}"
-            )
-        if "upos" in label_sets and not conllu_file:
+            raise ValueError(f"label_sets must be a subset of {ALIGNABLE}; got unknown {unknown}")
+        if "upos" in sets and not conllu_file:
             raise ValueError("label_sets has 'upos' but conllu_file is None; give a CoNLL-U file of the text")
         if conllu_file is not None and not Path(conllu_file).expanduser().is_file():
             raise FileNotFoundError(
                 f"conllu_file {conllu_file!r} does not exist; give a CoNLL-U file of the text"
             )
+        return sets + (("upos",) if conllu_file and "upos" not in sets else ())
 
-    # ------------------------------------------------------------------ Lightning plumbing
+    # ------------------------------------------------------------------ state
     @property
     @override
     def state_key(self) -> str:
@@ -197,6 +218,7 @@ class ConceptAlignmentMonitor(Callback):
         return {
             "fingerprint": self._fingerprint,
             "reference": ids(self.reference),
+            "reference_scores": dict(self.reference_scores),
             "last": ids(self._last),
             "history": deepcopy(self.history),
             "trigger_result": deepcopy(self.trigger_result),
@@ -208,29 +230,33 @@ class ConceptAlignmentMonitor(Callback):
             return None if d is None else {int(k): torch.tensor(v, dtype=torch.long) for k, v in d.items()}
 
         self._fingerprint = state_dict.get("fingerprint")
-        self.reference = ids(state_dict.get("reference"))
-        self._last = ids(state_dict.get("last"))
+        self.reference, self._last = ids(state_dict.get("reference")), ids(state_dict.get("last"))
+        self.reference_scores = dict(state_dict.get("reference_scores", {}))
         self.history = deepcopy(state_dict.get("history", []))
         self.trigger_result = deepcopy(state_dict.get("trigger_result"))
 
+    def plot_dir(self, trainer: pl.Trainer) -> Path:
+        """Where files go: ``<trainer.log_dir or default_root_dir>/concepts``."""
+        try:
+            root = trainer.log_dir
+        except Exception:  # some loggers have no local directory
+            root = None
+        return Path(root or trainer.default_root_dir) / "concepts"
+
     def _should_measure(self, trainer: pl.Trainer) -> bool:
-        if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING or self._tokens is None:
+        if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING or self.reference is None:
             return False
         return (trainer.current_epoch + 1) % self.every_n_epochs == 0
 
-    def _out_dir(self, trainer: pl.Trainer) -> Path:
-        return Path(trainer.log_dir or trainer.default_root_dir) / "concepts"
-
-    # ------------------------------------------------------------------ setup: token set, labels
+    # ------------------------------------------------------------------ fit start: tokens, reference
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         dm = trainer.datamodule
-        needed = ("split_texts", "split_labels", "tokenizer", "max_length")
-        missing = [n for n in needed if not hasattr(dm, n)]
+        missing = [n for n in _DATAMODULE_NEEDS if not hasattr(dm, n)]
         if missing:
             raise ValueError(
-                f"ConceptAlignmentMonitor needs a datamodule with {needed} (as TextClassificationDataModule); "
-                f"{type(dm).__name__} lacks {missing}"
+                f"ConceptAlignmentMonitor needs a datamodule with {_DATAMODULE_NEEDS} (as "
+                f"TextClassificationDataModule); {type(dm).__name__} lacks {missing}"
             )
         texts, labels = dm.split_texts(self.split), dm.split_labels(self.split)
         ts = build_token_set(
@@ -242,35 +268,33 @@ class ConceptAlignmentMonitor(Callback):
                 f"{self.split!r} split); lower n_concepts or leave it None"
             )
         self._labels = {name: token_labels(ts, name, self.conllu_file) for name in self.label_sets}
-        self._tokens, self._texts, self._sent_labels = ts, texts, labels
-        self._tokenizer, self._max_length = dm.tokenizer, int(dm.max_length)
-        self._lookup = {tuple(ids): i for i, ids in enumerate(ts.input_ids)}
+        self._tokens, self._lookup = ts, {tuple(ids): i for i, ids in enumerate(ts.input_ids)}
+        self._data = {
+            "texts": texts,
+            "labels": labels,
+            "tokenizer": dm.tokenizer,
+            "max_length": int(dm.max_length),
+        }
         with torch.no_grad():
             probe = {
                 "input_ids": torch.tensor(ts.input_ids[:1]),
                 "attention_mask": torch.ones(1, len(ts.input_ids[0])),
             }
-            self._layer_ids = self._resolve_layers(len(encode_batch(pl_module, probe).hidden_states))
-
-    def _resolve_layers(self, n_hidden: int) -> list[int]:
-        layers = list(range(n_hidden)) if self.layers == "all" else self.layers
-        layers = [layers] if isinstance(layers, int) else layers
-        bad = [x for x in layers if not -n_hidden <= x < n_hidden]
-        if bad:
-            raise ValueError(f"layers {bad} out of range: the model has hidden states 0..{n_hidden - 1}")
-        return sorted({x % n_hidden for x in layers})
+            num_layers = len(encode_batch(pl_module, probe).hidden_states) - 1
+        self._layer_ids = sorted(resolve_layers(self.layers, num_layers))
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        assert self._tokens is not None
-        if self.reference is not None:
+        if self._tokens is None:
+            return
+        if self.reference is not None:  # restored from a checkpoint
             if self._fingerprint != self._tokens.fingerprint:
                 raise ValueError(
                     "ConceptAlignmentMonitor: the checkpoint's token set differs from this run's (other data, "
-                    "split, max_tokens, max_length or seed); resume with the same settings"
+                    "split, max_tokens, max_per_word, max_length or seed); resume with the same settings"
                 )
             return
-        out = self._out_dir(trainer)
+        out = self.plot_dir(trainer)
         if (
             trainer.is_global_zero
             and not self.overwrite
@@ -281,26 +305,111 @@ class ConceptAlignmentMonitor(Callback):
                 f"{out} already holds concept files; pass overwrite=True or use a new log dir"
             )
         self._fingerprint = self._tokens.fingerprint
-        acts, forward_s = self._own_forward(pl_module)
-        self.reference, _ = self._measure(trainer, acts, epoch=-1, forward_s=forward_s)
+        self.reference, self.reference_scores = self._measure_on_rank_zero(trainer, pl_module, None, epoch=-1)
 
-    # ------------------------------------------------------------------ measurement
-    def _own_forward(self, pl_module: pl.LightningModule) -> tuple[dict[int, Tensor], float]:
+    # ------------------------------------------------------------------ validation runs
+    @override
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        use = self._should_measure(trainer) and self.split == "val" and trainer.world_size == 1
+        self._capture = {} if use else None
+
+    @override
+    def on_validation_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if self._capture is None or dataloader_idx != 0:
+            return
+        encoded = outputs.get("encoded") if isinstance(outputs, Mapping) else outputs
+        if not isinstance(encoded, EncodedBatch):
+            self._capture = None  # validation_step does not share its hidden states: own forward later
+            return
+        mask, ids = encoded.attention_mask.bool().cpu(), batch["input_ids"].cpu()
+        for row in range(ids.shape[0]):
+            sent = self._lookup.get(tuple(ids[row][mask[row]].tolist()))
+            if sent is not None:
+                pieces = self._tokens.piece[self._tokens.sentence == sent]
+                self._capture[sent] = {
+                    layer: encoded.hidden_states[layer][row, pieces].detach().float().cpu()
+                    for layer in self._layer_ids
+                }
+
+    def _captured(self) -> dict[int, Tensor] | None:
+        cap, self._capture = self._capture, None
+        if cap is None or len(cap) != len(self._tokens.texts):
+            return None
+        return {layer: torch.cat([cap[s][layer] for s in range(len(cap))]) for layer in self._layer_ids}
+
+    @override
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self._should_measure(trainer):
+            self._capture = None
+            return
+        ids, values = self._measure_on_rank_zero(trainer, pl_module, self._captured(), trainer.current_epoch)
+        self._last = ids
+        for name, value in values.items():
+            pl_module.log(
+                name, value, logger=bool(trainer.loggers), on_step=False, on_epoch=True, sync_dist=True
+            )
+        self._pending = {"epoch": trainer.current_epoch, "step": trainer.global_step, "scores": values}
+
+    @override
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        record, self._pending = self._pending, None
+        if record is None or trainer.sanity_checking:
+            return
+        value = None if self.monitor_against is None else trainer.callback_metrics.get(self.monitor_against)
+        record["monitor"] = None if value is None else float(value)
+        record["file"] = self._file_name(record["epoch"], record["step"])
+        key = (record["epoch"], record["step"])  # a resumed run repeating a validation replaces it
+        self.history = [r for r in self.history if (r["epoch"], r["step"]) != key] + [record]
+        self._pending_correlations = self._correlations()
+
+    @override
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        correlations, self._pending_correlations = self._pending_correlations, {}
+        for name, value in correlations.items():
+            pl_module.log(
+                name, value, logger=bool(trainer.loggers), on_step=False, on_epoch=True, sync_dist=False
+            )
+
+    def _correlations(self) -> dict[str, Any]:
+        if self.monitor_against is None or not self.history:
+            return {}
+        names = [
+            n for n in self.history[-1]["scores"] if n.startswith(("concepts/matched/", "concepts/polar/"))
+        ]
+        series = {n: [r["scores"].get(n, math.nan) for r in self.history] for n in names}
+        target = [math.nan if r.get("monitor") is None else r["monitor"] for r in self.history]
+        return correlation_metrics(series, target, target_name=self.monitor_against)
+
+    # ------------------------------------------------------------------ one measurement
+    def _measure_on_rank_zero(self, trainer, pl_module, acts: dict[int, Tensor] | None, epoch: int):
+        """Concept ids per layer and the logged shares (global rank 0 measures, every rank gets them)."""
+        fn = partial(self._measure, trainer, pl_module, acts, epoch)
+        return run_on_rank_zero_and_broadcast(
+            fn, is_global_zero=trainer.is_global_zero, broadcast=trainer.strategy.broadcast
+        )
+
+    def _measure(self, trainer, pl_module, acts, epoch: int) -> tuple[dict[int, Tensor], dict[str, float]]:
         start = time.perf_counter()
-        pad = self._tokenizer.pad_token_id or 0
-        acts = token_activations(pl_module, self._tokens, self._layer_ids, pad_token_id=pad)
-        return acts, time.perf_counter() - start
-
-    def _measure(self, trainer: pl.Trainer, acts: dict[int, Tensor], epoch: int, forward_s: float):
+        if acts is None:
+            pad = self._data["tokenizer"].pad_token_id or 0
+            acts = token_activations(pl_module, self._tokens, self._layer_ids, pad_token_id=pad)
+        forward_s, start = time.perf_counter() - start, time.perf_counter()
         ts = self._tokens
-        start = time.perf_counter()
         k = self.n_concepts or default_n_concepts(ts.n_tokens)
-        ids = {layer: discover_concepts(acts[layer], k) for layer in self._layer_ids}
         num_classes = max(int(ts.classes.max()) + 1, 2)
-        layers = {}
+        ids, layers, values = {}, {}, {}
         for layer in self._layer_ids:
+            ids[layer] = discover_concepts(acts[layer], k)
             ref = None if self.reference is None else self.reference[layer]
-            layers[layer] = describe_layer(
+            d = describe_layer(
                 ids[layer],
                 ts.words,
                 ts.token_classes,
@@ -310,34 +419,27 @@ class ConceptAlignmentMonitor(Callback):
                 self.theta,
                 self.top_words,
             )
-        self.timings.append(
-            {"what": "reference" if epoch < 0 else f"epoch {epoch}", "forward_s": forward_s,
-             "cluster_s": time.perf_counter() - start}
-        )  # fmt: skip
-        record = {
-            "epoch": epoch,
-            "global_step": int(trainer.global_step),
-            "layers": {layer: {k: v for k, v in d.items() if k != "concepts"} for layer, d in layers.items()},
-        }
-        name = (
-            "concepts_reference.json"
-            if epoch < 0
-            else f"concepts_epoch{epoch}_step{trainer.global_step}.json"
+            layers[layer] = d
+            if d["matched"] is not None:
+                values[f"concepts/matched/layer_{layer}"] = float(d["matched"])
+            values[f"concepts/polar/layer_{layer}"] = float(d["polar"])
+            values.update({f"concepts/aligned/{n}/layer_{layer}": float(v) for n, v in d["aligned"].items()})
+        what = "reference" if epoch < 0 else f"epoch {epoch}"
+        self.timings.append({"what": what, "forward_s": forward_s, "cluster_s": time.perf_counter() - start})
+        self._write_json(
+            self.plot_dir(trainer) / self._file_name(epoch, trainer.global_step), epoch, trainer, layers, k
         )
-        record["file"] = name
-        if trainer.is_global_zero:
-            self._write_json(self._out_dir(trainer) / name, record, layers, k)
-        self.history = [
-            r for r in self.history if (r["epoch"], r["global_step"]) != (epoch, record["global_step"])
-        ]
-        self.history.append(record)
-        return ids, record
+        return ids, values
 
-    def _write_json(self, path: Path, record: dict, layers: dict, k: int) -> None:
+    @staticmethod
+    def _file_name(epoch: int, step: int) -> str:
+        return "concepts_reference.json" if epoch < 0 else f"concepts_epoch{epoch}_step{step}.json"
+
+    def _write_json(self, path: Path, epoch: int, trainer: pl.Trainer, layers: dict, k: int) -> None:
         payload = {
-            "model": "pre-trained" if record["epoch"] < 0 else "fine-tuned",
-            "epoch": record["epoch"],
-            "global_step": record["global_step"],
+            "model": "pre-trained" if epoch < 0 else "fine-tuned",
+            "epoch": epoch,
+            "step": int(trainer.global_step),
             "theta": self.theta,
             "n_tokens": self._tokens.n_tokens,
             "n_sentences": len(self._tokens.texts),
@@ -345,105 +447,51 @@ class ConceptAlignmentMonitor(Callback):
             "label_sets": list(self.label_sets),
             "layers": {str(layer): d for layer, d in layers.items()},
         }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(payload, indent=1, ensure_ascii=False), encoding="utf-8")
-        os.replace(tmp, path)
+        _write_atomic(path, payload)
 
-    # The validation forward pass is reused: rows whose token ids equal a token-set sentence's
-    # give that sentence's word vectors, so no second pass is needed (single process).
-    @override
-    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        use = self._should_measure(trainer) and self.split == "val" and trainer.world_size == 1
-        self._capture = {} if use else None
-
-    @override
-    def on_validation_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:  # fmt: skip
-        if self._capture is None:
-            return
-        if not isinstance(outputs, EncodedBatch) or dataloader_idx != 0:
-            self._capture = None
-            return
-        mask = outputs.attention_mask.bool().cpu()
-        ids = batch["input_ids"].cpu()
-        for row in range(ids.shape[0]):
-            sent = self._lookup.get(tuple(ids[row][mask[row]].tolist()))
-            if sent is None:
-                continue
-            sel = self._tokens.sentence == sent
-            pieces = self._tokens.piece[sel]
-            hidden = outputs.hidden_states
-            self._capture[sent] = {
-                layer: hidden[layer][row, pieces.to(hidden[layer].device)].detach().float().cpu()
-                for layer in self._layer_ids
-            }
-
-    def _captured(self) -> dict[int, Tensor] | None:
-        cap, self._capture = self._capture, None
-        if cap is None or len(cap) != len(self._tokens.texts):
-            return None
-        order = range(len(self._tokens.texts))
-        return {layer: torch.cat([cap[s][layer] for s in order]) for layer in self._layer_ids}
-
-    @override
-    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not self._should_measure(trainer) or self.reference is None:
-            self._capture = None
-            return
-        start = time.perf_counter()
-        acts = self._captured()
-        forward_s = time.perf_counter() - start
-        if acts is None:
-            acts, forward_s = self._own_forward(pl_module)
-        self._last, record = self._measure(trainer, acts, int(trainer.current_epoch), forward_s)
-        for layer, shares in record["layers"].items():
-            values = {
-                f"concepts/matched/layer_{layer}": shares["matched"],
-                f"concepts/polar/layer_{layer}": shares["polar"],
-            }
-            values.update({f"concepts/aligned/{n}/layer_{layer}": v for n, v in shares["aligned"].items()})
-            for name, value in values.items():
-                pl_module.log(name, float(value), on_step=False, on_epoch=True, logger=bool(trainer.loggers))
-
-    # ------------------------------------------------------------------ end of fit: triggers, figures
+    # ------------------------------------------------------------------ end of fit
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._tokens is None or self._last is None:
             return
         if self.triggers:
-            self._run_triggers(trainer, pl_module)
+            fn = partial(self._run_triggers, trainer, pl_module)
+            self.trigger_result = run_on_rank_zero_and_broadcast(
+                fn, is_global_zero=trainer.is_global_zero, broadcast=trainer.strategy.broadcast
+            )
+            metrics = {f"concepts/{k}": self.trigger_result[k] for k in ("trigger_drop", "random_drop")}
+            for logger in trainer.loggers:
+                logger.log_metrics(metrics, step=trainer.global_step)
+                logger.save()
         if self.plots and trainer.is_global_zero:
-            from lightning_topo.plots_concepts import write_concept_figures
+            self._write_figures(trainer)
 
-            write_concept_figures(self.history, self._out_dir(trainer))
-
-    def _run_triggers(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        ts = self._tokens
-        top = self._layer_ids[-1]
-        num_classes = max(int(ts.classes.max()) + 1, 2)
-        words = trigger_words(self._last[top], ts, num_classes, self.trigger_words)
-        start = time.perf_counter()
+    def _run_triggers(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
+        ts, top, start = self._tokens, self._layer_ids[-1], time.perf_counter()
+        words = trigger_words(self._last[top], ts, max(int(ts.classes.max()) + 1, 2), self.trigger_words)
         result = concept_triggers(
-            pl_module, self._tokenizer, self._texts, self._sent_labels, words, ts.words,
-            max_length=self._max_length, max_sentences=self.trigger_sentences, seed=self.seed,
+            pl_module, self._data["tokenizer"], self._data["texts"], self._data["labels"], words, ts.words,
+            max_length=self._data["max_length"], max_sentences=self.trigger_sentences, seed=self.seed,
         )  # fmt: skip
         result["layer"] = top
         result["per_class"] = {str(c): v for c, v in result["per_class"].items()}
-        self.trigger_result = result
         self.timings.append({"what": "triggers", "forward_s": time.perf_counter() - start, "cluster_s": 0.0})
-        metrics = {
-            "concepts/trigger_drop": result["trigger_drop"],
-            "concepts/random_drop": result["random_drop"],
-        }
-        for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=trainer.global_step)
-            logger.save()
-        if trainer.is_global_zero:
-            path = self._out_dir(trainer) / "concepts_triggers.json"
-            tmp = path.with_name(f".{path.name}.tmp")
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(json.dumps(result, indent=1, ensure_ascii=False), encoding="utf-8")
-            os.replace(tmp, path)
+        _write_atomic(self.plot_dir(trainer) / "concepts_triggers.json", result)
+        return result
+
+    def _write_figures(self, trainer: pl.Trainer) -> dict[str, Path]:
+        from lightning_topo.plots_concepts import write_concept_figures
+
+        reference = {"epoch": -1, "step": 0, "scores": self.reference_scores}
+        written = write_concept_figures([reference, *self.history], self.plot_dir(trainer))
+        images = {f"concepts/plots/{stem}": path for stem, path in written.items()}
+        monitor = self.monitor_against if any(r.get("monitor") is not None for r in self.history) else None
+        plots.publish_to_wandb(trainer.loggers, images, self.history, monitor, table_key="concepts/history")
+        return images
+
+
+def _write_atomic(path: Path, payload: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=1, ensure_ascii=False), encoding="utf-8")
+    os.replace(tmp, path)

@@ -94,7 +94,7 @@ def _count_forward_passes(monkeypatch):
 def test_fit_logs_every_metric_writes_json_figures_and_triggers(tmp_path, model_dir, data_file, monkeypatch):
     calls = _count_forward_passes(monkeypatch)
     monitor = _monitor()
-    trainer = _fit(tmp_path, model_dir, data_file, monitor)
+    trainer = _fit(tmp_path, model_dir, data_file, monitor, max_epochs=3)
     sets = ("lexical", "suffix", "casing", "punctuation", "number")
     expected = {f"concepts/{f}/layer_{i}" for f in ("matched", "polar") for i in range(3)}
     expected |= {f"concepts/aligned/{s}/layer_{i}" for s in sets for i in range(3)}
@@ -104,7 +104,7 @@ def test_fit_logs_every_metric_writes_json_figures_and_triggers(tmp_path, model_
     assert len(calls) == 1  # the reference; the epochs reuse the validation forward
     out = Path(trainer.log_dir) / "concepts"
     files = sorted(p.name for p in out.glob("concepts_*.json"))
-    steps = [r["global_step"] for r in monitor.history[1:]]
+    steps = [r["step"] for r in monitor.history]
     assert files == sorted(
         [
             "concepts_reference.json",
@@ -125,7 +125,15 @@ def test_fit_logs_every_metric_writes_json_figures_and_triggers(tmp_path, model_
     drops = [r for r in metrics if r.get("concepts/trigger_drop")]
     assert len(drops) == 1 and drops[0]["concepts/random_drop"] != ""
     assert monitor.trigger_result["layer"] == 2
-    assert [r["epoch"] for r in monitor.history] == [-1, 0, 1]
+    assert [r["epoch"] for r in monitor.history] == [0, 1, 2]
+    assert all(r["monitor"] == pytest.approx(r["monitor"]) for r in monitor.history)  # val/acc recorded
+    assert {
+        f"concepts/{f}/layer_{i}/{c}_val_acc"
+        for f in ("matched", "polar")
+        for i in range(3)
+        for c in ("pearson", "spearman")
+    } <= set(trainer.callback_metrics)
+    assert set(monitor.reference_scores) == {n for n in expected if "/matched/" not in n}
 
 
 def test_model_unchanged_between_reference_and_itself(tmp_path, model_dir, data_file):
@@ -145,8 +153,9 @@ def test_model_unchanged_between_reference_and_itself(tmp_path, model_dir, data_
         enable_progress_bar=False, enable_checkpointing=False, default_root_dir=tmp_path,
     )  # fmt: skip
     trainer.fit(model, datamodule=dm)
-    assert [r["epoch"] for r in monitor.history] == [-1, 0]
-    assert all(shares["matched"] == 1.0 for shares in monitor.history[-1]["layers"].values())
+    assert [r["epoch"] for r in monitor.history] == [0]
+    matched = {n: v for n, v in monitor.history[-1]["scores"].items() if "/matched/" in n}
+    assert len(matched) == 3 and set(matched.values()) == {1.0}
 
 
 def test_resume_restores_reference_and_history(tmp_path, model_dir, data_file, monkeypatch):
@@ -164,8 +173,8 @@ def test_resume_restores_reference_and_history(tmp_path, model_dir, data_file, m
     )
     assert not calls  # the reference was restored, not recomputed from the fine-tuned weights
     assert all(torch.equal(first.reference[k], second.reference[k]) for k in first.reference)
-    assert [r["epoch"] for r in second.history] == [-1, 0, 1]
-    assert second.history[:2] == first.history
+    assert [r["epoch"] for r in second.history] == [0, 1]
+    assert second.history[:1] == first.history
 
 
 def test_n_concepts_larger_than_token_set_fails_before_training(tmp_path, model_dir, data_file):
@@ -218,6 +227,11 @@ def test_datamodule_without_texts_is_refused(tmp_path, model_dir):
         ({"label_sets": ["sentiment"]}, ValueError, "label_sets"),
         ({"label_sets": ["upos"]}, ValueError, "conllu_file"),
         ({"conllu_file": "missing.conllu"}, FileNotFoundError, "conllu_file"),
+        ({"theta": 1.5}, ValueError, "theta"),
+        ({"max_tokens": 2.5}, TypeError, "max_tokens"),
+        ({"seed": None}, TypeError, "seed"),
+        ({"triggers": "yes"}, TypeError, "triggers"),
+        ({"monitor_against": ""}, ValueError, "monitor_against"),
     ],
 )
 def test_bad_arguments(kwargs, error, match):
