@@ -385,7 +385,7 @@ class ImportanceContext:
 #: * returns: one 1-D tensor per encoder layer with one score per unit of ``kind`` in that layer
 #:   (``intermediate_size_l`` FFN units or ``num_heads_l`` heads). Higher = keep; ``+inf`` is
 #:   allowed, NaN is refused.
-ImportanceFn = Callable[[nn.Module, "UnitOutputs | None", str, ImportanceContext], Sequence[Tensor]]
+ImportanceFn = Callable[[nn.Module, UnitOutputs | None, str, ImportanceContext], Sequence[Tensor]]
 
 
 def _outputs_of(outputs: UnitOutputs | None, kind: str, method: str) -> list[Tensor]:
