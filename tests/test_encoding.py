@@ -23,3 +23,27 @@ def test_encode_rejects_non_mapping(tiny_classifier):
 def test_encode_rejects_missing_input_ids(tiny_classifier):
     with pytest.raises(ValueError, match="input_ids"):
         encode_batch(tiny_classifier, {"attention_mask": torch.ones(2, 3)})
+
+
+def test_module_device_prefers_the_device_attribute():
+    from lightning_topo.encoding import module_device
+
+    class WithDevice(torch.nn.Module):
+        device = torch.device("meta")  # a LightningModule reports its device like this
+
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(2, 2)
+
+    assert module_device(WithDevice()) == torch.device("meta")
+    assert module_device(torch.nn.Linear(2, 2).double()) == torch.device("cpu")
+    assert module_device(torch.nn.ReLU()) == torch.device("cpu")  # no parameters
+
+
+def test_encode_module_must_return_encoded_batch(tiny_batch):
+    class Bad(torch.nn.Module):
+        def encode(self, batch):
+            return batch["input_ids"]
+
+    with pytest.raises(TypeError, match="Bad.encode must return EncodedBatch, got Tensor"):
+        encode_batch(Bad(), tiny_batch)
