@@ -211,11 +211,6 @@ class TopologicalPruning(Callback):
     def _resolve_target(self, trainer: pl.Trainer) -> Path:
         """The explicit ``output_dir`` (refused if it exists without overwrite) or a free versioned folder."""
         if self.output_dir is not None:
-            if self.output_dir.exists() and not self.overwrite:
-                raise FileExistsError(
-                    f"TopologicalPruning output_dir {str(self.output_dir)!r} already exists; choose another "
-                    "output_dir, leave output_dir unset (the run's versioned folder) or pass overwrite=True"
-                )
             return _check_output_path(self.output_dir, self.overwrite)
         base = _run_folder(trainer)
         target, n = base / DEFAULT_FOLDER, 0
@@ -464,7 +459,14 @@ def _check_output_path(path: Path, overwrite: bool) -> Path:
 
     try:
         return check_output_path(path, overwrite=overwrite)
-    except (FileExistsError, NotADirectoryError, PermissionError) as err:
+    except FileExistsError as err:
+        if overwrite:
+            raise FileExistsError(f"TopologicalPruning output_dir: {err}") from None
+        raise FileExistsError(
+            f"TopologicalPruning output_dir {str(path)!r} already exists; choose another output_dir, leave "
+            "output_dir unset (the run's versioned folder) or pass overwrite=True"
+        ) from None
+    except (NotADirectoryError, PermissionError) as err:
         raise type(err)(f"TopologicalPruning output_dir: {err}") from None
 
 

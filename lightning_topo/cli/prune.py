@@ -201,13 +201,15 @@ def _check_paths(args: argparse.Namespace) -> tuple[Path, Path]:
         raise ValueError(
             "--output must not be the source checkpoint or inside it (the source is never modified)"
         )
-    if output.exists() and not args.overwrite:
-        raise FileExistsError(
-            f"--output {output} already exists; pass --overwrite to replace it or choose another folder"
-        )
     try:
         check_output_path(output, overwrite=args.overwrite)
-    except (FileExistsError, NotADirectoryError, PermissionError) as err:
+    except FileExistsError as err:
+        if not args.overwrite:
+            raise FileExistsError(
+                f"--output {output} already exists; pass --overwrite to replace it or choose another folder"
+            ) from None
+        raise FileExistsError(f"--output: {err}") from None
+    except (NotADirectoryError, PermissionError) as err:
         raise type(err)(f"--output: {err}") from None
     return source, output
 

@@ -515,3 +515,18 @@ def test_resume_warning_for_a_module_that_cannot_rebuild_shapes(tiny_dir, tmp_pa
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         TopologicalPruning(save=False).setup(trainer, _module(tiny_dir), "fit")  # SequenceClassifier rebuilds
+
+
+def test_explicit_output_dir_empty_folder_then_overwrite(tiny_dir, tmp_path):
+    out = tmp_path / "explicit"
+    out.mkdir()  # an empty folder holds nothing: it is filled without overwrite=True
+    first, _ = _fit_default(tiny_dir, tmp_path, False, output_dir=out)
+    assert first.saved_path == out and (out / "config.json").exists()
+    with pytest.raises(FileExistsError, match="already exists.*overwrite=True"):
+        _fit_default(tiny_dir, tmp_path, False, output_dir=out)
+    (out / "stale.txt").write_text("from the first run")
+    third, _ = _fit_default(tiny_dir, tmp_path, False, output_dir=out, overwrite=True)
+    assert third.saved_path == out
+    assert not (out / "stale.txt").exists()  # the whole folder was replaced
+    history = json.loads((out / "pruning_history.json").read_text())
+    assert history["history"] == json.loads(json.dumps(third.history))
