@@ -338,7 +338,9 @@ class SequenceClassifier(pl.LightningModule):
         logits = encoded.logits
         loss = F.cross_entropy(logits, labels)
         metrics.update(logits, labels)
-        self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=True, batch_size=labels.numel())
+        self.log(
+            f"{stage}/loss", loss, on_epoch=True, prog_bar=True, batch_size=labels.numel(), sync_dist=True
+        )
         self.log_dict(metrics, on_epoch=True, prog_bar=True)
         return encoded
 
