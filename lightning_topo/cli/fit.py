@@ -93,7 +93,7 @@ def _print_rank_zero(line: str) -> None:
 
 
 def summary_line(trainer: Any, elapsed_s: float | None = None) -> str:
-    """``fit done: val/acc=0.8123 val/f1=... val/loss=... | 3 epochs, 500 steps, 95 s | best ckpt: ...``."""
+    """``fit done: val/acc=0.8123 val/f1=... val/loss=... | 3 epochs, 500 steps, 95 s | best ckpt: ... | pruned model: ...``."""
     metrics = trainer.callback_metrics
     parts = [f"{k}={float(metrics[k]):.4f}" for k in ("val/acc", "val/f1", "val/loss") if k in metrics]
     run = f"{trainer.current_epoch} epochs, {trainer.global_step} steps"
@@ -103,6 +103,11 @@ def summary_line(trainer: Any, elapsed_s: float | None = None) -> str:
     ckpt = getattr(trainer.checkpoint_callback, "best_model_path", "") if trainer.checkpoint_callback else ""
     if ckpt:
         line += f" | best ckpt: {ckpt}"
+    from lightning_topo.callbacks.pruning import TopologicalPruning
+
+    for callback in trainer.callbacks:
+        if isinstance(callback, TopologicalPruning) and callback.saved_path is not None:
+            line += f" | pruned model: {callback.saved_path}"
     return line
 
 

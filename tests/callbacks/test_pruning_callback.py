@@ -530,3 +530,13 @@ def test_explicit_output_dir_empty_folder_then_overwrite(tiny_dir, tmp_path):
     assert not (out / "stale.txt").exists()  # the whole folder was replaced
     history = json.loads((out / "pruning_history.json").read_text())
     assert history["history"] == json.loads(json.dumps(third.history))
+
+
+def test_fit_summary_line_names_the_pruned_folder(tiny_dir, tmp_path):
+    from lightning_topo.cli.fit import summary_line
+
+    cb = TopologicalPruning(method="magnitude", prune_epoch=0)
+    trainer = _trainer(tmp_path, [cb], max_epochs=1)
+    trainer.fit(_module(tiny_dir), train_dataloaders=_loader(_batches(2)))
+    assert cb.saved_path == tmp_path / "logs" / "version_0" / "pruned"
+    assert summary_line(trainer).endswith(f" | pruned model: {cb.saved_path}")
