@@ -169,7 +169,7 @@ class PersistenceScoreMonitor(Callback):
         self.history: list[dict[str, Any]] = []
         self._collector: RepresentationCollector | None = None
         self._pending: dict[str, Any] | None = None
-        self._pending_correlations: dict[str, Any] = {}
+        self._pending_correlations: dict[str, float] = {}
         self._last_diagrams: dict[int, list[Any]] | None = None
         self._last_layer: int | None = None
         self._warned_missing_monitor = False
@@ -378,13 +378,14 @@ class PersistenceScoreMonitor(Callback):
             )
         return None if value is None else float(value)
 
-    def _correlations(self) -> dict[str, Any]:
+    def _correlations(self) -> dict[str, float]:
         if self.monitor_against is None or not self.history:
             return {}
         names = [n for n in self.history[-1]["scores"] if "/class_" not in n]
         series = {n: [r["scores"].get(n, math.nan) for r in self.history] for n in names}
         target = [math.nan if r["monitor"] is None else r["monitor"] for r in self.history]
-        return correlation_metrics(series, target, target_name=self.monitor_against)
+        values = correlation_metrics(series, target, target_name=self.monitor_against)
+        return {name: float(value) for name, value in values.items()}
 
     def _write_figures(self, trainer: pl.Trainer) -> dict[str, Path]:
         monitor = self.monitor_against if any(r["monitor"] is not None for r in self.history) else None
