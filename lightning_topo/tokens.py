@@ -406,6 +406,10 @@ def trigger_words(
 def _accuracy(
     model, tokenizer, texts: list[str], labels: list[int], max_length: int, batch_size: int
 ) -> float:
+    order = sorted(
+        range(len(texts)), key=lambda i: len(texts[i])
+    )  # similar lengths share a batch: less padding
+    texts, labels = [texts[i] for i in order], [labels[i] for i in order]
     correct = 0
     for start in range(0, len(texts), batch_size):
         enc = tokenizer(
