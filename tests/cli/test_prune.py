@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -304,3 +305,49 @@ def test_unsupported_model_refused_before_pruning(tmp_path, capsys):
     line = _error_line(capsys)
     assert "ElectraForSequenceClassification" in line
     assert not out.exists()
+
+
+# ---------------------------------------------------------------------- the fit command with pruning
+
+
+@pytest.mark.slow
+def test_fit_with_pruning_runs_twice_in_a_row(tiny_hf_folder, data_file, tmp_path, capsys, monkeypatch):
+    """Issue 10 item 10: the same `lightning-topo fit` command twice in one folder; each run writes
+    its compressed model into its own versioned folder and the summary line says where."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.argv", ["lightning-topo"])
+    config = tmp_path / "prune.yaml"
+    config.write_text(
+        f"""
+seed_everything: 1
+model: {{model_name_or_path: {tiny_hf_folder}, learning_rate: 1.0e-3}}
+data: {{data_file: {data_file}, max_length: 16, batch_size: 16}}
+trainer:
+  max_epochs: 2
+  accelerator: cpu
+  devices: 1
+  enable_progress_bar: false
+  enable_model_summary: false
+  logger: {{class_path: lightning.pytorch.loggers.CSVLogger, init_args: {{save_dir: runs, name: job}}}}
+  callbacks:
+    - class_path: lightning_topo.callbacks.TopologicalPruning
+      init_args: {{method: magnitude, ratio: 0.6, prune_epoch: 1, units: ffn}}
+"""
+    )
+    for version in (0, 1):
+        assert topo_main(["fit", "--config", str(config)]) == 0
+        pruned = Path("runs") / "job" / f"version_{version}" / "pruned"  # relative to the working folder
+        assert f"pruned model: {pruned}" in capsys.readouterr().out
+        assert (pruned / "config.json").exists()
+        assert count_encoder_parameters(load_compressed(pruned)) > 0
+    # an explicit output_dir that exists: refused at setup, one line, exit 2, nothing trained
+    explicit = tmp_path / "runs" / "job" / "version_0" / "pruned"
+    before = _digest(explicit)
+    argv = ["fit", "--config", str(config), "--trainer.callbacks.init_args.output_dir", str(explicit)]
+    assert topo_main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("lightning-topo fit: error:")]
+    assert len(lines) == 1 and "already exists" in lines[0] and "overwrite=True" in lines[0], err
+    assert _digest(explicit) == before
+    assert not (tmp_path / "runs" / "job" / "version_2" / "metrics.csv").exists()
