@@ -540,3 +540,27 @@ def test_fit_summary_line_names_the_pruned_folder(tiny_dir, tmp_path):
     trainer.fit(_module(tiny_dir), train_dataloaders=_loader(_batches(2)))
     assert cb.saved_path == tmp_path / "logs" / "version_0" / "pruned"
     assert summary_line(trainer).endswith(f" | pruned model: {cb.saved_path}")
+
+
+def _keep_first_units(model, outputs, kind, ctx):
+    """A custom importance method: unit j of every layer scores -j (the first units are kept)."""
+    sizes = [layer.intermediate.dense.out_features for layer in ctx.layers]
+    return [-torch.arange(n, dtype=torch.float32) for n in sizes]
+
+
+def test_custom_importance_callable(tiny_dir, tmp_path):
+    module = _module(tiny_dir)
+    original = module.model.bert.encoder.layer[1].intermediate.dense.weight.detach().clone()
+    cb = TopologicalPruning(
+        method=_keep_first_units, ratio=0.7, units="ffn", ffn_multiple=1, prune_epoch=None
+    )
+    trainer = _trainer(tmp_path, [cb], max_epochs=1)
+    module.model.bert.encoder.requires_grad_(False)  # keep the encoder as it was: kept rows are comparable
+    trainer.fit(module, train_dataloaders=_loader(_batches(2)))
+    pruned = module.model.bert.encoder.layer[1].intermediate.dense.weight
+    width = pruned.shape[0]
+    assert width < 64 and torch.equal(pruned, original[:width])
+    assert not pruned.requires_grad  # frozen parameters stay frozen after the surgery
+    assert module.model.classifier.weight.requires_grad
+    assert cb.state_dict()["method"] == "_keep_first_units"
+    assert json.loads((cb.saved_path / "pruning_history.json").read_text())["method"] == "_keep_first_units"
