@@ -41,7 +41,7 @@ def plot_probe_by_layer(
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, len(kinds), squeeze=False)[0]
     count = max(1, len(history))
-    for ax, kind in zip(axes, kinds, strict=True):
+    for index, (ax, kind) in enumerate(zip(axes, kinds, strict=True)):
         for i, record in enumerate(history):
             layers, values = _layer_series(record, prefix, kind)
             if not layers:
@@ -51,7 +51,8 @@ def plot_probe_by_layer(
                 layers, values, marker="o", color=(0.1, 0.3, 0.8, shade), label=f"epoch {record['epoch']}"
             )
         ax.set_xlabel("layer (0 = embeddings)")
-        ax.set_ylabel("held-out probe loss (MSE)")
+        if index == 0:
+            ax.set_ylabel("held-out probe loss (MSE)")
         ax.set_title(kind)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)

@@ -3,22 +3,24 @@
 Used by :class:`~lightning_topo.callbacks.TreeProbeMonitor`: during the validation loop each
 batch's :class:`~lightning_topo.encoding.EncodedBatch` is offered to
 :class:`WordVectorSample`, which keeps at most ``max_sentences`` sentences (a bottom-k sample
-by seeded random keys: uniform over the split, independent of the batch order's lengths) and
-their word vectors at the selected layers. Word pieces are mean-pooled into words by the
+by seeded random keys: uniform over the split) and
+their word vectors at the selected layers. A sentence's key depends only on its tokens
+(:func:`~lightning_topo.scores.tree_probe.sentence_keys`), so the sample is the same whatever the
+batching or the sharding over processes (``finalize(gather=...)`` merges the shards). Word pieces are mean-pooled into words by the
 WordPiece rule of :func:`lightning_topo.scores.tree_probe.wordpiece_word_ids` (the tree probe's
 pooling; the concept lens's :mod:`lightning_topo.tokens` takes a word's last piece instead).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from lightning_topo.encoding import EncodedBatch
-from lightning_topo.scores.tree_probe import pool_wordpieces, wordpiece_word_ids
+from lightning_topo.scores.tree_probe import pool_wordpieces, sentence_keys, wordpiece_word_ids
 
 __all__ = ["WordVectorSample", "token_word_ids"]
 
@@ -56,7 +58,7 @@ class WordVectorSample:
         self.min_words = int(min_words)
         self.continuation = continuation
         self.special = special
-        self._gen = torch.Generator().manual_seed(int(seed))
+        self.seed = int(seed)
         self._keys = torch.empty(0, dtype=torch.float64)
         self._words: list[dict[int, Tensor]] = []
         self.num_batches = 0
@@ -73,7 +75,7 @@ class WordVectorSample:
         """Offer one batch; keeps the sentences whose key is among the ``max_sentences`` smallest."""
         word_ids = self.word_ids(encoded, batch)
         n = word_ids.shape[0]
-        keys = torch.rand(n, generator=self._gen, dtype=torch.float64)
+        keys = sentence_keys(batch["input_ids"], encoded.attention_mask, self.seed)
         self.num_batches += 1
         self.num_sentences_seen += n
         eligible = (word_ids.max(1).values + 1) >= self.min_words
@@ -102,17 +104,35 @@ class WordVectorSample:
     def __len__(self) -> int:
         return len(self._words)
 
-    def finalize(self) -> dict[int, tuple[Tensor, Tensor]]:
-        """``{layer: (words (n, max_words, d) float32, mask (n, max_words) bool)}`` in key order."""
-        out = {}
-        lengths = [e[self.layers[0]].shape[0] for e in self._words]
-        width = max(lengths, default=0)
+    def finalize(self, gather: Callable[[Tensor], Tensor] | None = None) -> dict[int, tuple[Tensor, Tensor]]:
+        """``{layer: (words (n, max_words, d) float32, mask (n, max_words) bool)}`` in key order.
+
+        Args:
+            gather: under several processes, ``partial(gather_variable, all_gather=
+                trainer.strategy.all_gather)``: every process's sample is gathered and the
+                ``max_sentences`` smallest keys of the union are kept (a sentence seen twice,
+                e.g. repeated by a ``DistributedSampler`` to even out the shards, counts once).
+                Every process must call it.
+        """
+        lengths = torch.tensor([e[self.layers[0]].shape[0] for e in self._words], dtype=torch.long)
+        width = int(lengths.max()) if len(lengths) else 0
+        if gather is not None:
+            width = int(gather(torch.tensor([width])).max())
+        out, keys = {}, self._keys
         for layer in self.layers:
             dim = self._words[0][layer].shape[1] if self._words else 0
+            if gather is not None:
+                dim = int(gather(torch.tensor([dim])).max())
             words = torch.zeros(len(self._words), width, dim)
-            mask = torch.zeros(len(self._words), width, dtype=torch.bool)
             for i, entry in enumerate(self._words):
-                words[i, : lengths[i]] = entry[layer]
-                mask[i, : lengths[i]] = True
-            out[layer] = (words, mask)
-        return out
+                words[i, : entry[layer].shape[0]] = entry[layer]
+            out[layer] = gather(words) if gather is not None else words
+        counts = gather(lengths) if gather is not None else lengths
+        if gather is not None:
+            keys = gather(self._keys)
+        order = torch.sort(keys, stable=True).indices
+        first = torch.ones(len(order), dtype=torch.bool)
+        first[1:] = keys[order][1:] != keys[order][:-1]  # drop repeats of a sentence
+        order = order[first][: self.max_sentences]
+        mask = torch.arange(width)[None, :] < counts[order][:, None]
+        return {layer: (words[order], mask) for layer, words in out.items()}

@@ -14,9 +14,9 @@ The callback only decides *when* to measure and *what* to log: the word vectors 
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from copy import deepcopy
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +24,18 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.trainer.states import TrainerFn
-from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from typing_extensions import override
 
+from lightning_topo import plots, plots_tree_probe
 from lightning_topo.encoding import EncodedBatch, encode_batch
-from lightning_topo.representations import run_on_rank_zero_and_broadcast
+from lightning_topo.representations import (
+    check_layers,
+    gather_variable,
+    resolve_layers,
+    run_on_rank_zero_and_broadcast,
+)
+from lightning_topo.scores.checks import check_bool, check_choice, check_int, check_real, check_seed
 from lightning_topo.scores.correlation import correlation_metrics
 from lightning_topo.scores.tree_probe import (
     MONITOR_BUDGET,
@@ -38,6 +44,7 @@ from lightning_topo.scores.tree_probe import (
     depths_from_conllu,
     fit_probe,
     pool_wordpieces,
+    probe_metric_names,
     vocab_tables,
 )
 from lightning_topo.word_vectors import WordVectorSample
@@ -63,8 +70,11 @@ class TreeProbeMonitor(Callback):
       ``{metric}/spearman_{m}`` over epochs against ``monitor_against`` (``m`` its name with
       ``_`` for ``/``).
 
-    Nothing is measured while ``trainer.sanity_checking``. Under DDP rank 0 fits the probes on
-    its own shard's sample and broadcasts the values, so all ranks log the same numbers. At the
+    Nothing is measured while ``trainer.sanity_checking``. A sentence's place in the sample
+    depends only on its tokens and ``seed``; under DDP the processes' samples are gathered
+    (``trainer.strategy.all_gather``) into the sample one process would draw, global rank 0 fits
+    the probes and ``trainer.strategy.broadcast`` hands the values to every process. With NaN/inf
+    hidden states every name is logged as NaN (with a warning). At the
     end of ``fit`` (rank zero) a figure of the metric per layer, one line per epoch, is written
     to ``<trainer.log_dir>/probe/`` and logged to W&B when a ``WandbLogger`` is attached.
 
@@ -116,69 +126,93 @@ class TreeProbeMonitor(Callback):
         log_prefix: str = "probe",
     ) -> None:
         super().__init__()
-        _check_positive_int(every_n_epochs, "every_n_epochs")
-        _check_positive_int(max_sentences, "max_sentences", minimum=4)
+        self.every_n_epochs = check_int(every_n_epochs, "every_n_epochs", minimum=1)
+        self.layers = check_layers(layers)
         targets = (targets,) if isinstance(targets, str) else tuple(targets)
-        if not targets or any(t not in TARGET_KINDS for t in targets):
-            raise ValueError(f"targets must be a non-empty subset of {TARGET_KINDS}; got {targets!r}")
-        if rank is not None:
-            _check_positive_int(rank, "rank")
-        self.budget = ProbeBudget(
-            epochs=probe_epochs, lr=probe_lr, batch_size=probe_batch_size, val_fraction=probe_val_fraction
-        )
-        self.budget.check()
-        self.layers_arg = _check_layers(layers)
+        if not targets:
+            raise ValueError(f"targets must be a non-empty subset of {TARGET_KINDS}; got an empty list")
+        self.targets = tuple(check_choice(t, "targets", TARGET_KINDS) for t in dict.fromkeys(targets))
         self.treebank = None if treebank is None else Path(treebank)
         if self.treebank is not None and not self.treebank.is_file():
             raise FileNotFoundError(f"treebank: CoNLL-U file not found: {self.treebank}")
-        self.every_n_epochs = every_n_epochs
-        self.targets = targets
-        self.max_sentences = max_sentences
-        self.rank = rank
-        self.word_pooling = word_pooling
-        self.seed = int(seed)
+        self.max_sentences = check_int(max_sentences, "max_sentences", minimum=4)
+        self.budget = ProbeBudget(
+            epochs=check_int(probe_epochs, "probe_epochs", minimum=1),
+            lr=check_real(probe_lr, "probe_lr", minimum=0.0, strict=True),
+            batch_size=check_int(probe_batch_size, "probe_batch_size", minimum=1),
+            val_fraction=check_real(probe_val_fraction, "probe_val_fraction", minimum=0.0, strict=True),
+        )
+        self.budget.check()
+        self.rank = check_int(rank, "rank", minimum=1, allow_none=True)
+        self.word_pooling = check_bool(word_pooling, "word_pooling")
+        self.seed = check_seed(seed)
+        if monitor_against is not None and (not isinstance(monitor_against, str) or not monitor_against):
+            raise ValueError(
+                f"monitor_against must be a metric name such as 'val/acc', or None; got {monitor_against!r}"
+            )
         self.monitor_against = monitor_against
-        self.plots = plots
-        self.log_prefix = log_prefix.rstrip("/")
-        #: One record per measured epoch: ``{"epoch", "step", "scores": {name: float}, "monitor"}``.
+        self.plots = check_bool(plots, "plots")
+        if not isinstance(log_prefix, str) or not log_prefix.strip("/"):
+            raise ValueError(f"log_prefix must be a non-empty string such as 'probe'; got {log_prefix!r}")
+        self.log_prefix = log_prefix.strip("/")
+        #: One record per measurement: ``{"epoch", "step", "scores": {name: float}, "monitor": float | None}``.
         self.history: list[dict[str, Any]] = []
-        #: Wall time of each measurement in this process: ``{"collect_s", "fit_s"}`` (not saved).
-        self.timings: list[dict[str, float]] = []
-        self.layers: list[int] = []
+        self._layer_indices: list[int] | None = None
         self._tables: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._sample: WordVectorSample | None = None
-        self._collect_s = 0.0
-        self._pending: dict[str, Any] | None = None
-        self._pending_correlations: dict[str, float] = {}
         self._treebank_sentences: list[Any] | None = None
+        self._sample: WordVectorSample | None = None
+        self._pending: dict[str, Any] | None = None
+        self._pending_correlations: dict[str, Any] = {}
+        self._warned_missing_monitor = False
 
-    # ------------------------------------------------------------------ Lightning plumbing
+    # ------------------------------------------------------------------ state
     @property
     @override
     def state_key(self) -> str:
-        return self._generate_state_key(
-            layers=self.layers_arg, targets=self.targets, log_prefix=self.log_prefix
-        )
+        return self._generate_state_key(layers=self.layers, targets=self.targets, log_prefix=self.log_prefix)
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"history": deepcopy(self.history)}
+        return {"history": deepcopy(self.history), "monitor_against": self.monitor_against}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        saved = state_dict.get("monitor_against", self.monitor_against)
+        if saved != self.monitor_against:
+            rank_zero_warn(
+                f"TreeProbeMonitor: the checkpoint recorded monitor_against={saved!r}, not "
+                f"{self.monitor_against!r}; the saved one is restored so that the history stays one series"
+            )
+        self.monitor_against = saved
         self.history = deepcopy(state_dict.get("history", []))
 
+    # ------------------------------------------------------------------ names
     def _name(self, *parts: str) -> str:
         return "/".join([self.log_prefix, *parts])
 
+    def metric_names(self) -> list[str]:
+        """Every per-layer name logged each measurement (after ``setup`` resolved the layers)."""
+        layers = self._layer_indices or []
+        return [self._name(n) for n in probe_metric_names(layers, self.targets, self.treebank is not None)]
+
+    def plot_dir(self, trainer: pl.Trainer) -> Path:
+        """Where the figures go: ``<trainer.log_dir or default_root_dir>/<log_prefix>``."""
+        try:
+            root = trainer.log_dir
+        except Exception:  # noqa: BLE001 - some loggers have no local directory
+            root = None
+        return Path(root or trainer.default_root_dir) / self.log_prefix
+
+    # ------------------------------------------------------------------ when to measure
     def _should_measure(self, trainer: pl.Trainer) -> bool:
         return not trainer.sanity_checking and (trainer.current_epoch + 1) % self.every_n_epochs == 0
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        num_layers = _num_hidden_layers(pl_module)
-        if num_layers is not None:
-            self.layers = _resolve_layers(self.layers_arg, num_layers)
+        config = getattr(getattr(pl_module, "model", pl_module), "config", None)
+        num_layers = getattr(config, "num_hidden_layers", None)
+        if isinstance(num_layers, int):
+            self._layer_indices = resolve_layers(self.layers, num_layers)
         tokenizer = getattr(getattr(trainer, "datamodule", None), "tokenizer", None)
         if self.word_pooling and tokenizer is not None:
             self._tables = vocab_tables(tokenizer)
@@ -193,14 +227,17 @@ class TreeProbeMonitor(Callback):
                 )
             self._treebank_sentences = depths_from_conllu(self.treebank)[: self.max_sentences]
 
-    # ------------------------------------------------------------------ collection
     @override
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._sample, self._collect_s = None, 0.0
+        self._sample = None
         if self._should_measure(trainer):
             continuation, special = self._tables if self._tables is not None else (None, None)
             self._sample = WordVectorSample(
-                self.layers, self.max_sentences, seed=self.seed, continuation=continuation, special=special
+                self._layer_indices or [],
+                self.max_sentences,
+                seed=self.seed,
+                continuation=continuation,
+                special=special,
             )
 
     @override
@@ -215,111 +252,51 @@ class TreeProbeMonitor(Callback):
     ) -> None:
         if self._sample is None or dataloader_idx != 0:
             return
-        start = time.perf_counter()
-        encoded = outputs.get("encoded") if isinstance(outputs, dict) else outputs
-        if not isinstance(encoded, EncodedBatch):
+        encoded = outputs.get("encoded") if isinstance(outputs, Mapping) else outputs
+        if not isinstance(encoded, EncodedBatch):  # validation_step does not share its forward pass
             with torch.no_grad():
                 encoded = encode_batch(pl_module, batch)
-        if not self.layers:  # a model without a readable config: resolve on the first batch
-            self.layers = _resolve_layers(self.layers_arg, encoded.num_layers)
-            self._sample.layers = list(self.layers)
+        if not self._sample.layers:  # a model without a readable config: resolve on the first batch
+            self._layer_indices = resolve_layers(self.layers, encoded.num_layers)
+            self._sample.layers = list(self._layer_indices)
         self._sample.add(encoded, batch)
-        self._collect_s += time.perf_counter() - start
-
-    # ------------------------------------------------------------------ measurement
-    def measure(
-        self, sample: WordVectorSample, pl_module: pl.LightningModule | None = None
-    ) -> dict[str, float]:
-        """Fit the probes on ``sample`` (and the treebank) and return ``{metric name: loss}``."""
-        scores: dict[str, float] = {}
-        words = sample.finalize()
-        for layer in self.layers:
-            hidden, mask = words[layer]
-            for kind in self.targets:
-                result = fit_probe(hidden, mask, kind, budget=self.budget, rank=self.rank, seed=self.seed)
-                scores[self._name(kind, f"layer_{layer}")] = result.val_loss
-        if self._treebank_sentences is not None and pl_module is not None:
-            scores.update(self._measure_treebank(pl_module))
-        return scores
-
-    def _measure_treebank(self, pl_module: pl.LightningModule) -> dict[str, float]:
-        trainer = pl_module.trainer
-        tokenizer = trainer.datamodule.tokenizer
-        sentences = self._treebank_sentences or []
-        enc = tokenizer(
-            [list(s.words) for s in sentences],
-            is_split_into_words=True,
-            truncation=True,
-            max_length=getattr(trainer.datamodule, "max_length", 512),
-            padding=True,
-            return_tensors="pt",
-        )
-        word_ids = torch.tensor(
-            [[-1 if w is None else w for w in enc.word_ids(i)] for i in range(len(sentences))]
-        )
-        depths = torch.zeros(len(sentences), max(len(s.words) for s in sentences))
-        for i, s in enumerate(sentences):
-            depths[i, : len(s.depths)] = torch.tensor(s.depths, dtype=torch.float32)
-        with torch.no_grad():
-            encoded = encode_batch(pl_module, {k: v for k, v in enc.items() if k != "special_tokens_mask"})
-        scores = {}
-        for layer in self.layers:
-            words, mask = pool_wordpieces(encoded.hidden_states[layer].detach().float().cpu(), word_ids)
-            keep = mask.sum(1) >= 2
-            target = depths[:, : words.shape[1]] * mask
-            result = fit_probe(
-                words[keep], mask[keep], target[keep], budget=self.budget, rank=self.rank, seed=self.seed
-            )
-            scores[self._name("sp", f"layer_{layer}")] = result.val_loss
-        return scores
 
     @override
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         sample, self._sample = self._sample, None
-        if sample is None or not self._should_measure(trainer):
+        if sample is None or not self._should_measure(trainer) or not sample.layers:
             return
-        if len(sample) < 4:
-            rank_zero_warn(
-                f"TreeProbeMonitor: only {len(sample)} validation sentences of >= 2 words; need 4; nothing is logged"
-            )
-            return
-        start = time.perf_counter()
-        scores = run_on_rank_zero_and_broadcast(
-            lambda: self.measure(sample, pl_module),
+        gather = (
+            partial(gather_variable, all_gather=trainer.strategy.all_gather)
+            if trainer.world_size > 1
+            else None
+        )
+        words = sample.finalize(gather=gather)  # every process
+        values = run_on_rank_zero_and_broadcast(
+            partial(self._compute, words, pl_module),
             is_global_zero=trainer.is_global_zero,
             broadcast=trainer.strategy.broadcast,
         )
-        self.timings.append({"collect_s": self._collect_s, "fit_s": time.perf_counter() - start})
-        for name, value in scores.items():
+        for name, value in values.items():
             pl_module.log(
-                name, value, logger=bool(trainer.loggers), on_step=False, on_epoch=True, sync_dist=False
+                name, value, logger=bool(trainer.loggers), on_step=False, on_epoch=True, sync_dist=True
             )
         self._pending = {
-            "epoch": int(trainer.current_epoch),
-            "step": int(trainer.global_step),
-            "scores": scores,
+            "epoch": trainer.current_epoch,
+            "step": trainer.global_step,
+            "scores": values,
+            "monitor": None,
         }
 
     @override
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         record, self._pending = self._pending, None
-        if trainer.sanity_checking or record is None or trainer.state.fn != TrainerFn.FITTING:
-            return
-        value = trainer.callback_metrics.get(self.monitor_against) if self.monitor_against else None
-        record["monitor"] = None if value is None else float(value)
-        key = (record["epoch"], record["step"])
-        self.history = [r for r in self.history if (r["epoch"], r.get("step")) != key] + [record]
+        if record is None or trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
+            return  # a stand-alone trainer.validate() logs the scores but does not extend the history
+        record["monitor"] = self._monitor_value(trainer)
+        key = (record["epoch"], record["step"])  # a resumed run repeating a validation replaces it
+        self.history = [r for r in self.history if (r["epoch"], r["step"]) != key] + [record]
         self._pending_correlations = self._correlations()
-
-    def _correlations(self) -> dict[str, float]:
-        rows = [r for r in self.history if r.get("monitor") is not None]
-        if self.monitor_against is None or len(rows) < 3:
-            return {}
-        names = list(rows[-1]["scores"])
-        series = {n: [r["scores"].get(n, math.nan) for r in rows] for n in names}
-        target = [r["monitor"] for r in rows]
-        out = correlation_metrics(series, target, target_name=self.monitor_against)
-        return {k: float(v) for k, v in out.items()}
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -329,72 +306,97 @@ class TreeProbeMonitor(Callback):
                 name, value, logger=bool(trainer.loggers), on_step=False, on_epoch=True, sync_dist=False
             )
 
-    # ------------------------------------------------------------------ figures
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.plots and self.history:
-            self._write_plots(trainer)
+        if self.plots and self.history and trainer.is_global_zero:
+            self._write_figures(trainer)
 
-    def plot_dir(self, trainer: pl.Trainer) -> Path:
-        """Where the figure goes: ``<trainer.log_dir or default_root_dir>/probe``."""
-        try:
-            root = trainer.log_dir
-        except Exception:  # noqa: BLE001 - some loggers have no local directory
-            root = None
-        return Path(root or trainer.default_root_dir) / self.log_prefix
-
-    @rank_zero_only
-    def _write_plots(self, trainer: pl.Trainer) -> Path:
-        from lightning_topo import plots_tree_probe
-
-        kinds = [
-            k for k in (*self.targets, "sp") if any(f"/{k}/" in n for r in self.history for n in r["scores"])
-        ]
-        path = plots_tree_probe.plot_probe_by_layer(
-            self.history, kinds, self.plot_dir(trainer) / "probe_by_layer.png", prefix=self.log_prefix
-        )
-        for logger in trainer.loggers:
-            if type(logger).__name__ == "WandbLogger":
-                plots_tree_probe.log_probe_to_wandb(logger, path, self.history, prefix=self.log_prefix)
-        return path
-
-
-# ---------------------------------------------------------------------------- argument checks
-def _check_positive_int(value: Any, name: str, minimum: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}; got {value!r}")
-
-
-def _check_layers(layers: int | Sequence[int] | str) -> int | list[int] | str:
-    if isinstance(layers, str):
-        if layers != "all":
-            raise ValueError(f"layers must be an int, a list of ints or 'all'; got {layers!r}")
-        return layers
-    if isinstance(layers, int) and not isinstance(layers, bool):
-        return layers
-    out = [int(x) for x in layers]
-    if not out:
-        raise ValueError("layers must name at least one layer; got an empty list")
-    return out
-
-
-def _resolve_layers(layers: int | list[int] | str, num_layers: int) -> list[int]:
-    """Non-negative hidden-state indices; ``num_layers`` encoder layers give indices 0..num_layers."""
-    if layers == "all":
-        return list(range(num_layers + 1))
-    chosen = [layers] if isinstance(layers, int) else list(layers)
-    out = []
-    for layer in chosen:
-        if not -(num_layers + 1) <= layer <= num_layers:
-            raise ValueError(
-                f"layers: {layer} is out of range; the model has hidden states 0..{num_layers} "
-                f"(0 = embeddings, {num_layers} = last layer; negative counts from the end)"
+    # ------------------------------------------------------------------ what to log
+    def _compute(
+        self, words: dict[int, tuple[torch.Tensor, torch.Tensor]], pl_module: Any
+    ) -> dict[str, float]:
+        """Every logged value, prefixed (global rank 0 only); NaN for every name on NaN/inf states."""
+        if any(not bool(torch.isfinite(h[m]).all()) for h, m in words.values()):
+            rank_zero_warn(
+                "TreeProbeMonitor logs NaN: the hidden states have NaN/inf entries; EarlyStopping(check_finite=True) stops on it"
             )
-        out.append(layer % (num_layers + 1))
-    return sorted(set(out))
+            return dict.fromkeys(self.metric_names(), math.nan)
+        n_sentences = next(iter(words.values()))[0].shape[0]
+        if n_sentences < 4:
+            rank_zero_warn(
+                f"TreeProbeMonitor logs NaN: only {n_sentences} validation sentences of >= 2 words (need 4)"
+            )
+            return dict.fromkeys(self.metric_names(), math.nan)
+        values: dict[str, float] = {}
+        for layer, (hidden, mask) in words.items():
+            for kind in self.targets:
+                result = fit_probe(hidden, mask, kind, budget=self.budget, rank=self.rank, seed=self.seed)
+                values[self._name(kind, f"layer_{layer}")] = result.val_loss
+        if self._treebank_sentences is not None:
+            values.update(self._treebank_values(pl_module))
+        return values
 
+    def _treebank_values(self, pl_module: Any) -> dict[str, float]:
+        """``sp`` losses on the treebank's sentences, encoded by the model now."""
+        datamodule = pl_module.trainer.datamodule
+        sentences = self._treebank_sentences or []
+        enc = datamodule.tokenizer(
+            [list(s.words) for s in sentences], is_split_into_words=True, truncation=True,
+            max_length=getattr(datamodule, "max_length", 512), padding=True, return_tensors="pt",
+        )  # fmt: skip
+        word_ids = torch.tensor(
+            [[-1 if w is None else w for w in enc.word_ids(i)] for i in range(len(sentences))]
+        )
+        depths = torch.zeros(len(sentences), max(len(s.words) for s in sentences))
+        for i, s in enumerate(sentences):
+            depths[i, : len(s.depths)] = torch.tensor(s.depths, dtype=torch.float32)
+        with torch.no_grad():
+            encoded = encode_batch(pl_module, {k: v for k, v in enc.items() if k != "special_tokens_mask"})
+        values = {}
+        for layer in self._layer_indices or []:
+            words, mask = pool_wordpieces(encoded.hidden_states[layer].detach().float().cpu(), word_ids)
+            keep = mask.sum(1) >= 2
+            target = depths[:, : words.shape[1]] * mask
+            result = fit_probe(
+                words[keep], mask[keep], target[keep], budget=self.budget, rank=self.rank, seed=self.seed
+            )
+            values[self._name("sp", f"layer_{layer}")] = result.val_loss
+        return values
 
-def _num_hidden_layers(pl_module: torch.nn.Module) -> int | None:
-    config = getattr(getattr(pl_module, "model", pl_module), "config", None)
-    value = getattr(config, "num_hidden_layers", None)
-    return int(value) if isinstance(value, int) else None
+    def _monitor_value(self, trainer: pl.Trainer) -> float | None:
+        if self.monitor_against is None:
+            return None
+        value = trainer.callback_metrics.get(self.monitor_against)
+        if value is None and not self._warned_missing_monitor:
+            self._warned_missing_monitor = True
+            available = sorted(k for k in trainer.callback_metrics if not k.startswith(self.log_prefix + "/"))
+            rank_zero_warn(
+                f"TreeProbeMonitor(monitor_against={self.monitor_against!r}): that metric was not logged; "
+                f"available metrics: {available}. Set monitor_against to one of them (or None)."
+            )
+        return None if value is None else float(value)
+
+    def _correlations(self) -> dict[str, Any]:
+        if self.monitor_against is None or not self.history:
+            return {}
+        names = list(self.history[-1]["scores"])
+        series = {n: [r["scores"].get(n, math.nan) for r in self.history] for n in names}
+        target = [math.nan if r["monitor"] is None else r["monitor"] for r in self.history]
+        return correlation_metrics(series, target, target_name=self.monitor_against)
+
+    def _write_figures(self, trainer: pl.Trainer) -> dict[str, Path]:
+        out = self.plot_dir(trainer)
+        monitor = self.monitor_against if any(r["monitor"] is not None for r in self.history) else None
+        layers = self._layer_indices or [0]
+        headline = self._name(self.targets[0], f"layer_{layers[-1]}")
+        images = plots.write_history_figures(
+            self.history, out, score=headline, monitor=monitor, key_prefix=self.log_prefix
+        )
+        kinds = [*self.targets, *(["sp"] if self.treebank is not None else [])]
+        images[f"{self.log_prefix}/plots/by_layer"] = plots_tree_probe.plot_probe_by_layer(
+            self.history, kinds, out / "probe_by_layer.png", prefix=self.log_prefix
+        )
+        plots.publish_to_wandb(
+            trainer.loggers, images, self.history, monitor, table_key=self._name("history")
+        )
+        return images

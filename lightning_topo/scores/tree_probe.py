@@ -40,7 +40,9 @@ __all__ = [
     "fit_probe",
     "pool_wordpieces",
     "probe_loss",
+    "probe_metric_names",
     "probe_targets",
+    "sentence_keys",
     "staircase_targets",
     "vocab_tables",
     "wordpiece_word_ids",
@@ -280,6 +282,43 @@ def pool_wordpieces(hidden: Tensor, word_ids: Tensor) -> tuple[Tensor, Tensor]:
     counts = hidden.new_zeros(batch * n_words).index_add(0, flat, weights.squeeze(1))
     words = sums / counts.clamp(min=1.0)[:, None]
     return words.reshape(batch, n_words, dim), (counts > 0).reshape(batch, n_words)
+
+
+_KEY_POSITIONS = 4096
+_MERSENNE_31 = 2**31 - 1
+
+
+def sentence_keys(input_ids: Tensor, attention_mask: Tensor | None = None, seed: int = 0) -> Tensor:
+    """A seeded pseudo-random key in ``[0, 1)`` per sentence that depends only on its tokens.
+
+    Sampling the sentences with the smallest keys gives the same sample whatever the batch
+    size, the batch order, the padding or the way a split is sharded over processes.
+
+    Args:
+        input_ids: ``(batch, seq)`` token ids.
+        attention_mask: ``(batch, seq)``; padding does not change a key. ``None`` = all real.
+        seed: different seeds give independent keys.
+
+    Returns:
+        ``(batch,)`` float64.
+    """
+    if input_ids.ndim != 2:
+        raise ValueError(f"input_ids must be (batch, seq); got shape {tuple(input_ids.shape)}")
+    gen = torch.Generator().manual_seed(int(seed))
+    weights = torch.randint(1, _MERSENNE_31, (_KEY_POSITIONS,), generator=gen, dtype=torch.int64)
+    ids = input_ids.detach().long().cpu() % _MERSENNE_31
+    real = _valid_mask(ids, None if attention_mask is None else attention_mask.detach().cpu())
+    positions = torch.arange(ids.shape[1]) % _KEY_POSITIONS
+    terms = (ids + 1) * weights[positions] % _MERSENNE_31 * real  # each < 2**31
+    h = terms.sum(1) % _MERSENNE_31
+    mixed = (h * 1_640_531_527 + int(weights[0])) % _MERSENNE_31  # < 2**62: no overflow
+    return mixed.double() / _MERSENNE_31
+
+
+def probe_metric_names(layers: Sequence[int], targets: Sequence[str], supervised: bool = False) -> list[str]:
+    """Names (without prefix) a tree-probe lens logs: ``{rule}/layer_{i}`` for every rule and layer."""
+    kinds = [*targets, *(["sp"] if supervised else [])]
+    return [f"{kind}/layer_{int(layer)}" for kind in kinds for layer in layers]
 
 
 # ------------------------------------------------------------------------------ fitting

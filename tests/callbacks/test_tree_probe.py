@@ -99,15 +99,17 @@ def test_monitor_logs_per_layer_metrics_history_plot_and_correlations(tiny_dir, 
     monitor = _monitor(treebank=DATA / "tiny_tree.conllu")
     trainer, _ = _fit(tiny_dir, toy_csv, tmp_path, [monitor])
     metrics = trainer.callback_metrics
-    for kind in ("ssp", "essp", "sp"):
-        for layer in range(4):
-            value = float(metrics[f"probe/{kind}/layer_{layer}"])
-            assert math.isfinite(value) and value >= 0
+    assert monitor.metric_names() == [f"probe/{k}/layer_{i}" for k in ("ssp", "essp", "sp") for i in range(4)]
+    for name in monitor.metric_names():
+        value = float(metrics[name])
+        assert math.isfinite(value) and value >= 0
+    assert set(monitor.history[-1]["scores"]) == set(monitor.metric_names())
     assert [r["epoch"] for r in monitor.history] == [0, 1, 2]  # the sanity check measured nothing
     assert all(r["monitor"] is not None for r in monitor.history)
     assert "probe/ssp/layer_3/pearson_val_acc" in metrics
     assert monitor.history[0]["scores"] != monitor.history[-1]["scores"]  # the model changed
     assert (monitor.plot_dir(trainer) / "probe_by_layer.png").stat().st_size > 1000
+    assert (monitor.plot_dir(trainer) / "probe_ssp_layer_3_vs_epoch.png").is_file()
     logged = (Path(trainer.logger.log_dir) / "metrics.csv").read_text().splitlines()[0]
     assert "probe/essp/layer_0" in logged
 
@@ -125,21 +127,74 @@ def test_monitor_restores_history_on_resume(tiny_dir, toy_csv, tmp_path):
     assert set(resumed.history[-1]["scores"]) == {"probe/ssp/layer_1", "probe/ssp/layer_3"}
 
 
-def test_monitor_bad_arguments(tiny_dir, toy_csv, tmp_path):
-    with pytest.raises(ValueError, match="targets must be"):
-        TreeProbeMonitor(targets=["sp"])
-    with pytest.raises(ValueError, match="rank must be"):
-        TreeProbeMonitor(rank=0)
-    with pytest.raises(ValueError, match="max_sentences must be"):
-        TreeProbeMonitor(max_sentences=1)
-    with pytest.raises(ValueError, match="budget.lr"):
-        TreeProbeMonitor(probe_lr=0.0)
-    with pytest.raises(ValueError, match="layers must"):
-        TreeProbeMonitor(layers="last")
-    with pytest.raises(FileNotFoundError, match="treebank"):
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"targets": ["sp"]}, ValueError, "targets must be one of"),
+        ({"targets": []}, ValueError, "non-empty"),
+        ({"rank": 0}, ValueError, "rank must be an int >= 1"),
+        ({"rank": 2.0}, TypeError, "rank must be an int"),
+        ({"max_sentences": 1}, ValueError, "max_sentences must be an int >= 4"),
+        ({"probe_lr": 0.0}, ValueError, "probe_lr must be a finite number > 0"),
+        ({"probe_epochs": 1.5}, TypeError, "probe_epochs must be an int"),
+        ({"probe_val_fraction": 1.0}, ValueError, "val_fraction must be in"),
+        ({"layers": "last"}, ValueError, "layers must be an int, a list of ints or 'all'"),
+        ({"seed": None}, TypeError, "seed must be an int"),
+        ({"plots": "yes"}, TypeError, "plots must be True or False"),
+        ({"log_prefix": "/"}, ValueError, "log_prefix must be a non-empty string"),
+        ({"monitor_against": ""}, ValueError, "monitor_against must be a metric name"),
+    ],
+)
+def test_monitor_bad_arguments(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        TreeProbeMonitor(**kwargs)
+
+
+def test_monitor_refuses_a_missing_treebank_and_a_layer_out_of_range(tiny_dir, toy_csv, tmp_path):
+    with pytest.raises(FileNotFoundError, match="treebank: CoNLL-U file not found"):
         TreeProbeMonitor(treebank=tmp_path / "none.conllu")
-    with pytest.raises(ValueError, match="layers: 7 is out of range"):
+    with pytest.raises(ValueError, match="index 7 is out of range"):
         _fit(tiny_dir, toy_csv, tmp_path, [_monitor(layers=7)], max_epochs=1)
+
+
+def test_monitor_hooks_are_marked_override():
+    for name in ("setup", "on_validation_epoch_start", "on_validation_batch_end", "on_validation_epoch_end",
+                 "on_validation_end", "on_train_epoch_end", "on_fit_end", "state_dict", "load_state_dict"):  # fmt: skip
+        assert getattr(getattr(TreeProbeMonitor, name), "__override__", False), name
+    assert getattr(TreeProbeMonitor.state_key.fget, "__override__", False)
+
+
+@pytest.mark.slow
+def test_monitor_logs_nan_for_every_name_on_nan_hidden_states(tiny_dir, toy_csv, tmp_path, monkeypatch):
+    from lightning_topo.encoding import EncodedBatch
+    from lightning_topo.models import SequenceClassifier
+
+    original = SequenceClassifier.validation_step
+
+    def nan_step(self, batch, batch_idx):
+        enc = original(self, batch, batch_idx)
+        return EncodedBatch(
+            tuple(h * float("nan") for h in enc.hidden_states), enc.attention_mask, enc.labels, enc.logits
+        )
+
+    monkeypatch.setattr(SequenceClassifier, "validation_step", nan_step)
+    monitor = _monitor(layers=[0, 2])
+    with pytest.warns(UserWarning, match="logs NaN"):
+        trainer, _ = _fit(tiny_dir, toy_csv, tmp_path, [monitor], max_epochs=1)
+    names = monitor.metric_names()
+    assert names == ["probe/ssp/layer_0", "probe/ssp/layer_2", "probe/essp/layer_0", "probe/essp/layer_2"]
+    assert all(math.isnan(float(trainer.callback_metrics[n])) for n in names)
+
+
+def test_monitor_state_dict_round_trip():
+    monitor = TreeProbeMonitor(monitor_against="val/f1")
+    monitor.history = [{"epoch": 0, "step": 5, "scores": {"probe/ssp/layer_1": 0.5}, "monitor": 0.7}]
+    other = TreeProbeMonitor(monitor_against="val/acc")
+    with pytest.warns(UserWarning, match="monitor_against"):
+        other.load_state_dict(monitor.state_dict())
+    assert other.history == monitor.history and other.monitor_against == "val/f1"
+    other.history[0]["scores"]["probe/ssp/layer_1"] = 9.0
+    assert monitor.history[0]["scores"]["probe/ssp/layer_1"] == 0.5  # a copy, not shared
 
 
 # ------------------------------------------------------------------------- auxiliary loss

@@ -306,29 +306,86 @@ def test_tree_probe_loss_checks():
 
 
 # ------------------------------------------------------------------------ sentence sample
-def test_word_vector_sample_is_capped_seeded_and_batch_size_free():
+def _sample_inputs(n=30, seq=8):
     from lightning_topo.encoding import EncodedBatch
-    from lightning_topo.word_vectors import WordVectorSample
 
     g = torch.Generator().manual_seed(0)
-    n, seq = 30, 8
     hidden = tuple(torch.randn(n, seq, 4, generator=g) for _ in range(3))
     lengths = torch.randint(1, seq + 1, (n,), generator=g)
     mask = (torch.arange(seq)[None] < lengths[:, None]).long()
+    ids = torch.randint(5, 100, (n, seq), generator=g) * mask
 
-    def run(batch_size, seed=0):
+    def batch(rows):
+        enc = EncodedBatch(tuple(h[rows] for h in hidden), mask[rows])
+        return enc, {"input_ids": ids[rows]}
+
+    return hidden, lengths, batch
+
+
+def test_word_vector_sample_is_capped_seeded_and_batch_size_free():
+    from lightning_topo.word_vectors import WordVectorSample
+
+    hidden, lengths, batch = _sample_inputs()
+
+    def run(batch_size, seed=0, order=None):
         sample = WordVectorSample([0, 2], max_sentences=10, seed=seed)
-        for s in range(0, n, batch_size):
-            enc = EncodedBatch(tuple(h[s : s + batch_size] for h in hidden), mask[s : s + batch_size])
-            sample.add(enc, {"input_ids": torch.zeros_like(mask[s : s + batch_size])})
+        rows = torch.arange(30) if order is None else order
+        for s in range(0, 30, batch_size):
+            sample.add(*batch(rows[s : s + batch_size]))
         return sample.finalize()
 
     a, b, c = run(7), run(30), run(7, seed=1)
-    assert torch.equal(a[2][0], b[2][0]) and torch.equal(a[0][1], b[0][1])
+    d = run(4, order=torch.randperm(30, generator=torch.Generator().manual_seed(5)))
+    assert torch.equal(a[2][0], b[2][0]) and torch.equal(a[0][1], b[0][1]) and torch.equal(a[2][0], d[2][0])
     assert not torch.equal(a[2][0], c[2][0])
     words, keep = a[2]
     assert words.shape[0] == 10 and bool((keep.sum(1) >= 2).all())
     # every kept sentence is one of the inputs, with its words in order
     for i in range(10):
         k = int(keep[i].sum())
-        assert any(torch.equal(words[i, :k], hidden[2][j, :k]) and int(lengths[j]) == k for j in range(n))
+        assert any(torch.equal(words[i, :k], hidden[2][j, :k]) and int(lengths[j]) == k for j in range(30))
+
+
+def test_word_vector_sample_merges_shards_like_one_process():
+    """Two threads stand in for two processes; ``gather`` is a barrier-synchronised all-gather."""
+    import threading
+
+    from lightning_topo.word_vectors import WordVectorSample
+
+    _, _, batch = _sample_inputs()
+    single = WordVectorSample([1], max_sentences=12, seed=3)
+    single.add(*batch(torch.arange(30)))
+    expected = single.finalize()[1]
+
+    slots: dict[int, torch.Tensor] = {}
+    barrier = threading.Barrier(2)
+    results: dict[int, tuple] = {}
+
+    def make_gather(rank):
+        def gather(t):
+            barrier.wait()
+            slots[rank] = t
+            barrier.wait()
+            out = torch.cat([slots[0], slots[1]])
+            barrier.wait()
+            return out
+
+        return gather
+
+    def worker(rank):
+        sample = WordVectorSample([1], max_sentences=12, seed=3)
+        rows = torch.arange(rank, 32, 2) % 30  # DistributedSampler-like shards; rows 0 and 1 repeated
+        for s in range(0, len(rows), 5):
+            sample.add(*batch(rows[s : s + 5]))
+        results[rank] = sample.finalize(gather=make_gather(rank))[1]
+
+    threads = [threading.Thread(target=worker, args=(r,)) for r in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for rank in range(2):
+        words, mask = results[rank]
+        width = expected[0].shape[1]
+        assert torch.equal(mask[:, :width], expected[1]) and not mask[:, width:].any()
+        assert torch.equal(words[:, :width], expected[0])
