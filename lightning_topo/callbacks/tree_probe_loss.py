@@ -20,6 +20,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from typing_extensions import override
 
+from lightning_topo.scores.checks import check_bool, check_choice, check_int, check_real, check_seed
 from lightning_topo.scores.tree_probe import TARGET_KINDS, TreeProbeLoss, vocab_tables
 
 __all__ = ["TreeProbeRegularization"]
@@ -65,14 +66,14 @@ class TreeProbeRegularization(Callback):
         name: str = "tree_probe",
     ) -> None:
         super().__init__()
-        if isinstance(layer, bool) or not isinstance(layer, int):
-            raise ValueError(f"layer must be an int hidden-state index; got {layer!r}")
-        if not weight > 0:
-            raise ValueError(f"weight must be > 0; got {weight!r}")
-        if targets not in TARGET_KINDS:
-            raise ValueError(f"targets must be one of {TARGET_KINDS}; got {targets!r}")
-        if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
-            raise ValueError(f"rank must be an int >= 1 or None; got {rank!r}")
+        layer = check_int(layer, "layer")
+        weight = check_real(weight, "weight", minimum=0.0, strict=True)
+        targets = check_choice(targets, "targets", TARGET_KINDS)
+        rank = check_int(rank, "rank", minimum=1, allow_none=True)
+        word_pooling = check_bool(word_pooling, "word_pooling")
+        seed = check_seed(seed)
+        if not isinstance(name, str) or not name or "/" in name:
+            raise ValueError(f"name must be a non-empty string without '/'; got {name!r}")
         self.layer = layer
         self.weight = float(weight)
         self.targets = targets

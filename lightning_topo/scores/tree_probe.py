@@ -27,6 +27,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from lightning_topo.scores.checks import check_int, check_real, check_seed
+
 __all__ = [
     "AUTHORS_BUDGET",
     "MONITOR_BUDGET",
@@ -72,11 +74,8 @@ class DepthProbe(nn.Module):
         self, hidden_size: int, rank: int | None = None, generator: torch.Generator | None = None
     ) -> None:
         super().__init__()
-        if isinstance(hidden_size, bool) or not isinstance(hidden_size, int) or hidden_size < 1:
-            raise ValueError(f"hidden_size must be an int >= 1; got {hidden_size!r}")
-        rank = max(1, hidden_size // 2) if rank is None else rank
-        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
-            raise ValueError(f"rank must be an int >= 1 (or None for hidden_size // 2); got {rank!r}")
+        hidden_size = check_int(hidden_size, "hidden_size", minimum=1)
+        rank = max(1, hidden_size // 2) if rank is None else check_int(rank, "rank", minimum=1)
         self.hidden_size = hidden_size
         self.rank = rank
         proj = torch.empty(hidden_size, rank).uniform_(-0.05, 0.05, generator=generator)
@@ -341,14 +340,12 @@ class ProbeBudget:
     val_fraction: float = 0.1
 
     def check(self) -> None:
-        """Raise ``ValueError`` naming the first bad field."""
-        if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 1:
-            raise ValueError(f"budget.epochs must be an int >= 1; got {self.epochs!r}")
-        if not self.lr > 0:
-            raise ValueError(f"budget.lr must be > 0; got {self.lr!r}")
-        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ValueError(f"budget.batch_size must be an int >= 1; got {self.batch_size!r}")
-        if not 0 < self.val_fraction < 1:
+        """Raise ``TypeError``/``ValueError`` naming the first bad field."""
+        check_int(self.epochs, "budget.epochs", minimum=1)
+        check_real(self.lr, "budget.lr", minimum=0.0, strict=True)
+        check_int(self.batch_size, "budget.batch_size", minimum=1)
+        check_real(self.clip_norm, "budget.clip_norm", minimum=0.0, strict=True, allow_none=True)
+        if not 0 < check_real(self.val_fraction, "budget.val_fraction") < 1:
             raise ValueError(f"budget.val_fraction must be in (0, 1); got {self.val_fraction!r}")
 
 
@@ -411,6 +408,7 @@ def fit_probe(
             unknown ``targets``, non-finite inputs or a bad ``budget``/``rank``.
     """
     budget.check()
+    seed = check_seed(seed)
     targets = "ssp" if targets is None else targets
     valid = _check_fit_inputs(hiddens, masks, targets)
     gen = torch.Generator().manual_seed(int(seed))
@@ -651,6 +649,7 @@ class TreeProbeLoss(nn.Module):
         super().__init__()
         if targets not in TARGET_KINDS:
             raise ValueError(f"targets must be one of {TARGET_KINDS}; got {targets!r}")
+        layer, seed = check_int(layer, "layer"), check_seed(seed)
         if (continuation is None) != (special is None):
             raise ValueError("give both continuation and special (vocab_tables(tokenizer)) or neither")
         self.layer = int(layer)

@@ -126,6 +126,8 @@ def test_probe_shapes_rank_and_mask():
     torch.testing.assert_close(out[1], (h[1] @ probe.proj).pow(2).sum(-1))
     with pytest.raises(ValueError, match="rank must be"):
         DepthProbe(8, rank=0)
+    with pytest.raises(TypeError, match="rank must be an int"):
+        DepthProbe(8, rank=2.0)
     with pytest.raises(ValueError, match="width"):
         probe(torch.randn(1, 2, 7))
 
@@ -202,6 +204,12 @@ def test_fit_probe_bad_inputs():
         fit_probe(hidden, mask, rank=0)
     with pytest.raises(ValueError, match="budget.epochs"):
         fit_probe(hidden, mask, budget=ProbeBudget(epochs=0))
+    with pytest.raises(TypeError, match="budget.batch_size must be an int"):
+        fit_probe(hidden, mask, budget=ProbeBudget(batch_size=8.0))
+    with pytest.raises(ValueError, match="budget.val_fraction"):
+        fit_probe(hidden, mask, budget=ProbeBudget(val_fraction=1.0))
+    with pytest.raises(TypeError, match="seed must be an int"):
+        fit_probe(hidden, mask, seed=None)
     with pytest.raises(ValueError, match="n_sentences, n_words, d"):
         fit_probe(hidden[0], mask[0])
     assert AUTHORS_BUDGET == ProbeBudget(epochs=10, lr=2e-5, batch_size=32, clip_norm=1.0, val_fraction=0.1)
