@@ -77,7 +77,7 @@ def test_import_has_no_side_effects_on_other_libraries():
     code = (
         "import json, sys\n"
         "before = [repr(f) for f in sys.meta_path]\n"
-        "import lightning_topo, lightning_topo.topology\n"
+        "import lightning_topo, lightning_topo.topology, lightning_topo.scores, lightning_topo.pruning\n"
         "print(json.dumps({'meta_path_same': [repr(f) for f in sys.meta_path] == before,\n"
         "  'transformers': sorted(m for m in sys.modules if m.startswith('transformers'))}))\n"
     )

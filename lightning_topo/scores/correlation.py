@@ -12,7 +12,6 @@ from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor
-from torchmetrics.functional import pearson_corrcoef, spearman_corrcoef
 
 __all__ = ["correlation_metrics", "pearson_spearman"]
 
@@ -29,6 +28,10 @@ def pearson_spearman(
     Raises:
         ValueError: different lengths or fewer than 2 values.
     """
+    # torchmetrics is imported here, not at module level: importing it loads transformers (its
+    # text metrics), which would make `import lightning_topo.scores` slow and touch sys.meta_path.
+    from torchmetrics.functional import pearson_corrcoef, spearman_corrcoef
+
     x = torch.as_tensor(values, dtype=torch.float64).reshape(-1)
     y = torch.as_tensor(target, dtype=torch.float64).reshape(-1)
     if x.numel() != y.numel() or x.numel() < 2:
