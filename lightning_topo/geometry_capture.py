@@ -47,6 +47,7 @@ from torch import Tensor, nn
 
 from lightning_topo.scores.geometry import (
     attention_entropy,
+    attention_entropy_from_logits,
     cone_index,
     cone_index_per_head,
     directionality,
@@ -100,18 +101,27 @@ class LayerCapture:
         """
         if self.probs is not None:
             return self.probs
+        return (
+            self.attention_logits().masked_fill(~self.mask[:, None, None, :], float("-inf")).softmax(dim=-1)
+        )
+
+    def attention_logits(self) -> Tensor:
+        """``(batch, heads, seq, seq)`` scores ``Q_h K_hᵀ · scaling`` before the softmax (no mask).
+
+        Raises:
+            RuntimeError: Q/K were not captured (the model returned its probabilities, or
+                ``attention="none"``).
+        """
         if self.query is None or self.key is None:
             raise RuntimeError(
-                "attention probabilities were not captured; build the GeometryCapture with "
-                "attention='auto' or 'model'"
+                "attention scores were not captured (the model returned its probabilities, or the "
+                "GeometryCapture was built with attention='none')"
             )
         batch, seq, _ = self.query.shape
         q = self.query.reshape(batch, seq, self.num_heads, -1).transpose(1, 2)
         k = self.key.reshape(batch, seq, self.num_heads, -1).transpose(1, 2)
         scaling = self.scaling if self.scaling is not None else q.shape[-1] ** -0.5
-        scores = (q @ k.transpose(-1, -2)) * scaling
-        scores = scores.masked_fill(~self.mask[:, None, None, :], float("-inf"))
-        return scores.softmax(dim=-1)
+        return (q * scaling) @ k.transpose(-1, -2)  # scaling Q (seq x d_head) is cheaper than the scores
 
 
 @dataclass
@@ -412,14 +422,18 @@ class GeometryAccumulator:
         sums[2] += cone_index(cap.layer_output.float(), mask, norm).double().sum()
         sums[3 : 3 + h] += cone_index_per_head(cap.context.float(), h, mask, norm).double().sum(0)
         if self.attention:
-            entropy = attention_entropy(cap.attention_probs().float(), mask).double().sum(0)
+            if cap.probs is None:  # recomputed: straight from the scores, no probabilities formed
+                entropy = attention_entropy_from_logits(cap.attention_logits().float(), mask)
+            else:
+                entropy = attention_entropy(cap.probs.float(), mask)
+            entropy = entropy.double().sum(0)
             sums[3 + self._width : 3 + self._width + h] += entropy
         self._counts[row] += mask.shape[0]
 
     def result(self, reduce: Callable[[Tensor], Tensor] | None = None) -> dict[int, dict[str, Tensor]]:
         """Means over all sequences added: ``{layer: {"cone/input": 0-d, "cone/heads": (H,), ...}}``.
 
-        Keys per layer: ``cone/input``, ``cone/attention_output``, ``cone/output`` (0-d),
+        Keys per layer: ``sequences`` (the count), ``cone/input``, ``cone/attention_output``, ``cone/output`` (0-d),
         ``cone/heads`` and (with ``attention``) ``attention_entropy`` (``(heads,)``).
 
         Args:
@@ -444,6 +458,7 @@ class GeometryAccumulator:
         for row, layer in enumerate(self.layers):
             m, h = means[row], self.num_heads[row]
             out[layer] = {
+                "sequences": counts[row, 0],
                 "cone/input": m[0],
                 "cone/attention_output": m[1],
                 "cone/output": m[2],

@@ -88,6 +88,7 @@ def plot_head_heatmaps(record: Mapping[str, Any], path: Path, title: str | None 
         ax.set_xlabel("head")
         ax.set_ylabel("layer")
         ax.set_title(HEAD_PANELS[key], fontsize=9)
+    fig.subplots_adjust(wspace=0.45)
     fig.suptitle(title or f"epoch {record.get('epoch')}, step {record.get('step')}")
     return _save(fig, path)
 

@@ -79,6 +79,10 @@ class GeometryMonitor(Callback):
             own under eager attention, otherwise recomputed from the query/key projections the
             forward computed), ``"model"`` (eager attention required) or ``"none"`` (no entropy).
         normalize: divide each cone index by the sequence's token count. Default ``True``.
+        max_sequences: stop measuring once this many validation sequences were measured in an
+            epoch (per rank; whole batches, so a few more may be used; ``None``: all). Default
+            512: the means over sequences are stable well before that, and the cost stays small
+            (docs/geometry.md).
         max_batches: measure at most this many validation batches per epoch (per rank;
             ``None``: all).
         monitor_against: metric recorded with each measurement and correlated with the
@@ -104,6 +108,7 @@ class GeometryMonitor(Callback):
         layers: int | list[int] | str = "all",
         attention: str = "auto",
         normalize: bool = True,
+        max_sequences: int | None = 512,
         max_batches: int | None = None,
         monitor_against: str | None = "val/acc",
         plots: bool = True,
@@ -114,6 +119,7 @@ class GeometryMonitor(Callback):
         self.layers = _check_layer_spec(layers)
         self.attention = check_choice(attention, "attention", ATTENTION_SOURCES)
         self.normalize = check_bool(normalize, "normalize")
+        self.max_sequences = check_int(max_sequences, "max_sequences", minimum=1, allow_none=True)
         self.max_batches = check_int(max_batches, "max_batches", minimum=1, allow_none=True)
         if monitor_against is not None and not isinstance(monitor_against, str):
             raise TypeError(f"monitor_against must be a metric name or None; got {monitor_against!r}")
@@ -122,7 +128,8 @@ class GeometryMonitor(Callback):
         if not isinstance(log_prefix, str) or not log_prefix.strip("/"):
             raise ValueError(f"log_prefix must be a non-empty string; got {log_prefix!r}")
         self.log_prefix = log_prefix.strip("/")
-        #: One record per measurement: ``{"epoch", "step", "scores", "monitor", "layers", "heads"}``.
+        #: One record per measurement: ``{"epoch", "step", "scores", "monitor", "layers", "heads",
+        #: "sequences"}`` (``heads``: per-head values, layers x heads; ``sequences``: how many were measured).
         self.history: list[dict[str, Any]] = []
         #: Own wall time per measurement in this process: ``capture_s``, ``reread_s``, ``compute_s``.
         self.timings: list[dict[str, float]] = []
@@ -229,10 +236,20 @@ class GeometryMonitor(Callback):
     ) -> None:
         if self._capture is None:
             return
-        if dataloader_idx == 0 and (self.max_batches is None or self._batches < self.max_batches):
+        if dataloader_idx == 0 and not self._enough():
             self._capture.attach()  # a no-op while attached
         else:
-            self._capture.detach()  # other dataloaders and batches beyond max_batches are not measured
+            self._capture.detach()  # other dataloaders and batches beyond the caps are not measured
+
+    def _enough(self) -> bool:
+        """Whether this epoch's caps (``max_batches``, ``max_sequences``) are reached."""
+        if self.max_batches is not None and self._batches >= self.max_batches:
+            return True
+        return (
+            self.max_sequences is not None
+            and self._acc is not None
+            and self._acc.num_sequences >= self.max_sequences
+        )
 
     @override
     def on_validation_batch_end(
@@ -296,11 +313,13 @@ class GeometryMonitor(Callback):
             raise RuntimeError(
                 "GeometryMonitor: the validation loop ran no forward of the model and has no dataloader"
             )
+        self._batches = 0
         with capture, torch.no_grad():
-            for i, batch in enumerate(loader):
-                if self.max_batches is not None and i >= self.max_batches:
+            for batch in loader:
+                if self._enough():
                     break
                 encode_batch(pl_module, batch)
+                self._batches += 1
 
     def _record(
         self, means: dict[int, dict[str, torch.Tensor]], weights: dict, layers: list[int]
@@ -329,7 +348,8 @@ class GeometryMonitor(Callback):
             )
             for key in heads:
                 heads[key].append([float(v) for v in per_head[key]])
-        return {"scores": scores, "heads": heads, "layers": list(layers)}
+        sequences = int(means[layers[0]]["sequences"])
+        return {"scores": scores, "heads": heads, "layers": list(layers), "sequences": sequences}
 
     @override
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

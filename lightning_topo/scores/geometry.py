@@ -45,6 +45,7 @@ from torch import Tensor
 
 __all__ = [
     "attention_entropy",
+    "attention_entropy_from_logits",
     "cone_index",
     "cone_index_per_head",
     "directionality",
@@ -139,12 +140,11 @@ def cone_index(x: Tensor, mask: Tensor | None = None, normalize: bool = False) -
     valid = torch.ones(batch, seq, dtype=torch.bool, device=x.device)
     if mask is not None:
         valid = _check_mask(mask, batch, seq, x.device)
-    # Zero vectors (and masked positions) are replaced by ones *before* the norm so that no
-    # 0/0 reaches the backward pass; their contribution is then multiplied by 0.
-    valid = valid & (x != 0).any(dim=-1)
-    safe = torch.where(valid.unsqueeze(-1), x, torch.ones_like(x))
-    units = safe / torch.linalg.vector_norm(safe, dim=-1, keepdim=True)
-    units = units * valid.unsqueeze(-1).to(x.dtype)
+    # Zero vectors are divided by a tiny positive number instead of 0: they stay 0, add nothing
+    # and are not counted (vector_norm's backward gives 0, not NaN, at a zero vector).
+    norms = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+    valid = valid & (norms.squeeze(-1) > 0)
+    units = (x / norms.clamp_min(torch.finfo(x.dtype).tiny)) * valid.unsqueeze(-1).to(x.dtype)
     index = torch.linalg.vector_norm(units.sum(dim=1), dim=-1)
     if normalize:
         index = index / valid.sum(dim=1).clamp_min(1).to(x.dtype)
@@ -223,6 +223,38 @@ def attention_entropy(attn: Tensor, mask: Tensor | None = None) -> Tensor:
     safe = torch.where(attn > 0, attn, torch.ones_like(attn))
     row_entropy = -(safe * safe.log()).sum(dim=-1)  # (batch, heads, seq)
     weights = rows.to(attn.dtype)
+    return (row_entropy * weights).sum(dim=-1) / weights.sum(dim=-1)
+
+
+def attention_entropy_from_logits(logits: Tensor, mask: Tensor | None = None) -> Tensor:
+    """:func:`attention_entropy` of ``softmax(logits)`` over the valid keys, without forming ``log p``.
+
+    Same convention (row entropy, natural log, mean over valid queries); padded keys
+    (``mask`` 0) get probability 0. Computed as ``-Σ p log p`` with ``log p = log_softmax``,
+    which is stable for large logits and cheaper than softmax followed by a log.
+
+    Args:
+        logits: ``(batch, heads, seq, seq)`` attention scores before the softmax, e.g.
+            ``Q_h K_hᵀ / √d_head``.
+        mask: ``(batch, seq)`` 0/1 or bool, valid positions (keys and queries); ``None``: all.
+
+    Returns:
+        ``(batch, heads)`` tensor, differentiable w.r.t. ``logits``.
+    """
+    _check_float(logits, "logits", 4, "(batch, heads, seq, seq)")
+    batch, heads, seq, keys = logits.shape
+    if seq != keys:
+        raise ValueError(f"logits must be square in its last two dims (seq, seq); got {tuple(logits.shape)}")
+    valid = torch.ones(batch, seq, dtype=torch.bool, device=logits.device)
+    if mask is not None:
+        valid = _check_mask(mask, batch, seq, logits.device)
+    # a finite fill (not -inf) keeps p * log p = 0 * (large negative) = 0 at padded keys
+    if not bool(valid.all()):
+        logits = logits.masked_fill(~valid[:, None, None, :], torch.finfo(logits.dtype).min)
+    log_p = torch.log_softmax(logits, dim=-1)
+    p = torch.softmax(logits, dim=-1)  # faster than log_p.exp() where log_p is hugely negative
+    row_entropy = -torch.einsum("bhqk,bhqk->bhq", p, log_p)  # a batched matmul: fast
+    weights = valid[:, None, :].to(logits.dtype)
     return (row_entropy * weights).sum(dim=-1) / weights.sum(dim=-1)
 
 

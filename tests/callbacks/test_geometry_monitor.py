@@ -154,6 +154,7 @@ def test_values_equal_a_direct_measurement_of_the_final_model(tmp_path, tiny_con
             model.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
     direct = acc.result()
     logged = monitor.history[-1]["scores"]
+    assert monitor.history[-1]["sequences"] == 24  # the whole validation set (default cap 512)
     for i in (1, 2):
         assert logged[f"geometry/cone/layer_{i}"] == pytest.approx(float(direct[i]["cone/output"]), rel=1e-5)
         assert logged[f"geometry/cone/layer_{i}/heads"] == pytest.approx(
@@ -162,6 +163,22 @@ def test_values_equal_a_direct_measurement_of_the_final_model(tmp_path, tiny_con
         assert logged[f"geometry/attention_entropy/layer_{i}"] == pytest.approx(
             float(direct[i]["attention_entropy"].mean()), rel=1e-5
         )
+
+
+def test_max_sequences_stops_after_whole_batches(tmp_path, tiny_config):
+    monitor = GeometryMonitor(max_sequences=10)
+    _, model = run_fit(tmp_path, tiny_config, monitor, max_epochs=1)
+    record = monitor.history[-1]
+    assert record["sequences"] == 16  # two batches of 8 reach 10
+    model.model.eval()
+    acc = GeometryAccumulator([1, 2], num_heads=4)
+    with GeometryCapture(model.model, on_layer=acc.add), torch.no_grad():
+        for i, batch in enumerate(TinyData().val_dataloader()):
+            if i < 2:
+                model.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    assert record["scores"]["geometry/cone/layer_2/input"] == pytest.approx(
+        float(acc.result()[2]["cone/input"]), rel=1e-5
+    )
 
 
 def test_adds_no_second_validation_pass(tmp_path, tiny_config):
@@ -186,6 +203,7 @@ def test_rereads_when_validation_step_runs_no_model(tmp_path, tiny_config):
     model = TinyClassifier(tiny_config, run_model_in_validation=False)
     trainer, _ = run_fit(tmp_path, tiny_config, monitor, max_epochs=3, model=model)
     assert [r["epoch"] for r in monitor.history] == [1]  # every_n_epochs=2
+    assert monitor.history[0]["sequences"] == 16  # max_batches=2 of 8
     assert len(monitor.timings) == 1 and monitor.timings[0]["reread_s"] > 0
     assert "geometry/cone/layer_1" in trainer.callback_metrics
     assert _geometry_hooks(model.model) == 0
@@ -304,6 +322,7 @@ def test_setup_refuses_layers_beyond_the_model(tmp_path, tiny_config):
         ({"attention": "eager"}, ValueError, "attention"),
         ({"normalize": "yes"}, TypeError, "normalize"),
         ({"max_batches": 0}, ValueError, "max_batches"),
+        ({"max_sequences": 0}, ValueError, "max_sequences"),
         ({"log_prefix": "/"}, ValueError, "log_prefix"),
         ({"monitor_against": 3}, TypeError, "monitor_against"),
     ],

@@ -10,6 +10,7 @@ import torch
 
 from lightning_topo.scores.geometry import (
     attention_entropy,
+    attention_entropy_from_logits,
     cone_index,
     cone_index_per_head,
     directionality,
@@ -180,6 +181,23 @@ def test_attention_entropy_rejects_scores_and_bad_masks():
         attention_entropy(torch.full((1, 1, 3, 4), 0.25))
     with pytest.raises(ValueError, match="no valid position"):
         attention_entropy(torch.full((2, 1, 3, 3), 1 / 3), torch.tensor([[1, 1, 1], [0, 0, 0]]))
+
+
+def test_entropy_from_logits_equals_entropy_of_the_masked_softmax():
+    mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1], [1, 0, 0, 0, 0, 0]])
+    g = torch.Generator().manual_seed(7)
+    logits = torch.randn(3, 2, 6, 6, generator=g, dtype=torch.float64) * 4
+    probs = logits.masked_fill(mask[:, None, None, :] == 0, float("-inf")).softmax(-1)
+    got = attention_entropy_from_logits(logits, mask)
+    assert torch.allclose(got, attention_entropy(probs, mask), rtol=1e-10)
+    assert got[2].abs().max().item() == 0.0  # one valid key: no uncertainty
+    assert torch.allclose(
+        attention_entropy_from_logits(torch.zeros(1, 1, 5, 5)), torch.full((1, 1), math.log(5)), atol=1e-6
+    )
+    x = logits[:2, :, :4, :4].clone().requires_grad_()
+    assert torch.autograd.gradcheck(lambda t: attention_entropy_from_logits(t, mask[:2, :4]), (x,))
+    with pytest.raises(ValueError, match="no valid position"):
+        attention_entropy_from_logits(logits, torch.zeros(3, 6))
 
 
 def test_matrix_histogram_entropy_follows_the_authors_binning():

@@ -1,0 +1,272 @@
+"""Cost of the lens monitors: each monitor's own time as a share of the quickstart fit.
+
+For every selected lens, the quickstart fine-tune (configs/quickstart.yaml: MiniLM-L6, 2,500
+training sentences, the full validation split of 1,057, max_length 64; its callbacks removed,
+``--max-epochs`` 3 by default) runs with the same seed in two variants: ``baseline`` (no
+callback) and the lens's monitor at its default settings, reusing
+``SequenceClassifier``'s validation forward as shipped. ``--repeats`` rounds run the two
+alternately (baseline first in even rounds, the lens first in odd ones) so that drifts of a
+shared machine hit both; medians are reported. Each fit is split into phases by a callback
+(training batches, validation loops, fit end) and the monitor reports its own time (capture
+during the validation forward, re-reading if any, computing, and the figures at fit end).
+Target (README): the monitor's own time is at most 5 % of the fit.
+
+Lenses register a function in :data:`LENSES` (name -> function returning a
+:class:`LensRun`): ``geometry`` (:class:`~lightning_topo.callbacks.geometry_monitor.GeometryMonitor`).
+
+Usage::
+
+    .venv/bin/python benchmarks/lenses.py --repeats 3               # every lens, full quickstart
+    .venv/bin/python benchmarks/lenses.py --lenses geometry --repeats 3
+    .venv/bin/python benchmarks/lenses.py --quick --threads 1      # smoke test: tiny fit, 1 round
+
+Writes ``benchmarks/results/lenses.json`` (``--quick``: ``lenses_quick.json``), keeping the
+results of lenses not rerun, and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "lenses.json"
+QUICK_RESULTS = ROOT / "benchmarks" / "results" / "lenses_quick.json"
+QUICK_ARGS = ["--data.limit={train: 64, val: 64}", "--data.eval_batch_size=32"]
+
+
+@dataclass
+class LensRun:
+    """A lens monitor for one fit and how to read its own time afterwards."""
+
+    callback: Any
+    own_seconds: Callable[[Any], dict[str, float]]  # callback -> {"capture_s": ..., "plot_s": ..., ...}
+
+
+def geometry_lens() -> LensRun:
+    """``GeometryMonitor()`` at its defaults (every layer, every epoch, all validation batches)."""
+    from lightning_topo.callbacks.geometry_monitor import GeometryMonitor
+
+    def own(monitor: GeometryMonitor) -> dict[str, float]:
+        parts = {k: sum(t[k] for t in monitor.timings) for k in ("capture_s", "reread_s", "compute_s")}
+        return {**parts, "plot_s": monitor.plot_s}
+
+    return LensRun(GeometryMonitor(), own)
+
+
+#: name -> factory; other lens helpers add one line here and one function above.
+LENSES: dict[str, Callable[[], LensRun]] = {"geometry": geometry_lens}
+
+
+def _phase_timer() -> Any:
+    """A callback splitting a fit into training batches, validation loops and the fit end."""
+    import lightning.pytorch as pl
+
+    class PhaseTimer(pl.Callback):
+        def __init__(self) -> None:
+            self.phases = {"train_s": 0.0, "val_s": 0.0}
+            self._t: dict[str, float] = {}
+            self.fit_end_at: float | None = None
+
+        def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+            self._t["train"] = time.perf_counter()
+
+        def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
+            now = time.perf_counter()
+            if "train" in self._t:  # validation runs inside the training epoch: pause its clock
+                self.phases["train_s"] += now - self._t.pop("train")
+            self._t["val"] = now
+
+        def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+            self.phases["val_s"] += time.perf_counter() - self._t.pop("val")
+
+        def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+            if "train" in self._t:
+                self.phases["train_s"] += time.perf_counter() - self._t.pop("train")
+
+        def on_fit_end(self, trainer: Any, pl_module: Any) -> None:  # first callback: before any figures
+            self.fit_end_at = time.perf_counter()
+
+    return PhaseTimer()
+
+
+def run_fit(lens: str | None, workdir: Path, max_epochs: int, extra_args: list[str]) -> dict[str, Any]:
+    """One quickstart fit without callbacks (``lens=None``) or with the lens's monitor."""
+    from lightning_topo.cli.fit import run_lightning_cli
+
+    args = [
+        "--config",
+        str(ROOT / "configs" / "quickstart.yaml"),
+        "--trainer.callbacks=[]",
+        "--trainer.enable_checkpointing=false",
+        "--trainer.enable_progress_bar=false",
+        f"--trainer.default_root_dir={workdir}",
+        f"--trainer.max_epochs={max_epochs}",
+        *extra_args,
+    ]
+    old = os.getcwd()
+    os.chdir(workdir)  # the config's CSV logger writes to ./runs
+    try:
+        cli = run_lightning_cli(args, run=False)
+        timer = _phase_timer()
+        run = LENSES[lens]() if lens is not None else None
+        if run is not None:
+            cli.trainer.callbacks.insert(0, run.callback)
+        cli.trainer.callbacks.insert(0, timer)
+        torch.manual_seed(42)
+        start = time.perf_counter()
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+        end = time.perf_counter()
+    finally:
+        os.chdir(old)
+    out: dict[str, Any] = {
+        "variant": lens or "baseline",
+        "fit_s": end - start,
+        "epochs": cli.trainer.current_epoch,
+        "threads": torch.get_num_threads(),
+        **timer.phases,
+        "fit_end_s": end - timer.fit_end_at if timer.fit_end_at is not None else None,
+        **{k: float(v) for k, v in cli.trainer.callback_metrics.items() if k in ("val/acc", "val/loss")},
+    }
+    if run is not None:
+        own = run.own_seconds(run.callback)
+        out.update({f"monitor_{k}": v for k, v in own.items()}, monitor_s=sum(own.values()))
+    own_txt = f", monitor {out['monitor_s']:.2f} s" if run is not None else ""
+    print(
+        f"  fit {out['variant']}: {out['fit_s']:.1f} s (train {out['train_s']:.1f}, val {out['val_s']:.1f}"
+        f"{own_txt})",
+        flush=True,
+    )
+    return out
+
+
+def summarise(baseline: list[dict], lens_runs: list[dict]) -> dict[str, Any]:
+    """Medians, the monitor's own share of the fit, and the wall-time gap to the baseline."""
+
+    def med(rs: list[dict], key: str) -> float | None:
+        values = [r[key] for r in rs if r.get(key) is not None]
+        return statistics.median(values) if values else None
+
+    out: dict[str, Any] = {"runs": len(lens_runs)}
+    for key in ("fit_s", "train_s", "val_s", "monitor_s"):
+        out[f"median_{key}"] = med(lens_runs, key)
+        out[f"baseline_median_{key}"] = med(baseline, key)
+    shares = [r["monitor_s"] / r["fit_s"] for r in lens_runs]
+    out["own_shares"] = shares
+    out["median_own_share"] = statistics.median(shares)
+    base = out["baseline_median_fit_s"]
+    if base:
+        out["wall_overhead_share"] = (out["median_fit_s"] - base) / base
+        paired = [(m["fit_s"] - b["fit_s"]) / b["fit_s"] for b, m in zip(baseline, lens_runs, strict=False)]
+        out["paired_wall_shares"] = paired
+        out["median_paired_wall_share"] = statistics.median(paired)
+    out["meets_5pct_target"] = out["median_own_share"] <= 0.05
+    return out
+
+
+def _write(result: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=2, default=float) + "\n")
+    os.replace(tmp, path)
+
+
+def _machine() -> dict[str, Any]:
+    return {
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "load_average_at_start": os.getloadavg(),
+    }
+
+
+def benchmark_lens(
+    lens: str, repeats: int, max_epochs: int, extra: list[str], result: dict, path: Path
+) -> None:
+    """Alternate baseline and lens fits for ``repeats`` rounds; store runs and summary in ``result``."""
+    runs: dict[str, list[dict]] = {"baseline": [], lens: []}
+    for r in range(repeats):
+        order = [None, lens] if r % 2 == 0 else [lens, None]
+        for variant in order:
+            with tempfile.TemporaryDirectory() as tmp:
+                runs[variant or "baseline"].append(run_fit(variant, Path(tmp), max_epochs, extra))
+    result["lenses"][lens] = {
+        "runs": runs,
+        "summary": summarise(runs["baseline"], runs[lens]),
+        "max_epochs": max_epochs,
+        "extra_args": extra,
+    }
+    _write(result, path)  # keep finished lenses if a later one is interrupted
+
+
+def print_table(result: dict) -> None:
+    print(
+        "\n| lens | fit, baseline (s) | fit, with monitor (s) | monitor's own time (s) | own share | wall gap |"
+    )
+    print("|---|---|---|---|---|---|")
+    for lens, entry in result.get("lenses", {}).items():
+        s = entry["summary"]
+        gap = s.get("median_paired_wall_share")
+        print(
+            f"| {lens} | {s['baseline_median_fit_s']:.1f} | {s['median_fit_s']:.1f} | {s['median_monitor_s']:.2f} "
+            f"| {100 * s['median_own_share']:.1f}% | {'' if gap is None else f'{100 * gap:+.1f}%'} |"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--lenses", nargs="*", default=list(LENSES), choices=list(LENSES), help="lenses to time"
+    )
+    parser.add_argument("--repeats", type=int, default=3, help="rounds of baseline + lens fits (default 3)")
+    parser.add_argument(
+        "--max-epochs", type=int, default=3, help="epochs per fit (default 3, as the quickstart)"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke test: 64 sentences per split, 1 epoch, 1 round"
+    )
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--cli-args", nargs="*", default=[], help="extra LightningCLI arguments")
+    parser.add_argument(
+        "--results", default=None, help="results JSON (default benchmarks/results/lenses.json)"
+    )
+    args = parser.parse_args(argv)
+    if args.repeats < 1 or args.max_epochs < 1:
+        parser.error("--repeats and --max-epochs must be >= 1")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    path = Path(args.results).resolve() if args.results else (QUICK_RESULTS if args.quick else RESULTS)
+    extra = [*QUICK_ARGS, *args.cli_args] if args.quick else list(args.cli_args)
+    repeats, epochs = (1, 1) if args.quick else (args.repeats, args.max_epochs)
+    result: dict[str, Any] = {"lenses": {}}
+    if path.exists():  # keep the lenses not rerun
+        result["lenses"] = json.loads(path.read_text()).get("lenses", {})
+    result.update(machine=_machine(), date_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    for lens in args.lenses:
+        print(
+            f"{lens}: quickstart fit without and with the monitor ({repeats} rounds, {epochs} epochs)",
+            flush=True,
+        )
+        benchmark_lens(lens, repeats, epochs, extra, result, path)
+    _write(result, path)
+    print_table(result)
+    print(f"\nwrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
