@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 import random
 from pathlib import Path
@@ -266,3 +267,47 @@ def test_regularization_bad_arguments(tiny_dir, toy_csv, tmp_path):
         TreeProbeRegularization(rank=0)
     with pytest.raises(ValueError, match="layer 4 is out of range"):
         _fit(tiny_dir, toy_csv, tmp_path, [TreeProbeRegularization(layer=4)], max_epochs=1)
+
+
+# ------------------------------------------------------------------------------------- DDP
+class _RecordProbeMetrics(pl.Callback):
+    """Writes every rank's logged ``probe/*`` values to JSON after each validation."""
+
+    def __init__(self, out_dir: str):
+        self.out_dir = out_dir
+
+    def on_validation_end(self, trainer, pl_module):
+        if trainer.sanity_checking:
+            return
+        values = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("probe/")}
+        (Path(self.out_dir) / f"rank{trainer.global_rank}.json").write_text(json.dumps(values))
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_match_one(tiny_dir, toy_csv, tmp_path):
+    torch.distributed.is_available() or pytest.skip("torch.distributed not available")
+    from lightning_topo.models import SequenceClassifier, TextClassificationDataModule
+
+    results = {}
+    for devices in (1, 2):
+        out = tmp_path / f"out{devices}"
+        out.mkdir()
+        pl.seed_everything(0)
+        dm = TextClassificationDataModule(
+            train_file=str(toy_csv), val_file=str(toy_csv), tokenizer_name_or_path=str(tiny_dir),
+            max_length=16, batch_size=16, eval_batch_size=16,
+        )  # fmt: skip
+        # a negligible learning rate keeps the weights equal; 96 validation sentences split evenly
+        model = SequenceClassifier(str(tiny_dir), num_labels=2, learning_rate=1e-12)
+        trainer = pl.Trainer(
+            max_epochs=1, accelerator="cpu", devices=devices, strategy="ddp_spawn" if devices == 2 else "auto",
+            callbacks=[_monitor(layers=[0, -1], plots=False), _RecordProbeMetrics(str(out))], logger=False,
+            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+        )  # fmt: skip
+        trainer.fit(model, datamodule=dm)
+        results[devices] = [json.loads(p.read_text()) for p in sorted(out.glob("rank*.json"))]
+    (ref,), (got0, got1) = results[1], results[2]
+    assert len(ref) == 4 and got0 == got1  # every rank logs the same values
+    assert got0.keys() == ref.keys()
+    for name, value in ref.items():
+        assert got0[name] == pytest.approx(value, rel=1e-4, abs=1e-6), name
