@@ -189,6 +189,7 @@ class ConceptAlignmentMonitor(Callback):
         self._capture: dict[int, dict[int, Tensor]] | None = None
         self._pending: dict[str, Any] | None = None
         self._pending_correlations: dict[str, Any] = {}
+        self._out = Path(".")
 
     @staticmethod
     def _check_label_sets(label_sets: Sequence[str], conllu_file: str | None) -> tuple[str, ...]:
@@ -287,6 +288,8 @@ class ConceptAlignmentMonitor(Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._tokens is None:
             return
+        # trainer.log_dir broadcasts: every process asks once here, rank 0 alone uses it later
+        self._out = self.plot_dir(trainer)
         if self.reference is not None:  # restored from a checkpoint
             if self._fingerprint != self._tokens.fingerprint:
                 raise ValueError(
@@ -294,13 +297,9 @@ class ConceptAlignmentMonitor(Callback):
                     "split, max_tokens, max_per_word, max_length or seed); resume with the same settings"
                 )
             return
-        out = self.plot_dir(trainer)
-        if (
-            trainer.is_global_zero
-            and not self.overwrite
-            and out.is_dir()
-            and any(out.glob("concepts_*.json"))
-        ):
+        out = self._out
+        taken = not self.overwrite and out.is_dir() and any(out.glob("concepts_*.json"))
+        if trainer.strategy.broadcast(taken):  # rank 0 decides, every process raises
             raise FileExistsError(
                 f"{out} already holds concept files; pass overwrite=True or use a new log dir"
             )
@@ -426,9 +425,7 @@ class ConceptAlignmentMonitor(Callback):
             values.update({f"concepts/aligned/{n}/layer_{layer}": float(v) for n, v in d["aligned"].items()})
         what = "reference" if epoch < 0 else f"epoch {epoch}"
         self.timings.append({"what": what, "forward_s": forward_s, "cluster_s": time.perf_counter() - start})
-        self._write_json(
-            self.plot_dir(trainer) / self._file_name(epoch, trainer.global_step), epoch, trainer, layers, k
-        )
+        self._write_json(self._out / self._file_name(epoch, trainer.global_step), epoch, trainer, layers, k)
         return ids, values
 
     @staticmethod
@@ -476,14 +473,14 @@ class ConceptAlignmentMonitor(Callback):
         result["layer"] = top
         result["per_class"] = {str(c): v for c, v in result["per_class"].items()}
         self.timings.append({"what": "triggers", "forward_s": time.perf_counter() - start, "cluster_s": 0.0})
-        _write_atomic(self.plot_dir(trainer) / "concepts_triggers.json", result)
+        _write_atomic(self._out / "concepts_triggers.json", result)
         return result
 
     def _write_figures(self, trainer: pl.Trainer) -> dict[str, Path]:
         from lightning_topo.plots_concepts import write_concept_figures
 
         reference = {"epoch": -1, "step": 0, "scores": self.reference_scores}
-        written = write_concept_figures([reference, *self.history], self.plot_dir(trainer))
+        written = write_concept_figures([reference, *self.history], self._out)
         images = {f"concepts/plots/{stem}": path for stem, path in written.items()}
         monitor = self.monitor_against if any(r.get("monitor") is not None for r in self.history) else None
         plots.publish_to_wandb(trainer.loggers, images, self.history, monitor, table_key="concepts/history")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from lightning.pytorch import Callback
 
 POSITIVE = ["good", "great", "superb", "nice", "lovely", "fine"]
 NEGATIVE = ["bad", "awful", "poor", "dull", "boring", "worse"]
@@ -249,3 +250,48 @@ def test_state_dict_roundtrip():
     b.load_state_dict(a.state_dict())
     assert torch.equal(b.reference[0], a.reference[0]) and b.history == a.history
     assert a.state_key == b.state_key and a.state_key != _monitor(layers=[1]).state_key
+
+
+class _RecordConcepts(Callback):
+    """Writes every rank's logged ``concepts/*`` values after each validation to JSON."""
+
+    def __init__(self, out_dir: str):
+        self.out_dir = out_dir
+
+    def on_validation_end(self, trainer, pl_module):
+        if trainer.sanity_checking:
+            return
+        values = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("concepts/")}
+        path = Path(self.out_dir) / f"rank{trainer.global_rank}_epoch{trainer.current_epoch}.json"
+        path.write_text(json.dumps(values))
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_log_what_one_process_logs(tmp_path, model_dir, data_file):
+    torch.distributed.is_available() or pytest.skip("torch.distributed not available")
+    from lightning.pytorch import Trainer
+
+    from lightning_topo.models import SequenceClassifier, TextClassificationDataModule
+
+    results = {}
+    for devices in (1, 2):
+        out = tmp_path / f"d{devices}"
+        out.mkdir()
+        dm = TextClassificationDataModule(
+            data_file=str(data_file), text_column="sentence", label_column="target",
+            tokenizer_name_or_path=str(model_dir), max_length=16, batch_size=16, val_fraction=0.25,
+        )  # fmt: skip
+        model = SequenceClassifier(model_name_or_path=str(model_dir), num_labels=2, learning_rate=1e-12)
+        trainer = Trainer(
+            max_epochs=1, accelerator="cpu", devices=devices, strategy="ddp_spawn" if devices == 2 else "auto",
+            logger=False, enable_progress_bar=False, enable_checkpointing=False, num_sanity_val_steps=0,
+            default_root_dir=tmp_path / f"root{devices}",
+            callbacks=[_monitor(triggers=False, plots=False), _RecordConcepts(str(out))],
+        )  # fmt: skip
+        trainer.fit(model, datamodule=dm)
+        results[devices] = [json.loads(p.read_text()) for p in sorted(out.glob("rank*_epoch0.json"))]
+    (one,), (rank0, rank1) = results[1], results[2]
+    assert len(one) == 3 * 7 and rank0 == rank1  # every rank logs the same values
+    assert one.keys() == rank0.keys()
+    for name, value in one.items():
+        assert rank0[name] == pytest.approx(value, abs=1e-6), name
