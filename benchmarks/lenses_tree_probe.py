@@ -132,7 +132,11 @@ def _fit_once(with_monitor: bool, args: argparse.Namespace, seed: int) -> dict[s
     torch.set_num_threads(args.threads)
     pl.seed_everything(seed)
     dm = TextClassificationDataModule(
-        max_length=64, batch_size=32, eval_batch_size=128, limit={"train": args.limit_train}, seed=42
+        max_length=64,
+        batch_size=32,
+        eval_batch_size=128,
+        limit={"train": args.limit_train, **({"val": args.limit_val} if args.limit_val else {})},
+        seed=42,
     )
     model = SequenceClassifier(learning_rate=1e-4, weight_decay=0.01, warmup_ratio=0.1)
     monitor = TreeProbeMonitor(plots=False) if with_monitor else None

@@ -71,7 +71,7 @@ def toy_csv(tmp_path_factory) -> Path:
     return path
 
 
-def _fit(tiny_dir, toy_csv, tmp_path, callbacks, max_epochs=3, ckpt_path=None, seed=0):
+def _fit(tiny_dir, toy_csv, tmp_path, callbacks, max_epochs=3, ckpt_path=None, seed=0, **trainer_kwargs):
     from lightning_topo.models import SequenceClassifier, TextClassificationDataModule
 
     pl.seed_everything(seed)
@@ -83,7 +83,7 @@ def _fit(tiny_dir, toy_csv, tmp_path, callbacks, max_epochs=3, ckpt_path=None, s
     trainer = pl.Trainer(
         max_epochs=max_epochs, accelerator="cpu", devices=1, callbacks=callbacks, num_sanity_val_steps=1,
         logger=CSVLogger(tmp_path, name="logs"), enable_progress_bar=False, enable_model_summary=False,
-        default_root_dir=tmp_path, log_every_n_steps=1,
+        default_root_dir=tmp_path, log_every_n_steps=1, **trainer_kwargs,
     )  # fmt: skip
     trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
     return trainer, model
@@ -126,6 +126,14 @@ def test_monitor_restores_history_on_resume(tiny_dir, toy_csv, tmp_path):
     assert [r["epoch"] for r in resumed.history] == [0, 1, 2]
     assert resumed.history[:2] == first.history
     assert set(resumed.history[-1]["scores"]) == {"probe/ssp/layer_1", "probe/ssp/layer_3"}
+
+
+@pytest.mark.slow
+def test_mid_epoch_validation_gets_its_own_record(tiny_dir, toy_csv, tmp_path):
+    monitor = _monitor(layers=[-1], targets=["ssp"])
+    _fit(tiny_dir, toy_csv, tmp_path, [monitor], max_epochs=2, val_check_interval=0.5)
+    assert [(r["epoch"], r["step"]) for r in monitor.history] == [(0, 3), (0, 6), (1, 9), (1, 12)]
+    assert len({r["scores"]["probe/ssp/layer_3"] for r in monitor.history}) == 4
 
 
 @pytest.mark.parametrize(
