@@ -42,8 +42,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         try:
             run_lightning_cli(args)
-        except (InputError, FileExistsError) as err:
-            # refused before anything ran, or a refusal to overwrite a file: one line, no traceback
+        except InputError as err:
+            # refused before anything ran (building the classes or a callback's setup): one line
             print(f"lightning-topo {command}: error: {' '.join(str(err).split())}", file=sys.stderr)
             return 2
         return 0

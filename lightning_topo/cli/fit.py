@@ -7,8 +7,10 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_only
+from typing_extensions import override
 
 from lightning_topo.models.classifier import SequenceClassifier
 from lightning_topo.models.datamodule import TextClassificationDataModule
@@ -31,6 +33,33 @@ class InputError(Exception):
     ``__cause__``."""
 
 
+#: Exceptions that mean "this input is refused" when raised before the run starts (a callback's
+#: ``setup`` refusing the model, the strategy or an output folder). Raised later they are bugs
+#: or runtime failures and keep their traceback.
+REFUSALS = (
+    ValueError,
+    TypeError,
+    FileNotFoundError,
+    FileExistsError,
+    NotADirectoryError,
+    IsADirectoryError,
+    PermissionError,
+)
+
+
+class _RunStarted(Callback):
+    """Records that setup is over and the loop began (``on_*_start``), so that an error raised
+    before it can be reported as a refused input."""
+
+    def __init__(self) -> None:
+        self.started = False
+
+    def _start(self, *_: Any) -> None:
+        self.started = True
+
+    on_fit_start = on_validation_start = on_test_start = on_predict_start = override(_start)
+
+
 class TopoLightningCLI(LightningCLI):
     """LightningCLI over :class:`SequenceClassifier` and :class:`TextClassificationDataModule`.
 
@@ -45,8 +74,25 @@ class TopoLightningCLI(LightningCLI):
     ``val/loss``, the wall time and the best checkpoint.
 
     A bad value found while the classes are built (a missing data file, a missing column,
-    ``torch_threads: 0``, ...) raises :class:`InputError` naming it.
+    ``torch_threads: 0``, ...) or refused by a callback's ``setup`` before the run starts (an
+    unsupported model, an existing output folder, ...) raises :class:`InputError` naming it.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.run_started = _RunStarted()  # before super().__init__, which runs the subcommand
+        super().__init__(*args, **kwargs)
+
+    def _watch(self) -> None:
+        self.trainer.callbacks.append(self.run_started)
+
+    def before_validate(self) -> None:
+        self._watch()
+
+    def before_test(self) -> None:
+        self._watch()
+
+    def before_predict(self) -> None:
+        self._watch()
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument(
@@ -80,6 +126,7 @@ class TopoLightningCLI(LightningCLI):
             raise InputError(" ".join(f"{type(err).__name__}: {err}".split())) from err
 
     def before_fit(self) -> None:
+        self._watch()
         self._fit_started = time.perf_counter()
 
     def after_fit(self) -> None:
@@ -123,13 +170,20 @@ def run_lightning_cli(args: Sequence[str] | None = None, run: bool = True) -> To
     """
     # Lightning-internal deprecation noise on current torch; not actionable by users.
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
-    return TopoLightningCLI(
-        SequenceClassifier,
-        TextClassificationDataModule,
-        args=list(args) if args is not None else None,
-        run=run,
-        seed_everything_default=42,
-        trainer_defaults=TRAINER_DEFAULTS,
-        save_config_kwargs={"overwrite": True},
-        parser_kwargs={"prog": "lightning-topo"} if run else None,
-    )
+    cli = TopoLightningCLI.__new__(TopoLightningCLI)  # kept when __init__ (which runs the command) raises
+    try:
+        cli.__init__(
+            SequenceClassifier,
+            TextClassificationDataModule,
+            args=list(args) if args is not None else None,
+            run=run,
+            seed_everything_default=42,
+            trainer_defaults=TRAINER_DEFAULTS,
+            save_config_kwargs={"overwrite": True},
+            parser_kwargs={"prog": "lightning-topo"} if run else None,
+        )
+    except REFUSALS as err:
+        if getattr(cli, "run_started", None) is None or cli.run_started.started:
+            raise  # raised while running: a failure, not a refused input
+        raise InputError(" ".join(f"{type(err).__name__}: {err}".split())) from err
+    return cli
