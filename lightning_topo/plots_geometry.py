@@ -60,6 +60,14 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
+def _x_axis(history: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray, str]:
+    """The epoch of each record, or its global step when an epoch holds several measurements."""
+    epochs = [int(r["epoch"]) for r in history]
+    if len(set(epochs)) == len(epochs) or any(r.get("step") is None for r in history):
+        return np.array(epochs, dtype=float), "epoch"
+    return np.array([int(r["step"]) for r in history], dtype=float), "global step"
+
+
 def plot_head_heatmaps(record: Mapping[str, Any], path: Path, title: str | None = None) -> Path:
     """Heat maps layers x heads of every per-head quantity of one measurement.
 
@@ -94,7 +102,8 @@ def plot_head_heatmaps(record: Mapping[str, Any], path: Path, title: str | None 
 
 
 def plot_cone_vs_epoch(history: Sequence[Mapping[str, Any]], prefix: str, path: Path) -> Path:
-    """Cone index of every layer against the epoch, one panel per site (input, heads, ...).
+    """Cone index of every layer against the epoch (the global step when an epoch holds several
+    measurements), one panel per site (input, heads, attention output, output).
 
     Args:
         history: the monitor's records (one per measurement).
@@ -105,7 +114,7 @@ def plot_cone_vs_epoch(history: Sequence[Mapping[str, Any]], prefix: str, path: 
     if not history:
         raise ValueError("history is empty: nothing to draw")
     layers = list(history[-1]["layers"])
-    epochs = np.array([r["epoch"] for r in history], dtype=float)
+    x, xlabel = _x_axis(history)
     from matplotlib import colormaps
 
     fig = _new_figure(10.0, 7.0)
@@ -116,9 +125,9 @@ def plot_cone_vs_epoch(history: Sequence[Mapping[str, Any]], prefix: str, path: 
         for colour, i in zip(colours, layers, strict=True):
             name = f"{prefix}/layer_{i}{site}"
             values = np.array([r["scores"].get(name, math.nan) for r in history], dtype=float)
-            ax.plot(epochs, values, "o-", color=colour, label=f"layer {i}", ms=3)
+            ax.plot(x, values, "o-", color=colour, label=f"layer {i}", ms=3)
         ax.set_title(label, fontsize=9)
-        ax.set_xlabel("epoch")
+        ax.set_xlabel(xlabel)
         ax.set_ylabel("cone index")
         if j == 0:
             ax.legend(fontsize=7, ncol=2)

@@ -14,7 +14,6 @@ from :mod:`lightning_topo.geometry_capture`, the numbers from
 from __future__ import annotations
 
 import math
-import time
 from copy import deepcopy
 from pathlib import Path
 from typing import Any
@@ -23,10 +22,10 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.trainer.states import TrainerFn
-from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from typing_extensions import override
 
+from lightning_topo import plots, plots_geometry
 from lightning_topo.encoding import encode_batch
 from lightning_topo.geometry_capture import (
     ATTENTION_SOURCES,
@@ -37,6 +36,7 @@ from lightning_topo.geometry_capture import (
 )
 from lightning_topo.scores.checks import check_bool, check_choice, check_int
 from lightning_topo.scores.correlation import correlation_metrics
+from lightning_topo.scores.geometry import geometry_metrics
 
 __all__ = ["GeometryMonitor"]
 
@@ -44,8 +44,9 @@ __all__ = ["GeometryMonitor"]
 class GeometryMonitor(Callback):
     r"""Measure cone index, attention entropy and directionality of every layer at validation.
 
-    On a measured epoch, forward hooks are registered on the model at the start of validation
-    and removed at its end; every validation forward of the model is reduced on the fly to
+    At every validation run of a measured epoch (also the mid-epoch runs of
+    ``val_check_interval < 1``; never the sanity check), forward hooks are registered on the
+    model at the start of validation and removed at its end; every validation forward of the model is reduced on the fly to
     per-sequence numbers, so when ``validation_step`` runs the model (as
     :class:`~lightning_topo.models.SequenceClassifier`'s does, returning its ``EncodedBatch``)
     **no second pass** over the validation set is made. Only if the hooks saw no forward is
@@ -64,10 +65,12 @@ class GeometryMonitor(Callback):
       (``m`` = ``monitor_against`` with ``/`` -> ``_``), the correlation over measurements with
       ``monitor_against``, logged from ``on_train_epoch_end``.
 
-    Per-head values go into the history and the figures: at the end of ``fit`` (rank zero)
-    PNGs under ``<trainer.log_dir>/geometry/``: layers x heads heat maps (attention entropy,
-    directionality, cone index of head outputs, spectral entropy) per measurement and the cone
-    index per layer against the epoch; with a ``WandbLogger`` also as W&B images and a table.
+    Per-head values go into the history (``heads``, layers x heads) and the figures: at the end
+    of ``fit`` (global rank 0) PNGs under ``<trainer.log_dir>/geometry/``: the last layer's cone
+    index against the epoch and against ``monitor_against``, the cone index of every layer and
+    site against the epoch, and per measurement layers x heads heat maps (attention entropy,
+    directionality, cone index of head outputs, spectral entropy); with a ``WandbLogger`` also
+    as W&B images and a ``geometry/history`` table. The history survives a resume.
 
     Nothing is measured while ``trainer.sanity_checking``. Under DDP every rank reduces its
     shard and the sums are added with ``trainer.strategy.reduce``, so all ranks log the same.
@@ -81,7 +84,7 @@ class GeometryMonitor(Callback):
         normalize: divide each cone index by the sequence's token count. Default ``True``.
         max_sequences: stop measuring once this many validation sequences were measured in an
             epoch (per rank; whole batches, so a few more may be used; ``None``: all). Default
-            512: the means over sequences are stable well before that, and the cost stays small
+            512, about half the quickstart's validation split, to keep the cost small
             (docs/geometry.md).
         max_batches: measure at most this many validation batches per epoch (per rank;
             ``None``: all).
@@ -121,8 +124,10 @@ class GeometryMonitor(Callback):
         self.normalize = check_bool(normalize, "normalize")
         self.max_sequences = check_int(max_sequences, "max_sequences", minimum=1, allow_none=True)
         self.max_batches = check_int(max_batches, "max_batches", minimum=1, allow_none=True)
-        if monitor_against is not None and not isinstance(monitor_against, str):
-            raise TypeError(f"monitor_against must be a metric name or None; got {monitor_against!r}")
+        if monitor_against is not None and (not isinstance(monitor_against, str) or not monitor_against):
+            raise TypeError(
+                f"monitor_against must be a metric name such as 'val/acc', or None; got {monitor_against!r}"
+            )
         self.monitor_against = monitor_against
         self.plots = check_bool(plots, "plots")
         if not isinstance(log_prefix, str) or not log_prefix.strip("/"):
@@ -131,17 +136,13 @@ class GeometryMonitor(Callback):
         #: One record per measurement: ``{"epoch", "step", "scores", "monitor", "layers", "heads",
         #: "sequences"}`` (``heads``: per-head values, layers x heads; ``sequences``: how many were measured).
         self.history: list[dict[str, Any]] = []
-        #: Own wall time per measurement in this process: ``capture_s``, ``reread_s``, ``compute_s``.
-        self.timings: list[dict[str, float]] = []
-        #: Wall time of writing the figures at the end of fit (this process).
-        self.plot_s = 0.0
         self._capture: GeometryCapture | None = None
         self._acc: GeometryAccumulator | None = None
         self._batches = 0
-        self._capture_s = 0.0
         self._pending: dict[str, Any] | None = None
         self._pending_correlations: dict[str, float] = {}
         self._warned_missing_monitor = False
+        self._warned_nan = False
 
     # ------------------------------------------------------------------ Lightning plumbing
 
@@ -155,12 +156,30 @@ class GeometryMonitor(Callback):
             monitor_against=self.monitor_against,
         )
 
+    def _settings(self) -> dict[str, Any]:
+        """The settings the history depends on (saved with it)."""
+        return {
+            "monitor_against": self.monitor_against,
+            "layers": self.layers,
+            "normalize": self.normalize,
+            "attention": self.attention,
+        }
+
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"history": deepcopy(self.history)}
+        return {"history": deepcopy(self.history), **self._settings()}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        saved = {k: state_dict.get(k, v) for k, v in self._settings().items()}
+        changed = {k: (v, getattr(self, k)) for k, v in saved.items() if v != getattr(self, k)}
+        if changed:
+            rank_zero_warn(
+                f"GeometryMonitor: the checkpoint's history was measured with {changed} (saved, now); the "
+                "saved settings are restored so that the history stays one series"
+            )
+        for key, value in saved.items():
+            setattr(self, key, value)
         self.history = deepcopy(state_dict.get("history", []))
 
     def _name(self, *parts: str) -> str:
@@ -216,14 +235,12 @@ class GeometryMonitor(Callback):
             self._capture.layers, heads, normalize=self.normalize, attention=self.attention != "none"
         )
         self._batches = 0
-        self._capture_s = 0.0
         self._capture.attach()  # removed at the end of this validation epoch
 
     def _on_layer(self, layer: int, cap: LayerCapture) -> None:
-        start = time.perf_counter()
-        assert self._acc is not None
-        self._acc.add(layer, cap)
-        self._capture_s += time.perf_counter() - start
+        """Called by the forward hooks with each layer's capture: reduce it at once."""
+        if self._acc is not None:
+            self._acc.add(layer, cap)
 
     @override
     def on_validation_batch_start(
@@ -287,24 +304,35 @@ class GeometryMonitor(Callback):
         self._release()
         if capture is None or acc is None:
             return
-        reread_s = 0.0
         if acc.num_sequences == 0:  # validation_step did not run the model: read the data once more
-            start = time.perf_counter()
             self._reread(trainer, pl_module, capture)
-            reread_s = time.perf_counter() - start
-        start = time.perf_counter()
         strategy = trainer.strategy
-        means = acc.result(reduce=lambda t: strategy.reduce(t, reduce_op="sum"))
-        record = self._record(means, weight_geometry(pl_module, capture.layers), capture.layers)
-        for name, value in record["scores"].items():
+        means = acc.result(reduce=lambda t: strategy.reduce(t, reduce_op="sum"))  # every process
+        result = geometry_metrics(means, weight_geometry(pl_module, capture.layers))
+        values = {self._name(n): float(v) for n, v in result.values.items()}
+        self._warn_if_not_finite(values)
+        for name, value in values.items():
             pl_module.log(
                 name, value, logger=bool(trainer.loggers), on_step=False, on_epoch=True, sync_dist=True
             )
-        record.update(epoch=int(trainer.current_epoch), step=int(trainer.global_step), monitor=None)
-        self._pending = record
-        self.timings.append(
-            {"capture_s": self._capture_s, "reread_s": reread_s, "compute_s": time.perf_counter() - start}
-        )
+        self._pending = {
+            "epoch": int(trainer.current_epoch),
+            "step": int(trainer.global_step),
+            "scores": values,
+            "monitor": None,
+            "layers": list(result.layers),
+            "heads": {k: [[float(v) for v in t] for t in per_layer] for k, per_layer in result.heads.items()},
+            "sequences": int(means[result.layers[0]]["sequences"]),
+        }
+
+    def _warn_if_not_finite(self, values: dict[str, float]) -> None:
+        bad = [n for n, v in values.items() if not math.isfinite(v)]
+        if bad and not self._warned_nan:
+            self._warned_nan = True
+            rank_zero_warn(
+                f"GeometryMonitor logs NaN/inf for {len(bad)} metrics (e.g. {bad[0]}): the hidden states or "
+                "weights are not finite. EarlyStopping(check_finite=True) stops on it."
+            )
 
     def _reread(self, trainer: pl.Trainer, pl_module: pl.LightningModule, capture: GeometryCapture) -> None:
         loader = trainer.val_dataloaders
@@ -321,64 +349,35 @@ class GeometryMonitor(Callback):
                 encode_batch(pl_module, batch)
                 self._batches += 1
 
-    def _record(
-        self, means: dict[int, dict[str, torch.Tensor]], weights: dict, layers: list[int]
-    ) -> dict[str, Any]:
-        """Scalars to log (means over heads) and per-head lists (layers x heads) for the figures."""
-        scores: dict[str, float] = {}
-        heads: dict[str, list[list[float]]] = {
-            k: [] for k in ("cone_heads", "directionality", "qk_spectral_entropy")
-        }
-        if self.attention != "none":
-            heads["attention_entropy"] = []
-        for i in layers:
-            m, w = means[i], weights[i]
-            cone = self._name("cone", f"layer_{i}")
-            scores[cone] = float(m["cone/output"])
-            scores[f"{cone}/input"] = float(m["cone/input"])
-            scores[f"{cone}/heads"] = float(m["cone/heads"].mean())
-            scores[f"{cone}/attention_output"] = float(m["cone/attention_output"])
-            per_head = {"cone_heads": m["cone/heads"], **w}
-            if self.attention != "none":
-                scores[self._name("attention_entropy", f"layer_{i}")] = float(m["attention_entropy"].mean())
-                per_head["attention_entropy"] = m["attention_entropy"]
-            scores[self._name("directionality", f"layer_{i}")] = float(w["directionality"].nanmean())
-            scores[self._name("qk_spectral_entropy", f"layer_{i}")] = float(
-                w["qk_spectral_entropy"].nanmean()
-            )
-            for key in heads:
-                heads[key].append([float(v) for v in per_head[key]])
-        sequences = int(means[layers[0]]["sequences"])
-        return {"scores": scores, "heads": heads, "layers": list(layers), "sequences": sequences}
-
     @override
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         record, self._pending = self._pending, None
         if record is None or trainer.state.fn != TrainerFn.FITTING:
             return  # a stand-alone trainer.validate() logs the scores but does not extend the history
-        if self.monitor_against is not None:
-            value = trainer.callback_metrics.get(self.monitor_against)
-            if value is not None:
-                record["monitor"] = float(value)
-            elif not self._warned_missing_monitor:
-                self._warned_missing_monitor = True
-                available = sorted(k for k in trainer.callback_metrics if not k.startswith(self.log_prefix))
-                rank_zero_warn(
-                    f"GeometryMonitor(monitor_against={self.monitor_against!r}): that metric was not logged; "
-                    f"available: {available}. Set monitor_against to one of them (or None)."
-                )
+        record["monitor"] = self._monitor_value(trainer)
         key = (record["epoch"], record["step"])  # a resumed run that repeats a measurement replaces it
         self.history = [r for r in self.history if (r["epoch"], r.get("step")) != key] + [record]
         self._pending_correlations = self._correlations()
 
-    def _correlations(self) -> dict[str, float]:
+    def _monitor_value(self, trainer: pl.Trainer) -> float | None:
         if self.monitor_against is None:
+            return None
+        value = trainer.callback_metrics.get(self.monitor_against)
+        if value is None and not self._warned_missing_monitor:
+            self._warned_missing_monitor = True
+            available = sorted(k for k in trainer.callback_metrics if not k.startswith(self.log_prefix + "/"))
+            rank_zero_warn(
+                f"GeometryMonitor(monitor_against={self.monitor_against!r}): that metric was not logged; "
+                f"available metrics: {available}. Set monitor_against to one of them (or None); no "
+                "correlations are logged until then."
+            )
+        return None if value is None else float(value)
+
+    def _correlations(self) -> dict[str, float]:
+        if self.monitor_against is None or not self.history:
             return {}
-        rows = [r for r in self.history if r.get("monitor") is not None]
-        if len(rows) < 3:
-            return {}
-        series = {name: [r["scores"].get(name, math.nan) for r in rows] for name in rows[-1]["scores"]}
-        target = [r["monitor"] for r in rows]
+        series = {n: [r["scores"].get(n, math.nan) for r in self.history] for n in self.history[-1]["scores"]}
+        target = [math.nan if r["monitor"] is None else r["monitor"] for r in self.history]
         out = correlation_metrics(series, target, target_name=self.monitor_against)
         return {name: float(v) for name, v in out.items()}
 
@@ -394,10 +393,8 @@ class GeometryMonitor(Callback):
 
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.plots and self.history:
-            start = time.perf_counter()
-            self.write_plots(trainer)
-            self.plot_s += time.perf_counter() - start
+        if self.plots and self.history and trainer.is_global_zero:
+            self._write_figures(trainer)
 
     def plot_dir(self, trainer: pl.Trainer) -> Path:
         """Where the figures go: ``<trainer.log_dir or default_root_dir>/<log_prefix>``."""
@@ -407,36 +404,30 @@ class GeometryMonitor(Callback):
             root = None
         return Path(root or trainer.default_root_dir) / self.log_prefix
 
-    @rank_zero_only
-    def write_plots(self, trainer: pl.Trainer) -> dict[str, Path]:
-        """Write the heat maps of every measurement and the cone index per layer vs epoch."""
-        from lightning_topo.plots_geometry import plot_cone_vs_epoch, plot_head_heatmaps
-
+    def _write_figures(self, trainer: pl.Trainer) -> dict[str, Path]:
+        """Headline score vs epoch / vs the monitored metric, cone index per layer, per-head heat maps."""
         out = self.plot_dir(trainer)
-        images = {
-            self._name("plots", "cone_vs_epoch"): plot_cone_vs_epoch(
-                self.history, self._name("cone"), out / "cone_vs_epoch.png"
-            )
-        }
+        monitor = self.monitor_against if any(r["monitor"] is not None for r in self.history) else None
+        last_layer = self.history[-1]["layers"][-1]
+        images = plots.write_history_figures(
+            self.history,
+            out,
+            score=self._name("cone", f"layer_{last_layer}"),
+            monitor=monitor,
+            key_prefix=self.log_prefix,
+        )
+        images[self._name("plots", "cone_vs_epoch")] = plots_geometry.plot_cone_vs_epoch(
+            self.history, self._name("cone"), out / "cone_vs_epoch.png"
+        )
         for r in self.history:
             tag = f"epoch{r['epoch']}_step{r['step']}"
-            images[self._name("plots", f"heads_{tag}")] = plot_head_heatmaps(r, out / f"heads_{tag}.png")
-        for logger in trainer.loggers:
-            if type(logger).__name__ == "WandbLogger":
-                self._log_wandb(logger, images)
+            images[self._name("plots", f"heads_{tag}")] = plots_geometry.plot_head_heatmaps(
+                r, out / f"heads_{tag}.png"
+            )
+        plots.publish_to_wandb(
+            trainer.loggers, images, self.history, monitor, table_key=self._name("history")
+        )
         return images
-
-    def _log_wandb(self, logger: Any, images: dict[str, Path]) -> None:
-        for key, path in images.items():
-            logger.log_image(key=key, images=[str(path)])
-        names = list(self.history[-1]["scores"])
-        columns = ["epoch", "step", *names, *([self.monitor_against] if self.monitor_against else [])]
-        rows = [
-            [r["epoch"], r["step"], *[r["scores"].get(n, math.nan) for n in names]]
-            + ([r.get("monitor")] if self.monitor_against else [])
-            for r in self.history
-        ]
-        logger.log_table(key=self._name("history"), columns=columns, data=rows)
 
 
 def _check_layer_spec(layers: object) -> int | list[int] | str:

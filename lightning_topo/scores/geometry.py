@@ -39,17 +39,22 @@ Example::
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 __all__ = [
+    "GeometryMetrics",
     "attention_entropy",
     "attention_entropy_from_logits",
     "cone_index",
     "cone_index_per_head",
     "directionality",
+    "geometry_metrics",
     "matrix_histogram_entropy",
+    "metric_names",
     "projection_singular_values",
     "qk_spectral_entropy",
 ]
@@ -361,3 +366,99 @@ def projection_singular_values(w: Tensor, num_heads: int) -> Tensor:
     _check_float(w, "w", 2, "(num_heads * d_head, hidden)")
     h = _check_num_heads(w, num_heads, "w")
     return torch.linalg.svdvals(w.reshape(h, -1, w.shape[1]))
+
+
+# ---------------------------------------------------------------------------------- what a lens logs
+
+#: Per-layer scalars a monitor logs, as ``{name}/layer_{i}{suffix}`` (see :func:`metric_names`).
+_LAYER_METRICS: tuple[tuple[str, str], ...] = (
+    ("cone", ""),
+    ("cone", "/input"),
+    ("cone", "/heads"),
+    ("cone", "/attention_output"),
+    ("attention_entropy", ""),
+    ("directionality", ""),
+    ("qk_spectral_entropy", ""),
+)
+
+
+def metric_names(layers: Sequence[int], attention: bool = True) -> list[str]:
+    """Names :func:`geometry_metrics` returns for ``layers``, without computing anything.
+
+    ``cone/layer_{i}`` (layer output), ``cone/layer_{i}/input``, ``cone/layer_{i}/heads``,
+    ``cone/layer_{i}/attention_output``, ``attention_entropy/layer_{i}`` (only with
+    ``attention``), ``directionality/layer_{i}``, ``qk_spectral_entropy/layer_{i}``.
+    """
+    return [
+        f"{family}/layer_{i}{suffix}"
+        for i in layers
+        for family, suffix in _LAYER_METRICS
+        if attention or family != "attention_entropy"
+    ]
+
+
+@dataclass(frozen=True)
+class GeometryMetrics:
+    """Everything a geometry monitor logs for one measurement.
+
+    Attributes:
+        values: ``{name: 0-d tensor}`` with the names of :func:`metric_names`; per-head
+            quantities are averaged over heads (NaN heads ignored).
+        heads: ``{"cone_heads" | "attention_entropy" | "directionality" | "qk_spectral_entropy":
+            [per-head tensor (heads,) of each layer]}``, in the order of ``layers``.
+        layers: the 1-based layers, in order.
+    """
+
+    values: dict[str, Tensor]
+    heads: dict[str, list[Tensor]]
+    layers: list[int]
+
+
+def geometry_metrics(
+    activations: Mapping[int, Mapping[str, Tensor]], weights: Mapping[int, Mapping[str, Tensor]]
+) -> GeometryMetrics:
+    """Assemble the logged values from per-layer means over sequences and per-head weight scores.
+
+    Args:
+        activations: ``{layer: {"cone/input", "cone/attention_output", "cone/output": 0-d,
+            "cone/heads": (heads,), optional "attention_entropy": (heads,)}}`` -- means over
+            sequences of :func:`cone_index`, :func:`cone_index_per_head` and the attention
+            entropy (e.g. ``GeometryAccumulator.result()``).
+        weights: ``{layer: {"directionality": (heads,), "qk_spectral_entropy": (heads,)}}``.
+
+    Returns:
+        :class:`GeometryMetrics`; ``values`` has exactly ``metric_names(layers, attention)``
+        where ``attention`` is whether every layer has an ``attention_entropy``.
+
+    Raises:
+        ValueError: the two mappings cover different layers, or a key is missing.
+    """
+    layers = sorted(activations)
+    if sorted(weights) != layers or not layers:
+        raise ValueError(
+            f"activations and weights must cover the same layers; got {layers} and {sorted(weights)}"
+        )
+    attention = all("attention_entropy" in activations[i] for i in layers)
+    values: dict[str, Tensor] = {}
+    heads: dict[str, list[Tensor]] = {k: [] for k in ("cone_heads", "directionality", "qk_spectral_entropy")}
+    if attention:
+        heads["attention_entropy"] = []
+    for i in layers:
+        act, w = activations[i], weights[i]
+        per_head = {
+            "cone_heads": act["cone/heads"],
+            **{k: w[k] for k in ("directionality", "qk_spectral_entropy")},
+        }
+        if attention:
+            per_head["attention_entropy"] = act["attention_entropy"]
+        values[f"cone/layer_{i}"] = act["cone/output"]
+        values[f"cone/layer_{i}/input"] = act["cone/input"]
+        values[f"cone/layer_{i}/heads"] = act["cone/heads"].mean()
+        values[f"cone/layer_{i}/attention_output"] = act["cone/attention_output"]
+        if attention:
+            values[f"attention_entropy/layer_{i}"] = act["attention_entropy"].mean()
+        values[f"directionality/layer_{i}"] = w["directionality"].nanmean()
+        values[f"qk_spectral_entropy/layer_{i}"] = w["qk_spectral_entropy"].nanmean()
+        for key in heads:
+            heads[key].append(per_head[key])
+    return GeometryMetrics(values=values, heads=heads, layers=layers)

@@ -8,12 +8,13 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger, Logger
+from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader
 
 from lightning_topo.callbacks.geometry_monitor import GeometryMonitor
 from lightning_topo.encoding import EncodedBatch, encode_batch
 from lightning_topo.geometry_capture import GeometryAccumulator, GeometryCapture
+from lightning_topo.scores.geometry import metric_names
 
 
 class TinyClassifier(pl.LightningModule):
@@ -141,7 +142,8 @@ def test_logs_every_metric_correlations_and_figures(tmp_path, tiny_config):
     for r in monitor.history:
         assert (out / f"heads_epoch{r['epoch']}_step{r['step']}.png").stat().st_size > 0
     assert _geometry_hooks(model.model) == 0 and model.hooks_seen_in_training == 0
-    assert len(monitor.timings) == 3 and all(t["reread_s"] == 0.0 for t in monitor.timings)
+    assert (out / "geometry_cone_layer_2_vs_epoch.png").exists()
+    assert (out / "geometry_cone_layer_2_vs_val_acc.png").exists()
 
 
 def test_values_equal_a_direct_measurement_of_the_final_model(tmp_path, tiny_config):
@@ -201,10 +203,13 @@ def test_adds_no_second_validation_pass(tmp_path, tiny_config):
 def test_rereads_when_validation_step_runs_no_model(tmp_path, tiny_config):
     monitor = GeometryMonitor(every_n_epochs=2, max_batches=2)
     model = TinyClassifier(tiny_config, run_model_in_validation=False)
+    calls = []
+    model.model.register_forward_pre_hook(lambda module, args: calls.append(module.training))
     trainer, _ = run_fit(tmp_path, tiny_config, monitor, max_epochs=3, model=model)
     assert [r["epoch"] for r in monitor.history] == [1]  # every_n_epochs=2
     assert monitor.history[0]["sequences"] == 16  # max_batches=2 of 8
-    assert len(monitor.timings) == 1 and monitor.timings[0]["reread_s"] > 0
+    assert calls.count(False) == 2  # the re-read: 2 batches in eval mode, once (epoch 1)
+    assert calls.count(True) == 12  # the training batches
     assert "geometry/cone/layer_1" in trainer.callback_metrics
     assert _geometry_hooks(model.model) == 0
 
@@ -226,35 +231,124 @@ def test_resume_restores_history(tmp_path, tiny_config):
     assert second.history[:2] == first.history
 
 
-class WandbLogger(Logger):  # the monitor recognises W&B by the class name; this stub records calls
+class _FakeRun:
     def __init__(self):
-        super().__init__()
-        self.images, self.tables = [], []
+        self.payloads = []
 
-    name, version, experiment = "stub", "0", None
-
-    def log_metrics(self, metrics, step=None):
-        pass
-
-    def log_hyperparams(self, params, *args, **kwargs):
-        pass
-
-    def log_image(self, key, images, **kwargs):
-        self.images.append(key)
-
-    def log_table(self, key, columns=None, data=None, **kwargs):
-        self.tables.append((key, columns, data))
+    def log(self, payload):
+        self.payloads.append(payload)
 
 
-def test_wandb_gets_images_and_a_history_table(tmp_path, tiny_config):
-    logger = WandbLogger()
-    monitor = GeometryMonitor(layers=[-1], monitor_against=None)
-    run_fit(tmp_path, tiny_config, monitor, max_epochs=2, logger=logger)
-    assert "geometry/plots/cone_vs_epoch" in logger.images
-    assert sum(k.startswith("geometry/plots/heads_") for k in logger.images) == 2
-    ((key, columns, rows),) = logger.tables
-    assert key == "geometry/history" and columns[:3] == ["epoch", "step", "geometry/cone/layer_2"]
-    assert len(rows) == 2
+def _recording_wandb_logger(tmp_path):
+    from lightning.pytorch.loggers import WandbLogger
+
+    class RecordingWandbLogger(WandbLogger):
+        """A real WandbLogger subclass whose run only records what it is given."""
+
+        run = _FakeRun()
+
+        @property
+        def experiment(self):
+            return self.run
+
+        def log_metrics(self, metrics, step=None):
+            pass
+
+        def log_hyperparams(self, params, *args, **kwargs):
+            pass
+
+    return RecordingWandbLogger(save_dir=str(tmp_path), offline=True)
+
+
+def test_log_prefix_names_metrics_files_and_wandb_images_and_table(tmp_path, tiny_config):
+    pytest.importorskip("wandb")
+    import wandb
+
+    logger = _recording_wandb_logger(tmp_path)
+    monitor = GeometryMonitor(layers=[-1], log_prefix="geo/")
+    trainer, _ = run_fit(tmp_path, tiny_config, monitor, max_epochs=3, logger=logger)
+    assert {"geo/cone/layer_2", "geo/attention_entropy/layer_2", "geo/cone/layer_2/pearson_val_acc"} <= set(
+        trainer.callback_metrics
+    )
+    assert not any(k.startswith("geometry/") for k in trainer.callback_metrics)
+    (payload,) = logger.run.payloads
+    assert {
+        "geo/plots/cone_vs_epoch",
+        "geo/plots/geo_cone_layer_2_vs_epoch",
+        "geo/plots/geo_cone_layer_2_vs_val_acc",
+    } <= set(payload)
+    assert sum(k.startswith("geo/plots/heads_") for k in payload) == 3
+    table = payload["geo/history"]
+    assert isinstance(table, wandb.Table) and table.columns[:3] == ["epoch", "step", "geo/cone/layer_2"]
+    assert len(table.data) == 3
+    assert (monitor.plot_dir(trainer) / "cone_vs_epoch.png").exists() and monitor.plot_dir(
+        trainer
+    ).name == "geo"
+
+
+def test_mid_epoch_validation_gets_its_own_record(tmp_path, tiny_config):
+    monitor = GeometryMonitor(plots=False)
+    model = TinyClassifier(tiny_config)
+    trainer = pl.Trainer(
+        default_root_dir=str(tmp_path),
+        max_epochs=2,
+        callbacks=[monitor],
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        accelerator="cpu",
+        devices=1,
+        num_sanity_val_steps=0,
+        val_check_interval=0.5,
+    )
+    trainer.fit(model, datamodule=TinyData())
+    assert [(r["epoch"], r["step"]) for r in monitor.history] == [(0, 2), (0, 4), (1, 6), (1, 8)]
+    assert len({r["scores"]["geometry/directionality/layer_1"] for r in monitor.history}) == 4
+
+
+def test_nan_hidden_states_warn_and_log_nan(tmp_path, tiny_config):
+    class NanAtValidation(TinyClassifier):
+        def on_validation_epoch_start(self):
+            self.model.bert.embeddings.LayerNorm.weight.data.fill_(float("nan"))
+
+    monitor = GeometryMonitor(plots=False)
+    with pytest.warns(UserWarning, match="NaN"):
+        trainer, _ = run_fit(tmp_path, tiny_config, monitor, max_epochs=1, model=NanAtValidation(tiny_config))
+    scores = monitor.history[-1]["scores"]
+    assert set(scores) == {f"geometry/{n}" for n in metric_names([1, 2])}
+    for name, value in scores.items():
+        if "directionality" in name or "spectral" in name:  # from the (finite) attention weights
+            assert math.isfinite(value), name
+        else:
+            assert math.isnan(value), name
+            assert math.isnan(float(trainer.callback_metrics[name]))
+
+
+def test_every_hook_is_marked_override():
+    hooks = [
+        n
+        for n, v in vars(GeometryMonitor).items()
+        if callable(v)
+        and (n.startswith("on_") or n in ("setup", "teardown", "state_dict", "load_state_dict"))
+    ]
+    assert len(hooks) >= 10
+    for name in hooks:
+        assert getattr(vars(GeometryMonitor)[name], "__override__", False), name
+    assert getattr(GeometryMonitor.state_key.fget, "__override__", False)
+
+
+def test_state_dict_roundtrip_restores_history_and_settings():
+    monitor = GeometryMonitor(layers=[1, -1], normalize=False, monitor_against="val/f1")
+    monitor.history = [{"epoch": 0, "step": 4, "scores": {"geometry/cone/layer_1": 3.0}, "monitor": 0.5}]
+    state = monitor.state_dict()
+    fresh = GeometryMonitor(layers=[1, -1], normalize=False, monitor_against="val/f1")
+    fresh.load_state_dict(state)
+    assert fresh.history == monitor.history and fresh.history is not monitor.history
+    other = GeometryMonitor()
+    with pytest.warns(UserWarning, match="saved settings are restored"):
+        other.load_state_dict(state)
+    assert (other.layers, other.normalize, other.monitor_against) == ([1, -1], False, "val/f1")
+    assert GeometryMonitor(layers=[1]).state_key != GeometryMonitor(layers=[2]).state_key
 
 
 # ----------------------------------------------------------------------------- refusals
@@ -325,6 +419,7 @@ def test_setup_refuses_layers_beyond_the_model(tmp_path, tiny_config):
         ({"max_sequences": 0}, ValueError, "max_sequences"),
         ({"log_prefix": "/"}, ValueError, "log_prefix"),
         ({"monitor_against": 3}, TypeError, "monitor_against"),
+        ({"monitor_against": ""}, TypeError, "monitor_against"),
     ],
 )
 def test_constructor_refuses_bad_arguments(kwargs, error, match):

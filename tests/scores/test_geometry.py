@@ -14,7 +14,9 @@ from lightning_topo.scores.geometry import (
     cone_index,
     cone_index_per_head,
     directionality,
+    geometry_metrics,
     matrix_histogram_entropy,
+    metric_names,
     projection_singular_values,
     qk_spectral_entropy,
 )
@@ -306,3 +308,47 @@ def test_zero_head_gives_nan_directionality_and_bad_shapes_raise():
         projection_singular_values(w_q, 0)
     with pytest.raises(ValueError, match="normalization"):
         qk_spectral_entropy(w_q, w_q, 2, normalization="l1")
+
+
+# ------------------------------------------------------------------------------- what a lens logs
+
+
+def _layer_inputs(layers, heads=3, attention=True):
+    g = torch.Generator().manual_seed(11)
+    acts, weights = {}, {}
+    for i in layers:
+        acts[i] = {
+            "cone/input": torch.rand((), generator=g),
+            "cone/attention_output": torch.rand((), generator=g),
+            "cone/output": torch.rand((), generator=g),
+            "cone/heads": torch.rand(heads, generator=g),
+        }
+        if attention:
+            acts[i]["attention_entropy"] = torch.rand(heads, generator=g)
+        weights[i] = {
+            "directionality": torch.rand(heads, generator=g),
+            "qk_spectral_entropy": torch.rand(heads, generator=g),
+        }
+    return acts, weights
+
+
+@pytest.mark.parametrize("attention", [True, False])
+def test_geometry_metrics_names_agree_with_metric_names(attention):
+    acts, weights = _layer_inputs([2, 5], attention=attention)
+    result = geometry_metrics(acts, weights)
+    assert list(result.values) == metric_names([2, 5], attention=attention)
+    assert result.layers == [2, 5]
+    assert result.values["cone/layer_5"] is acts[5]["cone/output"]
+    assert result.values["cone/layer_2/heads"].item() == pytest.approx(acts[2]["cone/heads"].mean().item())
+    assert set(result.heads) == {"cone_heads", "directionality", "qk_spectral_entropy"} | (
+        {"attention_entropy"} if attention else set()
+    )
+    assert torch.equal(result.heads["directionality"][1], weights[5]["directionality"])
+
+
+def test_geometry_metrics_ignores_nan_heads_and_refuses_mismatched_layers():
+    acts, weights = _layer_inputs([1])
+    weights[1]["directionality"] = torch.tensor([0.2, math.nan, 0.4])
+    assert geometry_metrics(acts, weights).values["directionality/layer_1"].item() == pytest.approx(0.3)
+    with pytest.raises(ValueError, match="same layers"):
+        geometry_metrics(acts, {2: weights[1]})
