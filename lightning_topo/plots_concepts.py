@@ -58,7 +58,8 @@ def plot_share_per_layer(
 
     Args:
         history: records ``{"epoch", "step", "scores": {metric name: value}}`` as the monitor
-            keeps them (``epoch == -1``: the pre-trained reference, drawn dashed).
+            keeps them (``epoch == -1``: the pre-trained reference, drawn dashed). The chance
+            level ``concepts/{family}_chance/layer_{i}`` of the last record is drawn dotted.
         family: ``"matched"``, ``"polar"`` or ``"aligned/<label set>"``.
         path: PNG file to write.
 
@@ -77,6 +78,10 @@ def plot_share_per_layer(
             drawn += 1
     if not drawn:
         return None
+    chance = _per_layer(history[-1].get("scores", {}), f"{family}_chance")
+    if chance:
+        xs, ys = zip(*chance, strict=True)
+        ax.plot(xs, ys, ":", color="grey", label=f"chance level, {_label(history[-1])}")
     ax.set_xlabel("layer (0 = embeddings)")
     ax.set_ylabel(ylabel)
     ax.set_ylim(-0.02, 1.02)

@@ -69,6 +69,9 @@ class ConceptAlignmentMonitor(Callback):
     * ``concepts/matched/layer_{i}`` -- share of the concepts matched to a pre-trained concept
       (at least ``theta`` of the concept's tokens inside one);
     * ``concepts/polar/layer_{i}`` -- share of the concepts aligned to one output class;
+    * ``concepts/matched_chance/layer_{i}``, ``concepts/polar_chance/layer_{i}`` -- the same
+      shares expected by chance for concepts of these sizes (small concepts match and align by
+      chance; :func:`~lightning_topo.scores.concepts.chance_match_share`, ``chance_polar_share``);
     * ``concepts/aligned/{label_set}/layer_{i}`` -- share aligned to a label of each set;
     * from ``on_train_epoch_end``, once 3 measurements with ``monitor_against`` exist:
       ``concepts/{matched,polar}/layer_{i}/{pearson,spearman}_{metric}``
@@ -419,9 +422,9 @@ class ConceptAlignmentMonitor(Callback):
                 self.top_words,
             )
             layers[layer] = d
-            if d["matched"] is not None:
-                values[f"concepts/matched/layer_{layer}"] = float(d["matched"])
-            values[f"concepts/polar/layer_{layer}"] = float(d["polar"])
+            for family in ("matched", "matched_chance", "polar", "polar_chance"):
+                if d[family] is not None:
+                    values[f"concepts/{family}/layer_{layer}"] = float(d[family])
             values.update({f"concepts/aligned/{n}/layer_{layer}": float(v) for n, v in d["aligned"].items()})
         what = "reference" if epoch < 0 else f"epoch {epoch}"
         self.timings.append({"what": what, "forward_s": forward_s, "cluster_s": time.perf_counter() - start})

@@ -28,6 +28,8 @@ __all__ = [
     "ConceptAlignment",
     "ConceptMatch",
     "align_concepts",
+    "chance_match_share",
+    "chance_polar_share",
     "concept_top_words",
     "default_n_concepts",
     "describe_layer",
@@ -313,6 +315,54 @@ def concept_top_words(
     return [c.most_common(top_k) for c in counts]
 
 
+def chance_polar_share(
+    sizes: Tensor | Sequence[int], class_shares: Sequence[float], theta: float = 0.9
+) -> float:
+    """Polar share expected by chance: concepts of these sizes, token classes drawn independently.
+
+    For a concept of ``n`` tokens whose classes are i.i.d. with probabilities ``class_shares``,
+    it is aligned to class ``c`` when ``Binomial(n, p_c) >= ceil(theta * n)``; the result is the
+    mean over concepts of ``sum_c P(aligned to c)`` (exact for ``theta > 0.5``, where the events
+    are disjoint; an upper bound otherwise). Small concepts are aligned by chance often (a
+    2-token concept is polar half of the time for two balanced classes), so read
+    ``concepts/polar`` against this baseline (our addition; the paper's K=600 clusters of a
+    large corpus are big enough for it to vanish).
+
+    Args:
+        sizes: tokens per concept (zeros are skipped). class_shares: share of each class among
+            the tokens. theta: the alignment threshold.
+    """
+    from scipy.stats import binom
+
+    theta = _check_theta(theta)
+    n = np.asarray(sizes.tolist() if isinstance(sizes, Tensor) else sizes, dtype=np.int64)
+    n = n[n > 0]
+    if n.size == 0:
+        raise ValueError("sizes has no non-empty concept")
+    k_min = np.ceil(theta * n - _EPS)
+    probs = sum(binom.sf(k_min - 1, n, float(p)) for p in class_shares if p > 0)
+    return float(np.mean(np.minimum(probs, 1.0)))
+
+
+def chance_match_share(
+    ids_a: Tensor | Sequence[int], ids_b: Tensor | Sequence[int], theta: float = 0.9, n_permutations: int = 5,
+    seed: int = 0,
+) -> float:  # fmt: skip
+    """Matched share expected by chance: B's concepts (same sizes) filled with randomly permuted tokens.
+
+    The mean of :func:`match_concepts` ``(ids_a, ids_b[perm]).share`` over ``n_permutations``
+    seeded permutations of the tokens. Singletons and very small concepts match by chance; read
+    ``concepts/matched`` against this baseline (our addition).
+    """
+    b = torch.as_tensor(_as_ids(ids_b, "ids_b"))
+    g = torch.Generator().manual_seed(seed)
+    shares = [
+        match_concepts(ids_a, b[torch.randperm(b.numel(), generator=g)], theta).share
+        for _ in range(n_permutations)
+    ]
+    return float(np.mean(shares))
+
+
 def describe_layer(
     concept_ids: Tensor,
     words: Sequence[str],
@@ -335,11 +385,13 @@ def describe_layer(
         theta: alignment and matching threshold. top_k: words listed per concept.
 
     Returns:
-        ``{"matched": share | None, "polar": share aligned to one output class,
+        ``{"matched": share | None, "matched_chance": its chance level | None, "polar": share
+        aligned to one output class, "polar_chance": its chance level,
         "aligned": {name: share}, "concepts": [{"id", "size", "words": [[word, count]],
         "polar_class", "class_share", "aligned": {name: label}, "matched": ref id | None}]}``.
     """
     polar = align_concepts(concept_ids, token_classes.tolist(), theta)
+    shares = torch.bincount(token_classes, minlength=num_classes).double() / token_classes.numel()
     aligned = {name: align_concepts(concept_ids, labels, theta) for name, labels in label_sets.items()}
     match = match_concepts(reference_ids, concept_ids, theta) if reference_ids is not None else None
     top = concept_top_words(concept_ids, words, top_k)
@@ -362,7 +414,9 @@ def describe_layer(
         )
     return {
         "matched": None if match is None else match.share,
+        "matched_chance": None if match is None else chance_match_share(reference_ids, concept_ids, theta),
         "polar": polar.share,
+        "polar_chance": chance_polar_share(polar.sizes, shares.tolist(), theta),
         "aligned": {name: a.share for name, a in aligned.items()},
         "concepts": concepts,
     }

@@ -97,7 +97,8 @@ def test_fit_logs_every_metric_writes_json_figures_and_triggers(tmp_path, model_
     monitor = _monitor()
     trainer = _fit(tmp_path, model_dir, data_file, monitor, max_epochs=3)
     sets = ("lexical", "suffix", "casing", "punctuation", "number")
-    expected = {f"concepts/{f}/layer_{i}" for f in ("matched", "polar") for i in range(3)}
+    families = ("matched", "matched_chance", "polar", "polar_chance")
+    expected = {f"concepts/{f}/layer_{i}" for f in families for i in range(3)}
     expected |= {f"concepts/aligned/{s}/layer_{i}" for s in sets for i in range(3)}
     assert expected <= set(trainer.callback_metrics)
     for name in expected:
@@ -134,7 +135,7 @@ def test_fit_logs_every_metric_writes_json_figures_and_triggers(tmp_path, model_
         for i in range(3)
         for c in ("pearson", "spearman")
     } <= set(trainer.callback_metrics)
-    assert set(monitor.reference_scores) == {n for n in expected if "/matched/" not in n}
+    assert set(monitor.reference_scores) == {n for n in expected if "/matched" not in n}
 
 
 def test_model_unchanged_between_reference_and_itself(tmp_path, model_dir, data_file):
@@ -291,7 +292,7 @@ def test_ddp_two_processes_log_what_one_process_logs(tmp_path, model_dir, data_f
         trainer.fit(model, datamodule=dm)
         results[devices] = [json.loads(p.read_text()) for p in sorted(out.glob("rank*_epoch0.json"))]
     (one,), (rank0, rank1) = results[1], results[2]
-    assert len(one) == 3 * 7 and rank0 == rank1  # every rank logs the same values
+    assert len(one) == 3 * 9 and rank0 == rank1  # every rank logs the same values
     assert one.keys() == rank0.keys()
     for name, value in one.items():
         assert rank0[name] == pytest.approx(value, abs=1e-6), name

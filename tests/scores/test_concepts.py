@@ -8,6 +8,8 @@ import torch
 
 from lightning_topo.scores.concepts import (
     align_concepts,
+    chance_match_share,
+    chance_polar_share,
     concept_top_words,
     default_n_concepts,
     discover_concepts,
@@ -159,3 +161,28 @@ def test_describe_layer_reports_shares_and_readable_concepts():
     assert second["polar_class"] is None and second["matched"] is None
     assert second["class_share"] == pytest.approx(2 / 3, abs=1e-4)
     assert describe_layer(ids, words, classes, 2, {})["matched"] is None
+
+
+def test_chance_polar_share_is_the_binomial_tail():
+    assert chance_polar_share([2], [0.5, 0.5], theta=0.9) == pytest.approx(0.5)
+    assert chance_polar_share([5, 0], [0.5, 0.5], theta=0.9) == pytest.approx(2 * 0.5**5)
+    assert chance_polar_share(torch.tensor([10]), [0.8, 0.2], theta=0.9) == pytest.approx(
+        0.8**10 + 10 * 0.8**9 * 0.2 + 0.2**10 + 10 * 0.2**9 * 0.8
+    )
+    # Monte Carlo check of the definition: random classes for concepts of mixed sizes
+    g = torch.Generator().manual_seed(0)
+    sizes = [3, 7, 12]
+    hits = []
+    for _ in range(4000):
+        ids = torch.arange(3).repeat_interleave(torch.tensor(sizes))
+        classes = (torch.rand(ids.numel(), generator=g) < 0.3).long().tolist()
+        hits.append(align_concepts(ids, classes, theta=0.9).share)
+    assert float(np.mean(hits)) == pytest.approx(chance_polar_share(sizes, [0.7, 0.3], 0.9), abs=0.01)
+
+
+def test_chance_match_share_is_high_for_singletons_and_low_for_big_concepts():
+    big = torch.arange(10).repeat_interleave(20)
+    assert match_concepts(big, big).share == 1.0
+    assert chance_match_share(big, big) < 0.1
+    singles = torch.arange(200)
+    assert chance_match_share(big, singles) == 1.0
