@@ -134,24 +134,8 @@ def build_token_set(
         TypeError: ``tokenizer`` is not a fast tokenizer.
     """
     _check_build_args(texts, labels, tokenizer, max_tokens, max_per_word)
-    counts: Counter = Counter()
-    chosen: dict[int, list[tuple[str, int, tuple[int, int]]]] = {}
-    encoded: dict[int, list[int]] = {}
-    n_taken = 0
-    for row in np.random.default_rng(seed).permutation(len(texts)).tolist():
-        enc = tokenizer(texts[row], truncation=True, max_length=max_length, return_offsets_mapping=True)
-        for form, last, span in _words(texts[row], enc):
-            key = form.lower()
-            if max_per_word is not None and counts[key] >= max_per_word:
-                continue
-            counts[key] += 1
-            chosen.setdefault(row, []).append((form, last, span))
-            encoded[row] = list(enc["input_ids"])
-            n_taken += 1
-            if n_taken == max_tokens:
-                break
-        if n_taken == max_tokens:
-            break
+    chosen, encoded = _select_words(texts, tokenizer, max_tokens, max_length, max_per_word, seed)
+    n_taken = sum(len(v) for v in chosen.values())
     if n_taken == 0:
         raise ValueError(
             "the token set is empty: no word tokens in `texts` (all empty or special tokens); give the "
@@ -169,6 +153,27 @@ def build_token_set(
         piece=torch.tensor([w[1] for _, w in flat], dtype=torch.long),
         spans=[w[2] for _, w in flat],
     )
+
+
+def _select_words(texts, tokenizer, max_tokens, max_length, max_per_word, seed):
+    """``({row: [(form, last piece, span)]}, {row: input_ids})`` in the seeded visiting order."""
+    counts: Counter = Counter()
+    chosen: dict[int, list[tuple[str, int, tuple[int, int]]]] = {}
+    encoded: dict[int, list[int]] = {}
+    n_taken = 0
+    for row in np.random.default_rng(seed).permutation(len(texts)).tolist():
+        enc = tokenizer(texts[row], truncation=True, max_length=max_length, return_offsets_mapping=True)
+        for form, last, span in _words(texts[row], enc):
+            key = form.lower()
+            if max_per_word is not None and counts[key] >= max_per_word:
+                continue
+            counts[key] += 1
+            chosen.setdefault(row, []).append((form, last, span))
+            encoded[row] = list(enc["input_ids"])
+            n_taken += 1
+            if n_taken == max_tokens:
+                return chosen, encoded
+    return chosen, encoded
 
 
 def _check_build_args(texts, labels, tokenizer, max_tokens, max_per_word) -> None:
@@ -463,23 +468,19 @@ def concept_triggers(
     per_class: dict[int, dict[str, Any]] = {}
     try:
         for c, trig in sorted(words.items()):
-            others = [i for i, y in enumerate(labels) if int(y) != c]
-            pool = [v for v in vocab if v not in set(trig)]
-            if not others or len(pool) < len(trig):
-                raise ValueError(
-                    f"class {c}: needs sentences of another class and >= {len(trig)} vocabulary words not in "
-                    f"its trigger words; got {len(others)} sentences and {len(pool)} words"
-                )
-            pick = sorted(rng.choice(len(others), min(max_sentences, len(others)), replace=False).tolist())
-            sents, ys = [texts[others[i]] for i in pick], [int(labels[others[i]]) for i in pick]
-            rand = [pool[i] for i in rng.choice(len(pool), len(trig), replace=False).tolist()]
-
-            def acc(prefix: list[str], sents=sents, ys=ys) -> float:
-                pre = " ".join(prefix) + " " if prefix else ""
-                return _accuracy(model, tokenizer, [pre + s for s in sents], ys, max_length, batch_size)
-
-            per_class[c] = {"words": list(trig), "random_words": rand, "n": len(sents)}
-            per_class[c].update(acc=acc([]), trigger_acc=acc(list(trig)), random_acc=acc(rand))
+            per_class[c] = _trigger_class(
+                model,
+                tokenizer,
+                texts,
+                labels,
+                c,
+                list(trig),
+                vocab,
+                rng,
+                max_length,
+                max_sentences,
+                batch_size,
+            )
     finally:
         model.train(was_training)
     total = sum(r["n"] for r in per_class.values())
@@ -488,3 +489,26 @@ def concept_triggers(
         "random_drop": sum(r["n"] * (r["acc"] - r["random_acc"]) for r in per_class.values()) / total,
         "per_class": per_class,
     }
+
+
+def _trigger_class(
+    model, tokenizer, texts, labels, c, trig, vocab, rng, max_length, max_sentences, batch_size
+):
+    """Accuracy on sentences not of class ``c``: as they are, with ``trig`` and with random words."""
+    others = [i for i, y in enumerate(labels) if int(y) != c]
+    pool = [v for v in vocab if v not in set(trig)]
+    if not others or len(pool) < len(trig):
+        raise ValueError(
+            f"class {c}: needs sentences of another class and >= {len(trig)} vocabulary words not in "
+            f"its trigger words; got {len(others)} sentences and {len(pool)} words"
+        )
+    pick = sorted(rng.choice(len(others), min(max_sentences, len(others)), replace=False).tolist())
+    sents, ys = [texts[others[i]] for i in pick], [int(labels[others[i]]) for i in pick]
+    rand = [pool[i] for i in rng.choice(len(pool), len(trig), replace=False).tolist()]
+
+    def acc(prefix: list[str]) -> float:
+        pre = " ".join(prefix) + " " if prefix else ""
+        return _accuracy(model, tokenizer, [pre + s for s in sents], ys, max_length, batch_size)
+
+    return {"words": trig, "random_words": rand, "n": len(sents), "acc": acc([]), "trigger_acc": acc(trig),
+            "random_acc": acc(rand)}  # fmt: skip
