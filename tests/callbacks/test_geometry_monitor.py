@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import lightning.pytorch as pl
 import pytest
@@ -20,8 +22,9 @@ from lightning_topo.scores.geometry import metric_names
 class TinyClassifier(pl.LightningModule):
     """A tiny random BertForSequenceClassification; ``validation_step`` returns its EncodedBatch."""
 
-    def __init__(self, config, run_model_in_validation: bool = True, model=None):
+    def __init__(self, config, run_model_in_validation: bool = True, model=None, lr: float = 0.05):
         super().__init__()
+        self.lr = lr
         from transformers import BertForSequenceClassification
 
         torch.manual_seed(0)
@@ -52,7 +55,7 @@ class TinyClassifier(pl.LightningModule):
         return enc
 
     def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.05)
+        return torch.optim.SGD(self.parameters(), lr=self.lr)
 
 
 def _geometry_hooks(model) -> int:
@@ -425,3 +428,46 @@ def test_setup_refuses_layers_beyond_the_model(tmp_path, tiny_config):
 def test_constructor_refuses_bad_arguments(kwargs, error, match):
     with pytest.raises(error, match=match):
         GeometryMonitor(**kwargs)
+
+
+class _RecordMetrics(pl.Callback):
+    """Writes each rank's logged geometry values after validation (ddp_spawn keeps no state)."""
+
+    def __init__(self, out_dir: str):
+        self.out_dir = out_dir
+
+    def on_validation_end(self, trainer, pl_module):
+        values = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("geometry/")}
+        record = {"values": values, "val_forwards": pl_module.forwards["val"]}
+        (Path(self.out_dir) / f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_match_one(tmp_path, tiny_config):
+    torch.distributed.is_available() or pytest.skip("torch.distributed not available")
+    results = {}
+    for devices in (1, 2):
+        out = tmp_path / f"out{devices}"
+        out.mkdir()
+        trainer = pl.Trainer(
+            default_root_dir=str(tmp_path / f"r{devices}"),
+            max_epochs=1,
+            callbacks=[GeometryMonitor(plots=False), _RecordMetrics(str(out))],
+            logger=False,
+            enable_progress_bar=False,
+            enable_checkpointing=False,
+            accelerator="cpu",
+            devices=devices,
+            strategy="ddp_spawn" if devices == 2 else "auto",
+            num_sanity_val_steps=0,
+        )
+        # lr=0 keeps the weights equal; 24 validation sequences split evenly over 2 ranks
+        trainer.fit(TinyClassifier(tiny_config, lr=0.0), datamodule=TinyData())
+        results[devices] = [json.loads(p.read_text()) for p in sorted(out.glob("rank*.json"))]
+    (ref,) = results[1]
+    got0, got1 = results[2]
+    assert set(ref["values"]) == {f"geometry/{n}" for n in metric_names([1, 2])}
+    assert got0["values"] == got1["values"]  # every rank logs the same values
+    for name, value in ref["values"].items():
+        assert got0["values"][name] == pytest.approx(value, rel=1e-5), name
+    assert ref["val_forwards"] == 3 and got0["val_forwards"] == got1["val_forwards"] == 2  # no re-read
