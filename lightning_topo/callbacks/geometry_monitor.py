@@ -20,6 +20,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
@@ -201,7 +202,10 @@ class GeometryMonitor(Callback):
         make_loader = getattr(datamodule, "val_dataloader", None)
         if not callable(make_loader):
             return  # checked batch by batch when measured
-        loader = make_loader()
+        try:
+            loader = make_loader()
+        except (NotImplementedError, MisconfigurationException):  # no validation split: nothing to measure
+            return
         loader = loader[0] if isinstance(loader, list | tuple) and loader else loader
         for i, batch in enumerate(loader or []):
             if self.max_batches is not None and i >= self.max_batches:

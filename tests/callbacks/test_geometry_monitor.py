@@ -403,6 +403,27 @@ def test_setup_refuses_a_validation_sequence_without_valid_position(tmp_path, ti
     assert model.forwards["train"] == 0
 
 
+def test_datamodule_without_validation_trains_and_logs_nothing(tmp_path, tiny_config):
+    class TrainOnly(pl.LightningDataModule):
+        def train_dataloader(self):
+            return DataLoader(make_dataset(16, 0), batch_size=8)
+
+    monitor = GeometryMonitor()
+    model = TinyClassifier(tiny_config)
+    trainer = pl.Trainer(
+        default_root_dir=str(tmp_path),
+        max_epochs=1,
+        callbacks=[monitor],
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        accelerator="cpu",
+        devices=1,
+    )
+    trainer.fit(model, datamodule=TrainOnly())
+    assert model.forwards["train"] == 2 and monitor.history == []
+
+
 def test_setup_refuses_layers_beyond_the_model(tmp_path, tiny_config):
     with pytest.raises(ValueError, match="encoder layers 1..2"):
         _fit_refused(tmp_path, tiny_config, GeometryMonitor(layers=[3]))
