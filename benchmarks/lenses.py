@@ -113,8 +113,16 @@ def geometry_lens() -> LensRun:
     return LensRun(GeometryMonitor(), extra=("_on_layer",))
 
 
+def concepts_lens() -> LensRun:
+    """``ConceptAlignmentMonitor()`` at its defaults (every layer, 1,000 tokens, triggers at fit end);
+    its pre-trained reference is measured in ``on_train_start``."""
+    from lightning_topo.callbacks.concept_monitor import ConceptAlignmentMonitor
+
+    return LensRun(ConceptAlignmentMonitor(), extra=("on_train_start",))
+
+
 #: name -> factory; other lens helpers add one line here and one function above.
-LENSES: dict[str, Callable[[], LensRun]] = {"geometry": geometry_lens}
+LENSES: dict[str, Callable[[], LensRun]] = {"geometry": geometry_lens, "concepts": concepts_lens}
 
 
 def _phase_timer() -> Any:

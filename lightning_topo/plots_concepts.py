@@ -44,15 +44,15 @@ def _label(record: Mapping[str, Any]) -> str:
     return f"epoch {record['epoch']} (step {record['step']})"
 
 
-def _per_layer(scores: Mapping[str, float], family: str) -> list[tuple[int, float]]:
-    """``[(layer, value)]`` of the metrics ``concepts/{family}/layer_{i}`` in ``scores``."""
-    prefix = f"concepts/{family}/layer_"
+def _per_layer(scores: Mapping[str, float], family: str, prefix: str = "concepts") -> list[tuple[int, float]]:
+    """``[(layer, value)]`` of the metrics ``{prefix}/{family}/layer_{i}`` in ``scores``."""
+    prefix = f"{prefix}/{family}/layer_"
     points = [(int(name[len(prefix) :]), float(v)) for name, v in scores.items() if name.startswith(prefix)]
     return sorted(p for p in points if p[1] == p[1])  # NaN dropped
 
 
 def plot_share_per_layer(
-    history: Sequence[Mapping[str, Any]], family: str, ylabel: str, path: str | Path
+    history: Sequence[Mapping[str, Any]], family: str, ylabel: str, path: str | Path, prefix: str = "concepts"
 ) -> Path | None:
     """One line per measurement: the share ``concepts/{family}/layer_{i}`` against the layer ``i``.
 
@@ -61,7 +61,7 @@ def plot_share_per_layer(
             keeps them (``epoch == -1``: the pre-trained reference, drawn dashed). The chance
             level ``concepts/{family}_chance/layer_{i}`` of the last record is drawn dotted.
         family: ``"matched"``, ``"polar"`` or ``"aligned/<label set>"``.
-        path: PNG file to write.
+        path: PNG file to write. prefix: the metrics' first component (the monitor's ``log_prefix``).
 
     Returns:
         The path, or ``None`` when no record has a value for ``family`` (nothing is written).
@@ -70,7 +70,7 @@ def plot_share_per_layer(
     ax = fig.add_subplot(1, 1, 1)
     drawn = 0
     for record in history:
-        points = _per_layer(record.get("scores", {}), family)
+        points = _per_layer(record.get("scores", {}), family, prefix)
         if points:
             xs, ys = zip(*points, strict=True)
             style = "--" if record.get("epoch", 0) < 0 else "-"
@@ -78,7 +78,7 @@ def plot_share_per_layer(
             drawn += 1
     if not drawn:
         return None
-    chance = _per_layer(history[-1].get("scores", {}), f"{family}_chance")
+    chance = _per_layer(history[-1].get("scores", {}), f"{family}_chance", prefix)
     if chance:
         xs, ys = zip(*chance, strict=True)
         ax.plot(xs, ys, ":", color="grey", label=f"chance level, {_label(history[-1])}")
@@ -90,11 +90,13 @@ def plot_share_per_layer(
     return _save(fig, Path(path))
 
 
-def write_concept_figures(history: Sequence[Mapping[str, Any]], out_dir: str | Path) -> dict[str, Path]:
+def write_concept_figures(
+    history: Sequence[Mapping[str, Any]], out_dir: str | Path, prefix: str = "concepts"
+) -> dict[str, Path]:
     """Write the matched and polar share figures to ``out_dir``; ``{stem: path}`` of those written."""
     out: dict[str, Path] = {}
     for family, ylabel, stem in FIGURES:
-        path = plot_share_per_layer(history, family, ylabel, Path(out_dir) / f"{stem}.png")
+        path = plot_share_per_layer(history, family, ylabel, Path(out_dir) / f"{stem}.png", prefix)
         if path is not None:
             out[stem] = path
     return out

@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 
 from lightning_topo.encoding import encode_batch
+from lightning_topo.scores.concepts import polar_concepts
 
 __all__ = [
     "LABEL_SETS",
@@ -396,8 +397,6 @@ def trigger_words(
     ``concept_ids`` (e.g. of the top layer); its distinct lower-cased words are taken by
     frequency (ties: first appearance).
     """
-    from lightning_topo.scores.concepts import polar_concepts
-
     polar = polar_concepts(concept_ids, token_set.token_classes, num_classes)
     out: dict[int, list[str]] = {}
     for c, (cid, _) in polar.items():

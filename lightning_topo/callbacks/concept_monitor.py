@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import time
 from collections.abc import Mapping, Sequence
 from copy import deepcopy
 from functools import partial
@@ -30,14 +29,22 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
 from lightning_topo import plots
 from lightning_topo.encoding import EncodedBatch, encode_batch
+from lightning_topo.plots_concepts import write_concept_figures
 from lightning_topo.representations import check_layers, resolve_layers, run_on_rank_zero_and_broadcast
 from lightning_topo.scores.checks import check_bool, check_int, check_real, check_seed
-from lightning_topo.scores.concepts import default_n_concepts, describe_layer, discover_concepts
+from lightning_topo.scores.concepts import (
+    concept_metric_names,
+    concept_metrics,
+    default_n_concepts,
+    describe_layer,
+    discover_concepts,
+)
 from lightning_topo.scores.correlation import correlation_metrics
 from lightning_topo.tokens import (
     LABEL_SETS,
@@ -113,6 +120,11 @@ class ConceptAlignmentMonitor(Callback):
             ``"val/acc"``; ``None``: none).
         plots: write the figures at the end of ``fit`` (default ``True``).
         overwrite: let a fresh run replace concept files already in the output folder.
+        log_prefix: first component of every metric name, the file folder, the W&B keys
+            (default ``"concepts"``).
+
+    NaN or infinite word vectors log NaN for every name (with one warning) so that
+    ``EarlyStopping(check_finite=True)`` can stop; a non-finite *pre-trained* model is refused.
 
     The datamodule must provide ``split_texts(split)``, ``split_labels(split)``, a fast
     ``tokenizer`` and ``max_length`` (as :class:`~lightning_topo.models.TextClassificationDataModule`).
@@ -149,6 +161,7 @@ class ConceptAlignmentMonitor(Callback):
         monitor_against: str | None = "val/acc",
         plots: bool = True,
         overwrite: bool = False,
+        log_prefix: str = "concepts",
     ) -> None:
         super().__init__()
         self.every_n_epochs = check_int(every_n_epochs, "every_n_epochs", minimum=1)
@@ -173,6 +186,9 @@ class ConceptAlignmentMonitor(Callback):
             )
         self.monitor_against = monitor_against
         self.plots, self.overwrite = check_bool(plots, "plots"), check_bool(overwrite, "overwrite")
+        if not isinstance(log_prefix, str) or not log_prefix.strip("/"):
+            raise ValueError(f"log_prefix must be a non-empty string such as 'concepts'; got {log_prefix!r}")
+        self.log_prefix = log_prefix.strip("/")
         #: Pre-trained concept ids ``{layer: (n_tokens,)}`` and their shares; restored from checkpoints.
         self.reference: dict[int, Tensor] | None = None
         self.reference_scores: dict[str, float] = {}
@@ -180,8 +196,7 @@ class ConceptAlignmentMonitor(Callback):
         self.history: list[dict[str, Any]] = []
         #: The trigger experiment's result (``None`` until the end of ``fit``).
         self.trigger_result: dict[str, Any] | None = None
-        #: Wall time of each measurement in this process (not saved): ``{"what", "forward_s", "cluster_s"}``.
-        self.timings: list[dict[str, Any]] = []
+        self._warned_nan = False
         self._last: dict[int, Tensor] | None = None
         self._fingerprint: str | None = None
         self._tokens: TokenSet | None = None
@@ -212,7 +227,14 @@ class ConceptAlignmentMonitor(Callback):
     @property
     @override
     def state_key(self) -> str:
-        return self._generate_state_key(layers=self.layers, max_tokens=self.max_tokens, split=self.split)
+        return self._generate_state_key(
+            layers=self.layers, max_tokens=self.max_tokens, split=self.split, log_prefix=self.log_prefix
+        )
+
+    def _settings(self) -> dict[str, Any]:
+        """The settings the reference and the history depend on (saved with them)."""
+        keys = ("layers", "max_tokens", "max_per_word", "n_concepts", "theta", "label_sets", "split", "seed")
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in ((k, getattr(self, k)) for k in keys)}
 
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -220,6 +242,8 @@ class ConceptAlignmentMonitor(Callback):
             return None if d is None else {int(k): v.tolist() for k, v in d.items()}
 
         return {
+            "settings": self._settings(),
+            "monitor_against": self.monitor_against,
             "fingerprint": self._fingerprint,
             "reference": ids(self.reference),
             "reference_scores": dict(self.reference_scores),
@@ -233,6 +257,15 @@ class ConceptAlignmentMonitor(Callback):
         def ids(d):
             return None if d is None else {int(k): torch.tensor(v, dtype=torch.long) for k, v in d.items()}
 
+        saved = state_dict.get("settings", self._settings())
+        if saved != self._settings():
+            rank_zero_warn(
+                f"ConceptAlignmentMonitor: the checkpoint's history was measured with {saved}, this monitor "
+                f"has {self._settings()}; the saved settings are restored so that the history stays one series"
+            )
+            for key, value in saved.items():
+                setattr(self, key, tuple(value) if key == "label_sets" else value)
+        self.monitor_against = state_dict.get("monitor_against", self.monitor_against)
         self._fingerprint = state_dict.get("fingerprint")
         self.reference, self._last = ids(state_dict.get("reference")), ids(state_dict.get("last"))
         self.reference_scores = dict(state_dict.get("reference_scores", {}))
@@ -240,12 +273,15 @@ class ConceptAlignmentMonitor(Callback):
         self.trigger_result = deepcopy(state_dict.get("trigger_result"))
 
     def plot_dir(self, trainer: pl.Trainer) -> Path:
-        """Where files go: ``<trainer.log_dir or default_root_dir>/concepts``."""
+        """Where files go: ``<trainer.log_dir or default_root_dir>/<log_prefix>``."""
         try:
             root = trainer.log_dir
         except Exception:  # some loggers have no local directory
             root = None
-        return Path(root or trainer.default_root_dir) / "concepts"
+        return Path(root or trainer.default_root_dir) / self.log_prefix
+
+    def _name(self, *parts: str) -> str:
+        return "/".join([self.log_prefix, *parts])
 
     def _should_measure(self, trainer: pl.Trainer) -> bool:
         if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING or self.reference is None:
@@ -353,7 +389,7 @@ class ConceptAlignmentMonitor(Callback):
             self._capture = None
             return
         ids, values = self._measure_on_rank_zero(trainer, pl_module, self._captured(), trainer.current_epoch)
-        self._last = ids
+        self._last = ids if ids is not None else self._last
         for name, value in values.items():
             pl_module.log(
                 name, value, logger=bool(trainer.loggers), on_step=False, on_epoch=True, sync_dist=True
@@ -383,9 +419,8 @@ class ConceptAlignmentMonitor(Callback):
     def _correlations(self) -> dict[str, Any]:
         if self.monitor_against is None or not self.history:
             return {}
-        names = [
-            n for n in self.history[-1]["scores"] if n.startswith(("concepts/matched/", "concepts/polar/"))
-        ]
+        heads = (self._name("matched", ""), self._name("polar", ""))
+        names = [n for n in self.history[-1]["scores"] if n.startswith(heads)]
         series = {n: [r["scores"].get(n, math.nan) for r in self.history] for n in names}
         target = [math.nan if r.get("monitor") is None else r["monitor"] for r in self.history]
         return correlation_metrics(series, target, target_name=self.monitor_against)
@@ -398,38 +433,42 @@ class ConceptAlignmentMonitor(Callback):
             fn, is_global_zero=trainer.is_global_zero, broadcast=trainer.strategy.broadcast
         )
 
-    def _measure(self, trainer, pl_module, acts, epoch: int) -> tuple[dict[int, Tensor], dict[str, float]]:
-        start = time.perf_counter()
+    def _measure(
+        self, trainer, pl_module, acts, epoch: int
+    ) -> tuple[dict[int, Tensor] | None, dict[str, float]]:
         if acts is None:
             pad = self._data["tokenizer"].pad_token_id or 0
             acts = token_activations(pl_module, self._tokens, self._layer_ids, pad_token_id=pad)
-        forward_s, start = time.perf_counter() - start, time.perf_counter()
+        if not all(bool(torch.isfinite(a).all()) for a in acts.values()):
+            return None, self._nan_values(epoch)
         ts = self._tokens
         k = self.n_concepts or default_n_concepts(ts.n_tokens)
         num_classes = max(int(ts.classes.max()) + 1, 2)
-        ids, layers, values = {}, {}, {}
+        ids, layers = {}, {}
         for layer in self._layer_ids:
             ids[layer] = discover_concepts(acts[layer], k)
             ref = None if self.reference is None else self.reference[layer]
-            d = describe_layer(
-                ids[layer],
-                ts.words,
-                ts.token_classes,
-                num_classes,
-                self._labels,
-                ref,
-                self.theta,
-                self.top_words,
-            )
-            layers[layer] = d
-            for family in ("matched", "matched_chance", "polar", "polar_chance"):
-                if d[family] is not None:
-                    values[f"concepts/{family}/layer_{layer}"] = float(d[family])
-            values.update({f"concepts/aligned/{n}/layer_{layer}": float(v) for n, v in d["aligned"].items()})
-        what = "reference" if epoch < 0 else f"epoch {epoch}"
-        self.timings.append({"what": what, "forward_s": forward_s, "cluster_s": time.perf_counter() - start})
+            layers[layer] = describe_layer(
+                ids[layer], ts.words, ts.token_classes, num_classes, self._labels, ref, self.theta, self.top_words
+            )  # fmt: skip
         self._write_json(self._out / self._file_name(epoch, trainer.global_step), epoch, trainer, layers, k)
-        return ids, values
+        return ids, {self._name(n): v for n, v in concept_metrics(layers).items()}
+
+    def _nan_values(self, epoch: int) -> dict[str, float]:
+        """NaN for every logged name (the word vectors are not finite); the pre-trained model is refused."""
+        if epoch < 0:
+            raise ValueError(
+                "ConceptAlignmentMonitor: the model's word vectors on the token set have NaN or inf values "
+                "before training; check the checkpoint (nothing was trained)"
+            )
+        if not self._warned_nan:
+            self._warned_nan = True
+            rank_zero_warn(
+                "ConceptAlignmentMonitor logs NaN: the word vectors have NaN or inf values. "
+                "EarlyStopping(check_finite=True) stops on it."
+            )
+        names = concept_metric_names(self._layer_ids, self.label_sets, matched=True)
+        return {self._name(n): math.nan for n in names}
 
     @staticmethod
     def _file_name(epoch: int, step: int) -> str:
@@ -459,7 +498,7 @@ class ConceptAlignmentMonitor(Callback):
             self.trigger_result = run_on_rank_zero_and_broadcast(
                 fn, is_global_zero=trainer.is_global_zero, broadcast=trainer.strategy.broadcast
             )
-            metrics = {f"concepts/{k}": self.trigger_result[k] for k in ("trigger_drop", "random_drop")}
+            metrics = {self._name(k): self.trigger_result[k] for k in ("trigger_drop", "random_drop")}
             for logger in trainer.loggers:
                 logger.log_metrics(metrics, step=trainer.global_step)
                 logger.save()
@@ -467,7 +506,7 @@ class ConceptAlignmentMonitor(Callback):
             self._write_figures(trainer)
 
     def _run_triggers(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
-        ts, top, start = self._tokens, self._layer_ids[-1], time.perf_counter()
+        ts, top = self._tokens, self._layer_ids[-1]
         words = trigger_words(self._last[top], ts, max(int(ts.classes.max()) + 1, 2), self.trigger_words)
         result = concept_triggers(
             pl_module, self._data["tokenizer"], self._data["texts"], self._data["labels"], words, ts.words,
@@ -475,18 +514,17 @@ class ConceptAlignmentMonitor(Callback):
         )  # fmt: skip
         result["layer"] = top
         result["per_class"] = {str(c): v for c, v in result["per_class"].items()}
-        self.timings.append({"what": "triggers", "forward_s": time.perf_counter() - start, "cluster_s": 0.0})
         _write_atomic(self._out / "concepts_triggers.json", result)
         return result
 
     def _write_figures(self, trainer: pl.Trainer) -> dict[str, Path]:
-        from lightning_topo.plots_concepts import write_concept_figures
-
         reference = {"epoch": -1, "step": 0, "scores": self.reference_scores}
-        written = write_concept_figures([reference, *self.history], self._out)
-        images = {f"concepts/plots/{stem}": path for stem, path in written.items()}
+        written = write_concept_figures([reference, *self.history], self._out, prefix=self.log_prefix)
+        images = {self._name("plots", stem): path for stem, path in written.items()}
         monitor = self.monitor_against if any(r.get("monitor") is not None for r in self.history) else None
-        plots.publish_to_wandb(trainer.loggers, images, self.history, monitor, table_key="concepts/history")
+        plots.publish_to_wandb(
+            trainer.loggers, images, self.history, monitor, table_key=self._name("history")
+        )
         return images
 
 

@@ -17,7 +17,7 @@ What reproduces the authors' code and what is our choice is listed in ``docs/con
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,9 +27,12 @@ from torch import Tensor
 __all__ = [
     "ConceptAlignment",
     "ConceptMatch",
+    "FAMILIES",
     "align_concepts",
     "chance_match_share",
     "chance_polar_share",
+    "concept_metric_names",
+    "concept_metrics",
     "concept_top_words",
     "default_n_concepts",
     "describe_layer",
@@ -424,3 +427,35 @@ def describe_layer(
 
 def _jsonable(label: Hashable) -> Hashable:
     return label if isinstance(label, str | int | float | bool) else str(label)
+
+
+#: Share families of :func:`concept_metrics`, each logged per layer as ``{family}/layer_{i}``.
+FAMILIES: tuple[str, ...] = ("matched", "matched_chance", "polar", "polar_chance")
+
+
+def concept_metric_names(layers: Sequence[int], label_sets: Sequence[str], matched: bool = True) -> list[str]:
+    """The names :func:`concept_metrics` returns, without computing (no prefix).
+
+    ``{family}/layer_{i}`` for the :data:`FAMILIES` (``matched*`` only when ``matched``, i.e.
+    against a reference) and ``aligned/{label_set}/layer_{i}``, for every layer in ``layers``.
+    """
+    families = [f for f in FAMILIES if matched or not f.startswith("matched")]
+    names = []
+    for layer in layers:
+        names += [f"{f}/layer_{layer}" for f in families]
+        names += [f"aligned/{s}/layer_{layer}" for s in label_sets]
+    return names
+
+
+def concept_metrics(descriptions: Mapping[int, Mapping]) -> dict[str, float]:
+    """Flat shares of :func:`describe_layer` outputs ``{layer: description}`` (names without prefix).
+
+    Returns exactly :func:`concept_metric_names` ``(layers, label sets, matched=<a reference was given>)``.
+    """
+    out: dict[str, float] = {}
+    for layer, d in descriptions.items():
+        for family in FAMILIES:
+            if d[family] is not None:
+                out[f"{family}/layer_{layer}"] = float(d[family])
+        out.update({f"aligned/{name}/layer_{layer}": float(v) for name, v in d["aligned"].items()})
+    return out

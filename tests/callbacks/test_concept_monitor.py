@@ -296,3 +296,73 @@ def test_ddp_two_processes_log_what_one_process_logs(tmp_path, model_dir, data_f
     assert one.keys() == rank0.keys()
     for name, value in one.items():
         assert rank0[name] == pytest.approx(value, abs=1e-6), name
+
+
+def test_hooks_are_marked_override():
+    from lightning_topo.callbacks.concept_monitor import ConceptAlignmentMonitor
+
+    names = [n for n, v in vars(ConceptAlignmentMonitor).items() if n.startswith("on_")]
+    names += ["state_dict", "load_state_dict"]
+    assert "on_train_start" in names and "on_validation_batch_end" in names
+    for name in names:
+        assert getattr(getattr(ConceptAlignmentMonitor, name), "__override__", False), name
+    assert getattr(ConceptAlignmentMonitor.state_key.fget, "__override__", False)
+
+
+def test_mid_epoch_validations_get_their_own_records_and_log_prefix(tmp_path, model_dir, data_file):
+    from lightning.pytorch import Trainer
+    from lightning.pytorch.loggers import CSVLogger
+
+    from lightning_topo.models import SequenceClassifier, TextClassificationDataModule
+
+    dm = TextClassificationDataModule(
+        data_file=str(data_file), text_column="sentence", label_column="target",
+        tokenizer_name_or_path=str(model_dir), max_length=16, batch_size=16, val_fraction=0.25,
+    )  # fmt: skip
+    monitor = _monitor(triggers=False, log_prefix="lens")
+    trainer = Trainer(
+        max_epochs=1, limit_train_batches=4, val_check_interval=0.5, accelerator="cpu",
+        logger=CSVLogger(tmp_path, name="run", version=0), callbacks=[monitor], enable_progress_bar=False,
+        enable_checkpointing=False, num_sanity_val_steps=0,
+    )  # fmt: skip
+    trainer.fit(SequenceClassifier(model_name_or_path=str(model_dir), num_labels=2), datamodule=dm)
+    assert [(r["epoch"], r["step"]) for r in monitor.history] == [(0, 2), (0, 4)]
+    assert "lens/polar/layer_2" in trainer.callback_metrics and not any(
+        k.startswith("concepts/") for k in trainer.callback_metrics
+    )
+    out = tmp_path / "run" / "version_0" / "lens"
+    assert (out / "concepts_epoch0_step2.json").exists() and (out / "concepts_epoch0_step4.json").exists()
+    assert (out / "concepts_polar.png").exists()
+
+
+class _BreakWeights(Callback):
+    """Puts NaN into the embeddings' LayerNorm after the first training batch."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        with torch.no_grad():
+            pl_module.model.bert.embeddings.LayerNorm.weight.fill_(float("nan"))
+
+
+def test_nan_hidden_states_log_nan_for_every_name(tmp_path, model_dir, data_file):
+    import math
+
+    from lightning.pytorch import Trainer
+
+    from lightning_topo.models import SequenceClassifier, TextClassificationDataModule
+    from lightning_topo.scores.concepts import concept_metric_names
+
+    dm = TextClassificationDataModule(
+        data_file=str(data_file), text_column="sentence", label_column="target",
+        tokenizer_name_or_path=str(model_dir), max_length=16, batch_size=16, val_fraction=0.25,
+    )  # fmt: skip
+    monitor = _monitor(plots=False)
+    trainer = Trainer(
+        max_epochs=1, limit_train_batches=1, accelerator="cpu", logger=False, enable_progress_bar=False,
+        callbacks=[monitor, _BreakWeights()], enable_checkpointing=False, default_root_dir=tmp_path,
+    )  # fmt: skip
+    with pytest.warns(UserWarning, match="logs NaN"):
+        trainer.fit(SequenceClassifier(model_name_or_path=str(model_dir), num_labels=2), datamodule=dm)
+    names = {f"concepts/{n}" for n in concept_metric_names([0, 1, 2], monitor.label_sets)}
+    logged = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("concepts/")}
+    assert names <= set(logged) and all(math.isnan(logged[n]) for n in names)
+    assert monitor.history[-1]["scores"].keys() == names

@@ -186,3 +186,17 @@ def test_chance_match_share_is_high_for_singletons_and_low_for_big_concepts():
     assert chance_match_share(big, big) < 0.1
     singles = torch.arange(200)
     assert chance_match_share(big, singles) == 1.0
+
+
+def test_metric_names_agree_with_metrics():
+    from lightning_topo.scores.concepts import concept_metric_names, concept_metrics, describe_layer
+
+    ids = torch.tensor([0, 0, 1, 1, 2, 2])
+    words = ["a", "b", "c", "d", "e", "f"]
+    classes = torch.tensor([0, 0, 1, 1, 0, 1])
+    sets = {"lexical": words, "casing": ["lower"] * 6}
+    for ref in (None, ids):
+        desc = {layer: describe_layer(ids, words, classes, 2, sets, reference_ids=ref) for layer in (0, 3)}
+        metrics = concept_metrics(desc)
+        assert list(metrics) == concept_metric_names([0, 3], list(sets), matched=ref is not None)
+        assert metrics["polar/layer_3"] == pytest.approx(2 / 3)
