@@ -28,5 +28,19 @@ def embedded_model_path() -> str:
 
 
 def resolve_model_path(model_name_or_path: str | None) -> str:
-    """``model_name_or_path``, or the embedded model's directory when it is ``None``."""
-    return embedded_model_path() if model_name_or_path is None else str(model_name_or_path)
+    """``model_name_or_path``, or the embedded model's directory when it is ``None``.
+
+    Raises:
+        FileNotFoundError: a path that cannot be a Hub id (absolute, starting with ``.`` or ``~``,
+            or with more than one ``/``) does not exist (instead of the Hub's "repo id" error).
+    """
+    if model_name_or_path is None:
+        return embedded_model_path()
+    path = str(model_name_or_path)
+    looks_local = Path(path).is_absolute() or path.startswith((".", "~")) or path.count("/") > 1
+    if looks_local and not Path(path).exists():
+        raise FileNotFoundError(
+            f"model folder {path!r} does not exist (and it is not a Hugging Face Hub id, 'name' or "
+            "'namespace/name'); pass a folder saved with save_pretrained"
+        )
+    return path
