@@ -18,7 +18,6 @@ import dataclasses
 import gzip
 import hashlib
 import math
-import os
 import shutil
 import sys
 from collections.abc import Callable
@@ -719,6 +718,7 @@ DATA = [
     Case("dm-label-names-str", _dm(label_names="a,b"), TypeError, "label_names must be a list"),
     Case("dm-tokenizer-object", _dm(tokenizer_name_or_path=object()), TypeError, "tokenizer_name_or_path"),
     Case("dm-train-without-val", _dm(train_file="a.csv"), ValueError, "train_file needs val_file"),
+    Case("model-folder-missing", _classifier(model_name_or_path="./no_such_model"), FileNotFoundError, "'./no_such_model' does not exist"),
     Case("model-name-int", _classifier(model_name_or_path=3), TypeError, "model_name_or_path"),
     Case("model-num-labels-float", _classifier(num_labels=2.0), TypeError, "num_labels must be an int"),
     Case("model-learning-rate-nan", _classifier(learning_rate=math.nan), TypeError, "learning_rate"),
@@ -749,3 +749,241 @@ def test_bad_input_refused(case: Case, tmp_path, monkeypatch):
         assert env.file.name in message, message
     assert snapshot(tmp_path) == files, "a refused call changed or wrote files"
     assert [state_hash(m) for m in env.models] == weights, "a refused call changed the model"
+
+
+# ------------------------------------------------------------------------------------------ CLIs
+
+
+@dataclasses.dataclass(frozen=True)
+class CliCase:
+    """A bad command line: ``argv(env)`` prepares the files and returns the arguments."""
+
+    id: str
+    argv: Callable[[Env], list[str]]
+    phrase: str  # in the error line; names the option, argument or file
+
+
+def _without_logging_errors(err: str) -> str:
+    """``err`` without the "--- Logging error ---" blocks that ``logging`` prints when a handler
+    installed during an earlier test still writes to that test's closed capture stream."""
+    out, skipping = [], False
+    for line in err.splitlines():
+        if line.startswith("--- Logging error ---"):
+            skipping = True
+        elif skipping and line.startswith("Arguments:"):
+            skipping = False
+        elif not skipping:
+            out.append(line)
+    return "\n".join(out)
+
+
+def run_cli(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str]:
+    """``(exit status, the one error line)`` of ``lightning-topo ARGV``; fails on a traceback or
+    on more than one error line."""
+    from lightning_topo.cli import main
+
+    capsys.readouterr()
+    try:
+        status = main(argv)
+    except SystemExit as exit_:  # argparse's own refusals (unknown choice, missing option)
+        status = exit_.code
+    err = _without_logging_errors(capsys.readouterr().err)
+    assert "Traceback" not in err, err
+    errors = [line for line in err.splitlines() if "error" in line.lower()]
+    prefix = (
+        f"lightning-topo {argv[0]}: error: " if argv[0] in ("fit", "prune") else "lightning-topo: error: "
+    )
+    assert len(errors) == 1 and errors[0].startswith(prefix), err
+    return status, errors[0]
+
+
+def new_entries(before: dict[str, tuple], after: dict[str, tuple], root: Path, allowed: str = "") -> dict:
+    """Entries of ``after`` that differ from ``before``, except empty folders under ``allowed``
+    (Lightning's logger creates its empty versioned folder before any callback's ``setup``)."""
+
+    def empty_folder_under(name: str) -> bool:
+        path = root / name
+        return (
+            bool(allowed)
+            and name.startswith(allowed)
+            and path.is_dir()
+            and not any(p.is_file() for p in path.rglob("*"))
+        )
+
+    changed = {k: v for k, v in after.items() if before.get(k) != v and not empty_folder_under(k)}
+    gone = {k: None for k in before if k not in after}
+    return {**changed, **gone}
+
+
+def _fit_config(env: Env, *callbacks: str) -> Path:
+    src = copy_hf(env)
+    data = write_tsv(env.tmp / "data.tsv")
+    extra = "".join(f"\n    - {c}" for c in callbacks)
+    config = env.tmp / "fit.yaml"
+    config.write_text(
+        f"""
+model: {{model_name_or_path: {src}}}
+data: {{data_file: {data}, max_length: 16, batch_size: 8}}
+trainer:
+  max_epochs: 1
+  accelerator: cpu
+  enable_progress_bar: false
+  enable_model_summary: false
+  logger: {{class_path: lightning.pytorch.loggers.CSVLogger, init_args: {{save_dir: {env.tmp / "runs"}, name: job}}}}
+  callbacks:{extra or " []"}
+"""
+    )
+    return config
+
+
+def _fit(*extra: str, prepare: Callable[[Env], Any] | None = None, callbacks: tuple[str, ...] = ()):
+    def argv(env: Env) -> list[str]:
+        config = _fit_config(env, *callbacks)
+        more = [a.format(tmp=env.tmp) for a in extra]
+        if prepare is not None:
+            prepare(env)
+        return ["fit", "--config", str(config), *more]
+
+    return argv
+
+
+def _existing_output(env: Env) -> None:
+    (env.tmp / "pruned").mkdir()
+    (env.tmp / "pruned" / "mine.txt").write_text("keep")
+
+
+TP = "{class_path: lightning_topo.callbacks.TopologicalPruning, init_args: {prune_epoch: 0, output_dir: pruned}}"
+TP_RATIO = "{class_path: lightning_topo.callbacks.TopologicalPruning, init_args: {ratio: 1.5}}"
+
+FIT_CASES = [
+    CliCase("fit-data-file-directory", _fit("--data.data_file", "{tmp}/reviews.csv", prepare=_folder), "reviews.csv' is a directory"),
+    CliCase("fit-data-file-not-utf8", _fit("--data.data_file", "{tmp}/reviews.csv", prepare=_latin1), "is not UTF-8 text"),
+    CliCase("fit-data-file-missing", _fit("--data.data_file", "{tmp}/nope.csv"), "nope.csv"),
+    CliCase("fit-missing-column", _fit("--data.text_column", "sentence"), "missing column(s) ['sentence']"),
+    CliCase("fit-max-length-1", _fit("--data.max_length", "1"), "max_length must be >= 2"),
+    CliCase("fit-torch-threads-0", _fit("--torch_threads", "0"), "torch_threads must be >= 1"),
+    CliCase("fit-model-folder-missing", _fit("--model.model_name_or_path", "{tmp}/no_model"), "no_model' does not exist"),
+    CliCase("fit-pruning-ratio", _fit(callbacks=(TP_RATIO,)), "ratio (fraction of encoder parameters kept) must be a number in (0, 1]"),
+    CliCase("fit-pruning-output-exists", _fit(prepare=_existing_output, callbacks=(TP,)), "output_dir 'pruned' already exists"),
+    CliCase("fit-unknown-subcommand", lambda env: ["fitt", "--config", "x.yaml"], "unknown subcommand 'fitt'"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", FIT_CASES, ids=lambda c: c.id)
+def test_fit_cli_refuses(case: CliCase, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    env = Env(tmp_path, monkeypatch)
+    argv = case.argv(env)
+    before = snapshot(tmp_path)
+    status, line = run_cli(argv, capsys)
+    assert status == 2
+    assert case.phrase in line, line
+    assert not new_entries(before, snapshot(tmp_path), tmp_path, allowed="runs"), "written before the refusal"
+    assert not list(tmp_path.rglob("*.ckpt")) and not list(tmp_path.rglob("metrics.csv"))  # nothing trained
+
+
+def _prune(*extra: str, prepare: Callable[[Env], Any] | None = None, source: str = "src"):
+    def argv(env: Env) -> list[str]:
+        copy_hf(env)
+        write_tsv(env.tmp / "data.tsv")
+        if prepare is not None:
+            prepare(env)
+        base = ["prune", "--checkpoint", str(env.tmp / source), "--output", str(env.tmp / "out")]
+        more = [a.format(tmp=env.tmp) for a in extra]
+        return [*base, "--accelerator", "cpu", "--recover-epochs", "0", *more]
+
+    return argv
+
+
+class _Payload:
+    """Unpickling this calls ``open(marker, "w")``: the marker file appears if the pickle runs."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _malicious(env: Env) -> None:
+    payload = {"state_dict": {}, "hyper_parameters": {"x": _Payload(env.tmp / "pwned")}}
+    torch.save(payload, env.tmp / "evil.ckpt")
+
+
+def _garbage(env: Env) -> None:
+    (env.tmp / "model.ckpt").write_bytes(bytes(range(256)) * 3)
+
+
+def _truncated_ckpt(env: Env) -> None:
+    torch.save({"state_dict": {"w": torch.zeros(64)}, "hyper_parameters": {}}, env.tmp / "model.ckpt")
+    data = (env.tmp / "model.ckpt").read_bytes()
+    (env.tmp / "model.ckpt").write_bytes(data[: len(data) // 2])
+
+
+def _plain_torch_file(env: Env) -> None:
+    torch.save({"weight": torch.zeros(2)}, env.tmp / "model.ckpt")
+
+
+def _folder_without_config(env: Env) -> None:
+    (env.tmp / "empty_model").mkdir()
+
+
+def _electra_folder(env: Env) -> None:
+    _electra().save_pretrained(env.tmp / "electra")
+
+
+def _output_exists(env: Env) -> None:
+    (env.tmp / "out").mkdir()
+    (env.tmp / "out" / "mine.txt").write_text("keep")
+
+
+def _blocker(env: Env) -> None:
+    (env.tmp / "blocker.txt").write_text("x")
+
+
+PRUNE_CASES = [
+    CliCase("prune-malicious-pickle", _prune(prepare=_malicious, source="evil.ckpt"), "evil.ckpt is not a loadable checkpoint"),
+    CliCase("prune-garbage-ckpt", _prune(prepare=_garbage, source="model.ckpt"), "model.ckpt is not a loadable checkpoint"),
+    CliCase("prune-truncated-ckpt", _prune(prepare=_truncated_ckpt, source="model.ckpt"), "model.ckpt is not a loadable checkpoint"),
+    CliCase("prune-not-lightning-ckpt", _prune(prepare=_plain_torch_file, source="model.ckpt"), "not a Lightning checkpoint"),
+    CliCase("prune-missing-checkpoint", _prune(source="nope.ckpt"), "nope.ckpt does not exist"),
+    CliCase("prune-folder-without-config", _prune(prepare=_folder_without_config, source="empty_model"), "without config.json"),
+    CliCase("prune-unsupported-model", _prune(prepare=_electra_folder, source="electra"), "ElectraForSequenceClassification"),
+    CliCase("prune-output-exists", _prune(prepare=_output_exists), "--output"),
+    CliCase("prune-output-inside-source", _prune("--output", "{tmp}/src/pruned"), "--output must not be the source"),
+    CliCase("prune-output-under-a-file", _prune("--output", "{tmp}/blocker.txt/out", prepare=_blocker), "blocker.txt is a file"),
+    CliCase("prune-ratio-1.5", _prune("--ratio", "1.5"), "--ratio"),
+    CliCase("prune-ratio-nan", _prune("--ratio", "nan"), "--ratio"),
+    CliCase("prune-calibration-batches-0", _prune("--calibration-batches", "0"), "--calibration-batches must be an integer >= 1"),
+    CliCase("prune-max-positions-1", _prune("--max-positions", "1"), "--max-positions"),
+    CliCase("prune-min-heads-0", _prune("--min-heads", "0"), "--min-heads"),
+    CliCase("prune-seed-negative", _prune("--seed", "-1"), "--seed"),
+    CliCase("prune-recover-epochs-negative", _prune("--recover-epochs", "-1"), "--recover-epochs"),
+    CliCase("prune-method-unknown", _prune("--method", "nope"), "--method"),
+    CliCase("prune-data-file-columns", _prune("--data-file", "{tmp}/reviews.tsv", prepare=_renamed_columns), "--text-column and --label-column"),
+    CliCase("prune-data-file-not-utf8", _prune("--data-file", "{tmp}/reviews.csv", prepare=_latin1), "is not UTF-8 text"),
+    CliCase("prune-data-file-directory", _prune("--data-file", "{tmp}/reviews.csv", prepare=_folder), "is a directory"),
+    CliCase("prune-data-file-missing", _prune("--data-file", "{tmp}/nope.csv"), "nope.csv"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", PRUNE_CASES, ids=lambda c: c.id)
+def test_prune_cli_refuses(case: CliCase, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    env = Env(tmp_path, monkeypatch)
+    argv = case.argv(env)
+    before = snapshot(tmp_path)
+    status, line = run_cli(argv, capsys)
+    assert status == 2
+    assert case.phrase in line, line
+    assert new_entries(before, snapshot(tmp_path), tmp_path) == {}, "written or changed before the refusal"
+    assert not (tmp_path / "pwned").exists()  # the malicious pickle ran nothing
+
+
+def test_malicious_payload_is_live(tmp_path):
+    """Control for ``prune-malicious-pickle``: loading the same file unsafely does create the marker,
+    so the absence of the marker above means that nothing ran."""
+    env = Env(tmp_path, None)  # type: ignore[arg-type]
+    _malicious(env)
+    torch.load(tmp_path / "evil.ckpt", weights_only=False)
+    assert (tmp_path / "pwned").exists()
