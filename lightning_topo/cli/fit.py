@@ -123,7 +123,8 @@ class TopoLightningCLI(LightningCLI):
         try:
             super().instantiate_classes()
         except (ValueError, TypeError, OSError) as err:
-            raise InputError(" ".join(f"{type(err).__name__}: {err}".split())) from err
+            refusal = _unwrap_jsonargparse(err)
+            raise InputError(" ".join(f"{type(refusal).__name__}: {refusal}".split())) from err
 
     def before_fit(self) -> None:
         self._watch()
@@ -132,6 +133,20 @@ class TopoLightningCLI(LightningCLI):
     def after_fit(self) -> None:
         elapsed = time.perf_counter() - getattr(self, "_fit_started", time.perf_counter())
         _print_rank_zero(summary_line(self.trainer, elapsed))
+
+
+def _unwrap_jsonargparse(err: BaseException) -> BaseException:
+    """The class's own error when jsonargparse wrapped it in a report of every union subtype it
+    tried (e.g. a callback's ``ratio`` refusal inside "Does not validate against any of the Union
+    subtypes ..."); any other error as it is."""
+    while isinstance(err.__cause__, ValueError | TypeError | OSError):
+        tb = err.__traceback__
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        if tb is None or "jsonargparse" not in tb.tb_frame.f_code.co_filename:
+            break
+        err = err.__cause__
+    return err
 
 
 @rank_zero_only
