@@ -854,6 +854,7 @@ def _existing_output(env: Env) -> None:
 
 TP = "{class_path: lightning_topo.callbacks.TopologicalPruning, init_args: {prune_epoch: 0, output_dir: pruned}}"
 TP_RATIO = "{class_path: lightning_topo.callbacks.TopologicalPruning, init_args: {ratio: 1.5}}"
+PSM_EVERY = "{class_path: lightning_topo.callbacks.PersistenceScoreMonitor, init_args: {every_n_epochs: 0}}"
 
 FIT_CASES = [
     CliCase("fit-data-file-directory", _fit("--data.data_file", "{tmp}/reviews.csv", prepare=_folder), "reviews.csv' is a directory"),
@@ -863,7 +864,8 @@ FIT_CASES = [
     CliCase("fit-max-length-1", _fit("--data.max_length", "1"), "max_length must be >= 2"),
     CliCase("fit-torch-threads-0", _fit("--torch_threads", "0"), "torch_threads must be >= 1"),
     CliCase("fit-model-folder-missing", _fit("--model.model_name_or_path", "{tmp}/no_model"), "no_model' does not exist"),
-    CliCase("fit-pruning-ratio", _fit(callbacks=(TP_RATIO,)), "ratio (fraction of encoder parameters kept) must be a number in (0, 1]"),
+    CliCase("fit-pruning-ratio", _fit(callbacks=(TP_RATIO,)), "fit: error: ValueError: ratio (fraction of encoder parameters kept) must be a number in (0, 1]"),
+    CliCase("fit-monitor-every-n-epochs", _fit(callbacks=(PSM_EVERY,)), "fit: error: ValueError: every_n_epochs must be an int >= 1"),
     CliCase("fit-pruning-output-exists", _fit(prepare=_existing_output, callbacks=(TP,)), "output_dir 'pruned' already exists"),
     CliCase("fit-unknown-subcommand", lambda env: ["fitt", "--config", "x.yaml"], "unknown subcommand 'fitt'"),
 ]  # fmt: skip
