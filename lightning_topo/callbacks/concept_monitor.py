@@ -37,7 +37,7 @@ from lightning_topo import plots
 from lightning_topo.encoding import EncodedBatch, encode_batch
 from lightning_topo.plots_concepts import write_concept_figures
 from lightning_topo.representations import check_layers, resolve_layers, run_on_rank_zero_and_broadcast
-from lightning_topo.scores.checks import check_bool, check_int, check_real, check_seed
+from lightning_topo.scores.checks import check_bool, check_choice, check_int, check_real, check_seed
 from lightning_topo.scores.concepts import (
     concept_metric_names,
     concept_metrics,
@@ -175,7 +175,7 @@ class ConceptAlignmentMonitor(Callback):
         if self.theta > 1:
             raise ValueError(f"theta must be in (0, 1]; got {theta!r}")
         self.label_sets = self._check_label_sets(label_sets, conllu_file)
-        self.conllu_file, self.split = conllu_file, split
+        self.conllu_file, self.split = conllu_file, check_choice(split, "split", ("val", "train", "test"))
         self.seed, self.top_words = check_seed(seed), check_int(top_words, "top_words", minimum=1)
         self.triggers = check_bool(triggers, "triggers")
         self.trigger_words = check_int(trigger_words, "trigger_words", minimum=1)

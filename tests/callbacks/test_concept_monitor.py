@@ -234,6 +234,8 @@ def test_datamodule_without_texts_is_refused(tmp_path, model_dir):
         ({"seed": None}, TypeError, "seed"),
         ({"triggers": "yes"}, TypeError, "triggers"),
         ({"monitor_against": ""}, ValueError, "monitor_against"),
+        ({"split": "validation"}, ValueError, "split"),
+        ({"log_prefix": "/"}, ValueError, "log_prefix"),
     ],
 )
 def test_bad_arguments(kwargs, error, match):
