@@ -24,6 +24,7 @@ import json
 import os
 import platform
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -76,11 +77,91 @@ def time_clustering(sizes: list[int], repeats: int, limit_val: int | None) -> li
     return rows
 
 
+def time_components(epochs: int, limit_val: int | None) -> dict[str, Any]:
+    """The monitor's work at default settings, piece by piece, on the pre-trained MiniLM.
+
+    Reference forward (the token set's sentences), one measurement (clustering + description of
+    every layer), the triggers (default 5 words x 64 sentences per class) and the figures; the
+    projection for a fit of ``epochs`` epochs is ``forward + (1 + epochs) x measurement +
+    triggers + figures`` (the per-epoch vectors come from the validation forward).
+    """
+    from lightning_topo.callbacks.concept_monitor import ConceptAlignmentMonitor
+    from lightning_topo.models import SequenceClassifier, TextClassificationDataModule
+    from lightning_topo.plots_concepts import write_concept_figures
+    from lightning_topo.scores.concepts import (
+        concept_metrics,
+        default_n_concepts,
+        describe_layer,
+        discover_concepts,
+    )
+    from lightning_topo.tokens import (
+        build_token_set,
+        concept_triggers,
+        token_activations,
+        token_labels,
+        trigger_words,
+    )
+
+    mon = ConceptAlignmentMonitor()
+    dm = TextClassificationDataModule(max_length=64, limit={"val": limit_val} if limit_val else None)
+    model = SequenceClassifier(num_labels=dm.num_classes)
+    texts, labels = dm.split_texts("val"), dm.split_labels("val")
+    t = {}
+    start = time.perf_counter()
+    ts = build_token_set(texts, labels, dm.tokenizer, mon.max_tokens, 64, mon.max_per_word, mon.seed)
+    sets = {name: token_labels(ts, name) for name in mon.label_sets}
+    t["token_set_s"] = time.perf_counter() - start
+    layers = list(range(model.model.config.num_hidden_layers + 1))
+    start = time.perf_counter()
+    acts = token_activations(model, ts, layers, pad_token_id=dm.tokenizer.pad_token_id)
+    t["reference_forward_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    k = default_n_concepts(ts.n_tokens)
+    ids = {layer: discover_concepts(acts[layer], k) for layer in layers}
+    desc = {
+        layer: describe_layer(ids[layer], ts.words, ts.token_classes, 2, sets, ids[layer]) for layer in layers
+    }
+    concept_metrics(desc)
+    t["measurement_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    words = trigger_words(ids[layers[-1]], ts, 2, mon.trigger_words)
+    concept_triggers(model, dm.tokenizer, texts, labels, words, ts.words, 64, mon.trigger_sentences, mon.seed)
+    t["triggers_s"] = time.perf_counter() - start
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        record = {
+            "epoch": 0,
+            "step": 1,
+            "scores": {f"concepts/{n}": v for n, v in concept_metrics(desc).items()},
+        }
+        write_concept_figures([record], tmp)
+        t["figures_s"] = time.perf_counter() - start
+    t["tokens"], t["sentences"], t["layers"], t["n_concepts"] = ts.n_tokens, len(ts.texts), len(layers), k
+    t["projected_fit_s"] = (
+        t["token_set_s"]
+        + t["reference_forward_s"]
+        + (1 + epochs) * t["measurement_s"]
+        + t["triggers_s"]
+        + t["figures_s"]
+    )
+    print(
+        "  " + ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in t.items()),
+        flush=True,
+    )
+    return t
+
+
 def concepts_section(args: argparse.Namespace) -> dict[str, Any]:
     """The clustering part of the concept lens's benchmark (its cost on the fit is ``benchmarks/lenses.py
     --lenses concepts``)."""
     print("clustering time vs token count (MiniLM top layer, d=384):", flush=True)
-    return {"clustering": time_clustering(args.sizes, args.cluster_repeats, args.limit_val)}
+    out = {"clustering": time_clustering(args.sizes, args.cluster_repeats, args.limit_val)}
+    print(
+        f"the monitor's work at default settings, piece by piece (projection for {args.epochs} epochs):",
+        flush=True,
+    )
+    out["components"] = time_components(args.epochs, args.limit_val)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,11 +175,16 @@ def main(argv: list[str] | None = None) -> int:
         "--repeats", type=int, default=2, help="alternating rounds of baseline + monitored fits"
     )
     parser.add_argument("--limit-val", type=int, default=None)
+    parser.add_argument("--epochs", type=int, default=3, help="epochs of the projected fit (default 3)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads (default 1, as the quickstart timing)"
+    )
     parser.add_argument(
         "--quick", action="store_true", help="smoke run: small sizes, a 200-sentence val split"
     )
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "lenses_concepts.json"))
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
     if args.quick:
         args.sizes, args.cluster_repeats, args.limit_val = [200, 400], 1, 200
     result = {
