@@ -203,7 +203,7 @@ class ConceptAlignmentMonitor(Callback):
         self._data: dict[str, Any] = {}
         self._labels: dict[str, list] = {}
         self._layer_ids: list[int] = []
-        self._lookup: dict[tuple[int, ...], int] = {}
+        self._lookup: dict[tuple[int, ...], list[int]] = {}
         self._capture: dict[int, dict[int, Tensor]] | None = None
         self._pending: dict[str, Any] | None = None
         self._pending_correlations: dict[str, Any] = {}
@@ -308,7 +308,9 @@ class ConceptAlignmentMonitor(Callback):
                 f"{self.split!r} split); lower n_concepts or leave it None"
             )
         self._labels = {name: token_labels(ts, name, self.conllu_file) for name in self.label_sets}
-        self._tokens, self._lookup = ts, {tuple(ids): i for i, ids in enumerate(ts.input_ids)}
+        self._tokens, self._lookup = ts, {}
+        for i, ids in enumerate(ts.input_ids):  # a text may occur twice in the split
+            self._lookup.setdefault(tuple(ids), []).append(i)
         self._data = {
             "texts": texts,
             "labels": labels,
@@ -369,8 +371,7 @@ class ConceptAlignmentMonitor(Callback):
             return
         mask, ids = encoded.attention_mask.bool().cpu(), batch["input_ids"].cpu()
         for row in range(ids.shape[0]):
-            sent = self._lookup.get(tuple(ids[row][mask[row]].tolist()))
-            if sent is not None:
+            for sent in self._lookup.get(tuple(ids[row][mask[row]].tolist()), ()):
                 pieces = self._tokens.piece[self._tokens.sentence == sent]
                 self._capture[sent] = {
                     layer: encoded.hidden_states[layer][row, pieces].detach().float().cpu()
