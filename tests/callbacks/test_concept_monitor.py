@@ -46,7 +46,9 @@ def data_file(tmp_path_factory) -> Path:
     return path
 
 
-def _fit(tmp_path, model_dir, data_file, monitor, max_epochs=2, ckpt_path=None, checkpoint=False):
+def _fit(
+    tmp_path, model_dir, data_file, monitor, max_epochs=2, ckpt_path=None, checkpoint=False, logger=None
+):
     from lightning.pytorch import Trainer
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
@@ -62,7 +64,7 @@ def _fit(tmp_path, model_dir, data_file, monitor, max_epochs=2, ckpt_path=None, 
     if checkpoint:
         callbacks.append(ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_top_k=0))
     trainer = Trainer(
-        max_epochs=max_epochs, accelerator="cpu", devices=1, logger=CSVLogger(tmp_path, name="run", version=0),
+        max_epochs=max_epochs, accelerator="cpu", devices=1, logger=logger or CSVLogger(tmp_path, name="run", version=0),
         callbacks=callbacks, enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=1,
         log_every_n_steps=1, enable_checkpointing=checkpoint,
     )  # fmt: skip
@@ -368,3 +370,43 @@ def test_nan_hidden_states_log_nan_for_every_name(tmp_path, model_dir, data_file
     logged = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("concepts/")}
     assert names <= set(logged) and all(math.isnan(logged[n]) for n in names)
     assert monitor.history[-1]["scores"].keys() == names
+
+
+def test_wandb_offline_run_holds_scalars_images_and_table(tmp_path, model_dir, data_file, monkeypatch):
+    import time
+
+    pytest.importorskip("wandb")
+    from lightning.pytorch.loggers import WandbLogger
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    logger = WandbLogger(save_dir=str(tmp_path), project="lightning-topo-test", offline=True)
+    monitor = _monitor()
+    try:
+        _fit(tmp_path, model_dir, data_file, monitor, max_epochs=1, logger=logger)
+        run_dir = Path(logger.experiment.dir).parent
+    finally:
+        import wandb
+
+        wandb.finish()
+    keys = (
+        "concepts/polar/layer_2",
+        "concepts/matched/layer_0",
+        "concepts/trigger_drop",
+        "concepts/random_drop",
+    )
+    deadline = time.monotonic() + 60  # the W&B service writes the run file asynchronously
+    while True:
+        records = b"".join(p.read_bytes() for p in run_dir.glob("run-*.wandb"))
+        missing = [k for k in keys if k.encode() not in records]
+        if not missing or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert not missing, f"scalars missing from the offline run file: {missing}"
+    images = sorted(p.name for p in (run_dir / "files" / "media" / "images").rglob("*.png"))
+    assert any("concepts_polar" in n for n in images) and any("concepts_matched" in n for n in images), images
+    table = json.loads(next((run_dir / "files" / "media" / "table").rglob("*.table.json")).read_text())
+    col = table["columns"].index("concepts/polar/layer_2")
+    assert [row[col] for row in table["data"]] == pytest.approx(
+        [r["scores"]["concepts/polar/layer_2"] for r in monitor.history]
+    )
