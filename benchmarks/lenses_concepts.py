@@ -41,8 +41,8 @@ def time_clustering(sizes: list[int], repeats: int, limit_val: int | None) -> li
     from scipy.cluster.hierarchy import fcluster, linkage
 
     from lightning_topo.models import SequenceClassifier, TextClassificationDataModule
+    from lightning_topo.representations.tokens import build_token_set, token_activations
     from lightning_topo.scores.concepts import default_n_concepts, discover_concepts
-    from lightning_topo.tokens import build_token_set, token_activations
 
     dm = TextClassificationDataModule(max_length=64, limit={"val": limit_val} if limit_val else None)
     model = SequenceClassifier(num_labels=dm.num_classes)
@@ -87,19 +87,19 @@ def time_components(epochs: int, limit_val: int | None) -> dict[str, Any]:
     """
     from lightning_topo.callbacks.concept_monitor import ConceptAlignmentMonitor
     from lightning_topo.models import SequenceClassifier, TextClassificationDataModule
-    from lightning_topo.plots_concepts import write_concept_figures
-    from lightning_topo.scores.concepts import (
-        concept_metrics,
-        default_n_concepts,
-        describe_layer,
-        discover_concepts,
-    )
-    from lightning_topo.tokens import (
+    from lightning_topo.plots.concepts import write_concept_figures
+    from lightning_topo.representations.tokens import (
         build_token_set,
         concept_triggers,
         token_activations,
         token_labels,
         trigger_words,
+    )
+    from lightning_topo.scores.concepts import (
+        concept_metrics,
+        default_n_concepts,
+        describe_layer,
+        discover_concepts,
     )
 
     mon = ConceptAlignmentMonitor()

@@ -45,8 +45,8 @@ def _val_sample(max_sentences: int, seed: int, limit_val: int | None) -> tuple[d
     """The monitor's sentence sample of the embedded validation split through the pre-trained MiniLM."""
     from lightning_topo.encoding import encode_batch
     from lightning_topo.models import SequenceClassifier, TextClassificationDataModule
+    from lightning_topo.representations.words import WordVectorSample
     from lightning_topo.scores.tree_probe import vocab_tables
-    from lightning_topo.word_vectors import WordVectorSample
 
     dm = TextClassificationDataModule(
         max_length=64, eval_batch_size=128, limit={"val": limit_val} if limit_val else None

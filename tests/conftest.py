@@ -55,4 +55,8 @@ def tiny_batch():
     attention_mask[1, 7:] = 0
     attention_mask[4, 5:] = 0
     input_ids[attention_mask == 0] = 0
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": torch.tensor([0, 1, 0, 1, 1, 0])}
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "labels": torch.tensor([0, 1, 0, 1, 1, 0]),
+    }

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lightning_topo.encoding import EncodedBatch
-from lightning_topo.tokens import (
+from lightning_topo.representations.tokens import (
     build_token_set,
     concept_triggers,
     conllu_upos,

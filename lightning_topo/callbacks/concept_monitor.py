@@ -9,9 +9,9 @@ concept, how many became *polar* (aligned to one output class) and how many alig
 human-defined label sets.
 
 The callback decides *when* to measure and *what* to log, nothing more: the token set and the
-word vectors come from :mod:`lightning_topo.tokens`, the numbers from
+word vectors come from :mod:`lightning_topo.representations.tokens`, the numbers from
 :mod:`lightning_topo.scores.concepts` and :func:`lightning_topo.scores.correlation_metrics`, the
-figures from :mod:`lightning_topo.plots_concepts` and :mod:`lightning_topo.plots`.
+figures from :mod:`lightning_topo.plots.concepts` and :mod:`lightning_topo.plots`.
 """
 
 from __future__ import annotations
@@ -35,8 +35,17 @@ from typing_extensions import override
 
 from lightning_topo import plots
 from lightning_topo.encoding import EncodedBatch, encode_batch
-from lightning_topo.plots_concepts import write_concept_figures
+from lightning_topo.plots.concepts import write_concept_figures
 from lightning_topo.representations import check_layers, resolve_layers, run_on_rank_zero_and_broadcast
+from lightning_topo.representations.tokens import (
+    LABEL_SETS,
+    TokenSet,
+    build_token_set,
+    concept_triggers,
+    token_activations,
+    token_labels,
+    trigger_words,
+)
 from lightning_topo.scores.checks import check_bool, check_choice, check_int, check_real, check_seed
 from lightning_topo.scores.concepts import (
     concept_metric_names,
@@ -46,15 +55,6 @@ from lightning_topo.scores.concepts import (
     discover_concepts,
 )
 from lightning_topo.scores.correlation import correlation_metrics
-from lightning_topo.tokens import (
-    LABEL_SETS,
-    TokenSet,
-    build_token_set,
-    concept_triggers,
-    token_activations,
-    token_labels,
-    trigger_words,
-)
 
 __all__ = ["ConceptAlignmentMonitor"]
 
@@ -67,7 +67,7 @@ class ConceptAlignmentMonitor(Callback):
     r"""Latent concepts per layer, their match with the pre-trained model's and their alignment.
 
     At the start of training (before the first step; after a checkpoint is restored) it draws a
-    fixed token set from the validation split (:func:`~lightning_topo.tokens.build_token_set`)
+    fixed token set from the validation split (:func:`~lightning_topo.representations.tokens.build_token_set`)
     and clusters the model *as it is* -- the pre-trained reference -- on each selected layer
     (Ward, :func:`~lightning_topo.scores.concepts.discover_concepts`). At the end of every
     validation run of a measured epoch (never the sanity check) it clusters the fine-tuned
@@ -95,7 +95,7 @@ class ConceptAlignmentMonitor(Callback):
     ``concepts_triggers.json`` and the figures ``concepts_matched.png``/``concepts_polar.png``
     (also sent to a ``WandbLogger`` with a ``concepts/history`` table). **Triggers** (end of
     ``fit``): the words of the most polar top-layer concept of each class are prepended to
-    validation sentences of the other classes (:func:`~lightning_topo.tokens.concept_triggers`);
+    validation sentences of the other classes (:func:`~lightning_topo.representations.tokens.concept_triggers`);
     the loggers get ``concepts/trigger_drop`` and ``concepts/random_drop`` (as many random
     words). ``state_dict`` keeps the reference, the last concepts and the history, so a resumed
     run continues against the same reference.

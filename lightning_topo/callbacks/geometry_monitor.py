@@ -7,8 +7,8 @@ layer's input, head outputs, attention output and layer output, the entropy of t
 rows and the directionality of every head's ``W_q W_kᵀ``.
 
 The callback only decides *when* to measure and *what* to log: hooks and running means come
-from :mod:`lightning_topo.geometry_capture`, the numbers from
-:mod:`lightning_topo.scores.geometry`, the figures from :mod:`lightning_topo.plots_geometry`.
+from :mod:`lightning_topo.representations.geometry`, the numbers from
+:mod:`lightning_topo.scores.geometry`, the figures from :mod:`lightning_topo.plots.geometry`.
 """
 
 from __future__ import annotations
@@ -26,9 +26,10 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from typing_extensions import override
 
-from lightning_topo import plots, plots_geometry
+from lightning_topo import plots
 from lightning_topo.encoding import encode_batch
-from lightning_topo.geometry_capture import (
+from lightning_topo.plots import geometry as plots_geometry
+from lightning_topo.representations.geometry import (
     ATTENTION_SOURCES,
     GeometryAccumulator,
     GeometryCapture,
@@ -397,8 +398,11 @@ class GeometryMonitor(Callback):
 
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.plots and self.history and trainer.is_global_zero:
-            self._write_figures(trainer)
+        if not (self.plots and self.history):
+            return
+        out = self.plot_dir(trainer)  # on every process: trainer.log_dir is a collective call under DDP
+        if trainer.is_global_zero:
+            self._write_figures(trainer, out)
 
     def plot_dir(self, trainer: pl.Trainer) -> Path:
         """Where the figures go: ``<trainer.log_dir or default_root_dir>/<log_prefix>``."""
@@ -408,9 +412,8 @@ class GeometryMonitor(Callback):
             root = None
         return Path(root or trainer.default_root_dir) / self.log_prefix
 
-    def _write_figures(self, trainer: pl.Trainer) -> dict[str, Path]:
+    def _write_figures(self, trainer: pl.Trainer, out: Path) -> dict[str, Path]:
         """Headline score vs epoch / vs the monitored metric, cone index per layer, per-head heat maps."""
-        out = self.plot_dir(trainer)
         monitor = self.monitor_against if any(r["monitor"] is not None for r in self.history) else None
         last_layer = self.history[-1]["layers"][-1]
         images = plots.write_history_figures(

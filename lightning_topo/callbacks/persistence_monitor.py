@@ -299,8 +299,11 @@ class PersistenceScoreMonitor(Callback):
 
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.plots and self.history and trainer.is_global_zero:
-            self._write_figures(trainer)
+        if not (self.plots and self.history):
+            return
+        out = self.plot_dir(trainer)  # on every process: trainer.log_dir is a collective call under DDP
+        if trainer.is_global_zero:
+            self._write_figures(trainer, out)
 
     # ------------------------------------------------------------------ what to log
 
@@ -387,13 +390,13 @@ class PersistenceScoreMonitor(Callback):
         values = correlation_metrics(series, target, target_name=self.monitor_against)
         return {name: float(value) for name, value in values.items()}
 
-    def _write_figures(self, trainer: pl.Trainer) -> dict[str, Path]:
+    def _write_figures(self, trainer: pl.Trainer, out: Path) -> dict[str, Path]:
         monitor = self.monitor_against if any(r["monitor"] is not None for r in self.history) else None
         score = self.score_name if "psf" in self.scores else next(iter(self.history[-1]["scores"]))
         last = self.history[-1]
         images = plots.write_history_figures(
             self.history,
-            self.plot_dir(trainer),
+            out,
             score=score,
             monitor=monitor,
             diagrams=self._last_diagrams,

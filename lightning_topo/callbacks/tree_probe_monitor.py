@@ -7,7 +7,7 @@ epoch: how well a linear probe's squared norms can fit self-supervised (``ssp``/
 treebank (``sp``) tree depths of the words, after a fixed training budget.
 
 The callback only decides *when* to measure and *what* to log: the word vectors come from
-:class:`lightning_topo.word_vectors.WordVectorSample` and the numbers from
+:class:`lightning_topo.representations.words.WordVectorSample` and the numbers from
 :func:`lightning_topo.scores.tree_probe.fit_probe`.
 """
 
@@ -27,14 +27,16 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from typing_extensions import override
 
-from lightning_topo import plots, plots_tree_probe
+from lightning_topo import plots
 from lightning_topo.encoding import EncodedBatch, encode_batch
+from lightning_topo.plots import tree_probe as plots_tree_probe
 from lightning_topo.representations import (
     check_layers,
     gather_variable,
     resolve_layers,
     run_on_rank_zero_and_broadcast,
 )
+from lightning_topo.representations.words import WordVectorSample
 from lightning_topo.scores.checks import check_bool, check_choice, check_int, check_real, check_seed
 from lightning_topo.scores.correlation import correlation_metrics
 from lightning_topo.scores.tree_probe import (
@@ -47,7 +49,6 @@ from lightning_topo.scores.tree_probe import (
     probe_metric_names,
     vocab_tables,
 )
-from lightning_topo.word_vectors import WordVectorSample
 
 __all__ = ["TreeProbeMonitor"]
 
@@ -308,8 +309,11 @@ class TreeProbeMonitor(Callback):
 
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.plots and self.history and trainer.is_global_zero:
-            self._write_figures(trainer)
+        if not (self.plots and self.history):
+            return
+        out = self.plot_dir(trainer)  # on every process: trainer.log_dir is a collective call under DDP
+        if trainer.is_global_zero:
+            self._write_figures(trainer, out)
 
     # ------------------------------------------------------------------ what to log
     def _compute(
@@ -384,8 +388,7 @@ class TreeProbeMonitor(Callback):
         target = [math.nan if r["monitor"] is None else r["monitor"] for r in self.history]
         return correlation_metrics(series, target, target_name=self.monitor_against)
 
-    def _write_figures(self, trainer: pl.Trainer) -> dict[str, Path]:
-        out = self.plot_dir(trainer)
+    def _write_figures(self, trainer: pl.Trainer, out: Path) -> dict[str, Path]:
         monitor = self.monitor_against if any(r["monitor"] is not None for r in self.history) else None
         layers = self._layer_indices or [0]
         headline = self._name(self.targets[0], f"layer_{layers[-1]}")

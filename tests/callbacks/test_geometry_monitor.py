@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 
 from lightning_topo.callbacks.geometry_monitor import GeometryMonitor
 from lightning_topo.encoding import EncodedBatch, encode_batch
-from lightning_topo.geometry_capture import GeometryAccumulator, GeometryCapture
+from lightning_topo.representations.geometry import GeometryAccumulator, GeometryCapture
 from lightning_topo.scores.geometry import metric_names
 
 
@@ -60,7 +60,7 @@ class TinyClassifier(pl.LightningModule):
 
 def _geometry_hooks(model) -> int:
     hooks = [h for m in model.modules() for h in (*m._forward_hooks.values(), *m._forward_pre_hooks.values())]
-    return sum(getattr(h, "__module__", "") == "lightning_topo.geometry_capture" for h in hooks)
+    return sum(getattr(h, "__module__", "") == "lightning_topo.representations.geometry" for h in hooks)
 
 
 def make_dataset(n: int, seed: int, empty_row: int | None = None):

@@ -13,7 +13,8 @@ PACKAGE = Path(__file__).resolve().parents[2] / "lightning_topo"
 # module (file or package folder) -> lightning_topo subpackages it must never import
 FORBIDDEN = {
     "scores": ("representations", "callbacks", "models", "cli", "plots", "pruning", "data"),
-    "representations.py": ("callbacks", "models", "cli", "plots", "pruning"),
+    "representations": ("callbacks", "models", "cli", "plots", "pruning"),
+    "plots": ("callbacks", "models", "cli"),
     "encoding.py": ("representations", "scores", "callbacks", "models", "cli", "plots"),
 }
 

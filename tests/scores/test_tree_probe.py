@@ -331,7 +331,7 @@ def _sample_inputs(n=30, seq=8):
 
 
 def test_word_vector_sample_is_capped_seeded_and_batch_size_free():
-    from lightning_topo.word_vectors import WordVectorSample
+    from lightning_topo.representations.words import WordVectorSample
 
     hidden, lengths, batch = _sample_inputs()
 
@@ -358,7 +358,7 @@ def test_word_vector_sample_merges_shards_like_one_process():
     """Two threads stand in for two processes; ``gather`` is a barrier-synchronised all-gather."""
     import threading
 
-    from lightning_topo.word_vectors import WordVectorSample
+    from lightning_topo.representations.words import WordVectorSample
 
     _, _, batch = _sample_inputs()
     single = WordVectorSample([1], max_sentences=12, seed=3)

@@ -1,6 +1,7 @@
 """Figures of the tree probe monitor (matplotlib's object-oriented API on an Agg canvas).
 
-Kept apart from :mod:`lightning_topo.plots` for now; the functions take the monitor's history
+The history figures shared by every lens live in :mod:`lightning_topo.plots`; the functions
+here take the monitor's history
 (``[{"epoch", "scores": {name: float}, "monitor"}, ...]``) and write PNGs atomically.
 """
 

@@ -1,8 +1,8 @@
 """Figures of the geometry lens (matplotlib's object-oriented API on the Agg canvas).
 
 No pyplot global state is touched, so the user's matplotlib backend is never changed; every
-PNG is written to a temporary sibling and renamed into place. Kept apart from
-:mod:`lightning_topo.plots` until the two are merged.
+PNG is written to a temporary sibling and renamed into place. The history figures shared by
+every lens live in :mod:`lightning_topo.plots`.
 
 History records are those of :class:`~lightning_topo.callbacks.GeometryMonitor`:
 ``{"epoch", "step", "scores": {name: float}, "layers": [i, ...],

@@ -8,7 +8,7 @@ their word vectors at the selected layers. A sentence's key depends only on its 
 (:func:`~lightning_topo.scores.tree_probe.sentence_keys`), so the sample is the same whatever the
 batching or the sharding over processes (``finalize(gather=...)`` merges the shards). Word pieces are mean-pooled into words by the
 WordPiece rule of :func:`lightning_topo.scores.tree_probe.wordpiece_word_ids` (the tree probe's
-pooling; the concept lens's :mod:`lightning_topo.tokens` takes a word's last piece instead).
+pooling; the concept lens's :mod:`lightning_topo.representations.tokens` takes a word's last piece instead).
 """
 
 from __future__ import annotations

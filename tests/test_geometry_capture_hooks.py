@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from lightning_topo.geometry_capture import (
+from lightning_topo.representations.geometry import (
     GeometryAccumulator,
     GeometryCapture,
     bert_family_layers,
@@ -31,7 +31,7 @@ def _eager_copy(model):
 def _hook_count(model):
     """Hooks of the capture module (transformers installs its own output-recording hooks)."""
     hooks = [h for m in model.modules() for h in (*m._forward_hooks.values(), *m._forward_pre_hooks.values())]
-    return sum(getattr(h, "__module__", "") == "lightning_topo.geometry_capture" for h in hooks)
+    return sum(getattr(h, "__module__", "") == "lightning_topo.representations.geometry" for h in hooks)
 
 
 def test_captures_match_hidden_states_and_a_manual_attention(tiny_classifier, tiny_batch):
