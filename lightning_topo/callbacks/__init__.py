@@ -12,13 +12,25 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from lightning_topo.callbacks.concept_monitor import (
+        ConceptAlignmentMonitor as ConceptAlignmentMonitor,
+    )
+    from lightning_topo.callbacks.geometry_monitor import GeometryMonitor as GeometryMonitor
     from lightning_topo.callbacks.persistence_monitor import (
         PersistenceScoreMonitor as PersistenceScoreMonitor,
     )
     from lightning_topo.callbacks.pruning import TopologicalPruning as TopologicalPruning
+    from lightning_topo.callbacks.tree_probe_loss import (
+        TreeProbeRegularization as TreeProbeRegularization,
+    )
+    from lightning_topo.callbacks.tree_probe_monitor import TreeProbeMonitor as TreeProbeMonitor
 
 _EXPORTS = {
     "PersistenceScoreMonitor": "lightning_topo.callbacks.persistence_monitor",
+    "GeometryMonitor": "lightning_topo.callbacks.geometry_monitor",
+    "ConceptAlignmentMonitor": "lightning_topo.callbacks.concept_monitor",
+    "TreeProbeMonitor": "lightning_topo.callbacks.tree_probe_monitor",
+    "TreeProbeRegularization": "lightning_topo.callbacks.tree_probe_loss",
     "TopologicalPruning": "lightning_topo.callbacks.pruning",
 }
 

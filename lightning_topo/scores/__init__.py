@@ -7,7 +7,11 @@ Modules, bottom to top (an import only points down; nothing here imports
 * ``presets`` -- named settings (:data:`PRESETS`);
 * ``psf`` -- BERTops' persistence scoring function and :class:`PSFLoss`;
 * ``summary`` -- everything a persistence lens logs from one diagram pass per layer;
-* ``correlation`` -- Pearson / Spearman of score histories against a monitored metric.
+* ``correlation`` -- Pearson / Spearman of score histories against a monitored metric;
+* one module per lens, imported by name (``from lightning_topo.scores.geometry import
+  cone_index``): ``geometry`` (cone index, attention entropy, Q/K directionality),
+  ``concepts`` (latent concepts and their alignment), ``tree_probe`` (the tree topological
+  probe and its auxiliary loss).
 """
 
 from __future__ import annotations
