@@ -17,33 +17,27 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from copy import deepcopy
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from typing_extensions import override
 
 from lightning_topo import plots
+from lightning_topo.callbacks.lens import LensMonitor
 from lightning_topo.encoding import EncodedBatch
 from lightning_topo.representations import (
-    GatherFn,
     NonFiniteHiddenStatesError,
     RepresentationCollector,
     Representations,
     check_layers,
     collect_representations,
-    gather_variable,
-    run_on_rank_zero_and_broadcast,
 )
 from lightning_topo.scores import (
     SCORES,
     PSFPreset,
-    correlation_metrics,
     get_preset,
     metric_names,
     persistence_metrics,
@@ -55,7 +49,7 @@ from lightning_topo.topology.diagrams import BACKENDS
 __all__ = ["PersistenceScoreMonitor", "SCORES"]
 
 
-class PersistenceScoreMonitor(Callback):
+class PersistenceScoreMonitor(LensMonitor):
     r"""Measure PSF (and H0/H1 persistence statistics) of the hidden states at each validation run.
 
     At the end of every validation run of a measured epoch (also the mid-epoch runs of
@@ -82,6 +76,8 @@ class PersistenceScoreMonitor(Callback):
     **Figures** (global rank 0, end of ``fit``) go to ``<trainer.log_dir>/topo/`` and, with a
     ``WandbLogger``, to W&B with a ``topo/history`` table (:mod:`lightning_topo.plots`).
     The history of measurements (``state_dict``) survives a resume from a checkpoint.
+    The shared machinery (history, correlations, figures, state) is
+    :class:`~lightning_topo.callbacks.lens.LensMonitor`'s.
 
     Args:
         every_n_epochs: measure in epochs where ``(current_epoch + 1) % every_n_epochs == 0``
@@ -141,8 +137,9 @@ class PersistenceScoreMonitor(Callback):
         prog_bar: bool = True,
         backend: str = "torch",
     ) -> None:
-        super().__init__()
-        self.every_n_epochs = check_int(every_n_epochs, "every_n_epochs", minimum=1)
+        super().__init__(
+            every_n_epochs=every_n_epochs, monitor_against=monitor_against, plots=plots, log_prefix=log_prefix
+        )
         self.preset = get_preset(preset).override(
             split=split, pooling=pooling, max_points_per_class=max_points_per_class
         )
@@ -154,25 +151,11 @@ class PersistenceScoreMonitor(Callback):
         self.homology_dims = check_homology_dims(homology_dims)
         self.max_batches = check_int(max_batches, "max_batches", minimum=1, allow_none=True)
         self.seed = check_seed(seed)
-        if monitor_against is not None and (not isinstance(monitor_against, str) or not monitor_against):
-            raise ValueError(
-                f"monitor_against must be a metric name such as 'val/acc', or None; got {monitor_against!r}"
-            )
-        self.monitor_against = monitor_against
-        self.plots = check_bool(plots, "plots")
-        if not isinstance(log_prefix, str) or not log_prefix.strip("/"):
-            raise ValueError(f"log_prefix must be a non-empty string such as 'topo'; got {log_prefix!r}")
-        self.log_prefix = log_prefix.strip("/")
         self.prog_bar = check_bool(prog_bar, "prog_bar")
         self.backend = check_choice(backend, "backend", BACKENDS)
-        #: One record per measurement: ``{"epoch", "step", "scores": {name: float}, "monitor": float | None}``.
-        self.history: list[dict[str, Any]] = []
         self._collector: RepresentationCollector | None = None
-        self._pending: dict[str, Any] | None = None
-        self._pending_correlations: dict[str, float] = {}
         self._last_diagrams: dict[int, list[Any]] | None = None
         self._last_layer: int | None = None
-        self._warned_missing_monitor = False
 
     # ------------------------------------------------------------------ state
 
@@ -187,43 +170,14 @@ class PersistenceScoreMonitor(Callback):
             monitor_against=self.monitor_against,
         )
 
-    @override
-    def state_dict(self) -> dict[str, Any]:
-        return {"history": deepcopy(self.history), "monitor_against": self.monitor_against}
-
-    @override
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        saved = state_dict.get("monitor_against", self.monitor_against)
-        if saved != self.monitor_against:
-            rank_zero_warn(
-                f"PersistenceScoreMonitor: the checkpoint recorded monitor_against={saved!r}, not "
-                f"{self.monitor_against!r}; the saved one is restored so that the history stays one series"
-            )
-        self.monitor_against = saved
-        self.history = [{"step": None, **record} for record in deepcopy(state_dict.get("history", []))]
-
     # ------------------------------------------------------------------ names
-
-    def _name(self, *parts: str) -> str:
-        return "/".join([self.log_prefix, *parts])
 
     @property
     def score_name(self) -> str:
         """Name of the headline metric, ``topo/psf``."""
         return self._name("psf")
 
-    def plot_dir(self, trainer: pl.Trainer) -> Path:
-        """Where the figures go: ``<trainer.log_dir or default_root_dir>/<log_prefix>``."""
-        try:
-            root = trainer.log_dir
-        except Exception:  # some loggers have no local directory
-            root = None
-        return Path(root or trainer.default_root_dir) / self.log_prefix
-
-    # ------------------------------------------------------------------ when to measure
-
-    def _should_measure(self, trainer: pl.Trainer) -> bool:
-        return not trainer.sanity_checking and (trainer.current_epoch + 1) % self.every_n_epochs == 0
+    # ------------------------------------------------------------------ collection
 
     @override
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -249,71 +203,27 @@ class PersistenceScoreMonitor(Callback):
         else:
             self._collector = None  # validation_step does not share its hidden states: re-read later
 
+    # ------------------------------------------------------------------ what to log
+
     @override
-    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not self._should_measure(trainer):
-            return
+    def _in_prog_bar(self, name: str) -> bool:
+        return self.prog_bar and name == self.score_name
+
+    @override
+    def _correlated(self, names: list[str]) -> list[str]:
+        return [n for n in names if "/class_" not in n]  # every score but the per-class ones
+
+    @override
+    def _measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float] | None:
         collector, self._collector = self._collector, None
         reps = self._collect(trainer, pl_module, collector)
-        if reps is None:
-            return
-        values = run_on_rank_zero_and_broadcast(
-            partial(self._compute, reps),
-            is_global_zero=trainer.is_global_zero,
-            broadcast=trainer.strategy.broadcast,
-        )
-        for name, value in values.items():
-            pl_module.log(
-                name,
-                value,
-                prog_bar=self.prog_bar and name == self.score_name,
-                logger=bool(trainer.loggers),
-                on_step=False,
-                on_epoch=True,
-                sync_dist=True,  # equal on every process already; keeps Lightning's DDP check quiet
-            )
-        self._pending = {
-            "epoch": trainer.current_epoch,
-            "step": trainer.global_step,
-            "scores": values,
-            "monitor": None,
-        }
-
-    @override
-    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        record, self._pending = self._pending, None
-        if record is None or trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
-            return  # a stand-alone trainer.validate() logs the scores but does not extend the history
-        record["monitor"] = self._monitor_value(trainer)
-        key = (record["epoch"], record["step"])  # a resumed run repeating a validation replaces it
-        self.history = [r for r in self.history if (r["epoch"], r["step"]) != key] + [record]
-        self._pending_correlations = self._correlations()
-
-    @override
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        correlations, self._pending_correlations = self._pending_correlations, {}
-        for name, value in correlations.items():
-            pl_module.log(
-                name, value, logger=bool(trainer.loggers), on_step=False, on_epoch=True, sync_dist=False
-            )
-
-    @override
-    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not (self.plots and self.history):
-            return
-        out = self.plot_dir(trainer)  # on every process: trainer.log_dir is a collective call under DDP
-        if trainer.is_global_zero:
-            self._write_figures(trainer, out)
-
-    # ------------------------------------------------------------------ what to log
+        return None if reps is None else self._on_rank_zero(trainer, partial(self._compute, reps))
 
     def _collect(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, collector: RepresentationCollector | None
     ) -> Representations | None:
         """Hidden states of this validation run, gathered over all processes (every process calls it)."""
-        gather: GatherFn | None = None
-        if trainer.world_size > 1:
-            gather = partial(gather_variable, all_gather=trainer.strategy.all_gather)
+        gather = self._gather(trainer)
         cap = self.preset.max_points_per_class if self.preset.sampling == "random" else None
         if collector is not None and collector.num_batches > 0:
             return collector.finalize(
@@ -367,29 +277,7 @@ class PersistenceScoreMonitor(Callback):
         self._last_layer = result.layer
         return {self._name(n): float(v) for n, v in result.values.items()}
 
-    def _monitor_value(self, trainer: pl.Trainer) -> float | None:
-        if self.monitor_against is None:
-            return None
-        value = trainer.callback_metrics.get(self.monitor_against)
-        if value is None and not self._warned_missing_monitor:
-            self._warned_missing_monitor = True
-            available = sorted(k for k in trainer.callback_metrics if not k.startswith(self.log_prefix + "/"))
-            rank_zero_warn(
-                f"PersistenceScoreMonitor(monitor_against={self.monitor_against!r}): that metric was not "
-                f"logged; available metrics: {available}. Set monitor_against to one of them (or None); "
-                "no correlations are logged until then."
-            )
-        return None if value is None else float(value)
-
-    def _correlations(self) -> dict[str, float]:
-        if self.monitor_against is None or not self.history:
-            return {}
-        names = [n for n in self.history[-1]["scores"] if "/class_" not in n]
-        series = {n: [r["scores"].get(n, math.nan) for r in self.history] for n in names}
-        target = [math.nan if r["monitor"] is None else r["monitor"] for r in self.history]
-        values = correlation_metrics(series, target, target_name=self.monitor_against)
-        return {name: float(value) for name, value in values.items()}
-
+    @override
     def _write_figures(self, trainer: pl.Trainer, out: Path) -> dict[str, Path]:
         monitor = self.monitor_against if any(r["monitor"] is not None for r in self.history) else None
         score = self.score_name if "psf" in self.scores else next(iter(self.history[-1]["scores"]))

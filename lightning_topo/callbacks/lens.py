@@ -1,0 +1,311 @@
+r"""
+Lens monitor
+============
+
+The base class of every lens callback (:class:`~lightning_topo.callbacks.PersistenceScoreMonitor`,
+:class:`~lightning_topo.callbacks.GeometryMonitor`,
+:class:`~lightning_topo.callbacks.ConceptAlignmentMonitor`,
+:class:`~lightning_topo.callbacks.TreeProbeMonitor`): the machinery they share -- when a
+validation run is measured, logging, the history of measurements, correlation with a monitored
+metric, figures at the end of ``fit``, the checkpoint state and the distributed helpers -- so that
+a lens keeps only its arguments, its collection, its computation and its figures.
+``docs/extending.md`` is the recipe for a new lens.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable
+from copy import deepcopy
+from functools import partial
+from pathlib import Path
+from typing import Any, TypeVar
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+from typing_extensions import override
+
+from lightning_topo.representations import GatherFn, gather_variable, run_on_rank_zero_and_broadcast
+from lightning_topo.scores.checks import check_bool, check_int
+from lightning_topo.scores.correlation import correlation_metrics
+
+__all__ = ["LensMonitor"]
+
+T = TypeVar("T")
+
+#: The hooks and state methods :class:`LensMonitor` implements for every lens.
+_SHARED = (
+    "on_validation_epoch_end",
+    "on_validation_end",
+    "on_train_epoch_end",
+    "on_fit_end",
+    "state_dict",
+    "load_state_dict",
+)
+
+
+class LensMonitor(Callback):
+    r"""Base class of the lens callbacks: measure at validation, log, keep a history, plot at fit end.
+
+    What a subclass **gets** (all ``@override`` hooks, no private Lightning API):
+
+    * ``on_validation_epoch_end``: when :meth:`_should_measure` (default: not
+      ``trainer.sanity_checking`` and ``(current_epoch + 1) % every_n_epochs == 0``), calls
+      :meth:`_measure` on every process and logs each returned value with
+      ``pl_module.log(name, value, on_epoch=True, sync_dist=True)`` (values must already be
+      equal on every process: compute them with :meth:`_on_rank_zero`). A *pending* record
+      ``{"epoch", "step", "scores", "monitor": None, **_record_fields(trainer)}`` is kept.
+    * ``on_validation_end``: only while fitting (not a stand-alone ``trainer.validate()``, not
+      the sanity check) the pending record gets ``monitor`` (the value of ``monitor_against``,
+      with one warning naming the logged metrics if it is missing) and joins :attr:`history`,
+      keyed by ``(epoch, step)``: a resumed run that repeats a validation replaces its record.
+      The correlations of the scores (:meth:`_correlated` picks which) with ``monitor_against``
+      over the history are computed (:func:`~lightning_topo.scores.correlation_metrics`) ...
+    * ``on_train_epoch_end``: ... and logged here (Lightning forbids ``log`` in ``on_validation_end``).
+    * ``on_fit_end``: with ``plots=True`` and a non-empty history, asks :meth:`plot_dir` on every
+      process (``trainer.log_dir`` is a collective call under DDP) and calls
+      :meth:`_write_figures` on global rank 0.
+    * ``state_dict`` / ``load_state_dict``: the history and :meth:`_settings` (default
+      ``monitor_against``); a checkpoint with other settings warns and restores the saved ones,
+      so that the history stays one series. Records saved without a step get ``step=None``.
+    * helpers: :meth:`_name` (``{log_prefix}/...``), :meth:`_gather` (built from
+      ``trainer.strategy.all_gather``), :meth:`_on_rank_zero` (compute on global rank 0,
+      ``trainer.strategy.broadcast`` the result), :meth:`_log_values`.
+
+    What a subclass **implements**:
+
+    * ``__init__``: validate its own arguments, then ``super().__init__(every_n_epochs=...,
+      monitor_against=..., plots=..., log_prefix=...)`` (validated here, errors name them);
+    * ``state_key`` (``@property @override``, from ``self._generate_state_key(...)`` with the
+      settings that tell two instances apart);
+    * its collection hooks (``on_validation_epoch_start``, ``on_validation_batch_end``, ...);
+    * :meth:`_measure` -> ``{name: float}`` or ``None`` (nothing to log this time);
+    * :meth:`_write_figures`;
+    * optionally :meth:`_should_measure`, :meth:`_record_fields`, :meth:`_correlated`,
+      :meth:`_settings`, :meth:`_in_prog_bar`.
+
+    The shared hooks are also bound in each subclass's own namespace (``vars(cls)``), so that
+    code listing a lens's hooks from its class dictionary sees all of them.
+
+    Args:
+        every_n_epochs: measure in epochs where ``(current_epoch + 1) % every_n_epochs == 0``.
+        monitor_against: metric recorded with each measurement and correlated with the scores
+            (``None``: none).
+        plots: write the figures at the end of ``fit``.
+        log_prefix: first component of every metric name, of the figure folder and W&B keys.
+
+    Raises:
+        TypeError / ValueError: an invalid argument (the message names it).
+
+    Example::
+
+        >>> class NormMonitor(LensMonitor):  # the mean norm of the last hidden state
+        ...     def __init__(self, monitor_against="val/acc", log_prefix="norm"):
+        ...         super().__init__(monitor_against=monitor_against, log_prefix=log_prefix)
+        ...     def _measure(self, trainer, pl_module):
+        ...         return {self._name("mean"): float(pl_module.last_norm)}
+        ...     def _write_figures(self, trainer, out):
+        ...         return {}
+    """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name in _SHARED:
+            if name not in vars(cls):
+                setattr(cls, name, getattr(cls, name))
+
+    def __init__(
+        self,
+        *,
+        every_n_epochs: int = 1,
+        monitor_against: str | None = "val/acc",
+        plots: bool = True,
+        log_prefix: str,
+    ) -> None:
+        super().__init__()
+        self.every_n_epochs = check_int(every_n_epochs, "every_n_epochs", minimum=1)
+        if monitor_against is not None and not isinstance(monitor_against, str):
+            raise TypeError(
+                f"monitor_against must be a metric name such as 'val/acc', or None; got {monitor_against!r}"
+            )
+        if monitor_against == "":
+            raise ValueError(
+                f"monitor_against must be a metric name such as 'val/acc', or None; got {monitor_against!r}"
+            )
+        self.monitor_against = monitor_against
+        self.plots = check_bool(plots, "plots")
+        if not isinstance(log_prefix, str) or not log_prefix.strip("/"):
+            raise ValueError(
+                f"log_prefix must be a non-empty string such as {type(self)._default_prefix()!r}; "
+                f"got {log_prefix!r}"
+            )
+        self.log_prefix = log_prefix.strip("/")
+        #: One record per measurement: ``{"epoch", "step", "scores": {name: float}, "monitor": float | None, ...}``.
+        self.history: list[dict[str, Any]] = []
+        self._pending: dict[str, Any] | None = None
+        self._pending_correlations: dict[str, float] = {}
+        self._warned_missing_monitor = False
+
+    @classmethod
+    def _default_prefix(cls) -> str:
+        """The ``log_prefix`` default of the subclass's ``__init__`` (for error messages)."""
+        default = inspect.signature(cls.__init__).parameters.get("log_prefix")
+        return default.default if default is not None and isinstance(default.default, str) else "topo"
+
+    # ------------------------------------------------------------------ to implement
+
+    def _measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float] | None:
+        """Every value to log now, ``{self._name(...): float}`` equal on every process; ``None``: skip.
+
+        Called on every process at the end of a measured validation run.
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement _measure(trainer, pl_module)")
+
+    def _write_figures(self, trainer: pl.Trainer, out: Path) -> dict[str, Path]:
+        """Write the figures under ``out`` (global rank 0, end of ``fit``); returns ``{image key: path}``."""
+        raise NotImplementedError(f"{type(self).__name__} must implement _write_figures(trainer, out)")
+
+    def _should_measure(self, trainer: pl.Trainer) -> bool:
+        """Whether this validation run is measured (never the sanity check)."""
+        return not trainer.sanity_checking and (trainer.current_epoch + 1) % self.every_n_epochs == 0
+
+    def _record_fields(self, trainer: pl.Trainer) -> dict[str, Any]:
+        """Extra fields of the record of the measurement :meth:`_measure` just made (default none)."""
+        return {}
+
+    def _correlated(self, names: list[str]) -> list[str]:
+        """Which of the last record's score names are correlated with ``monitor_against`` (default all)."""
+        return names
+
+    def _settings(self) -> dict[str, Any]:
+        """The settings the history depends on, saved with it and restored from a checkpoint."""
+        return {"monitor_against": self.monitor_against}
+
+    def _in_prog_bar(self, name: str) -> bool:
+        """Whether the metric ``name`` also goes to the progress bar (default: none)."""
+        return False
+
+    # ------------------------------------------------------------------ helpers
+
+    def _name(self, *parts: str) -> str:
+        return "/".join([self.log_prefix, *parts])
+
+    def plot_dir(self, trainer: pl.Trainer) -> Path:
+        """Where the figures go: ``<trainer.log_dir or default_root_dir>/<log_prefix>``."""
+        try:
+            root = trainer.log_dir
+        except Exception:  # noqa: BLE001 - some loggers have no local directory
+            root = None
+        return Path(root or trainer.default_root_dir) / self.log_prefix
+
+    @staticmethod
+    def _gather(trainer: pl.Trainer) -> GatherFn | None:
+        """Gather of variable-length tensors over processes (``None`` with one process)."""
+        if trainer.world_size <= 1:
+            return None
+        return partial(gather_variable, all_gather=trainer.strategy.all_gather)
+
+    @staticmethod
+    def _on_rank_zero(trainer: pl.Trainer, fn: Callable[[], T]) -> T:
+        """``fn()`` on global rank 0, its result broadcast to every process."""
+        return run_on_rank_zero_and_broadcast(
+            fn, is_global_zero=trainer.is_global_zero, broadcast=trainer.strategy.broadcast
+        )
+
+    def _log_values(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, values: dict[str, float], sync_dist: bool
+    ) -> None:
+        for name, value in values.items():
+            pl_module.log(
+                name,
+                value,
+                prog_bar=self._in_prog_bar(name),
+                logger=bool(trainer.loggers),
+                on_step=False,
+                on_epoch=True,
+                sync_dist=sync_dist,  # True: equal on every process already; keeps Lightning's DDP check quiet
+            )
+
+    def _monitor_value(self, trainer: pl.Trainer) -> float | None:
+        if self.monitor_against is None:
+            return None
+        value = trainer.callback_metrics.get(self.monitor_against)
+        if value is None and not self._warned_missing_monitor:
+            self._warned_missing_monitor = True
+            available = sorted(k for k in trainer.callback_metrics if not k.startswith(self.log_prefix + "/"))
+            rank_zero_warn(
+                f"{type(self).__name__}(monitor_against={self.monitor_against!r}): that metric was not "
+                f"logged; available metrics: {available}. Set monitor_against to one of them (or None); "
+                "no correlations are logged until then."
+            )
+        return None if value is None else float(value)
+
+    def _correlations(self) -> dict[str, float]:
+        if self.monitor_against is None or not self.history:
+            return {}
+        names = self._correlated(list(self.history[-1]["scores"]))
+        series = {n: [r["scores"].get(n, math.nan) for r in self.history] for n in names}
+        target = [math.nan if r.get("monitor") is None else r["monitor"] for r in self.history]
+        values = correlation_metrics(series, target, target_name=self.monitor_against)
+        return {name: float(value) for name, value in values.items()}
+
+    # ------------------------------------------------------------------ shared hooks
+
+    @override
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self._should_measure(trainer):
+            return
+        values = self._measure(trainer, pl_module)
+        if values is None:
+            return
+        self._log_values(trainer, pl_module, values, sync_dist=True)
+        self._pending = {
+            "epoch": trainer.current_epoch,
+            "step": trainer.global_step,
+            "scores": values,
+            "monitor": None,
+            **self._record_fields(trainer),
+        }
+
+    @override
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        record, self._pending = self._pending, None
+        if record is None or trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
+            return  # a stand-alone trainer.validate() logs the scores but does not extend the history
+        record["monitor"] = self._monitor_value(trainer)
+        key = (record["epoch"], record["step"])  # a resumed run repeating a validation replaces it
+        self.history = [r for r in self.history if (r["epoch"], r.get("step")) != key] + [record]
+        self._pending_correlations = self._correlations()
+
+    @override
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        correlations, self._pending_correlations = self._pending_correlations, {}
+        self._log_values(trainer, pl_module, correlations, sync_dist=False)
+
+    @override
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not (self.plots and self.history):
+            return
+        out = self.plot_dir(trainer)  # on every process: trainer.log_dir is a collective call under DDP
+        if trainer.is_global_zero:
+            self._write_figures(trainer, out)
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": deepcopy(self.history), **self._settings()}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        saved = {k: state_dict.get(k, v) for k, v in self._settings().items()}
+        changed = [f"{k}={v!r} (now {getattr(self, k)!r})" for k, v in saved.items() if v != getattr(self, k)]
+        if changed:
+            rank_zero_warn(
+                f"{type(self).__name__}: the checkpoint's history was measured with {', '.join(changed)}; "
+                "the saved settings are restored so that the history stays one series"
+            )
+        for key, value in saved.items():
+            setattr(self, key, value)
+        self.history = [{"step": None, **record} for record in deepcopy(state_dict.get("history", []))]
