@@ -15,30 +15,22 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from copy import deepcopy
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from typing_extensions import override
 
 from lightning_topo import plots
+from lightning_topo.callbacks.lens import LensMonitor
 from lightning_topo.encoding import EncodedBatch, encode_batch
 from lightning_topo.plots import tree_probe as plots_tree_probe
-from lightning_topo.representations import (
-    check_layers,
-    gather_variable,
-    resolve_layers,
-    run_on_rank_zero_and_broadcast,
-)
+from lightning_topo.representations import check_layers, resolve_layers
 from lightning_topo.representations.words import WordVectorSample
 from lightning_topo.scores.checks import check_bool, check_choice, check_int, check_real, check_seed
-from lightning_topo.scores.correlation import correlation_metrics
 from lightning_topo.scores.tree_probe import (
     MONITOR_BUDGET,
     TARGET_KINDS,
@@ -53,7 +45,7 @@ from lightning_topo.scores.tree_probe import (
 __all__ = ["TreeProbeMonitor"]
 
 
-class TreeProbeMonitor(Callback):
+class TreeProbeMonitor(LensMonitor):
     r"""Fit a depth probe per layer on a sample of validation sentences and log its held-out loss.
 
     Each measured epoch it keeps a seeded sample of at most ``max_sentences`` validation
@@ -78,6 +70,8 @@ class TreeProbeMonitor(Callback):
     hidden states every name is logged as NaN (with a warning). At the
     end of ``fit`` (rank zero) a figure of the metric per layer, one line per epoch, is written
     to ``<trainer.log_dir>/probe/`` and logged to W&B when a ``WandbLogger`` is attached.
+    The shared machinery (history, correlations, figures, state) is
+    :class:`~lightning_topo.callbacks.lens.LensMonitor`'s.
 
     Args:
         every_n_epochs: measure when ``(current_epoch + 1) % every_n_epochs == 0``.
@@ -126,8 +120,9 @@ class TreeProbeMonitor(Callback):
         plots: bool = True,
         log_prefix: str = "probe",
     ) -> None:
-        super().__init__()
-        self.every_n_epochs = check_int(every_n_epochs, "every_n_epochs", minimum=1)
+        super().__init__(
+            every_n_epochs=every_n_epochs, monitor_against=monitor_against, plots=plots, log_prefix=log_prefix
+        )
         self.layers = check_layers(layers)
         targets = (targets,) if isinstance(targets, str) else tuple(targets)
         if not targets:
@@ -147,24 +142,10 @@ class TreeProbeMonitor(Callback):
         self.rank = check_int(rank, "rank", minimum=1, allow_none=True)
         self.word_pooling = check_bool(word_pooling, "word_pooling")
         self.seed = check_seed(seed)
-        if monitor_against is not None and (not isinstance(monitor_against, str) or not monitor_against):
-            raise ValueError(
-                f"monitor_against must be a metric name such as 'val/acc', or None; got {monitor_against!r}"
-            )
-        self.monitor_against = monitor_against
-        self.plots = check_bool(plots, "plots")
-        if not isinstance(log_prefix, str) or not log_prefix.strip("/"):
-            raise ValueError(f"log_prefix must be a non-empty string such as 'probe'; got {log_prefix!r}")
-        self.log_prefix = log_prefix.strip("/")
-        #: One record per measurement: ``{"epoch", "step", "scores": {name: float}, "monitor": float | None}``.
-        self.history: list[dict[str, Any]] = []
         self._layer_indices: list[int] | None = None
         self._tables: tuple[torch.Tensor, torch.Tensor] | None = None
         self._treebank_sentences: list[Any] | None = None
         self._sample: WordVectorSample | None = None
-        self._pending: dict[str, Any] | None = None
-        self._pending_correlations: dict[str, Any] = {}
-        self._warned_missing_monitor = False
 
     # ------------------------------------------------------------------ state
     @property
@@ -172,42 +153,13 @@ class TreeProbeMonitor(Callback):
     def state_key(self) -> str:
         return self._generate_state_key(layers=self.layers, targets=self.targets, log_prefix=self.log_prefix)
 
-    @override
-    def state_dict(self) -> dict[str, Any]:
-        return {"history": deepcopy(self.history), "monitor_against": self.monitor_against}
-
-    @override
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        saved = state_dict.get("monitor_against", self.monitor_against)
-        if saved != self.monitor_against:
-            rank_zero_warn(
-                f"TreeProbeMonitor: the checkpoint recorded monitor_against={saved!r}, not "
-                f"{self.monitor_against!r}; the saved one is restored so that the history stays one series"
-            )
-        self.monitor_against = saved
-        self.history = deepcopy(state_dict.get("history", []))
-
     # ------------------------------------------------------------------ names
-    def _name(self, *parts: str) -> str:
-        return "/".join([self.log_prefix, *parts])
-
     def metric_names(self) -> list[str]:
         """Every per-layer name logged each measurement (after ``setup`` resolved the layers)."""
         layers = self._layer_indices or []
         return [self._name(n) for n in probe_metric_names(layers, self.targets, self.treebank is not None)]
 
-    def plot_dir(self, trainer: pl.Trainer) -> Path:
-        """Where the figures go: ``<trainer.log_dir or default_root_dir>/<log_prefix>``."""
-        try:
-            root = trainer.log_dir
-        except Exception:  # noqa: BLE001 - some loggers have no local directory
-            root = None
-        return Path(root or trainer.default_root_dir) / self.log_prefix
-
     # ------------------------------------------------------------------ when to measure
-    def _should_measure(self, trainer: pl.Trainer) -> bool:
-        return not trainer.sanity_checking and (trainer.current_epoch + 1) % self.every_n_epochs == 0
-
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         config = getattr(getattr(pl_module, "model", pl_module), "config", None)
@@ -262,60 +214,15 @@ class TreeProbeMonitor(Callback):
             self._sample.layers = list(self._layer_indices)
         self._sample.add(encoded, batch)
 
-    @override
-    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        sample, self._sample = self._sample, None
-        if sample is None or not self._should_measure(trainer) or not sample.layers:
-            return
-        gather = (
-            partial(gather_variable, all_gather=trainer.strategy.all_gather)
-            if trainer.world_size > 1
-            else None
-        )
-        words = sample.finalize(gather=gather)  # every process
-        values = run_on_rank_zero_and_broadcast(
-            partial(self._compute, words, pl_module),
-            is_global_zero=trainer.is_global_zero,
-            broadcast=trainer.strategy.broadcast,
-        )
-        for name, value in values.items():
-            pl_module.log(
-                name, value, logger=bool(trainer.loggers), on_step=False, on_epoch=True, sync_dist=True
-            )
-        self._pending = {
-            "epoch": trainer.current_epoch,
-            "step": trainer.global_step,
-            "scores": values,
-            "monitor": None,
-        }
-
-    @override
-    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        record, self._pending = self._pending, None
-        if record is None or trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
-            return  # a stand-alone trainer.validate() logs the scores but does not extend the history
-        record["monitor"] = self._monitor_value(trainer)
-        key = (record["epoch"], record["step"])  # a resumed run repeating a validation replaces it
-        self.history = [r for r in self.history if (r["epoch"], r["step"]) != key] + [record]
-        self._pending_correlations = self._correlations()
-
-    @override
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        correlations, self._pending_correlations = self._pending_correlations, {}
-        for name, value in correlations.items():
-            pl_module.log(
-                name, value, logger=bool(trainer.loggers), on_step=False, on_epoch=True, sync_dist=False
-            )
-
-    @override
-    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not (self.plots and self.history):
-            return
-        out = self.plot_dir(trainer)  # on every process: trainer.log_dir is a collective call under DDP
-        if trainer.is_global_zero:
-            self._write_figures(trainer, out)
-
     # ------------------------------------------------------------------ what to log
+    @override
+    def _measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float] | None:
+        sample, self._sample = self._sample, None
+        if sample is None or not sample.layers:
+            return None
+        words = sample.finalize(gather=self._gather(trainer))  # every process
+        return self._on_rank_zero(trainer, partial(self._compute, words, pl_module))
+
     def _compute(
         self, words: dict[int, tuple[torch.Tensor, torch.Tensor]], pl_module: Any
     ) -> dict[str, float]:
@@ -367,27 +274,7 @@ class TreeProbeMonitor(Callback):
             values[self._name("sp", f"layer_{layer}")] = result.val_loss
         return values
 
-    def _monitor_value(self, trainer: pl.Trainer) -> float | None:
-        if self.monitor_against is None:
-            return None
-        value = trainer.callback_metrics.get(self.monitor_against)
-        if value is None and not self._warned_missing_monitor:
-            self._warned_missing_monitor = True
-            available = sorted(k for k in trainer.callback_metrics if not k.startswith(self.log_prefix + "/"))
-            rank_zero_warn(
-                f"TreeProbeMonitor(monitor_against={self.monitor_against!r}): that metric was not logged; "
-                f"available metrics: {available}. Set monitor_against to one of them (or None)."
-            )
-        return None if value is None else float(value)
-
-    def _correlations(self) -> dict[str, Any]:
-        if self.monitor_against is None or not self.history:
-            return {}
-        names = list(self.history[-1]["scores"])
-        series = {n: [r["scores"].get(n, math.nan) for r in self.history] for n in names}
-        target = [math.nan if r["monitor"] is None else r["monitor"] for r in self.history]
-        return correlation_metrics(series, target, target_name=self.monitor_against)
-
+    @override
     def _write_figures(self, trainer: pl.Trainer, out: Path) -> dict[str, Path]:
         monitor = self.monitor_against if any(r["monitor"] is not None for r in self.history) else None
         layers = self._layer_indices or [0]
