@@ -3,7 +3,8 @@
 ``fit``, ``validate``, ``test`` and ``predict`` are Lightning's own subcommands (LightningCLI over
 :class:`~lightning_topo.models.SequenceClassifier` and
 :class:`~lightning_topo.models.TextClassificationDataModule`); ``prune`` prunes a trained
-checkpoint (:mod:`lightning_topo.cli.prune`).
+checkpoint (:mod:`lightning_topo.cli.prune`); ``analyze`` measures the per-layer scores of one or
+two saved models (:mod:`lightning_topo.cli.analyze`).
 """
 
 from __future__ import annotations
@@ -12,14 +13,16 @@ import sys
 from collections.abc import Sequence
 
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
-OWN_SUBCOMMANDS = {"prune": "lightning_topo.cli.prune"}
+OWN_SUBCOMMANDS = {"prune": "lightning_topo.cli.prune", "analyze": "lightning_topo.cli.analyze"}
 
-USAGE = """usage: lightning-topo {fit,validate,test,predict,prune} ...
+USAGE = """usage: lightning-topo {fit,validate,test,predict,prune,analyze} ...
 
   fit|validate|test|predict   LightningCLI over SequenceClassifier + TextClassificationDataModule
                               e.g. lightning-topo fit --config configs/quickstart.yaml
   prune                       topology-guided structured pruning of a trained checkpoint
                               e.g. lightning-topo prune --help
+  analyze                     per-layer PSF / persistence / geometry scores of one or two saved models
+                              e.g. lightning-topo analyze --model outputs/pruned --output outputs/analysis
 
 Run 'lightning-topo SUBCOMMAND --help' for the options of one subcommand.
 """
