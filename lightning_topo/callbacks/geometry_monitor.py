@@ -14,19 +14,17 @@ from :mod:`lightning_topo.representations.geometry`, the numbers from
 from __future__ import annotations
 
 import math
-from copy import deepcopy
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from typing_extensions import override
 
 from lightning_topo import plots
+from lightning_topo.callbacks.lens import LensMonitor
 from lightning_topo.encoding import encode_batch
 from lightning_topo.plots import geometry as plots_geometry
 from lightning_topo.representations.geometry import (
@@ -37,13 +35,12 @@ from lightning_topo.representations.geometry import (
     weight_geometry,
 )
 from lightning_topo.scores.checks import check_bool, check_choice, check_int
-from lightning_topo.scores.correlation import correlation_metrics
 from lightning_topo.scores.geometry import geometry_metrics
 
 __all__ = ["GeometryMonitor"]
 
 
-class GeometryMonitor(Callback):
+class GeometryMonitor(LensMonitor):
     r"""Measure cone index, attention entropy and directionality of every layer at validation.
 
     At every validation run of a measured epoch (also the mid-epoch runs of
@@ -72,7 +69,9 @@ class GeometryMonitor(Callback):
     index against the epoch and against ``monitor_against``, the cone index of every layer and
     site against the epoch, and per measurement layers x heads heat maps (attention entropy,
     directionality, cone index of head outputs, spectral entropy); with a ``WandbLogger`` also
-    as W&B images and a ``geometry/history`` table. The history survives a resume.
+    as W&B images and a ``geometry/history`` table. The history survives a resume. The shared
+    machinery (history, correlations, figures, state) is
+    :class:`~lightning_topo.callbacks.lens.LensMonitor`'s.
 
     Nothing is measured while ``trainer.sanity_checking``. Under DDP every rank reduces its
     shard and the sums are added with ``trainer.strategy.reduce``, so all ranks log the same.
@@ -107,6 +106,8 @@ class GeometryMonitor(Callback):
         >>> trainer = Trainer(callbacks=[GeometryMonitor(layers="all", every_n_epochs=1)])
     """
 
+    _bad_monitor_against = TypeError
+
     def __init__(
         self,
         every_n_epochs: int = 1,
@@ -119,31 +120,21 @@ class GeometryMonitor(Callback):
         plots: bool = True,
         log_prefix: str = "geometry",
     ) -> None:
-        super().__init__()
-        self.every_n_epochs = check_int(every_n_epochs, "every_n_epochs", minimum=1)
+        super().__init__(
+            every_n_epochs=every_n_epochs, monitor_against=monitor_against, plots=plots, log_prefix=log_prefix
+        )
         self.layers = _check_layer_spec(layers)
         self.attention = check_choice(attention, "attention", ATTENTION_SOURCES)
         self.normalize = check_bool(normalize, "normalize")
         self.max_sequences = check_int(max_sequences, "max_sequences", minimum=1, allow_none=True)
         self.max_batches = check_int(max_batches, "max_batches", minimum=1, allow_none=True)
-        if monitor_against is not None and (not isinstance(monitor_against, str) or not monitor_against):
-            raise TypeError(
-                f"monitor_against must be a metric name such as 'val/acc', or None; got {monitor_against!r}"
-            )
-        self.monitor_against = monitor_against
-        self.plots = check_bool(plots, "plots")
-        if not isinstance(log_prefix, str) or not log_prefix.strip("/"):
-            raise ValueError(f"log_prefix must be a non-empty string; got {log_prefix!r}")
-        self.log_prefix = log_prefix.strip("/")
         #: One record per measurement: ``{"epoch", "step", "scores", "monitor", "layers", "heads",
         #: "sequences"}`` (``heads``: per-head values, layers x heads; ``sequences``: how many were measured).
-        self.history: list[dict[str, Any]] = []
+        self.history: list[dict[str, Any]]
         self._capture: GeometryCapture | None = None
         self._acc: GeometryAccumulator | None = None
         self._batches = 0
-        self._pending: dict[str, Any] | None = None
-        self._pending_correlations: dict[str, float] = {}
-        self._warned_missing_monitor = False
+        self._measured: dict[str, Any] = {}  # the record fields of the last measurement
         self._warned_nan = False
 
     # ------------------------------------------------------------------ Lightning plumbing
@@ -158,37 +149,14 @@ class GeometryMonitor(Callback):
             monitor_against=self.monitor_against,
         )
 
+    @override
     def _settings(self) -> dict[str, Any]:
-        """The settings the history depends on (saved with it)."""
         return {
-            "monitor_against": self.monitor_against,
+            **super()._settings(),
             "layers": self.layers,
             "normalize": self.normalize,
             "attention": self.attention,
         }
-
-    @override
-    def state_dict(self) -> dict[str, Any]:
-        return {"history": deepcopy(self.history), **self._settings()}
-
-    @override
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        saved = {k: state_dict.get(k, v) for k, v in self._settings().items()}
-        changed = {k: (v, getattr(self, k)) for k, v in saved.items() if v != getattr(self, k)}
-        if changed:
-            rank_zero_warn(
-                f"GeometryMonitor: the checkpoint's history was measured with {changed} (saved, now); the "
-                "saved settings are restored so that the history stays one series"
-            )
-        for key, value in saved.items():
-            setattr(self, key, value)
-        self.history = deepcopy(state_dict.get("history", []))
-
-    def _name(self, *parts: str) -> str:
-        return "/".join([self.log_prefix, *parts])
-
-    def _due(self, trainer: pl.Trainer) -> bool:
-        return not trainer.sanity_checking and (trainer.current_epoch + 1) % self.every_n_epochs == 0
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -226,7 +194,7 @@ class GeometryMonitor(Callback):
     @override
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._release()
-        if not self._due(trainer):
+        if not self._should_measure(trainer):
             return
         # rebuilt every measurement: a callback such as pruning may have changed the heads
         self._capture = GeometryCapture(
@@ -304,11 +272,11 @@ class GeometryMonitor(Callback):
     # ------------------------------------------------------------------ measurement
 
     @override
-    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def _measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float] | None:
         capture, acc = self._capture, self._acc
         self._release()
         if capture is None or acc is None:
-            return
+            return None
         if acc.num_sequences == 0:  # validation_step did not run the model: read the data once more
             self._reread(trainer, pl_module, capture)
         strategy = trainer.strategy
@@ -316,19 +284,17 @@ class GeometryMonitor(Callback):
         result = geometry_metrics(means, weight_geometry(pl_module, capture.layers))
         values = {self._name(n): float(v) for n, v in result.values.items()}
         self._warn_if_not_finite(values)
-        for name, value in values.items():
-            pl_module.log(
-                name, value, logger=bool(trainer.loggers), on_step=False, on_epoch=True, sync_dist=True
-            )
-        self._pending = {
-            "epoch": int(trainer.current_epoch),
-            "step": int(trainer.global_step),
-            "scores": values,
-            "monitor": None,
+        self._measured = {
             "layers": list(result.layers),
             "heads": {k: [[float(v) for v in t] for t in per_layer] for k, per_layer in result.heads.items()},
             "sequences": int(means[result.layers[0]]["sequences"]),
         }
+        return values
+
+    @override
+    def _record_fields(self, trainer: pl.Trainer) -> dict[str, Any]:
+        measured, self._measured = self._measured, {}
+        return measured
 
     def _warn_if_not_finite(self, values: dict[str, float]) -> None:
         bad = [n for n, v in values.items() if not math.isfinite(v)]
@@ -354,64 +320,9 @@ class GeometryMonitor(Callback):
                 encode_batch(pl_module, batch)
                 self._batches += 1
 
-    @override
-    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        record, self._pending = self._pending, None
-        if record is None or trainer.state.fn != TrainerFn.FITTING:
-            return  # a stand-alone trainer.validate() logs the scores but does not extend the history
-        record["monitor"] = self._monitor_value(trainer)
-        key = (record["epoch"], record["step"])  # a resumed run that repeats a measurement replaces it
-        self.history = [r for r in self.history if (r["epoch"], r.get("step")) != key] + [record]
-        self._pending_correlations = self._correlations()
-
-    def _monitor_value(self, trainer: pl.Trainer) -> float | None:
-        if self.monitor_against is None:
-            return None
-        value = trainer.callback_metrics.get(self.monitor_against)
-        if value is None and not self._warned_missing_monitor:
-            self._warned_missing_monitor = True
-            available = sorted(k for k in trainer.callback_metrics if not k.startswith(self.log_prefix + "/"))
-            rank_zero_warn(
-                f"GeometryMonitor(monitor_against={self.monitor_against!r}): that metric was not logged; "
-                f"available metrics: {available}. Set monitor_against to one of them (or None); no "
-                "correlations are logged until then."
-            )
-        return None if value is None else float(value)
-
-    def _correlations(self) -> dict[str, float]:
-        if self.monitor_against is None or not self.history:
-            return {}
-        series = {n: [r["scores"].get(n, math.nan) for r in self.history] for n in self.history[-1]["scores"]}
-        target = [math.nan if r["monitor"] is None else r["monitor"] for r in self.history]
-        out = correlation_metrics(series, target, target_name=self.monitor_against)
-        return {name: float(v) for name, v in out.items()}
-
-    @override
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        correlations, self._pending_correlations = self._pending_correlations, {}
-        for name, value in correlations.items():
-            pl_module.log(
-                name, value, logger=bool(trainer.loggers), on_step=False, on_epoch=True, sync_dist=False
-            )
-
     # ------------------------------------------------------------------ figures
 
     @override
-    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not (self.plots and self.history):
-            return
-        out = self.plot_dir(trainer)  # on every process: trainer.log_dir is a collective call under DDP
-        if trainer.is_global_zero:
-            self._write_figures(trainer, out)
-
-    def plot_dir(self, trainer: pl.Trainer) -> Path:
-        """Where the figures go: ``<trainer.log_dir or default_root_dir>/<log_prefix>``."""
-        try:
-            root = trainer.log_dir
-        except Exception:  # some loggers have no local directory
-            root = None
-        return Path(root or trainer.default_root_dir) / self.log_prefix
-
     def _write_figures(self, trainer: pl.Trainer, out: Path) -> dict[str, Path]:
         """Headline score vs epoch / vs the monitored metric, cone index per layer, per-head heat maps."""
         monitor = self.monitor_against if any(r["monitor"] is not None for r in self.history) else None

@@ -111,6 +111,10 @@ class LensMonitor(Callback):
         ...         return {}
     """
 
+    #: Exception raised for a ``monitor_against`` that is not a non-empty string (kept per lens
+    #: as released: ``ValueError``, ``TypeError`` for :class:`GeometryMonitor`).
+    _bad_monitor_against: type[Exception] = ValueError
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         for name in _SHARED:
@@ -127,12 +131,8 @@ class LensMonitor(Callback):
     ) -> None:
         super().__init__()
         self.every_n_epochs = check_int(every_n_epochs, "every_n_epochs", minimum=1)
-        if monitor_against is not None and not isinstance(monitor_against, str):
-            raise TypeError(
-                f"monitor_against must be a metric name such as 'val/acc', or None; got {monitor_against!r}"
-            )
-        if monitor_against == "":
-            raise ValueError(
+        if monitor_against is not None and (not isinstance(monitor_against, str) or not monitor_against):
+            raise self._bad_monitor_against(
                 f"monitor_against must be a metric name such as 'val/acc', or None; got {monitor_against!r}"
             )
         self.monitor_against = monitor_against
