@@ -28,11 +28,13 @@ import json
 import math
 import os
 import re
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from lightning_topo.plots import plot_class_diagrams
@@ -193,11 +195,12 @@ def plot_results(
             name = column.replace("/", "_") + "_per_layer"
             targets[name] = (directory / f"{name}.png", (plot_layer_profiles, profiles, column))
     for label, result in results.items():
-        if not result.diagrams:
+        measured = sorted(i for i, d in result.diagrams.items() if d)  # NaN layers have none
+        if not measured:
             continue
-        chosen = max(result.diagrams) if layer is None else layer
-        if chosen not in result.diagrams:
-            raise ValueError(f"layer {chosen} has no diagrams; measured layers: {sorted(result.diagrams)}")
+        chosen = measured[-1] if layer is None else layer
+        if chosen not in measured:
+            raise ValueError(f"layer {chosen} has no persistence diagrams; layers with diagrams: {measured}")
         name = f"diagrams{'_' + label if label else ''}_layer_{chosen}"
         title = f"persistence diagrams{' of ' + label if label else ''}, layer {chosen}"
         targets[name] = (directory / f"{name}.png", (plot_class_diagrams, result.diagrams[chosen], title))
@@ -270,6 +273,12 @@ class _PersistenceFamily:
         s, values, diagrams = self.settings, {}, {}
         per_layer: dict[int, dict[str, Tensor]] = {}
         for layer in _progress(list(reps.points), progress, "persistence", total=len(reps.points)):
+            if _identical_class(reps.points[layer], reps.labels, layer):
+                classes = [int(c) for c in torch.unique(reps.labels)]
+                names = metric_names([layer], classes)
+                per_layer[layer] = {n: torch.tensor(math.nan) for n in names}
+                diagrams[layer] = {}
+                continue
             result = persistence_metrics(
                 {layer: reps.points[layer]}, reps.labels, preset=s.preset, seed=s.seed, backend=s.backend
             )
@@ -334,6 +343,25 @@ class _GeometryFamily:
 
 
 _FAMILIES: dict[str, type] = {"psf": _PersistenceFamily, "geometry": _GeometryFamily}
+
+
+def _identical_class(points: Tensor, labels: Tensor, layer: int) -> bool:
+    """Whether some class's points are all identical (e.g. ``[CLS]`` of the embeddings, layer 0).
+
+    PSF is undefined there; the layer is recorded as NaN with a warning naming it.
+    """
+    for c in torch.unique(labels):
+        cloud = points[labels == c]
+        if cloud.shape[0] > 0 and bool((cloud == cloud[0]).all()):
+            warnings.warn(
+                f"layer {layer}: every point of class {int(c)} is the same vector (with pooling='cls' the "
+                "embeddings' [CLS] vector does not depend on the input), so PSF and the persistence "
+                "statistics are undefined there and recorded as NaN; use pooling='mean' or leave the "
+                "layer out",
+                stacklevel=4,
+            )
+            return True
+    return False
 
 
 def _progress(items: Iterable[Any], enabled: bool, desc: str, total: int | None = None) -> Iterable[Any]:

