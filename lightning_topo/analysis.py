@@ -438,12 +438,11 @@ def analyze(
             the model, ...) -- before any batch is read; NaN/inf hidden states (names the layer).
     """
     families = check_score_families(scores)
-    psf_preset = get_preset(preset).override(
-        pooling=None if pooling is None else check_choice(pooling, "pooling", POOLINGS),
-        max_points_per_class=max_points_per_class,
-    )
     settings = _Settings(
-        preset=psf_preset,
+        preset=get_preset(preset).override(
+            pooling=None if pooling is None else check_choice(pooling, "pooling", POOLINGS),
+            max_points_per_class=max_points_per_class,
+        ),
         seed=check_seed(seed),
         backend=check_choice(backend, "backend", BACKENDS),
         attention=check_choice(attention, "attention", ATTENTION_SOURCES),
@@ -460,25 +459,40 @@ def analyze(
         values, dgms = lens.compute(model, reps, progress)
         metrics.update(values)
         diagrams.update(dgms)
-    rows: dict[int, dict[str, float]] = {i: {} for i in selected}
+    described = {
+        "scores": list(families),
+        "layers": selected,
+        "num_layers": reps.num_layers,
+        "preset": preset if isinstance(preset, str) else "custom",
+        "max_batches": max_batches,
+    }
+    return _assemble(metrics, diagrams, selected, settings, described, reps.class_counts())
+
+
+def _assemble(
+    metrics: dict[str, float],
+    diagrams: dict[int, dict[int, list[Tensor]]],
+    layers: list[int],
+    settings: _Settings,
+    described: dict[str, Any],
+    counts: dict[int, int],
+) -> AnalysisResult:
+    """The per-layer table from the flat metric names (``.../layer_{i}...`` -> row ``i``)."""
+    rows: dict[int, dict[str, float]] = {i: {} for i in layers}
     for name, value in metrics.items():
         split = _split_layer_name(name)
         if split is not None and split[0] in rows:
             rows[split[0]][split[1]] = value
-    counts = reps.class_counts()
+    preset = settings.preset
     return AnalysisResult(
         rows=rows,
         metrics=metrics,
         diagrams=diagrams,
         settings={
-            "scores": list(families),
-            "layers": selected,
-            "num_layers": reps.num_layers,
-            "pooling": psf_preset.pooling,
-            "preset": preset if isinstance(preset, str) else "custom",
-            "sampling": psf_preset.sampling,
-            "max_points_per_class": psf_preset.max_points_per_class,
-            "max_batches": max_batches,
+            **described,
+            "pooling": preset.pooling,
+            "sampling": preset.sampling,
+            "max_points_per_class": preset.max_points_per_class,
             "seed": settings.seed,
             "backend": settings.backend,
             "points_per_class": {str(c): n for c, n in counts.items()},
