@@ -27,16 +27,16 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
 from lightning_topo import plots
+from lightning_topo.callbacks.lens import LensMonitor
 from lightning_topo.encoding import EncodedBatch, encode_batch
 from lightning_topo.plots.concepts import write_concept_figures
-from lightning_topo.representations import check_layers, resolve_layers, run_on_rank_zero_and_broadcast
+from lightning_topo.representations import check_layers, resolve_layers
 from lightning_topo.representations.tokens import (
     LABEL_SETS,
     TokenSet,
@@ -54,7 +54,6 @@ from lightning_topo.scores.concepts import (
     describe_layer,
     discover_concepts,
 )
-from lightning_topo.scores.correlation import correlation_metrics
 
 __all__ = ["ConceptAlignmentMonitor"]
 
@@ -63,7 +62,7 @@ ALIGNABLE: tuple[str, ...] = (*(s for s in LABEL_SETS if s != "class"), "upos")
 _DATAMODULE_NEEDS = ("split_texts", "split_labels", "tokenizer", "max_length")
 
 
-class ConceptAlignmentMonitor(Callback):
+class ConceptAlignmentMonitor(LensMonitor):
     r"""Latent concepts per layer, their match with the pre-trained model's and their alignment.
 
     At the start of training (before the first step; after a checkpoint is restored) it draws a
@@ -98,7 +97,8 @@ class ConceptAlignmentMonitor(Callback):
     validation sentences of the other classes (:func:`~lightning_topo.representations.tokens.concept_triggers`);
     the loggers get ``concepts/trigger_drop`` and ``concepts/random_drop`` (as many random
     words). ``state_dict`` keeps the reference, the last concepts and the history, so a resumed
-    run continues against the same reference.
+    run continues against the same reference. The shared machinery (history, correlations,
+    figures, state) is :class:`~lightning_topo.callbacks.lens.LensMonitor`'s.
 
     Args:
         every_n_epochs: measure in epochs where ``(current_epoch + 1) % every_n_epochs == 0``.
@@ -163,8 +163,9 @@ class ConceptAlignmentMonitor(Callback):
         overwrite: bool = False,
         log_prefix: str = "concepts",
     ) -> None:
-        super().__init__()
-        self.every_n_epochs = check_int(every_n_epochs, "every_n_epochs", minimum=1)
+        super().__init__(
+            every_n_epochs=every_n_epochs, monitor_against=monitor_against, plots=plots, log_prefix=log_prefix
+        )
         self.layers = check_layers(layers)
         self.max_tokens = check_int(max_tokens, "max_tokens", minimum=2)
         self.max_per_word = check_int(max_per_word, "max_per_word", minimum=1, allow_none=True)
@@ -180,20 +181,12 @@ class ConceptAlignmentMonitor(Callback):
         self.triggers = check_bool(triggers, "triggers")
         self.trigger_words = check_int(trigger_words, "trigger_words", minimum=1)
         self.trigger_sentences = check_int(trigger_sentences, "trigger_sentences", minimum=1)
-        if monitor_against is not None and (not isinstance(monitor_against, str) or not monitor_against):
-            raise ValueError(
-                f"monitor_against must be a metric name such as 'val/acc', or None; got {monitor_against!r}"
-            )
-        self.monitor_against = monitor_against
-        self.plots, self.overwrite = check_bool(plots, "plots"), check_bool(overwrite, "overwrite")
-        if not isinstance(log_prefix, str) or not log_prefix.strip("/"):
-            raise ValueError(f"log_prefix must be a non-empty string such as 'concepts'; got {log_prefix!r}")
-        self.log_prefix = log_prefix.strip("/")
+        self.overwrite = check_bool(overwrite, "overwrite")
         #: Pre-trained concept ids ``{layer: (n_tokens,)}`` and their shares; restored from checkpoints.
         self.reference: dict[int, Tensor] | None = None
         self.reference_scores: dict[str, float] = {}
         #: One record per measurement: ``{"epoch", "step", "scores": {name: float}, "monitor", "file"}``.
-        self.history: list[dict[str, Any]] = []
+        self.history: list[dict[str, Any]]
         #: The trigger experiment's result (``None`` until the end of ``fit``).
         self.trigger_result: dict[str, Any] | None = None
         self._warned_nan = False
@@ -205,8 +198,6 @@ class ConceptAlignmentMonitor(Callback):
         self._layer_ids: list[int] = []
         self._lookup: dict[tuple[int, ...], list[int]] = {}
         self._capture: dict[int, dict[int, Tensor]] | None = None
-        self._pending: dict[str, Any] | None = None
-        self._pending_correlations: dict[str, Any] = {}
         self._out = Path(".")
 
     @staticmethod
@@ -231,7 +222,7 @@ class ConceptAlignmentMonitor(Callback):
             layers=self.layers, max_tokens=self.max_tokens, split=self.split, log_prefix=self.log_prefix
         )
 
-    def _settings(self) -> dict[str, Any]:
+    def _concept_settings(self) -> dict[str, Any]:
         """The settings the reference and the history depend on (saved with them)."""
         keys = ("layers", "max_tokens", "max_per_word", "n_concepts", "theta", "label_sets", "split", "seed")
         return {k: list(v) if isinstance(v, tuple) else v for k, v in ((k, getattr(self, k)) for k in keys)}
@@ -242,13 +233,12 @@ class ConceptAlignmentMonitor(Callback):
             return None if d is None else {int(k): v.tolist() for k, v in d.items()}
 
         return {
-            "settings": self._settings(),
-            "monitor_against": self.monitor_against,
+            **super().state_dict(),  # history, monitor_against
+            "settings": self._concept_settings(),
             "fingerprint": self._fingerprint,
             "reference": ids(self.reference),
             "reference_scores": dict(self.reference_scores),
             "last": ids(self._last),
-            "history": deepcopy(self.history),
             "trigger_result": deepcopy(self.trigger_result),
         }
 
@@ -257,36 +247,24 @@ class ConceptAlignmentMonitor(Callback):
         def ids(d):
             return None if d is None else {int(k): torch.tensor(v, dtype=torch.long) for k, v in d.items()}
 
-        saved = state_dict.get("settings", self._settings())
-        if saved != self._settings():
+        saved = state_dict.get("settings", self._concept_settings())
+        if saved != self._concept_settings():
             rank_zero_warn(
                 f"ConceptAlignmentMonitor: the checkpoint's history was measured with {saved}, this monitor "
-                f"has {self._settings()}; the saved settings are restored so that the history stays one series"
+                f"has {self._concept_settings()}; the saved settings are restored so that the history stays one series"
             )
             for key, value in saved.items():
                 setattr(self, key, tuple(value) if key == "label_sets" else value)
-        self.monitor_against = state_dict.get("monitor_against", self.monitor_against)
+        super().load_state_dict(state_dict)  # history, monitor_against
         self._fingerprint = state_dict.get("fingerprint")
         self.reference, self._last = ids(state_dict.get("reference")), ids(state_dict.get("last"))
         self.reference_scores = dict(state_dict.get("reference_scores", {}))
-        self.history = deepcopy(state_dict.get("history", []))
         self.trigger_result = deepcopy(state_dict.get("trigger_result"))
 
-    def plot_dir(self, trainer: pl.Trainer) -> Path:
-        """Where files go: ``<trainer.log_dir or default_root_dir>/<log_prefix>``."""
-        try:
-            root = trainer.log_dir
-        except Exception:  # some loggers have no local directory
-            root = None
-        return Path(root or trainer.default_root_dir) / self.log_prefix
-
-    def _name(self, *parts: str) -> str:
-        return "/".join([self.log_prefix, *parts])
-
+    @override
     def _should_measure(self, trainer: pl.Trainer) -> bool:
-        if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING or self.reference is None:
-            return False
-        return (trainer.current_epoch + 1) % self.every_n_epochs == 0
+        fitting = trainer.state.fn == TrainerFn.FITTING and self.reference is not None
+        return fitting and super()._should_measure(trainer)
 
     # ------------------------------------------------------------------ fit start: tokens, reference
     @override
@@ -345,7 +323,7 @@ class ConceptAlignmentMonitor(Callback):
                 f"{out} already holds concept files; pass overwrite=True or use a new log dir"
             )
         self._fingerprint = self._tokens.fingerprint
-        self.reference, self.reference_scores = self._measure_on_rank_zero(trainer, pl_module, None, epoch=-1)
+        self.reference, self.reference_scores = self._cluster_on_rank_zero(trainer, pl_module, None, epoch=-1)
 
     # ------------------------------------------------------------------ validation runs
     @override
@@ -385,56 +363,26 @@ class ConceptAlignmentMonitor(Callback):
         return {layer: torch.cat([cap[s][layer] for s in range(len(cap))]) for layer in self._layer_ids}
 
     @override
-    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not self._should_measure(trainer):
-            self._capture = None
-            return
-        ids, values = self._measure_on_rank_zero(trainer, pl_module, self._captured(), trainer.current_epoch)
+    def _measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
+        ids, values = self._cluster_on_rank_zero(trainer, pl_module, self._captured(), trainer.current_epoch)
         self._last = ids if ids is not None else self._last
-        for name, value in values.items():
-            pl_module.log(
-                name, value, logger=bool(trainer.loggers), on_step=False, on_epoch=True, sync_dist=True
-            )
-        self._pending = {"epoch": trainer.current_epoch, "step": trainer.global_step, "scores": values}
+        return values
 
     @override
-    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        record, self._pending = self._pending, None
-        if record is None or trainer.sanity_checking:
-            return
-        value = None if self.monitor_against is None else trainer.callback_metrics.get(self.monitor_against)
-        record["monitor"] = None if value is None else float(value)
-        record["file"] = self._file_name(record["epoch"], record["step"])
-        key = (record["epoch"], record["step"])  # a resumed run repeating a validation replaces it
-        self.history = [r for r in self.history if (r["epoch"], r["step"]) != key] + [record]
-        self._pending_correlations = self._correlations()
+    def _record_fields(self, trainer: pl.Trainer) -> dict[str, Any]:
+        return {"file": self._file_name(trainer.current_epoch, trainer.global_step)}
 
     @override
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        correlations, self._pending_correlations = self._pending_correlations, {}
-        for name, value in correlations.items():
-            pl_module.log(
-                name, value, logger=bool(trainer.loggers), on_step=False, on_epoch=True, sync_dist=False
-            )
-
-    def _correlations(self) -> dict[str, Any]:
-        if self.monitor_against is None or not self.history:
-            return {}
+    def _correlated(self, names: list[str]) -> list[str]:
         heads = (self._name("matched", ""), self._name("polar", ""))
-        names = [n for n in self.history[-1]["scores"] if n.startswith(heads)]
-        series = {n: [r["scores"].get(n, math.nan) for r in self.history] for n in names}
-        target = [math.nan if r.get("monitor") is None else r["monitor"] for r in self.history]
-        return correlation_metrics(series, target, target_name=self.monitor_against)
+        return [n for n in names if n.startswith(heads)]
 
     # ------------------------------------------------------------------ one measurement
-    def _measure_on_rank_zero(self, trainer, pl_module, acts: dict[int, Tensor] | None, epoch: int):
+    def _cluster_on_rank_zero(self, trainer, pl_module, acts: dict[int, Tensor] | None, epoch: int):
         """Concept ids per layer and the logged shares (global rank 0 measures, every rank gets them)."""
-        fn = partial(self._measure, trainer, pl_module, acts, epoch)
-        return run_on_rank_zero_and_broadcast(
-            fn, is_global_zero=trainer.is_global_zero, broadcast=trainer.strategy.broadcast
-        )
+        return self._on_rank_zero(trainer, partial(self._cluster, trainer, pl_module, acts, epoch))
 
-    def _measure(
+    def _cluster(
         self, trainer, pl_module, acts, epoch: int
     ) -> tuple[dict[int, Tensor] | None, dict[str, float]]:
         if acts is None:
@@ -495,16 +443,12 @@ class ConceptAlignmentMonitor(Callback):
         if self._tokens is None or self._last is None:
             return
         if self.triggers:
-            fn = partial(self._run_triggers, trainer, pl_module)
-            self.trigger_result = run_on_rank_zero_and_broadcast(
-                fn, is_global_zero=trainer.is_global_zero, broadcast=trainer.strategy.broadcast
-            )
+            self.trigger_result = self._on_rank_zero(trainer, partial(self._run_triggers, trainer, pl_module))
             metrics = {self._name(k): self.trigger_result[k] for k in ("trigger_drop", "random_drop")}
             for logger in trainer.loggers:
                 logger.log_metrics(metrics, step=trainer.global_step)
                 logger.save()
-        if self.plots and trainer.is_global_zero:
-            self._write_figures(trainer)
+        super().on_fit_end(trainer, pl_module)  # figures
 
     def _run_triggers(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
         ts, top = self._tokens, self._layer_ids[-1]
@@ -518,9 +462,10 @@ class ConceptAlignmentMonitor(Callback):
         _write_atomic(self._out / "concepts_triggers.json", result)
         return result
 
-    def _write_figures(self, trainer: pl.Trainer) -> dict[str, Path]:
+    @override
+    def _write_figures(self, trainer: pl.Trainer, out: Path) -> dict[str, Path]:
         reference = {"epoch": -1, "step": 0, "scores": self.reference_scores}
-        written = write_concept_figures([reference, *self.history], self._out, prefix=self.log_prefix)
+        written = write_concept_figures([reference, *self.history], out, prefix=self.log_prefix)
         images = {self._name("plots", stem): path for stem, path in written.items()}
         monitor = self.monitor_against if any(r.get("monitor") is not None for r in self.history) else None
         plots.publish_to_wandb(

@@ -70,7 +70,7 @@ class LensMonitor(Callback):
       :meth:`_write_figures` on global rank 0.
     * ``state_dict`` / ``load_state_dict``: the history and :meth:`_settings` (default
       ``monitor_against``); a checkpoint with other settings warns and restores the saved ones,
-      so that the history stays one series. Records saved without a step get ``step=None``.
+      so that the history stays one series.
     * helpers: :meth:`_name` (``{log_prefix}/...``), :meth:`_gather` (built from
       ``trainer.strategy.all_gather``), :meth:`_on_rank_zero` (compute on global rank 0,
       ``trainer.strategy.broadcast`` the result), :meth:`_log_values`.
@@ -308,4 +308,4 @@ class LensMonitor(Callback):
             )
         for key, value in saved.items():
             setattr(self, key, value)
-        self.history = [{"step": None, **record} for record in deepcopy(state_dict.get("history", []))]
+        self.history = deepcopy(state_dict.get("history", []))

@@ -170,6 +170,11 @@ class PersistenceScoreMonitor(LensMonitor):
             monitor_against=self.monitor_against,
         )
 
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self.history = [{"step": None, **record} for record in self.history]  # saved before steps were
+
     # ------------------------------------------------------------------ names
 
     @property
