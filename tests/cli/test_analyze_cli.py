@@ -185,3 +185,17 @@ def test_existing_output_refused(tiny_hf_folder, tmp_path, capsys):
 def test_usage_lists_analyze(capsys):
     assert topo_main(["--help"]) == 0
     assert "analyze" in capsys.readouterr().out
+
+
+def test_folder_without_tokenizer_and_too_many_models(tiny_hf_folder, tmp_path, capsys):
+    import shutil
+
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(tiny_hf_folder / name, bare / name)
+    assert topo_main(["analyze", "--model", str(bare), "--output", str(tmp_path / "out")]) == 2
+    assert "has no tokenizer files" in _error(capsys) and not (tmp_path / "out").exists()
+    three = ["--model", str(tiny_hf_folder)] * 3
+    assert topo_main(["analyze", *three, "--output", str(tmp_path / "out")]) == 2
+    assert "once or twice" in _error(capsys)
