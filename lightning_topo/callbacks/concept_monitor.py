@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from copy import deepcopy
 from functools import partial
 from pathlib import Path
@@ -332,19 +332,12 @@ class ConceptAlignmentMonitor(LensMonitor):
         self._capture = {} if use else None
 
     @override
-    def on_validation_batch_end(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
+    def _on_validation_batch(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, encoded: EncodedBatch | None, batch: Any
     ) -> None:
-        if self._capture is None or dataloader_idx != 0:
+        if self._capture is None:
             return
-        encoded = outputs.get("encoded") if isinstance(outputs, Mapping) else outputs
-        if not isinstance(encoded, EncodedBatch):
+        if encoded is None:
             self._capture = None  # validation_step does not share its hidden states: own forward later
             return
         mask, ids = encoded.attention_mask.bool().cpu(), batch["input_ids"].cpu()

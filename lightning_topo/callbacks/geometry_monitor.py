@@ -25,7 +25,7 @@ from typing_extensions import override
 
 from lightning_topo import plots
 from lightning_topo.callbacks.lens import LensMonitor
-from lightning_topo.encoding import encode_batch
+from lightning_topo.encoding import EncodedBatch, encode_batch
 from lightning_topo.plots import geometry as plots_geometry
 from lightning_topo.representations.geometry import (
     ATTENTION_SOURCES,
@@ -242,16 +242,10 @@ class GeometryMonitor(LensMonitor):
         )
 
     @override
-    def on_validation_batch_end(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
+    def _on_validation_batch(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, encoded: EncodedBatch | None, batch: Any
     ) -> None:
-        if self._capture is not None and self._capture.attached and dataloader_idx == 0:
+        if self._capture is not None and self._capture.attached:
             self._batches += 1
 
     def _release(self) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from copy import deepcopy
 from functools import partial
 from pathlib import Path
@@ -28,6 +28,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from typing_extensions import override
 
+from lightning_topo.encoding import EncodedBatch
 from lightning_topo.representations import GatherFn, gather_variable, run_on_rank_zero_and_broadcast
 from lightning_topo.scores.checks import check_bool, check_int
 from lightning_topo.scores.correlation import correlation_metrics
@@ -38,6 +39,7 @@ T = TypeVar("T")
 
 #: The hooks and state methods :class:`LensMonitor` implements for every lens.
 _SHARED = (
+    "on_validation_batch_end",
     "on_validation_epoch_end",
     "on_validation_end",
     "on_train_epoch_end",
@@ -52,6 +54,10 @@ class LensMonitor(Callback):
 
     What a subclass **gets** (all ``@override`` hooks, no private Lightning API):
 
+    * ``on_validation_batch_end``: for each batch of the first validation dataloader, calls
+      :meth:`_on_validation_batch` with the :class:`~lightning_topo.encoding.EncodedBatch` that
+      ``validation_step`` returned (itself or under ``"encoded"``; ``None`` if it returned none),
+      so that a lens reuses the validation forward instead of running its own.
     * ``on_validation_epoch_end``: when :meth:`_should_measure` (default: not
       ``trainer.sanity_checking`` and ``(current_epoch + 1) % every_n_epochs == 0``), calls
       :meth:`_measure` on every process and logs each returned value with
@@ -81,7 +87,8 @@ class LensMonitor(Callback):
       monitor_against=..., plots=..., log_prefix=...)`` (validated here, errors name them);
     * ``state_key`` (``@property @override``, from ``self._generate_state_key(...)`` with the
       settings that tell two instances apart);
-    * its collection hooks (``on_validation_epoch_start``, ``on_validation_batch_end``, ...);
+    * its collection: ``on_validation_epoch_start`` (start collecting when
+      ``self._should_measure(trainer)``) and :meth:`_on_validation_batch`;
     * :meth:`_measure` -> ``{name: float}`` or ``None`` (nothing to log this time);
     * :meth:`_write_figures`;
     * optionally :meth:`_should_measure`, :meth:`_record_fields`, :meth:`_correlated`,
@@ -168,6 +175,12 @@ class LensMonitor(Callback):
         """Write the figures under ``out`` (global rank 0, end of ``fit``); returns ``{image key: path}``."""
         raise NotImplementedError(f"{type(self).__name__} must implement _write_figures(trainer, out)")
 
+    def _on_validation_batch(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, encoded: EncodedBatch | None, batch: Any
+    ) -> None:
+        """Collect from one validation batch (first dataloader); ``encoded`` is ``None`` when
+        ``validation_step`` did not return its forward pass (encode again or re-read later)."""
+
     def _should_measure(self, trainer: pl.Trainer) -> bool:
         """Whether this validation run is measured (never the sanity check)."""
         return not trainer.sanity_checking and (trainer.current_epoch + 1) % self.every_n_epochs == 0
@@ -253,6 +266,23 @@ class LensMonitor(Callback):
         return {name: float(value) for name, value in values.items()}
 
     # ------------------------------------------------------------------ shared hooks
+
+    @override
+    def on_validation_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if dataloader_idx != 0:  # only the first validation dataloader is measured
+            return
+        encoded = outputs.get("encoded") if isinstance(outputs, Mapping) else outputs
+        self._on_validation_batch(
+            trainer, pl_module, encoded if isinstance(encoded, EncodedBatch) else None, batch
+        )
 
     @override
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

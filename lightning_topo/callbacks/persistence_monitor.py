@@ -191,19 +191,12 @@ class PersistenceScoreMonitor(LensMonitor):
             self._collector = RepresentationCollector(self.layers, self.pooling, self.max_batches)
 
     @override
-    def on_validation_batch_end(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
+    def _on_validation_batch(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, encoded: EncodedBatch | None, batch: Any
     ) -> None:
-        if self._collector is None or dataloader_idx != 0:
+        if self._collector is None:
             return
-        encoded = outputs.get("encoded") if isinstance(outputs, Mapping) else outputs
-        if isinstance(encoded, EncodedBatch):
+        if encoded is not None:
             self._collector.add(encoded, batch)
         else:
             self._collector = None  # validation_step does not share its hidden states: re-read later

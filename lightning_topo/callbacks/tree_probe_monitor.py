@@ -14,7 +14,7 @@ The callback only decides *when* to measure and *what* to log: the word vectors 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -194,19 +194,12 @@ class TreeProbeMonitor(LensMonitor):
             )
 
     @override
-    def on_validation_batch_end(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
+    def _on_validation_batch(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, encoded: EncodedBatch | None, batch: Any
     ) -> None:
-        if self._sample is None or dataloader_idx != 0:
+        if self._sample is None:
             return
-        encoded = outputs.get("encoded") if isinstance(outputs, Mapping) else outputs
-        if not isinstance(encoded, EncodedBatch):  # validation_step does not share its forward pass
+        if encoded is None:  # validation_step does not share its forward pass
             with torch.no_grad():
                 encoded = encode_batch(pl_module, batch)
         if not self._sample.layers:  # a model without a readable config: resolve on the first batch
