@@ -106,8 +106,6 @@ class GeometryMonitor(LensMonitor):
         >>> trainer = Trainer(callbacks=[GeometryMonitor(layers="all", every_n_epochs=1)])
     """
 
-    _bad_monitor_against = TypeError
-
     def __init__(
         self,
         every_n_epochs: int = 1,

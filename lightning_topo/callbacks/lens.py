@@ -94,9 +94,6 @@ class LensMonitor(Callback):
     * optionally :meth:`_should_measure`, :meth:`_record_fields`, :meth:`_correlated`,
       :meth:`_settings`, :meth:`_in_prog_bar`.
 
-    The shared hooks are also bound in each subclass's own namespace (``vars(cls)``), so that
-    code listing a lens's hooks from its class dictionary sees all of them.
-
     Args:
         every_n_epochs: measure in epochs where ``(current_epoch + 1) % every_n_epochs == 0``.
         monitor_against: metric recorded with each measurement and correlated with the scores
@@ -118,16 +115,6 @@ class LensMonitor(Callback):
         ...         return {}
     """
 
-    #: Exception raised for a ``monitor_against`` that is not a non-empty string (kept per lens
-    #: as released: ``ValueError``, ``TypeError`` for :class:`GeometryMonitor`).
-    _bad_monitor_against: type[Exception] = ValueError
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        for name in _SHARED:
-            if name not in vars(cls):
-                setattr(cls, name, getattr(cls, name))
-
     def __init__(
         self,
         *,
@@ -138,10 +125,12 @@ class LensMonitor(Callback):
     ) -> None:
         super().__init__()
         self.every_n_epochs = check_int(every_n_epochs, "every_n_epochs", minimum=1)
-        if monitor_against is not None and (not isinstance(monitor_against, str) or not monitor_against):
-            raise self._bad_monitor_against(
+        if monitor_against is not None and not isinstance(monitor_against, str):
+            raise TypeError(
                 f"monitor_against must be a metric name such as 'val/acc', or None; got {monitor_against!r}"
             )
+        if monitor_against == "":
+            raise ValueError("monitor_against must be a metric name such as 'val/acc', or None; got ''")
         self.monitor_against = monitor_against
         self.plots = check_bool(plots, "plots")
         if not isinstance(log_prefix, str) or not log_prefix.strip("/"):
