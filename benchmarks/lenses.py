@@ -121,8 +121,19 @@ def concepts_lens() -> LensRun:
     return LensRun(ConceptAlignmentMonitor(), extra=("on_train_start",))
 
 
-#: name -> factory; other lens helpers add one line here and one function above.
-LENSES: dict[str, Callable[[], LensRun]] = {"geometry": geometry_lens, "concepts": concepts_lens}
+def tree_probe_lens() -> LensRun:
+    """``TreeProbeMonitor()`` at its defaults (every layer, ssp + essp, 256 sentences, 5 probe epochs)."""
+    from lightning_topo.callbacks.tree_probe_monitor import TreeProbeMonitor
+
+    return LensRun(TreeProbeMonitor())
+
+
+#: name -> factory: one function above and one line here per lens.
+LENSES: dict[str, Callable[[], LensRun]] = {
+    "geometry": geometry_lens,
+    "concepts": concepts_lens,
+    "tree_probe": tree_probe_lens,
+}
 
 
 def _phase_timer() -> Any:
