@@ -16,6 +16,9 @@ Sampling (see :mod:`lightning_topo.scores.presets`): classes larger than
 ``max_points_per_class`` are subsampled (``"random"``, our default, cap 512) or resampled
 from a Gaussian KDE (``"kde"``, the paper's rule, cap 5,000).
 
+Sampling noise: ``resamples=k`` averages PSF over ``k`` seeded re-draws of the per-class sample
+and ``return_std=True`` also returns the standard error of that mean (see :func:`psf`).
+
 Example::
 
     points = torch.randn(200, 32, requires_grad=True)
@@ -33,9 +36,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from lightning_topo.scores.checks import check_choice, check_labels, check_real, check_seed
+from lightning_topo.scores.checks import check_bool, check_choice, check_labels, check_real, check_seed
 from lightning_topo.scores.presets import PSFPreset, get_preset
-from lightning_topo.scores.sampling import sample_per_class
+from lightning_topo.scores.sampling import check_resamples, draw_seeds, draws_differ, sample_per_class
 from lightning_topo.topology import check_points, persistence_diagrams
 from lightning_topo.topology.diagrams import BACKENDS
 
@@ -44,6 +47,8 @@ __all__ = [
     "psf_per_class",
     "psf_from_diagrams",
     "class_diagrams",
+    "mean_and_stderr",
+    "resample_seeds",
     "prepare_classes",
     "PSFLoss",
 ]
@@ -189,6 +194,35 @@ def psf_per_class(
     return torch.stack([psf_from_diagrams(d) for d in diagrams.values()])
 
 
+def mean_and_stderr(values: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+    """Mean of ``k`` 0-d tensors and the standard error of that mean.
+
+    Args:
+        values: ``k >= 1`` 0-d tensors (one score per re-draw).
+
+    Returns:
+        ``(mean, stderr)``: ``mean`` is differentiable (for ``k = 1`` it is ``values[0]``
+        itself); ``stderr = std(values, ddof=1) / sqrt(k)`` is detached (a report of the
+        sampling noise, not a training signal) and is 0 for ``k = 1``.
+    """
+    if len(values) == 1:
+        return values[0], torch.zeros_like(values[0]).detach()
+    stacked = torch.stack(list(values))
+    stderr = stacked.detach().std(unbiased=True) / len(values) ** 0.5
+    return stacked.mean(), stderr
+
+
+def resample_seeds(labels: Tensor, settings: PSFPreset, seed: int, resamples: int) -> list[int]:
+    """Seeds of the re-draws that can differ: ``[seed]`` when ``resamples == 1`` or when no class
+    of ``labels`` exceeds ``settings``' cap (those classes are used whole, so a re-draw would
+    give the same sample), else :func:`~lightning_topo.scores.sampling.draw_seeds`."""
+    resamples = check_resamples(resamples)
+    seed = check_seed(seed)
+    if resamples == 1 or not draws_differ(labels, settings.max_points_per_class, settings.sampling):
+        return [seed]
+    return draw_seeds(seed, resamples)
+
+
 def psf(
     points: Tensor,
     labels: Tensor,
@@ -199,7 +233,9 @@ def psf(
     bandwidth: float | None = None,
     seed: int = 0,
     backend: str = "torch",
-) -> Tensor:
+    resamples: int = 1,
+    return_std: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
     """BERTops' persistence scoring function: the mean over classes of ``psf_c``.
 
     Args:
@@ -217,9 +253,17 @@ def psf(
             refused so that every score is reproducible).
         backend: persistence backend, see :func:`~lightning_topo.topology.persistence_diagrams`
             (default ``"torch"``: MST for H0, giotto-ph generators for H1).
+        resamples: int >= 1 (default 1). PSF is the mean over ``resamples`` seeded re-draws
+            of the per-class sample; draw 0 uses ``seed`` (so ``resamples=1`` is the single
+            draw), draw ``r`` a seed derived from ``(seed, r)``. Only classes above the cap
+            are re-drawn: classes at or below it are used whole, where re-drawing changes
+            nothing, so when no class exceeds the cap PSF is computed once and its standard
+            error is 0.
+        return_std: also return the standard error of the mean over the re-draws.
 
     Returns:
-        0-d tensor in ``points``' dtype, differentiable w.r.t. ``points``.
+        0-d tensor in ``points``' dtype, differentiable w.r.t. ``points`` (through the mean
+        over re-draws); with ``return_std=True`` a pair ``(psf, stderr)``, ``stderr`` detached.
 
     Raises:
         TypeError: ``points`` not a float tensor, ``labels`` not an integer tensor, or an
@@ -228,16 +272,16 @@ def psf(
             class with fewer than 2 points, or an unknown preset/sampling or a bad value
             (``bandwidth=nan``).
     """
-    return psf_per_class(
-        points,
-        labels,
-        preset=preset,
-        sampling=sampling,
-        max_points_per_class=max_points_per_class,
-        bandwidth=bandwidth,
-        seed=seed,
-        backend=backend,
-    ).mean()
+    settings = get_preset(preset).override(
+        sampling=sampling, max_points_per_class=max_points_per_class, bandwidth=bandwidth
+    )
+    check_resamples(resamples)
+    check_bool(return_std, "return_std")
+    n = check_points(points, "points").shape[0]
+    seeds = resample_seeds(check_labels(labels, n, "labels"), settings, seed, resamples)
+    values = [psf_per_class(points, labels, preset=settings, seed=s, backend=backend).mean() for s in seeds]
+    mean, stderr = mean_and_stderr(values)
+    return (mean, stderr) if return_std else mean
 
 
 class PSFLoss(nn.Module):

@@ -21,6 +21,9 @@ __all__ = [
     "SAMPLING_METHODS",
     "canonical_order",
     "check_max_points_per_class",
+    "check_resamples",
+    "draw_seeds",
+    "draws_differ",
     "sample_per_class",
     "subsample_indices",
 ]
@@ -34,6 +37,28 @@ SAMPLING_METHODS: tuple[str, ...] = ("random", "kde", "none")
 def check_max_points_per_class(value: object, name: str = "max_points_per_class") -> int | None:
     """A per-class cap: an int ``>= 2`` (a persistence diagram needs 2 points) or ``None`` (no cap)."""
     return check_int(value, name, minimum=2, allow_none=True)
+
+
+def check_resamples(value: object, name: str = "resamples") -> int:
+    """Number of seeded re-draws of the per-class sample: an int ``>= 1``."""
+    return check_int(value, name, minimum=1)  # type: ignore[return-value]
+
+
+def draw_seeds(seed: int, resamples: int) -> list[int]:
+    """Seeds of ``resamples`` re-draws: draw 0 uses ``seed`` itself, draw ``r > 0`` a seed derived
+    from ``(seed, r)`` with :class:`numpy.random.SeedSequence` (so ``resamples=1`` is today's
+    single draw, and the draws of seed 0 and seed 1 do not overlap)."""
+    seed = check_seed(seed)
+    extra = [int(np.random.SeedSequence([seed, r]).generate_state(1)[0]) for r in range(1, resamples)]
+    return [seed, *extra]
+
+
+def draws_differ(labels: Tensor, max_points_per_class: int | None, method: str) -> bool:
+    """Whether re-drawing the per-class sample can change anything: some class exceeds the cap
+    (classes at or below it are always used whole) and ``method`` is not ``"none"``."""
+    if method == "none" or max_points_per_class is None or labels.numel() == 0:
+        return False
+    return int(torch.unique(labels, return_counts=True)[1].max()) > max_points_per_class
 
 
 def canonical_order(points: Tensor) -> Tensor:

@@ -3,7 +3,8 @@
 :func:`persistence_summary` measures one labelled cloud; :func:`persistence_metrics` measures
 the clouds of several layers (sharing their labels) and returns flat, prefix-free metric names
 (``"psf"``, ``"psf/layer_2"``, ``"psf/class_0"``, ``"h0/total_persistence"``, ...) with 0-d
-tensors, which is what :class:`~lightning_topo.callbacks.PersistenceScoreMonitor` logs after
+tensors (with ``resamples > 1``: means over seeded re-draws of the per-class sample, plus the
+standard errors ``"psf/std"``, ``"h0/total_persistence/std"``, ...), which is what :class:`~lightning_topo.callbacks.PersistenceScoreMonitor` logs after
 adding its ``log_prefix``. :func:`metric_names` lists the same names without computing
 anything (the monitor logs them as NaN when the hidden states are not finite).
 """
@@ -17,8 +18,15 @@ from numbers import Integral
 import torch
 from torch import Tensor
 
-from lightning_topo.scores.presets import PSFPreset
-from lightning_topo.scores.psf import class_diagrams, prepare_classes, psf_from_diagrams
+from lightning_topo.scores.presets import PSFPreset, get_preset
+from lightning_topo.scores.psf import (
+    class_diagrams,
+    mean_and_stderr,
+    prepare_classes,
+    psf_from_diagrams,
+    resample_seeds,
+)
+from lightning_topo.scores.sampling import check_resamples
 from lightning_topo.topology import persistence_entropy, total_persistence
 
 __all__ = [
@@ -127,17 +135,24 @@ def metric_names(
     *,
     scores: Sequence[str] = SCORES,
     homology_dims: Sequence[int] = (0, 1),
+    resamples: int = 1,
 ) -> list[str]:
     """The names :func:`persistence_metrics` returns for these layers and classes, in its order.
 
     ``psf`` is the PSF of the primary (deepest, ``max(layers)``) layer; ``psf/layer_{i}`` one
-    per layer; ``psf/class_{c}`` and ``h{k}/...`` belong to the primary layer.
+    per layer; ``psf/class_{c}`` and ``h{k}/...`` belong to the primary layer. With
+    ``resamples > 1`` each primary-layer headline score ``s`` (``psf``,
+    ``h{k}/total_persistence``, ``h{k}/entropy``) is followed by ``s/std``, its standard error.
     """
+    std = check_resamples(resamples) > 1
     names: list[str] = []
     if "psf" in scores:
-        names += ["psf", *(f"psf/layer_{i}" for i in layers), *(f"psf/class_{c}" for c in classes)]
+        names += ["psf", *(["psf/std"] if std else [])]
+        names += [*(f"psf/layer_{i}" for i in layers), *(f"psf/class_{c}" for c in classes)]
     for k in homology_dims:
-        names += [f"h{k}/{s}" for s in ("total_persistence", "entropy") if s in scores]
+        for s in ("total_persistence", "entropy"):
+            if s in scores:
+                names += [f"h{k}/{s}", *([f"h{k}/{s}/std"] if std else [])]
     return names
 
 
@@ -158,36 +173,15 @@ class PersistenceMetrics:
     num_points: dict[int, int]
 
 
-def persistence_metrics(
+def _one_draw(
     points: Mapping[int, Tensor],
     labels: Tensor,
-    *,
-    scores: Sequence[str] = SCORES,
-    homology_dims: Sequence[int] = (0, 1),
-    preset: str | PSFPreset | None = "default",
-    seed: int = 0,
-    backend: str = "torch",
-) -> PersistenceMetrics:
-    """Every metric of a persistence lens for the clouds of several layers.
-
-    Args:
-        points: ``{layer: (n, d) tensor}``, all rows aligned with ``labels``.
-        labels: ``(n,)`` integer labels, >= 2 classes.
-        scores: subset of :data:`SCORES` to return.
-        homology_dims: subset of ``(0, 1)`` for ``total_persistence`` / ``entropy``.
-        preset, seed, backend: as :func:`~lightning_topo.scores.psf` (sampling per class is
-            the preset's; the same seed is used for every layer).
-
-    Returns:
-        :class:`PersistenceMetrics`; ``values`` has exactly the keys of :func:`metric_names`.
-
-    Raises:
-        ValueError: no layers, or any error of :func:`~lightning_topo.scores.psf`.
-    """
-    scores = check_scores(scores)
-    dims = check_homology_dims(homology_dims)
-    if not points:
-        raise ValueError("points must hold at least one layer: {layer: (n, d) tensor}")
+    dims: tuple[int, ...],
+    preset: str | PSFPreset | None,
+    seed: int,
+    backend: str,
+) -> tuple[dict[str, Tensor], PersistenceSummary]:
+    """Every value of one draw of the per-class sample (same seed for every layer)."""
     primary = max(points)
     values: dict[str, Tensor] = {}
     main: PersistenceSummary | None = None
@@ -204,10 +198,62 @@ def persistence_metrics(
     for k in dims:
         values[f"h{k}/total_persistence"] = main.total_persistence[k]
         values[f"h{k}/entropy"] = main.entropy[k]
-    names = metric_names(list(points), list(main.psf_per_class), scores=scores, homology_dims=dims)
+    return values, main
+
+
+def persistence_metrics(
+    points: Mapping[int, Tensor],
+    labels: Tensor,
+    *,
+    scores: Sequence[str] = SCORES,
+    homology_dims: Sequence[int] = (0, 1),
+    preset: str | PSFPreset | None = "default",
+    seed: int = 0,
+    backend: str = "torch",
+    resamples: int = 1,
+) -> PersistenceMetrics:
+    """Every metric of a persistence lens for the clouds of several layers.
+
+    Args:
+        points: ``{layer: (n, d) tensor}``, all rows aligned with ``labels``.
+        labels: ``(n,)`` integer labels, >= 2 classes.
+        scores: subset of :data:`SCORES` to return.
+        homology_dims: subset of ``(0, 1)`` for ``total_persistence`` / ``entropy``.
+        preset, seed, backend: as :func:`~lightning_topo.scores.psf` (sampling per class is
+            the preset's; the same seed is used for every layer).
+        resamples: int >= 1 (default 1): every value is the mean over this many seeded
+            re-draws of the per-class sample (draw 0 uses ``seed``, so ``resamples=1`` is
+            the single draw), and the ``.../std`` names hold the standard errors of the
+            primary-layer headline scores. Classes at or below the cap are used whole
+            (re-drawing changes nothing): if no class exceeds it, everything is computed once
+            and every standard error is 0.
+
+    Returns:
+        :class:`PersistenceMetrics`; ``values`` has exactly the keys of :func:`metric_names`
+        (with the same ``resamples``); ``diagrams`` and ``num_points`` are draw 0's.
+
+    Raises:
+        ValueError: no layers, or any error of :func:`~lightning_topo.scores.psf`.
+    """
+    scores = check_scores(scores)
+    dims = check_homology_dims(homology_dims)
+    resamples = check_resamples(resamples)
+    if not points:
+        raise ValueError("points must hold at least one layer: {layer: (n, d) tensor}")
+    seeds = [seed]
+    if resamples > 1 and isinstance(labels, Tensor):
+        seeds = resample_seeds(labels, get_preset(preset), seed, resamples)
+    draws = [_one_draw(points, labels, dims, preset, s, backend) for s in seeds]
+    main = draws[0][1]
+    names = metric_names(
+        list(points), list(main.psf_per_class), scores=scores, homology_dims=dims, resamples=resamples
+    )
+    values: dict[str, Tensor] = {}
+    for name in draws[0][0]:
+        values[name], values[f"{name}/std"] = mean_and_stderr([d[0][name] for d in draws])
     return PersistenceMetrics(
         values={n: values[n] for n in names},
-        layer=primary,
+        layer=max(points),
         diagrams=main.diagrams,
         num_points=main.num_points,
     )

@@ -238,3 +238,59 @@ def test_bad_inputs():
     same = torch.ones(20, 3, dtype=torch.float64)
     with pytest.raises(ValueError, match="identical"):
         psf(same, labels)
+
+
+# ---------------------------------------------------------------- resamples (issue 18)
+
+
+def test_resamples_one_is_the_single_draw_exactly():
+    points, labels = _cloud(2, 120, 4, 2)
+    for seed in (0, 7):
+        single = psf(points, labels, max_points_per_class=30, seed=seed)
+        mean, stderr = psf(points, labels, max_points_per_class=30, seed=seed, resamples=1, return_std=True)
+        assert mean.item() == single.item()
+        assert stderr.item() == 0.0
+
+
+def test_resamples_is_the_mean_of_independent_draws_with_its_standard_error():
+    points, labels = _cloud(3, 160, 4, 2)
+    mean, stderr = psf(points, labels, max_points_per_class=30, seed=4, resamples=5, return_std=True)
+    from lightning_topo.scores.sampling import draw_seeds
+
+    draws = np.array([float(psf(points, labels, max_points_per_class=30, seed=s)) for s in draw_seeds(4, 5)])
+    assert len(set(draws.tolist())) == 5  # the draws really differ
+    np.testing.assert_allclose(float(mean), draws.mean(), rtol=1e-12)
+    np.testing.assert_allclose(float(stderr), draws.std(ddof=1) / np.sqrt(5), rtol=1e-10)
+    assert draws[0] == float(psf(points, labels, max_points_per_class=30, seed=4))  # draw 0 = seed
+
+
+def test_resamples_changes_nothing_when_no_class_exceeds_the_cap():
+    points, labels = _cloud(4, 60, 3, 2)  # 30 per class
+    mean, stderr = psf(points, labels, max_points_per_class=30, resamples=4, return_std=True)
+    assert mean.item() == psf(points, labels, max_points_per_class=30).item()
+    assert stderr.item() == 0.0
+
+
+def test_resamples_gradcheck_through_the_mean():
+    g = torch.Generator().manual_seed(1)
+    points = torch.randn(16, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    labels = torch.arange(16) % 2  # 8 per class, cap 6: two different draws
+
+    def fn(x):
+        return psf(x, labels, max_points_per_class=6, resamples=2)
+
+    assert torch.autograd.gradcheck(fn, (points,), eps=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"resamples": 0}, ValueError, "resamples"),
+        ({"resamples": 2.0}, TypeError, "resamples"),
+        ({"return_std": "yes"}, TypeError, "return_std"),
+    ],
+)
+def test_resamples_refuses_bad_values(kwargs, error, match):
+    points, labels = _cloud(0, 20, 3, 2)
+    with pytest.raises(error, match=match):
+        psf(points, labels, **kwargs)

@@ -10,11 +10,13 @@ from torchmetrics.functional import pearson_corrcoef, spearman_corrcoef
 
 from lightning_topo.scores import (
     correlation_metrics,
+    get_preset,
     metric_names,
     pearson_spearman,
     persistence_metrics,
     persistence_summary,
 )
+from lightning_topo.scores.sampling import draw_seeds
 
 
 def _layers(seed: int = 0, n: int = 40):
@@ -106,3 +108,49 @@ def test_constant_series_is_nan_and_lengths_must_match():
         pearson_spearman([1.0, 2.0], [1.0])
     with pytest.raises(ValueError, match="has 2 values but target has 3"):
         correlation_metrics({"a": [1.0, 2.0]}, [1.0, 2.0, 3.0], target_name="m")
+
+
+def test_resamples_one_gives_todays_values_and_names():
+    points, labels = _layers(n=60)
+    preset = get_preset("default").override(max_points_per_class=20)
+    today = persistence_metrics(points, labels, preset=preset, seed=2)
+    one = persistence_metrics(points, labels, preset=preset, seed=2, resamples=1)
+    assert list(one.values) == list(today.values) == metric_names([0, 2, 1], [0, 1])
+    assert all(one.values[n].item() == today.values[n].item() for n in today.values)
+
+
+def test_resamples_logs_means_and_standard_errors():
+    points, labels = _layers(n=80)
+    preset = get_preset("default").override(max_points_per_class=25)
+    got = persistence_metrics(points, labels, preset=preset, seed=1, resamples=3)
+    assert list(got.values) == metric_names([0, 2, 1], [0, 1], resamples=3)
+    assert {"psf/std", "h0/total_persistence/std", "h1/total_persistence/std", "h1/entropy/std"} <= set(
+        got.values
+    )
+    draws = [persistence_metrics(points, labels, preset=preset, seed=s) for s in draw_seeds(1, 3)]
+    for name in ("psf", "psf/layer_0", "psf/class_1", "h1/total_persistence"):
+        vals = torch.stack([d.values[name] for d in draws])
+        torch.testing.assert_close(got.values[name], vals.mean())
+        if name in ("psf", "h1/total_persistence"):
+            torch.testing.assert_close(got.values[f"{name}/std"], vals.std() / math.sqrt(3))
+    assert float(got.values["psf/std"]) > 0
+
+
+def test_resamples_without_a_class_above_the_cap_has_zero_std():
+    points, labels = _layers(n=40)  # 20 per class, cap 512
+    got = persistence_metrics(points, labels, resamples=5)
+    assert float(got.values["psf/std"]) == 0.0
+    assert got.values["psf"].item() == persistence_metrics(points, labels).values["psf"].item()
+
+
+def test_metric_names_with_resamples():
+    assert metric_names([1], [0], scores=("psf", "total_persistence"), homology_dims=(1,), resamples=2) == [
+        "psf",
+        "psf/std",
+        "psf/layer_1",
+        "psf/class_0",
+        "h1/total_persistence",
+        "h1/total_persistence/std",
+    ]
+    with pytest.raises(ValueError, match="resamples"):
+        metric_names([1], [0], resamples=0)
