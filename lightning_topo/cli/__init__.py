@@ -4,7 +4,8 @@
 :class:`~lightning_topo.models.SequenceClassifier` and
 :class:`~lightning_topo.models.TextClassificationDataModule`); ``prune`` prunes a trained
 checkpoint (:mod:`lightning_topo.cli.prune`); ``analyze`` measures the per-layer scores of one or
-two saved models (:mod:`lightning_topo.cli.analyze`).
+two saved models (:mod:`lightning_topo.cli.analyze`); ``report`` writes one HTML page of a run's
+logs (:mod:`lightning_topo.cli.report`).
 """
 
 from __future__ import annotations
@@ -13,9 +14,13 @@ import sys
 from collections.abc import Sequence
 
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
-OWN_SUBCOMMANDS = {"prune": "lightning_topo.cli.prune", "analyze": "lightning_topo.cli.analyze"}
+OWN_SUBCOMMANDS = {
+    "prune": "lightning_topo.cli.prune",
+    "analyze": "lightning_topo.cli.analyze",
+    "report": "lightning_topo.cli.report",
+}
 
-USAGE = """usage: lightning-topo {fit,validate,test,predict,prune,analyze} ...
+USAGE = """usage: lightning-topo {fit,validate,test,predict,prune,analyze,report} ...
 
   fit|validate|test|predict   LightningCLI over SequenceClassifier + TextClassificationDataModule
                               e.g. lightning-topo fit --config configs/quickstart.yaml
@@ -23,6 +28,8 @@ USAGE = """usage: lightning-topo {fit,validate,test,predict,prune,analyze} ...
                               e.g. lightning-topo prune --help
   analyze                     per-layer PSF / persistence / geometry scores of one or two saved models
                               e.g. lightning-topo analyze --model outputs/pruned --output outputs/analysis
+  report                      one self-contained HTML page of a run's logs and figures
+                              e.g. lightning-topo report runs/quickstart/version_0
 
 Run 'lightning-topo SUBCOMMAND --help' for the options of one subcommand.
 """
