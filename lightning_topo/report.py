@@ -313,7 +313,7 @@ def _summary_html(log: RunLog, run_dir: Path) -> str:
         (f"last {MONITOR}", f"{acc[-1]:.4f}" if acc else "not logged"),
         (f"best {MONITOR}", f"{max(acc):.4f}" if acc else "not logged"),
     ]
-    return _table(("", "value"), rows)
+    return _table(("", "value"), rows, names=2)
 
 
 def _series_html(log: RunLog) -> str:
@@ -367,8 +367,8 @@ def _pruning_html(run_dir: Path) -> str:
     ]
     layers = [(i + 1, heads, ffn) for i, (heads, ffn) in enumerate(info["layers"])]
     parts = [
-        _table(("", "value"), facts),
-        _table(("encoder layer", "heads kept", "FFN units kept"), layers, 0),
+        _table(("", "value"), facts, names=2),
+        _table(("encoder layer (1 = first)", "heads kept", "FFN units kept"), layers, 0),
     ]
     return "\n".join(
         parts + [_img(_kept_units_png(info["history"]), "kept units", "heads and FFN units kept per layer")]

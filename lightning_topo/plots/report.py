@@ -9,6 +9,8 @@ import io
 import math
 from collections.abc import Mapping, Sequence
 
+from matplotlib.ticker import MaxNLocator
+
 from lightning_topo.plots import _new_figure
 
 __all__ = ["Points", "plot_family_vs_monitor"]
@@ -41,6 +43,7 @@ def plot_family_vs_monitor(
         for label, points in lines.items():
             xs, ys = zip(*points, strict=True) if points else ((), ())
             ax.plot(xs, ys, "o-", ms=3, label=label)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(name, fontsize=9)
         ax.set_xlabel(xlabel, fontsize=8)
         ax.tick_params(labelsize=7)
