@@ -289,7 +289,7 @@ def _table(columns: Sequence[str], rows: Sequence[Sequence[Any]], names: int = 1
     body = "".join(
         "<tr>"
         + "".join(
-            f"<td class=name>{_esc(v)}</td>" if i < names else f"<td>{_num(v)}</td>"
+            f"<td class=name>{_num(v)}</td>" if i < names else f"<td>{_num(v)}</td>"
             for i, v in enumerate(row)
         )
         + "</tr>"
