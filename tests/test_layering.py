@@ -22,7 +22,7 @@ PACKAGE = Path(lightning_topo.__file__).parent
 
 #: Top-level parts of the package that library code must never import.
 APPLICATION = ("lightning_topo.callbacks", "lightning_topo.models", "lightning_topo.cli")
-LIBRARY = ("topology", "scores", "representations", "data", "pruning", "encoding", "analysis", "plots")
+LIBRARY = ("topology", "scores", "representations", "data", "pruning", "encoding", "analysis", "plots", "report")
 
 
 def _imports(path: Path) -> list[tuple[int, str]]:
