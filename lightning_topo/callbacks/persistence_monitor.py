@@ -43,6 +43,7 @@ from lightning_topo.scores import (
     persistence_metrics,
 )
 from lightning_topo.scores.checks import check_bool, check_choice, check_int, check_seed
+from lightning_topo.scores.sampling import check_resamples
 from lightning_topo.scores.summary import check_homology_dims, check_scores
 from lightning_topo.topology.diagrams import BACKENDS
 
@@ -57,7 +58,11 @@ class PersistenceScoreMonitor(LensMonitor):
     (``[CLS]`` or mean) of the validation (or training) examples, samples each class, and logs
     with ``pl_module.log`` from ``on_validation_epoch_end``:
 
-    * ``topo/psf`` -- PSF of the *primary* layer (the deepest selected layer);
+    * ``topo/psf`` -- PSF of the *primary* layer (the deepest selected layer), the mean over
+      ``resamples`` seeded re-draws of the per-class sample;
+    * ``topo/psf/std`` -- the standard error of that mean (with ``resamples > 1``; likewise
+      ``topo/h{k}/total_persistence/std`` and ``topo/h{k}/entropy/std``), what
+      :class:`~lightning_topo.callbacks.PSFEarlyStopping` compares changes with;
     * ``topo/psf/layer_{i}`` -- PSF of every selected layer ``i`` (0 = embeddings);
     * ``topo/psf/class_{c}`` -- ``psf_c`` of class ``c`` (primary layer);
     * ``topo/h{k}/total_persistence``, ``topo/h{k}/entropy`` -- mean over classes of the total
@@ -65,7 +70,7 @@ class PersistenceScoreMonitor(LensMonitor):
     * from ``on_train_epoch_end``, once 3 measurements with a value of ``monitor_against``
       exist: ``{score}/pearson_{metric}`` and ``{score}/spearman_{metric}`` (``metric`` is
       ``monitor_against`` with ``/`` replaced by ``_``, e.g. ``topo/psf/pearson_val_acc``) for
-      every score but the per-class ones.
+      every score but the per-class ones and the standard errors.
 
     ``topo`` is ``log_prefix``. **One forward pass**: when ``validation_step`` returns the
     :class:`~lightning_topo.encoding.EncodedBatch` it computed (or a mapping with it under
@@ -105,6 +110,13 @@ class PersistenceScoreMonitor(LensMonitor):
         log_prefix: first component of every metric name (default ``"topo"``).
         prog_bar: also show ``topo/psf`` in the progress bar (default ``True``).
         backend: persistence backend, see :func:`~lightning_topo.topology.persistence_diagrams`.
+        resamples: int >= 1 (default 5): every logged value is the mean over this many seeded
+            re-draws of each class's sample (:func:`~lightning_topo.scores.persistence_metrics`)
+            and ``.../std`` holds the standard errors. With ``resamples > 1`` and random
+            sampling the monitor keeps every collected example (``max_batches`` bounds them)
+            and draws the per-class samples from all of them; classes at or below
+            ``max_points_per_class`` are used whole, so when no class exceeds the cap every
+            draw is the same and the std is 0. ``resamples=1`` logs one draw and no std.
 
     Raises:
         TypeError / ValueError: an invalid argument, at construction (the message names it).
@@ -136,6 +148,7 @@ class PersistenceScoreMonitor(LensMonitor):
         log_prefix: str = "topo",
         prog_bar: bool = True,
         backend: str = "torch",
+        resamples: int = 5,
     ) -> None:
         super().__init__(
             every_n_epochs=every_n_epochs, monitor_against=monitor_against, plots=plots, log_prefix=log_prefix
@@ -153,6 +166,7 @@ class PersistenceScoreMonitor(LensMonitor):
         self.seed = check_seed(seed)
         self.prog_bar = check_bool(prog_bar, "prog_bar")
         self.backend = check_choice(backend, "backend", BACKENDS)
+        self.resamples = check_resamples(resamples)
         self._collector: RepresentationCollector | None = None
         self._last_diagrams: dict[int, list[Any]] | None = None
         self._last_layer: int | None = None
@@ -209,7 +223,8 @@ class PersistenceScoreMonitor(LensMonitor):
 
     @override
     def _correlated(self, names: list[str]) -> list[str]:
-        return [n for n in names if "/class_" not in n]  # every score but the per-class ones
+        # every score but the per-class ones and the standard errors
+        return [n for n in names if "/class_" not in n and not n.endswith("/std")]
 
     @override
     def _measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float] | None:
@@ -222,7 +237,9 @@ class PersistenceScoreMonitor(LensMonitor):
     ) -> Representations | None:
         """Hidden states of this validation run, gathered over all processes (every process calls it)."""
         gather = self._gather(trainer)
-        cap = self.preset.max_points_per_class if self.preset.sampling == "random" else None
+        # with re-draws the per-class samples are drawn by persistence_metrics from every example
+        random_once = self.preset.sampling == "random" and self.resamples == 1
+        cap = self.preset.max_points_per_class if random_once else None
         if collector is not None and collector.num_batches > 0:
             return collector.finalize(
                 max_points_per_class=cap, seed=self.seed, gather=gather, check_finite=False
@@ -259,7 +276,11 @@ class PersistenceScoreMonitor(LensMonitor):
                 f"PersistenceScoreMonitor logs NaN: {err}. EarlyStopping(check_finite=True) stops on it."
             )
             names = metric_names(
-                reps.layers, list(reps.class_counts()), scores=self.scores, homology_dims=self.homology_dims
+                reps.layers,
+                list(reps.class_counts()),
+                scores=self.scores,
+                homology_dims=self.homology_dims,
+                resamples=self.resamples,
             )
             return {self._name(n): math.nan for n in names}
         result = persistence_metrics(
@@ -270,6 +291,7 @@ class PersistenceScoreMonitor(LensMonitor):
             preset=self.preset,
             seed=self.seed,
             backend=self.backend,
+            resamples=self.resamples,
         )
         self._last_diagrams = {c: [d.detach().cpu() for d in dg] for c, dg in result.diagrams.items()}
         self._last_layer = result.layer

@@ -412,17 +412,22 @@ def test_nan_hidden_states_warn_and_log_nan(tmp_path, tiny_config):
             model_kwargs={"nan_hidden": True},
             extra_callbacks=[early],
         )
-    # every name of a healthy run is logged, as NaN: headline, per layer, per class, H0/H1
+    # every name of a healthy run is logged, as NaN: headline, per layer, per class, H0/H1, stds
     names = {k for k in trainer.callback_metrics if k.startswith("topo/")}
     assert names == {
         "topo/psf",
+        "topo/psf/std",
         "topo/psf/layer_2",
         "topo/psf/class_0",
         "topo/psf/class_1",
         "topo/h0/total_persistence",
+        "topo/h0/total_persistence/std",
         "topo/h0/entropy",
+        "topo/h0/entropy/std",
         "topo/h1/total_persistence",
+        "topo/h1/total_persistence/std",
         "topo/h1/entropy",
+        "topo/h1/entropy/std",
     }
     assert all(math.isnan(float(trainer.callback_metrics[k])) for k in names)
     assert set(monitor.history[0]["scores"]) == names
@@ -617,3 +622,53 @@ def test_a_logger_merely_named_wandblogger_is_not_wandb(tmp_path, tiny_config):
 
     trainer, monitor = fit(tmp_path, tiny_config, max_epochs=1, logger=WandbLogger(str(tmp_path)))
     assert monitor.history and (Path(trainer.log_dir) / "topo" / "topo_psf_vs_epoch.png").exists()
+
+
+# ---------------------------------------------------------------- resamples (issue 18)
+
+
+def test_resamples_log_standard_errors_and_one_draw_is_todays(tmp_path, tiny_config):
+    # 24 validation examples, 12 per class: a cap of 8 makes the re-draws differ
+    one = fit(
+        tmp_path / "one", tiny_config, monitor=PersistenceScoreMonitor(max_points_per_class=8, resamples=1)
+    )[1]
+    five_trainer, five = fit(
+        tmp_path / "five", tiny_config, monitor=PersistenceScoreMonitor(max_points_per_class=8, resamples=5)
+    )
+    assert not any(n.endswith("/std") for n in one.history[-1]["scores"])
+    m = five_trainer.callback_metrics
+    for name in ("topo/psf/std", "topo/h0/total_persistence/std", "topo/h1/total_persistence/std"):
+        assert name in m and float(m[name]) > 0, name
+    assert "topo/psf/std/pearson_val_acc" not in m  # standard errors are not correlated
+    assert {"topo/psf/pearson_val_acc", "topo/psf/class_0"} <= set(m)
+    # the first draw of each epoch is a sample like the one of resamples=1; the mean of 5 differs
+    assert [r["epoch"] for r in five.history] == [0, 1, 2]
+    assert five.history[-1]["scores"]["topo/psf"] != one.history[-1]["scores"]["topo/psf"]
+
+
+def test_resamples_one_logs_exactly_the_single_draw(tmp_path, tiny_config):
+    from lightning_topo.representations import collect_representations
+    from lightning_topo.scores import persistence_metrics
+
+    monitor = PersistenceScoreMonitor(max_points_per_class=8, resamples=1, plots=False)
+    model = TinyClassifier(tiny_config)
+    trainer = make_trainer(tmp_path, [monitor], max_epochs=1)
+    train, val = loaders()
+    trainer.validate(model, val)
+    reps = collect_representations(model, val, layers=-1, max_points_per_class=8, seed=0)
+    ref = persistence_metrics(reps.points, reps.labels, preset=monitor.preset, seed=0)
+    assert float(trainer.callback_metrics["topo/psf"]) == pytest.approx(float(ref.values["psf"]), rel=1e-6)
+    assert "topo/psf/std" not in trainer.callback_metrics
+
+
+def test_resamples_std_is_zero_when_no_class_exceeds_the_cap(tmp_path, tiny_config):
+    trainer, _ = fit(
+        tmp_path, tiny_config, monitor=PersistenceScoreMonitor(max_points_per_class=64), max_epochs=1
+    )
+    assert float(trainer.callback_metrics["topo/psf/std"]) == 0.0
+
+
+@pytest.mark.parametrize(("value", "error"), [(0, ValueError), (2.5, TypeError), ("5", TypeError)])
+def test_bad_resamples(value, error):
+    with pytest.raises(error, match="resamples"):
+        PersistenceScoreMonitor(resamples=value)
