@@ -17,7 +17,7 @@ if ! command -v apt-get >/dev/null 2>&1; then
   exit 1
 fi
 export DEBIAN_FRONTEND=noninteractive
-timeout 600 $SUDO apt-get update -qq >/dev/null && timeout 600 $SUDO apt-get install -y -qq chromium >/dev/null
+timeout 240 $SUDO apt-get update -qq >/dev/null && timeout 300 $SUDO apt-get install -y -qq chromium >/dev/null
 if command -v chromium >/dev/null 2>&1; then echo "browser: $(command -v chromium)"; exit 0; fi
 echo "install_browser: apt-get install chromium failed" >&2
 exit 1
