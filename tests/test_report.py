@@ -174,6 +174,54 @@ def test_tensorboard_folder_needs_the_package_or_is_read(tmp_path, capsys):
     assert not (folder / "report.html").exists()
 
 
+def test_tensorboard_scalars_become_series_with_epochs(tmp_path, monkeypatch):
+    """The TensorBoard reader maps each scalar to (epoch, step, value), the epoch read from
+    Lightning's ``epoch`` scalar at the same step (EventAccumulator replaced by a stand-in)."""
+    import sys
+    import types
+    from collections import namedtuple
+
+    Event = namedtuple("Event", "wall_time step value")
+    scalars = {
+        "epoch": [Event(0, 10, 0.0), Event(0, 20, 1.0)],
+        "val/acc": [Event(0, 10, 0.5), Event(0, 20, 0.75)],
+        "topo/psf": [Event(0, 10, 0.03), Event(0, 20, 0.02)],
+        "topo/psf/pearson_val_acc": [Event(0, 20, -1.0)],
+        "train/loss_step": [Event(0, 15, 0.6)],
+    }
+    seen = {}
+
+    class FakeAccumulator:
+        def __init__(self, path, size_guidance=None):
+            seen["path"] = path
+
+        def Reload(self):  # noqa: N802 (TensorBoard's name)
+            return self
+
+        def Tags(self):  # noqa: N802
+            return {"scalars": list(scalars)}
+
+        def Scalars(self, tag):  # noqa: N802
+            return scalars[tag]
+
+    names = ["tensorboard", "tensorboard.backend", "tensorboard.backend.event_processing"]
+    for name in names:
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    leaf = types.ModuleType("tensorboard.backend.event_processing.event_accumulator")
+    leaf.EventAccumulator = FakeAccumulator
+    monkeypatch.setitem(sys.modules, leaf.__name__, leaf)
+    folder = tmp_path / "tb" / "version_0"
+    folder.mkdir(parents=True)
+    (folder / "events.out.tfevents.1.host").write_bytes(b"")
+    log = read_run(tmp_path / "tb")
+    assert seen["path"] == str(folder) and log.source == "TensorBoard"
+    assert log.series["val/acc"] == [(0, 10, 0.5), (1, 20, 0.75)]
+    assert log.series["train/loss_step"] == [(None, 15, 0.6)]
+    assert "epoch" not in log.series
+    page = build_report(folder)
+    assert len(_images(page)) == 1 and "TensorBoard" in page and "-1" in page
+
+
 # --------------------------------------------------------------------------- real browser
 
 
@@ -276,3 +324,12 @@ def test_browser_check_fails_on_a_broken_image(tmp_path):
     found = checker.problems(result)
     assert "section 'correlations' is missing" in found
     assert any("did not load" in p for p in found)
+
+
+def test_report_is_a_listed_subcommand(capsys):
+    assert main(["--help"]) == 0
+    assert "lightning-topo report runs/" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        main(["report", "--help"])
+    assert exit_info.value.code == 0
+    assert "--overwrite" in capsys.readouterr().out
