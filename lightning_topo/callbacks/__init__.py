@@ -20,6 +20,7 @@ if TYPE_CHECKING:
         PersistenceScoreMonitor as PersistenceScoreMonitor,
     )
     from lightning_topo.callbacks.pruning import TopologicalPruning as TopologicalPruning
+    from lightning_topo.callbacks.psf_early_stopping import PSFEarlyStopping as PSFEarlyStopping
     from lightning_topo.callbacks.tree_probe_loss import (
         TreeProbeRegularization as TreeProbeRegularization,
     )
@@ -32,6 +33,7 @@ _EXPORTS = {
     "TreeProbeMonitor": "lightning_topo.callbacks.tree_probe_monitor",
     "TreeProbeRegularization": "lightning_topo.callbacks.tree_probe_loss",
     "TopologicalPruning": "lightning_topo.callbacks.pruning",
+    "PSFEarlyStopping": "lightning_topo.callbacks.psf_early_stopping",
 }
 
 __all__ = sorted(_EXPORTS)
