@@ -526,7 +526,7 @@ def test_ddp_two_processes_match_one(tmp_path, tiny_config, reuse):
     ref = json.loads((out1 / "rank0_epoch0.json").read_text())
     got0 = json.loads((out2 / "rank0_epoch0.json").read_text())
     got1 = json.loads((out2 / "rank1_epoch0.json").read_text())
-    assert len(ref["values"]) == 8  # psf, layer, 2 classes, H0/H1 x 2
+    assert len(ref["values"]) == 13  # psf, layer, 2 classes, H0/H1 x 2, std of psf and H0/H1 x 2
     assert got0["values"] == got1["values"]  # every rank logs the same values
     assert got0["values"].keys() == ref["values"].keys()
     for name, value in ref["values"].items():
