@@ -60,3 +60,23 @@ def tiny_batch():
         "attention_mask": attention_mask,
         "labels": torch.tensor([0, 1, 0, 1, 1, 0]),
     }
+
+
+@pytest.fixture(autouse=True)
+def _lightning_logs_to_this_tests_stderr():
+    """Lightning attaches a ``StreamHandler`` to its loggers on first import, bound to the
+    ``sys.stderr`` of that moment: under pytest, the capture stream of whichever test imported it
+    first, closed afterwards ("--- Logging error --- ... I/O operation on closed file" in later
+    tests' stderr). Point those handlers at this test's stderr while it runs."""
+    import logging
+    import sys
+
+    handlers = [
+        h
+        for name in ("lightning", "lightning.pytorch", "lightning.fabric")
+        for h in logging.getLogger(name).handlers
+        if type(h) is logging.StreamHandler
+    ]
+    for handler in handlers:
+        handler.stream = sys.stderr  # not setStream(): it would flush the old, closed stream
+    yield

@@ -51,7 +51,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from lightning_topo.cli.fit import InputError, run_lightning_cli
 
         try:
-            run_lightning_cli(args)
+            # the real command (argv None): LightningCLI reads sys.argv itself, as it expects
+            run_lightning_cli(None if argv is None else args)
         except InputError as err:
             # refused before anything ran (building the classes or a callback's setup): one line
             print(f"lightning-topo {command}: error: {' '.join(str(err).split())}", file=sys.stderr)
