@@ -1,7 +1,7 @@
 """Topology-guided structured pruning and compressed checkpoints (``docs/pruning.md``).
 
 Public API (imported lazily, so ``import lightning_topo.pruning`` does not import transformers
-until a name is used):
+until a name is used)::
 
     PruningConfig, DEFAULTS                      every setting, its default and its check
     prune_model(model, dataloader, *, method="topological", ratio=0.6, units=("ffn", "heads"), ...)

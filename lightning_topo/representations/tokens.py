@@ -452,7 +452,7 @@ def concept_triggers(
     is restored.
 
     Returns:
-        ``{"trigger_drop", "random_drop", "per_class": {c: {"words", "random_words", "n",
+        dict: ``{"trigger_drop", "random_drop", "per_class": {c: {"words", "random_words", "n",
         "acc", "trigger_acc", "random_acc"}}}``.
 
     Raises:

@@ -388,7 +388,7 @@ def describe_layer(
         theta: alignment and matching threshold. top_k: words listed per concept.
 
     Returns:
-        ``{"matched": share | None, "matched_chance": its chance level | None, "polar": share
+        dict: ``{"matched": share | None, "matched_chance": its chance level | None, "polar": share
         aligned to one output class, "polar_chance": its chance level,
         "aligned": {name: share}, "concepts": [{"id", "size", "words": [[word, count]],
         "polar_class", "class_share", "aligned": {name: label}, "matched": ref id | None}]}``.

@@ -3,7 +3,8 @@
 Everything returns torch tensors in the input's dtype and on its device, differentiable with
 respect to the input points (or distance matrix). See ``docs/topology.md``.
 
-Public API:
+Public API::
+
     pairwise_distances(points) -> (n, n)
     minimum_spanning_tree(distances) -> (edges (n-1, 2), lengths (n-1,))
     h0_diagram(points, *, distance_matrix=False) -> (m, 2)
