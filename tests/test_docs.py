@@ -39,14 +39,8 @@ _SKIP = re.compile(r"<!--\s*skip-test:\s*(.+?)\s*-->\s*$")
 
 # (file, first line of the block) -> reason. For files whose owner keeps the skip-test comments
 # out (README.md is the coordinator's): skipped blocks, and blocks that fail today (strict xfail).
-SKIP: dict[tuple[str, str], str] = {
-    ("README.md", "import lightning.pytorch as pl"): "fine-tunes the embedded MiniLM for 3 epochs",
-}
-KNOWN_BROKEN: dict[tuple[str, str], str] = {
-    ("docs/psf.md", "from lightning_topo.scores import psf, psf_per_class, persistence_summary, PSFLoss"): (
-        "uses persistence_metrics and metric_names without importing them"
-    ),
-}
+SKIP: dict[tuple[str, str], str] = {}
+KNOWN_BROKEN: dict[tuple[str, str], str] = {}
 
 
 def _blocks() -> list:
