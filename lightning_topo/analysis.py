@@ -50,6 +50,7 @@ from lightning_topo.scores import get_preset, metric_names, persistence_metrics
 from lightning_topo.scores.checks import check_bool, check_choice, check_int, check_seed
 from lightning_topo.scores.geometry import geometry_metrics
 from lightning_topo.scores.presets import POOLINGS, PSFPreset
+from lightning_topo.scores.sampling import check_resamples
 from lightning_topo.topology.diagrams import BACKENDS
 
 __all__ = ["SCORE_FAMILIES", "AnalysisResult", "analyze", "check_score_families", "write_text_atomic"]
@@ -252,6 +253,7 @@ class _Settings:
     backend: str
     attention: str
     normalize: bool
+    resamples: int = 1
 
 
 class _PersistenceFamily:
@@ -275,12 +277,17 @@ class _PersistenceFamily:
         for layer in _progress(list(reps.points), progress, "persistence", total=len(reps.points)):
             if _identical_class(reps.points[layer], reps.labels, layer):
                 classes = [int(c) for c in torch.unique(reps.labels)]
-                names = metric_names([layer], classes)
+                names = metric_names([layer], classes, resamples=s.resamples)
                 per_layer[layer] = {n: torch.tensor(math.nan) for n in names}
                 diagrams[layer] = {}
                 continue
             result = persistence_metrics(
-                {layer: reps.points[layer]}, reps.labels, preset=s.preset, seed=s.seed, backend=s.backend
+                {layer: reps.points[layer]},
+                reps.labels,
+                preset=s.preset,
+                seed=s.seed,
+                backend=s.backend,
+                resamples=s.resamples,
             )
             per_layer[layer] = result.values
             diagrams[layer] = {c: [d.detach().cpu() for d in dg] for c, dg in result.diagrams.items()}
@@ -296,7 +303,7 @@ class _PersistenceFamily:
             )
         # the names PersistenceScoreMonitor logs: headline values of the deepest layer
         headline = {n: float(v) for n, v in per_layer[deepest].items()}
-        names = metric_names(list(per_layer), list(diagrams[deepest]))
+        names = metric_names(list(per_layer), list(diagrams[deepest]), resamples=s.resamples)
         values = {**{n: headline.get(n, values.get(n)) for n in names}, **values}
         return {f"{self.prefix}/{n}": v for n, v in values.items()}, diagrams
 
@@ -407,6 +414,7 @@ def analyze(
     max_points_per_class: int | None = None,
     max_batches: int | None = None,
     seed: int = 0,
+    resamples: int = 5,
     backend: str = "torch",
     attention: str = "auto",
     normalize: bool = True,
@@ -426,6 +434,9 @@ def analyze(
         pooling, preset, max_points_per_class, seed, backend: as
             :class:`~lightning_topo.callbacks.PersistenceScoreMonitor` (defaults: the preset's
             ``"cls"`` and 512 per class, seed 0).
+        resamples: int >= 1 (default 5, as the monitor): PSF and the H0/H1 statistics are the
+            mean over this many seeded re-draws of the per-class sample, with ``.../std``
+            columns holding their standard errors (see :func:`~lightning_topo.scores.persistence_metrics`).
         max_batches: read at most this many batches (``None``: all).
         attention, normalize: as :class:`~lightning_topo.callbacks.GeometryMonitor`.
         progress: show a progress bar over batches and layers (tqdm, on stderr).
@@ -447,6 +458,7 @@ def analyze(
         backend=check_choice(backend, "backend", BACKENDS),
         attention=check_choice(attention, "attention", ATTENTION_SOURCES),
         normalize=check_bool(normalize, "normalize"),
+        resamples=check_resamples(resamples),
     )
     max_batches = check_int(max_batches, "max_batches", minimum=1, allow_none=True)
     progress = check_bool(progress, "progress")
@@ -494,6 +506,7 @@ def _assemble(
             "sampling": preset.sampling,
             "max_points_per_class": preset.max_points_per_class,
             "seed": settings.seed,
+            "resamples": settings.resamples,
             "backend": settings.backend,
             "points_per_class": {str(c): n for c, n in counts.items()},
         },
@@ -511,7 +524,9 @@ def _one_pass(
 ) -> Any:
     """Read the data once with every lens's hooks attached; pooled, sampled hidden states."""
     preset = settings.preset
-    cap = preset.max_points_per_class if preset.sampling == "random" else None
+    # with re-draws, persistence_metrics draws the per-class samples from every example (as the monitor)
+    random_once = preset.sampling == "random" and settings.resamples == 1
+    cap = preset.max_points_per_class if random_once else None
     attached = []
     try:
         for lens in lenses:

@@ -81,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pooling", default=None, help="cls (default) or mean")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
+        "--resamples", type=int, default=5, help="PSF as the mean of this many per-class re-draws (default 5)"
+    )
+    p.add_argument(
         "--diagram-layer", type=int, default=None, help="layer of the diagram figure (default: deepest)"
     )
     p.add_argument("--tokenizer", default=None, help="tokenizer folder (default: each model's folder)")
@@ -140,6 +143,7 @@ def _check_options(args: argparse.Namespace) -> tuple[str, ...]:
         ("--max-length", args.max_length, 2),
         ("--batch-size", args.batch_size, 1),
         ("--seed", args.seed, 0),
+        ("--resamples", args.resamples, 1),
     ):
         if value is not None and value < minimum:
             raise ValueError(f"{name} must be >= {minimum}; got {value}")
@@ -283,6 +287,7 @@ def _analyze_one(
         max_points_per_class=args.max_points_per_class,
         max_batches=args.max_batches,
         seed=args.seed,
+        resamples=args.resamples,
         progress=not args.no_progress,
     )
 
