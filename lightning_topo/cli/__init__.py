@@ -55,8 +55,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_lightning_cli(None if argv is None else args)
         except InputError as err:
             # refused before anything ran (building the classes or a callback's setup): one line
-            print(f"lightning-topo {command}: error: {' '.join(str(err).split())}", file=sys.stderr)
-            return 2
+            from lightning_topo.cli.errors import report_refusal
+
+            return report_refusal(command, err)
         return 0
     if command in OWN_SUBCOMMANDS:
         import importlib

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -46,7 +45,7 @@ from lightning_topo.analysis import (
     records_to_csv,
     write_text_atomic,
 )
-from lightning_topo.cli.prune import USER_ERRORS
+from lightning_topo.cli.errors import USER_ERRORS, report_refusal
 from lightning_topo.representations import resolve_layers
 
 __all__ = ["build_parser", "main"]
@@ -101,9 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _run(args)
     except USER_ERRORS as err:
-        message = " ".join(str(err).split()) or type(err).__name__
-        print(f"lightning-topo analyze: error: {message}", file=sys.stderr)
-        return 2
+        return report_refusal("analyze", err)
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -12,6 +12,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_only
 from typing_extensions import override
 
+from lightning_topo.cli.errors import USER_ERRORS
 from lightning_topo.models.classifier import SequenceClassifier
 from lightning_topo.models.datamodule import TextClassificationDataModule
 
@@ -31,20 +32,6 @@ class InputError(Exception):
     before anything ran. ``lightning-topo`` prints it as one line and exits with status 2; the
     original exception (``ValueError``, ``TypeError``, ``FileNotFoundError``, ...) is its
     ``__cause__``."""
-
-
-#: Exceptions that mean "this input is refused" when raised before the run starts (a callback's
-#: ``setup`` refusing the model, the strategy or an output folder). Raised later they are bugs
-#: or runtime failures and keep their traceback.
-REFUSALS = (
-    ValueError,
-    TypeError,
-    FileNotFoundError,
-    FileExistsError,
-    NotADirectoryError,
-    IsADirectoryError,
-    PermissionError,
-)
 
 
 class _RunStarted(Callback):
@@ -197,7 +184,7 @@ def run_lightning_cli(args: Sequence[str] | None = None, run: bool = True) -> To
             save_config_kwargs={"overwrite": True},
             parser_kwargs={"prog": "lightning-topo"} if run else None,
         )
-    except REFUSALS as err:
+    except USER_ERRORS as err:  # from a callback's setup, before the run started: refused input
         if getattr(cli, "run_started", None) is None or cli.run_started.started:
             raise  # raised while running: a failure, not a refused input
         raise InputError(" ".join(f"{type(err).__name__}: {err}".split())) from err

@@ -22,26 +22,14 @@ import dataclasses
 import itertools
 import pickle
 import re
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from lightning_topo.cli.errors import USER_ERRORS, report_refusal
 from lightning_topo.pruning.config import DEFAULTS, METHODS, UNIT_KINDS, PruningConfig
 
 __all__ = ["main", "build_parser"]
-
-#: Exceptions that mean "bad input": printed as one line, exit status 2. Anything else is a bug
-#: and keeps its traceback.
-USER_ERRORS: tuple[type[BaseException], ...] = (
-    ValueError,
-    TypeError,
-    FileNotFoundError,
-    FileExistsError,
-    NotADirectoryError,
-    IsADirectoryError,
-    PermissionError,
-)
 
 #: Datamodule settings taken from a ``.ckpt`` written by ``lightning-topo fit`` (same data, same splits).
 _DATAMODULE_KEYS = (
@@ -118,9 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _run(args)
     except USER_ERRORS as err:
-        message = " ".join(str(err).split()) or type(err).__name__
-        print(f"lightning-topo prune: error: {message}", file=sys.stderr)
-        return 2
+        return report_refusal("prune", err)
 
 
 def _run(args: argparse.Namespace) -> int:

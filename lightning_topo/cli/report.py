@@ -12,10 +12,9 @@ status 2 and writes nothing.
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 
-from lightning_topo.cli.prune import USER_ERRORS
+from lightning_topo.cli.errors import USER_ERRORS, report_refusal
 from lightning_topo.report import write_report
 
 __all__ = ["build_parser", "main"]
@@ -41,9 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         path = write_report(args.run_dir, args.output, overwrite=args.overwrite)
     except USER_ERRORS as err:
-        message = " ".join(str(err).split()) or type(err).__name__
-        print(f"lightning-topo report: error: {message}", file=sys.stderr)
-        return 2
+        return report_refusal("report", err)
     print(f"wrote {path}")
     return 0
 
