@@ -25,6 +25,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -188,10 +189,17 @@ def test_python_block_runs(code, workspace, monkeypatch, tmp_path):
     for entry in root.iterdir():  # the shared inputs; what a block writes stays in its own folder
         if entry.name == "outputs" and "save_compressed(" in code:
             continue  # the block writes the compressed model it then loads
-        (tmp_path / entry.name).symlink_to(entry, target_is_directory=entry.is_dir())
+        if entry.name == "runs":  # examples write into a run folder (report.html): a copy of its own
+            shutil.copytree(entry, tmp_path / entry.name)
+        else:
+            (tmp_path / entry.name).symlink_to(entry, target_is_directory=entry.is_dir())
     monkeypatch.chdir(tmp_path)
+    shared = {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
     namespace = dict(names, hf_model=_hf_model(), model=_hf_model(), __name__="__doc_example__")
-    exec(compile(code, "<doc block>", "exec"), namespace)
+    exec(compile(code + "\n__block_finished__ = True\n", "<doc block>", "exec"), namespace)
+    assert namespace.get("__block_finished__") is True
+    # an example writes only into its own folder, never into the inputs the other examples share
+    assert {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()} == shared
 
 
 def test_block_parser_finds_blocks_and_skip_markers():
