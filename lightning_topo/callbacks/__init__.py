@@ -16,6 +16,7 @@ if TYPE_CHECKING:
         ConceptAlignmentMonitor as ConceptAlignmentMonitor,
     )
     from lightning_topo.callbacks.geometry_monitor import GeometryMonitor as GeometryMonitor
+    from lightning_topo.callbacks.lens import LensMonitor as LensMonitor
     from lightning_topo.callbacks.persistence_monitor import (
         PersistenceScoreMonitor as PersistenceScoreMonitor,
     )
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from lightning_topo.callbacks.tree_probe_monitor import TreeProbeMonitor as TreeProbeMonitor
 
 _EXPORTS = {
+    "LensMonitor": "lightning_topo.callbacks.lens",
     "PersistenceScoreMonitor": "lightning_topo.callbacks.persistence_monitor",
     "GeometryMonitor": "lightning_topo.callbacks.geometry_monitor",
     "ConceptAlignmentMonitor": "lightning_topo.callbacks.concept_monitor",
