@@ -9,6 +9,7 @@ until a name is used)::
     plan_keep_masks(model, table, *, ratio=..., quantile=...) -> KeepMasks
     apply_keep_masks(model, masks) -> model
     check_supported(model)                       TypeError unless the pruned model can be exported
+    distillation_loss(student_logits, teacher_logits, labels, *, temperature=2.0, alpha=0.5)
     save_compressed(model, path, *, tokenizer=None, overwrite=False, extra_files=None)
     load_compressed(path, *, verify=None)        verifies SHA256SUMS; importing it registers the
                                                  pruned classes with transformers' Auto classes
@@ -41,6 +42,8 @@ _EXPORTS = {
     "mask_units": "lightning_topo.pruning.structured",
     "KeepMasks": "lightning_topo.pruning.structured",
     "count_encoder_parameters": "lightning_topo.pruning.structured",
+    "distillation_loss": "lightning_topo.pruning.distill",
+    "DISTILL_DEFAULTS": "lightning_topo.pruning.distill",
     "save_compressed": "lightning_topo.pruning.export",
     "load_compressed": "lightning_topo.pruning.export",
     "register_auto_classes": "lightning_topo.pruning.export",

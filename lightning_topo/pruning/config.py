@@ -44,6 +44,7 @@ METHODS: tuple[str, ...] = (
     "topological",
     "topological-redundancy",
     "topological-1d",
+    "topological-contribution",
     "magnitude",
     "activation",
     "random",

@@ -18,6 +18,12 @@ is not public):
     The units of one layer are the points (a unit = its centred, unit-norm output vector over the
     ``N`` positions); each unit scores its elder-rule H0 death radius in that cloud, i.e. how far it
     is from the nearest higher-energy unit in single linkage. A near-copy of another unit scores ~0.
+``topological-contribution`` (reading C, :func:`h0_of_each_contribution_cloud`)
+    The cloud of what the unit writes into the residual stream: at each calibration position the
+    unit adds ``a_u(x) * w_u`` (FFN unit: its activation times its ``output.dense`` column; head: its
+    context vector mapped by its slice of ``attention.output.dense``). Its H0 bars (``"max"`` or
+    ``"total"``) are those of reading B measured in the space the unit actually affects, so a unit
+    with wide gaps but near-zero outgoing weights no longer scores high.
 ``magnitude`` (:func:`weight_norm`)
     L2 norm of all weights and biases that belong to the unit (the group norm of Torch-Pruning's
     ``MagnitudeImportance(p=2)``).
@@ -74,6 +80,7 @@ __all__ = [
     "distribution_scores",
     "cloud_h0_scores",
     "h0_of_each_unit_cloud",
+    "h0_of_each_contribution_cloud",
     "elder_merge_radius",
     "weight_norm",
     "activation_times_output_norm",
@@ -411,6 +418,31 @@ def h0_of_each_unit_cloud(
     return [summary(x, stat=ctx.stat) for x in data]
 
 
+def h0_of_each_contribution_cloud(
+    model: nn.Module, outputs: UnitOutputs | None, kind: str, ctx: ImportanceContext
+) -> list[Tensor]:
+    """``topological-contribution``: H0 bars of each unit's cloud of residual-stream contributions.
+
+    FFN unit ``u``: the points ``a_u(x_i) w_u`` (``w_u`` its column of ``output.dense``) lie on a
+    line, so their bars are the 1-D bars of :func:`distribution_scores` times ``||w_u||``. Head
+    ``h``: the points ``W_h c_h(x_i)`` with ``W_h`` (hidden, head_size) its slice of
+    ``attention.output.dense``; since ``||W_h v|| = ||R_h v||`` for the QR factor ``R_h`` of
+    ``W_h``, the MST is taken of ``c_h R_h^T`` in ``head_size`` dimensions (same bars, far cheaper).
+    """
+    data = _outputs_of(outputs, kind, "topological-contribution")
+    out = []
+    for x, layer in zip(data, ctx.layers, strict=True):
+        if kind == "ffn":
+            out.append(distribution_scores(x, stat=ctx.stat) * _outgoing_norm(layer, kind))
+            continue
+        h, d = layout.num_heads(layer), layout.head_size(layer)
+        w = layout.attention_output(layer).weight.detach().double().cpu().reshape(-1, h, d)
+        r = torch.linalg.qr(w.permute(1, 0, 2)).R  # (h, d, d): ||W_h v|| = ||R_h v||
+        mapped = torch.einsum("nhk,hjk->nhj", x.double(), r)
+        out.append(cloud_h0_scores(mapped, stat=ctx.stat))
+    return out
+
+
 def elder_merge_radius(
     model: nn.Module, outputs: UnitOutputs | None, kind: str, ctx: ImportanceContext
 ) -> list[Tensor]:
@@ -491,6 +523,7 @@ class _Method:
 _REGISTRY: dict[str, _Method] = {
     "topological-1d": _Method(h0_of_each_unit_cloud, needs_data=True),
     "topological-redundancy": _Method(elder_merge_radius, needs_data=True),
+    "topological-contribution": _Method(h0_of_each_contribution_cloud, needs_data=True),
     "magnitude": _Method(weight_norm, needs_data=False),
     "activation": _Method(activation_times_output_norm, needs_data=True),
     "random": _Method(seeded_uniform, needs_data=False),

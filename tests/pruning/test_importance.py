@@ -127,6 +127,39 @@ def test_cloud_h0_scores_equal_gudhi():
         assert ours[h] == pytest.approx(_gudhi_h0_deaths(clouds[:, h]).max(), rel=1e-6)
 
 
+@pytest.mark.parametrize("stat", ["max", "total"])
+def test_contribution_scores_equal_gudhi_in_the_residual_stream(stat, tiny_classifier, tiny_batch):
+    """Reading C: bars of the cloud each unit writes into the hidden space, built there explicitly."""
+    outputs = collect_unit_outputs(tiny_classifier, [tiny_batch], units=("ffn", "heads"))
+    table = compute_importance(tiny_classifier, outputs=outputs, method="topological-contribution", stat=stat)
+    layer = layout.encoder_layers(tiny_classifier)[1]
+    pick = max if stat == "max" else sum
+    w_ffn = layout.ffn_output(layer).weight.detach().double().numpy()  # (hidden, ffn)
+    acts = outputs.ffn[1].double().numpy()  # (N, ffn)
+    for u in (0, 7, 33):
+        cloud = acts[:, u : u + 1] * w_ffn[:, u][None, :]
+        assert float(table.ffn[1][u]) == pytest.approx(pick(_gudhi_h0_deaths(cloud)), rel=1e-6)
+    h, d = layout.num_heads(layer), layout.head_size(layer)
+    w_out = layout.attention_output(layer).weight.detach().double().numpy()  # (hidden, h*d)
+    ctx = outputs.heads[1].double().numpy()  # (N, h, d)
+    for head in range(h):
+        cloud = ctx[:, head] @ w_out[:, head * d : (head + 1) * d].T
+        assert float(table.heads[1][head]) == pytest.approx(pick(_gudhi_h0_deaths(cloud)), rel=1e-6)
+
+
+def test_contribution_scales_with_outgoing_weights(tiny_classifier, tiny_batch):
+    """Scaling a unit's outgoing column scales its contribution score, not its 1-D score."""
+    model = copy.deepcopy(tiny_classifier)
+    before = compute_importance(model, [tiny_batch], method="topological-contribution")
+    one_d = compute_importance(model, [tiny_batch], method="topological-1d")
+    with torch.no_grad():
+        layout.ffn_output(layout.encoder_layers(model)[0]).weight[:, 5] *= 0.25
+    after = compute_importance(model, [tiny_batch], method="topological-contribution")
+    assert float(after.ffn[0][5]) == pytest.approx(0.25 * float(before.ffn[0][5]), rel=1e-9)
+    assert torch.equal(after.ffn[0][:5], before.ffn[0][:5])
+    assert float(before.ffn[0][5]) != pytest.approx(float(one_d.ffn[0][5]))
+
+
 def test_constant_unit_scores_lowest_in_both_readings():
     rng = np.random.default_rng(5)
     values = rng.normal(size=(40, 10))
