@@ -11,8 +11,11 @@ until a name is used)::
     check_supported(model)                       TypeError unless the pruned model can be exported
     distillation_loss(student_logits, teacher_logits, labels, *, temperature=2.0, alpha=0.5)
     save_compressed(model, path, *, tokenizer=None, overwrite=False, extra_files=None)
-    load_compressed(path, *, verify=None)        verifies SHA256SUMS; importing it registers the
-                                                 pruned classes with transformers' Auto classes
+    load_compressed(path, *, verify=None, quantize=None)  verifies SHA256SUMS; importing it registers
+                                                 the pruned classes with transformers' Auto classes;
+                                                 quantize="int8": dynamic int8 Linear layers (CPU)
+    quantize_int8(model, *, inplace=False) -> model   dynamic int8 quantisation of nn.Linear (CPU)
+    compare_int8(dense, pruned, dataloader, ...) -> dict   accuracy, throughput, latency: fp32/int8
 
 Data flows config -> layout -> importance -> structured -> api; export reads layout and structured.
 """
@@ -49,6 +52,8 @@ _EXPORTS = {
     "register_auto_classes": "lightning_topo.pruning.export",
     "check_output_path": "lightning_topo.pruning.export",
     "verify_manifest": "lightning_topo.pruning.export",
+    "quantize_int8": "lightning_topo.pruning.quantize",
+    "compare_int8": "lightning_topo.pruning.report",
 }
 
 __all__ = sorted(_EXPORTS)

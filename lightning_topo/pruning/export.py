@@ -434,13 +434,36 @@ def _check_checkpoint_folder(path: Path, verify: bool | None) -> None:
         _check_safetensors(file)
 
 
-def load_compressed(path: str | Path, *, verify: bool | None = None, **kwargs: Any) -> nn.Module:
+def _check_quantize(quantize: Any, kwargs: Mapping[str, Any]) -> None:
+    from lightning_topo.pruning.quantize import QUANTIZE_CHOICES, check_int8_available
+
+    if quantize not in QUANTIZE_CHOICES or isinstance(quantize, bool):
+        raise ValueError(
+            f"quantize must be one of {list(QUANTIZE_CHOICES)} (None: float model; 'int8': dynamic int8 "
+            f"quantisation of the Linear layers for CPU inference); got {quantize!r}"
+        )
+    if quantize is None:
+        return
+    if kwargs.get("device_map") not in (None, "cpu"):
+        raise ValueError(
+            f"quantize='int8' runs on the CPU only; got device_map={kwargs['device_map']!r}: leave it out"
+        )
+    check_int8_available()
+
+
+def load_compressed(
+    path: str | Path, *, verify: bool | None = None, quantize: str | None = None, **kwargs: Any
+) -> nn.Module:
     """Load a folder written by :func:`save_compressed` (either flavour) as a sequence classifier.
 
     Args:
         path: the checkpoint folder.
         verify: check every file against ``SHA256SUMS`` (``None``, default: when the folder has one,
             else warn; ``True``: require it; ``False``: skip).
+        quantize: ``None`` (default): the float model as saved. ``"int8"``: after loading, apply
+            PyTorch dynamic int8 quantisation to every ``nn.Linear``
+            (:func:`~lightning_topo.pruning.quantize.quantize_int8`) for CPU inference; the
+            checkpoint on disk stays float and is not changed.
         kwargs: passed to ``AutoModelForSequenceClassification.from_pretrained`` (``local_files_only``
             defaults to ``True``: a path is never looked up on the Hub).
 
@@ -448,12 +471,21 @@ def load_compressed(path: str | Path, *, verify: bool | None = None, **kwargs: A
         FileNotFoundError: ``path`` does not exist, or a file listed in ``SHA256SUMS`` is missing.
         NotADirectoryError: ``path`` is a file.
         ValueError: not a checkpoint (no ``config.json`` or weights), a file that does not match its
-            checksum, or an empty or truncated weights file; each message names the file.
+            checksum, or an empty or truncated weights file; each message names the file. Also a
+            ``quantize`` other than ``None``/``"int8"``, or ``quantize="int8"`` with a non-CPU
+            ``device_map`` (checked before anything is read).
+        RuntimeError: ``quantize="int8"`` on a PyTorch build without a quantised CPU engine.
     """
     path = Path(path)
+    _check_quantize(quantize, kwargs)
     _check_checkpoint_folder(path, verify)
     kwargs.setdefault("local_files_only", True)
     try:
-        return AutoModelForSequenceClassification.from_pretrained(str(path), **kwargs)
+        model = AutoModelForSequenceClassification.from_pretrained(str(path), **kwargs)
     except (OSError, ValueError, KeyError) as err:
         raise ValueError(f"could not load the compressed checkpoint {path}: {err}") from err
+    if quantize == "int8":
+        from lightning_topo.pruning.quantize import quantize_int8
+
+        model = quantize_int8(model.float(), inplace=True)
+    return model
