@@ -97,6 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit-train", type=int, default=None, help="use a seeded subset of the training split")
     p.add_argument("--seed", type=int, default=DEFAULTS.seed)
     p.add_argument("--accelerator", default="auto")
+    p.add_argument(
+        "--int8-report",
+        action="store_true",
+        help="after saving, compare dense/pruned x fp32/int8 on the validation split (accuracy, CPU "
+        "throughput at 32x64, latency at 1x64); prints a table, writes int8_report.json into --output",
+    )
     return p
 
 
@@ -114,6 +120,13 @@ def _run(args: argparse.Namespace) -> int:
     source, output = _check_paths(args)
     stored = _stored_settings(source)
     dm_kwargs = _datamodule_kwargs(args, stored)  # checks the data file's columns
+    if args.int8_report:
+        from lightning_topo.pruning.quantize import check_int8_available
+
+        try:
+            check_int8_available()  # before anything is trained
+        except RuntimeError as err:
+            raise ValueError(f"--int8-report: {err}") from None
     import lightning.pytorch as pl
 
     from lightning_topo.models.datamodule import TextClassificationDataModule
@@ -137,6 +150,8 @@ def _run(args: argparse.Namespace) -> int:
         f"pruned {source.name} with {args.method}: encoder parameters {before} -> {after} "
         f"({after / before:.3f}); val/acc {acc_s} after {args.recover_epochs} recovery epoch(s); saved to {output}"
     )
+    if args.int8_report:
+        _int8_report(source, output, dm)
     return 0
 
 
@@ -352,6 +367,35 @@ def _prune_only(args: argparse.Namespace, settings: PruningConfig, module: Any, 
     save_compressed(module.model.eval(), output, tokenizer=dm.tokenizer, overwrite=args.overwrite)
     trainer = pl.Trainer(accelerator=args.accelerator, devices=1, logger=False, enable_progress_bar=False)
     return trainer.validate(module, datamodule=dm, verbose=False)
+
+
+# ---------------------------------------------------------------------- --int8-report
+
+
+def _int8_report(source: Path, output: Path, dm: Any) -> dict[str, Any]:
+    """Dense (the source checkpoint's model) and pruned (the saved folder), fp32 and dynamic int8, on
+    the validation split and timed on the CPU (:func:`~lightning_topo.pruning.report.compare_int8`);
+    prints the table and writes ``output/int8_report.json`` atomically (not listed in ``SHA256SUMS``)."""
+    import json
+    import os
+
+    from lightning_topo.pruning.export import load_compressed
+    from lightning_topo.pruning.report import compare_int8, format_table
+
+    dense = _load_module(source, None).model.cpu().float().eval()
+    pruned = load_compressed(output).eval()
+    val = dm.val_dataloader()
+    report = compare_int8(dense, pruned, val)
+    report["settings"].update(
+        dense=str(source), pruned=str(output), split="val", val_examples=len(val.dataset)
+    )
+    print(format_table(report))
+    target = output / "int8_report.json"
+    staged = output / f".int8_report.json.tmp-{os.getpid()}"
+    staged.write_text(json.dumps(report, indent=1) + "\n")
+    os.replace(staged, target)
+    print(f"int8 report: {target}")
+    return report
 
 
 if __name__ == "__main__":
