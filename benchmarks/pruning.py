@@ -1,32 +1,37 @@
-"""Benchmark: topology-guided structured pruning of the embedded MiniLM on the embedded data.
+"""Benchmark: topology-guided structured pruning of the embedded MiniLM, over seeds (issue 17).
 
-Protocol (all on CPU, ``torch.set_num_threads(--threads)``, seed 0):
+Protocol (CPU, ``torch.set_num_threads(--threads)``), for every seed ``s`` in ``--seeds``:
 
-1. **Base model** (cached in ``outputs/pruning_bench/base``): the embedded all-MiniLM-L6-v2 with a
-   fresh linear classifier (``BertForSequenceClassification``), fine-tuned for ``--base-epochs``
-   epochs on the embedded train split (8,455 sentences, max length 64, batch 32, AdamW lr 5e-5,
-   linear decay, no warmup).
-2. **Calibration**: ``--calib-sentences`` train sentences (seeded), at most ``--max-positions``
-   token positions.
-3. For every encoder-parameter ratio and method: prune a fresh copy of the base model with
-   :func:`lightning_topo.pruning.prune_model` (FFN units and heads, uniform per-layer allocation),
-   evaluate on the validation split (1,057 sentences), recover for one epoch on the train split
-   (all 8,455 sentences by default, or a seeded ``--recover-sentences`` subset; same optimiser),
-   evaluate again,
-   save with :func:`save_compressed`, reload with ``AutoModelForSequenceClassification`` and
-   check logits, and time CPU inference (batch 32, length 64, ``--timing-reps`` repetitions,
-   median) against the unpruned base model timed in the same run.
-4. Control (``--stage control``): the unpruned base trained for the same one extra epoch, so the
-   table separates what pruning costs from what the extra epoch gives.
-5. Optional external reference: Torch-Pruning 1.6.1 ``MetaPruner`` with
-   ``MagnitudeImportance(p=2)``, ``prune_num_heads=True``, hidden size kept, at the same ratios.
+1. **Base model** ``outputs/pruning_bench/seed{s}/base``: the embedded all-MiniLM-L6-v2 with a fresh
+   linear classifier (init seed ``s``), fine-tuned for ``--base-epochs`` epoch(s) on the embedded
+   train split (8,455 sentences, max length 64, batch 32, AdamW lr 5e-5, linear decay, no warmup,
+   shuffle seed ``s``). Every method of seed ``s`` starts from this same base.
+2. **Calibration**: ``--calib-sentences`` train sentences drawn with seed ``1000 + s``, at most
+   ``--max-positions`` token positions (position sample seed ``s``).
+3. **Cells** (method x encoder-parameter ratio x plain/distilled recovery): prune a fresh copy of
+   the base with :func:`lightning_topo.pruning.prune_model` (FFN units and heads, uniform per-layer
+   allocation, FFN widths a multiple of 8), evaluate on the validation split (1,057 sentences),
+   recover for one epoch on ``--recover-sentences`` (default 3,000, seeded) train sentences (same
+   optimiser, shuffle seed ``s``; with
+   ``+kd`` the loss is :func:`~lightning_topo.pruning.distill.distillation_loss` against the frozen
+   base, T=2, alpha=0.5), evaluate again, save with :func:`save_compressed`, reload and check the
+   logits. ``torch-pruning`` is Torch-Pruning 1.6.1's ``MetaPruner`` with
+   ``MagnitudeImportance(p=2)`` (whole heads + FFN units, hidden size kept), bisected to the same
+   budget. A method ``name:total`` means ``stat="total"``.
+4. **Control**: the unpruned base trained for the same one extra epoch.
 
-Writes ``benchmarks/results/pruning.json`` (merged with what is already there) and prints a table.
+Every cell is written to ``outputs/pruning_bench/cells/*.json`` when it finishes, so the grid can
+run in parts and in parallel processes (one per seed); ``--stage table`` collates them into
+``benchmarks/results/pruning.json`` with mean +- sd over seeds and the paired per-seed differences
+(each topological reading minus each baseline). Speed is timed separately (``--stage timing``, run
+it on a quiet machine): the seed-0 model of each cell against its base, alternated batch by batch,
+batch 32 x length 64; every seed's model of one (method, ratio) has the same shapes.
+Round 1 (one seed, 0.8/0.6/0.55/0.4) is kept in ``benchmarks/results/history/pruning_round1.json``.
 
-    python benchmarks/pruning.py --stage base          # fine-tune and cache the base model
-    python benchmarks/pruning.py --stage grid          # the pruning grid (resumes per cell)
-    python benchmarks/pruning.py --stage control       # unpruned + the same extra epoch
-    python benchmarks/pruning.py --stage torch-pruning # external reference
+    python benchmarks/pruning.py --stage all --seeds 0       # base + grid + control of seed 0 (resumes)
+    python benchmarks/pruning.py --stage all --seeds 1 --threads 1 &   # other seeds in parallel
+    python benchmarks/pruning.py --stage timing              # quiet machine
+    python benchmarks/pruning.py --stage table               # collate + print
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from __future__ import annotations
 import argparse
 import csv
 import gzip
+import itertools
 import json
 import math
 import os
@@ -55,6 +61,14 @@ OUT = ROOT / "outputs" / "pruning_bench"
 RESULTS = ROOT / "benchmarks" / "results" / "pruning.json"
 MAX_LEN = 64
 BATCH = 32
+TOPOLOGICAL = [
+    "topological-1d",
+    "topological-redundancy",
+    "topological-contribution",
+    "topological-contribution:total",
+]
+BASELINES = ["magnitude", "activation", "random", "torch-pruning"]
+KD = {"temperature": 2.0, "alpha": 0.5}
 
 
 # ----------------------------------------------------------------------------- data
@@ -98,7 +112,10 @@ def subset(texts, labels, n, seed):
 # ----------------------------------------------------------------------------- train / eval
 
 
-def train_epochs(model, tokenizer, texts, labels, *, epochs=1, lr=5e-5, seed=0, log_every=50):
+def train_epochs(model, tokenizer, texts, labels, *, epochs=1, lr=5e-5, seed=0, log_every=50, teacher=None):
+    """AdamW + linear decay; with ``teacher`` the loss is the distillation loss (:data:`KD`)."""
+    from lightning_topo.pruning.distill import distillation_loss
+
     torch.manual_seed(seed)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
@@ -109,7 +126,12 @@ def train_epochs(model, tokenizer, texts, labels, *, epochs=1, lr=5e-5, seed=0, 
     for ep in range(epochs):
         for batch in batches(tokenizer, texts, labels, shuffle=True, seed=seed + ep):
             out = model(**batch)
-            out.loss.backward()
+            loss = out.loss
+            if teacher is not None:
+                with torch.no_grad():
+                    t_logits = teacher(**{k: v for k, v in batch.items() if k != "labels"}).logits
+                loss = distillation_loss(out.logits, t_logits, batch["labels"], **KD)
+            loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             sched.step()
@@ -117,7 +139,7 @@ def train_epochs(model, tokenizer, texts, labels, *, epochs=1, lr=5e-5, seed=0, 
             step += 1
             if log_every and step % log_every == 0:
                 print(
-                    f"  step {step}/{steps} loss {out.loss.item():.4f} ({time.perf_counter() - t0:.0f}s)",
+                    f"  step {step}/{steps} loss {loss.item():.4f} ({time.perf_counter() - t0:.0f}s)",
                     flush=True,
                 )
     model.eval()
@@ -178,57 +200,11 @@ def dir_mb(path: Path) -> float:
     return sum(p.stat().st_size for p in Path(path).glob("*.safetensors")) / 2**20
 
 
-# ----------------------------------------------------------------------------- stages
-
-
-def load_base(tokenizer_only=False):
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    path = OUT / "base"
-    if not (path / "config.json").exists():
-        raise SystemExit(f"no base model at {path}; run: python benchmarks/pruning.py --stage base")
-    tok = AutoTokenizer.from_pretrained(path)
-    if tokenizer_only:
-        return tok
-    return AutoModelForSequenceClassification.from_pretrained(path).eval(), tok
-
-
-def stage_base(args) -> None:
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    from lightning_topo.models.embedded import embedded_model_path
-
-    src = embedded_model_path()
-    tok = AutoTokenizer.from_pretrained(src)
-    torch.manual_seed(0)
-    model = AutoModelForSequenceClassification.from_pretrained(src, num_labels=2)
-    tr_x, tr_y = load_split("train")
-    va_x, va_y = load_split("val")
-    secs = train_epochs(model, tok, tr_x, tr_y, epochs=args.base_epochs, lr=5e-5, seed=0)
-    acc = evaluate(model, tok, va_x, va_y)
-    print(f"base: val acc {acc:.4f} after {args.base_epochs} epoch(s), {secs:.0f}s")
-    tmp = OUT / "base.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    (tmp / "bench_meta.json").write_text(
-        json.dumps({"val_acc": acc, "epochs": args.base_epochs, "train_s": secs})
-    )
-    shutil.rmtree(OUT / "base", ignore_errors=True)
-    tmp.rename(OUT / "base")
-
-
-def _results() -> dict:
-    if RESULTS.exists():
-        return json.loads(RESULTS.read_text())
-    return {"cells": {}}
-
-
-def _write_results(res: dict) -> None:
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    tmp = RESULTS.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(res, indent=2, sort_keys=True))
-    tmp.replace(RESULTS)
+def _write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
+    tmp.replace(path)
 
 
 def encoder_params(model) -> int:
@@ -237,168 +213,81 @@ def encoder_params(model) -> int:
     return count_encoder_parameters(model)
 
 
-def _stage_inputs(args):
-    """The base model, its tokenizer and metadata, the validation split (``--val-limit``) and the
-    recovery sentences (``--recover-sentences``, seed 2): what grid, control and torch-pruning share."""
-    base, tok = load_base()
-    base_meta = json.loads((OUT / "base" / "bench_meta.json").read_text())
-    va_x, va_y = load_split("val")
-    if args.val_limit:
-        va_x, va_y = va_x[: args.val_limit], va_y[: args.val_limit]
-    rec = subset(*load_split("train"), args.recover_sentences, seed=2)
-    return base, tok, base_meta, (va_x, va_y), rec
-
-
-def stage_grid(args) -> None:
-    from transformers import AutoModelForSequenceClassification
-
-    from lightning_topo.pruning import load_compressed, prune_model, save_compressed
-
-    base, tok, base_meta, (va_x, va_y), (rec_x, rec_y) = _stage_inputs(args)
-    cal_x, cal_y = subset(*load_split("train"), args.calib_sentences, seed=1)
-    calib = list(batches(tok, cal_x, cal_y))
-    res = _results()
-    res["machine"] = {
-        "platform": platform.platform(),
-        "processor": platform.processor(),
-        "torch_threads": torch.get_num_threads(),
-        "python": sys.version.split()[0],
-        "torch": torch.__version__,
+def shapes(model) -> dict:
+    layers = model.bert.encoder.layer
+    return {
+        "heads_per_layer": [layer.attention.self.num_attention_heads for layer in layers],
+        "ffn_per_layer": [layer.intermediate.dense.out_features for layer in layers],
     }
-    res["protocol"] = {
-        "base_epochs": base_meta["epochs"],
-        "calib_sentences": args.calib_sentences,
-        "max_positions": args.max_positions,
-        "recover_sentences": len(rec_x),
-        "recover_epochs": 1,
-        "ffn_multiple": args.ffn_multiple,
-        "timing_reps": args.timing_reps,
-        "val_sentences": len(va_x),
-        "max_len": MAX_LEN,
-        "batch": BATCH,
-        "allocation": "uniform per layer (same head count and FFN width in every layer), "
-        f"FFN widths rounded down to a multiple of {args.ffn_multiple}",
-    }
-    base_tp = throughput(base, reps=args.timing_reps)
-    base_params = encoder_params(base)
-    res["base"] = {
-        "val_acc": base_meta["val_acc"],
-        "encoder_params": base_params,
-        "total_params": sum(p.numel() for p in base.parameters()),
-        "throughput_seq_s": base_tp,
-        "checkpoint_mb": dir_mb(OUT / "base"),
-    }
-    _write_results(res)
-    print(
-        f"base: acc {base_meta['val_acc']:.4f} enc params {base_params} throughput {base_tp:.1f} seq/s",
-        flush=True,
-    )
-    for ratio in args.ratios:
-        for method in args.methods:
-            key = f"{method}@{ratio}"
-            if key in res["cells"] and not args.redo:
-                print(f"skip {key} (done)")
-                continue
-            t0 = time.perf_counter()
-            model = AutoModelForSequenceClassification.from_pretrained(OUT / "base").eval()
-            prune_model(
-                model,
-                calib,
-                method=method,
-                ratio=ratio,
-                max_positions=args.max_positions,
-                ffn_multiple=args.ffn_multiple,
-                seed=0,
-            )
-            prune_s = time.perf_counter() - t0
-            acc0 = evaluate(model, tok, va_x, va_y)
-            rec_s = train_epochs(model, tok, rec_x, rec_y, epochs=1, lr=args.recover_lr, seed=0, log_every=0)
-            acc1 = evaluate(model, tok, va_x, va_y)
-            folder = OUT / "pruned" / key.replace("@", "_")
-            save_compressed(model, folder, tokenizer=tok, overwrite=True)
-            reloaded = load_compressed(folder).eval()
-            b = next(batches(tok, va_x[:16], va_y[:16]))
-            b.pop("labels")
-            with torch.no_grad():
-                diff = float((reloaded(**b).logits - model(**b).logits).abs().max())
-            tp_base, tp = paired_throughput(base, reloaded, reps=args.timing_reps)
-            p = encoder_params(reloaded)
-            cell = {
-                "method": method,
-                "target_ratio": ratio,
-                "encoder_params": p,
-                "encoder_ratio": p / base_params,
-                "total_params": sum(q.numel() for q in reloaded.parameters()),
-                "val_acc_before_recovery": acc0,
-                "val_acc_after_recovery": acc1,
-                "acc_drop_points": 100 * (base_meta["val_acc"] - acc1),
-                "checkpoint_mb": dir_mb(folder),
-                "throughput_seq_s": tp,
-                "base_throughput_seq_s": tp_base,
-                "speedup": tp / tp_base,
-                "reload_max_abs_logit_diff": diff,
-                "config_class": type(reloaded.config).__name__,
-                "heads_per_layer": [
-                    layer.attention.self.num_attention_heads for layer in reloaded.bert.encoder.layer
-                ],
-                "ffn_per_layer": [
-                    layer.intermediate.dense.out_features for layer in reloaded.bert.encoder.layer
-                ],
-                "prune_s": prune_s,
-                "recover_s": rec_s,
-            }
-            res = _results()
-            res["cells"][key] = cell
-            _write_results(res)
-            print(
-                f"{key:28s} enc {cell['encoder_ratio']:.3f} acc {acc0:.4f} -> {acc1:.4f} "
-                f"speedup {cell['speedup']:.2f}x ckpt {cell['checkpoint_mb']:.1f}MB "
-                f"(prune {prune_s:.0f}s, recover {rec_s:.0f}s)",
-                flush=True,
-            )
 
 
-def stage_control(args) -> None:
-    """The unpruned base trained for the same one extra epoch as the pruned models' recovery."""
-    from transformers import AutoModelForSequenceClassification
+# ----------------------------------------------------------------------------- names
 
-    base, tok, base_meta, (va_x, va_y), (rec_x, rec_y) = _stage_inputs(args)
-    key = "none@1.0"
-    res = _results()
-    if key in res.get("cells", {}) and not args.redo:
-        print(f"skip {key} (done)")
+
+def seed_dir(seed: int) -> Path:
+    return OUT / f"seed{seed}"
+
+
+def cell_key(method: str, ratio: float, kd: bool) -> str:
+    return f"{method}@{ratio}" + ("+kd" if kd else "")
+
+
+def cell_file(method: str, ratio: float, kd: bool, seed: int) -> str:
+    return f"{method.replace(':', '-')}_{ratio}" + ("_kd" if kd else "") + f"_s{seed}"
+
+
+def split_method(method: str) -> tuple[str, str]:
+    name, _, stat = method.partition(":")
+    return name, stat or "max"
+
+
+# ----------------------------------------------------------------------------- stages
+
+
+def load_base(seed: int):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    path = seed_dir(seed) / "base"
+    if not (path / "bench_meta.json").exists():
+        raise SystemExit(
+            f"no base model at {path}; run: python benchmarks/pruning.py --stage base --seeds {seed}"
+        )
+    model = AutoModelForSequenceClassification.from_pretrained(path).eval()
+    return model, AutoTokenizer.from_pretrained(path), json.loads((path / "bench_meta.json").read_text())
+
+
+def stage_base(seed: int, args) -> None:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from lightning_topo.models.embedded import embedded_model_path
+
+    path = seed_dir(seed) / "base"
+    if (path / "bench_meta.json").exists():
         return
-    model = AutoModelForSequenceClassification.from_pretrained(OUT / "base").eval()
-    acc0 = evaluate(model, tok, va_x, va_y)
-    rec_s = train_epochs(model, tok, rec_x, rec_y, epochs=1, lr=args.recover_lr, seed=0, log_every=0)
-    acc1 = evaluate(model, tok, va_x, va_y)
-    p = encoder_params(model)
-    cell = {
-        "method": "none (unpruned control)",
-        "target_ratio": 1.0,
-        "encoder_params": p,
-        "encoder_ratio": 1.0,
-        "total_params": sum(q.numel() for q in model.parameters()),
-        "val_acc_before_recovery": acc0,
-        "val_acc_after_recovery": acc1,
-        "acc_drop_points": 100 * (base_meta["val_acc"] - acc1),
-        "checkpoint_mb": dir_mb(OUT / "base"),
-        "speedup": 1.0,
-        "recover_s": rec_s,
-        "recover_sentences": len(rec_x),
-    }
-    res = _results()
-    res.setdefault("cells", {})[key] = cell
-    _write_results(res)
-    print(f"{key:28s} acc {acc0:.4f} -> {acc1:.4f} (one more epoch, {rec_s:.0f}s)", flush=True)
+    src = embedded_model_path()
+    tok = AutoTokenizer.from_pretrained(src)
+    torch.manual_seed(seed)
+    model = AutoModelForSequenceClassification.from_pretrained(src, num_labels=2)
+    train = subset(*load_split("train"), args.base_sentences, seed=3)
+    secs = train_epochs(model, tok, *train, epochs=args.base_epochs, lr=5e-5, seed=seed)
+    acc = evaluate(model, tok, *load_split("val"))
+    print(f"seed {seed} base: val acc {acc:.4f} after {args.base_epochs} epoch(s), {secs:.0f}s", flush=True)
+    tmp = path.with_name("base.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    meta = {"val_acc": acc, "epochs": args.base_epochs, "train_s": secs, "seed": seed}
+    (tmp / "bench_meta.json").write_text(json.dumps(meta))
+    shutil.rmtree(path, ignore_errors=True)
+    tmp.rename(path)
 
 
-def _tp_prune(tp, example, fraction):
+def _tp_prune(tp, base_path, example, fraction):
     """Torch-Pruning 1.6.1 MetaPruner, magnitude (L2), whole heads + FFN units, hidden size kept."""
     from transformers import AutoModelForSequenceClassification
     from transformers.models.bert.modeling_bert import BertSelfAttention
 
-    model = AutoModelForSequenceClassification.from_pretrained(OUT / "base").eval()
+    model = AutoModelForSequenceClassification.from_pretrained(base_path).eval()
     num_heads = {}
     for m in model.modules():
         if isinstance(m, BertSelfAttention):
@@ -432,182 +321,338 @@ def _tp_prune(tp, example, fraction):
     return model
 
 
-def stage_torch_pruning(args) -> None:
+def torch_pruning_model(base_path, example, ratio: float, base_params: int):
+    """Bisect Torch-Pruning's per-group ``pruning_ratio`` until the encoder keeps <= ``ratio``."""
     try:
         import torch_pruning as tp
     except ImportError as err:
         raise SystemExit("pip install 'lightning-topo[bench]' (torch-pruning==1.6.1)") from err
+    lo, hi, best = 0.0, 1.0, None
+    for _ in range(7):
+        mid = (lo + hi) / 2
+        model = _tp_prune(tp, base_path, example, mid)
+        if encoder_params(model) / base_params > ratio:
+            lo = mid
+        else:
+            hi, best = mid, (mid, model)
+    if best is None:
+        raise RuntimeError(f"Torch-Pruning did not reach ratio {ratio}")
+    return best[1], {"tp_pruning_ratio": best[0]}
 
-    base, tok, base_meta, (va_x, va_y), (rec_x, rec_y) = _stage_inputs(args)
-    base_params = encoder_params(base)
-    example = next(batches(tok, va_x[:2], va_y[:2]))
-    example.pop("labels")
-    for ratio in args.ratios:
-        key = f"torch-pruning-magnitude@{ratio}"
-        res = _results()
-        if key in res.get("cells", {}) and not args.redo:
-            continue
-        # pruning_ratio is the fraction of channels removed per group; bisect to the same budget.
-        lo, hi, best = 0.0, 1.0, None
-        for _ in range(7):
-            mid = (lo + hi) / 2
-            model = _tp_prune(tp, example, mid)
-            r = encoder_params(model) / base_params
-            if r > ratio:
-                lo = mid
-            else:
-                hi, best = mid, (mid, model, r)
-        if best is None:
-            continue
-        mid, model, r = best
-        acc0 = evaluate(model, tok, va_x, va_y)
-        rec_s = train_epochs(model, tok, rec_x, rec_y, epochs=1, lr=args.recover_lr, seed=0, log_every=0)
-        acc1 = evaluate(model, tok, va_x, va_y)
-        tp_base, tp_model = paired_throughput(base, model, reps=args.timing_reps)
-        # not loadable with from_pretrained; pickled whole so --stage timing can re-time it
-        (OUT / "pruned").mkdir(parents=True, exist_ok=True)
-        torch.save(model, OUT / "pruned" / f"torch-pruning-magnitude_{ratio}.pt")
-        cell = {
-            "method": "torch-pruning-magnitude",
-            "target_ratio": ratio,
-            "tp_pruning_ratio": mid,
-            "encoder_params": encoder_params(model),
-            "encoder_ratio": r,
-            "total_params": sum(q.numel() for q in model.parameters()),
-            "val_acc_before_recovery": acc0,
-            "val_acc_after_recovery": acc1,
-            "acc_drop_points": 100 * (base_meta["val_acc"] - acc1),
-            "throughput_seq_s": tp_model,
-            "base_throughput_seq_s": tp_base,
-            "speedup": tp_model / tp_base,
-            "checkpoint_mb": None,
-            "reloadable_from_pretrained": False,
-            "heads_per_layer": [
-                layer.attention.self.num_attention_heads for layer in model.bert.encoder.layer
-            ],
-            "ffn_per_layer": [layer.intermediate.dense.out_features for layer in model.bert.encoder.layer],
-            "recover_s": rec_s,
-        }
-        res = _results()
-        res.setdefault("cells", {})[key] = cell
-        _write_results(res)
-        print(
-            f"{key:28s} enc {r:.3f} acc {acc0:.4f} -> {acc1:.4f} speedup {cell['speedup']:.2f}x", flush=True
-        )
+
+class SeedContext:
+    """What every cell of one seed shares: base, tokenizer, splits, calibration batches."""
+
+    def __init__(self, seed: int, args) -> None:
+        self.seed = seed
+        self.base, self.tok, self.meta = load_base(seed)
+        self.base_path = seed_dir(seed) / "base"
+        self.base_params = encoder_params(self.base)
+        self.val = load_split("val")
+        if args.val_limit:
+            self.val = (self.val[0][: args.val_limit], self.val[1][: args.val_limit])
+        self.train = subset(*load_split("train"), args.recover_sentences or None, seed=2)
+        cal_x, cal_y = subset(*load_split("train"), args.calib_sentences, seed=1000 + seed)
+        self.calib = list(batches(self.tok, cal_x, cal_y))
+
+
+def _pruned(ctx: SeedContext, method: str, ratio: float, args):
+    from transformers import AutoModelForSequenceClassification
+
+    from lightning_topo.pruning import prune_model
+
+    if method == "torch-pruning":
+        example = next(batches(ctx.tok, ctx.val[0][:2], ctx.val[1][:2]))
+        example.pop("labels")
+        return torch_pruning_model(ctx.base_path, example, ratio, ctx.base_params)
+    name, stat = split_method(method)
+    model = AutoModelForSequenceClassification.from_pretrained(ctx.base_path).eval()
+    prune_model(
+        model,
+        ctx.calib,
+        method=name,
+        ratio=ratio,
+        stat=stat,
+        max_positions=args.max_positions,
+        ffn_multiple=args.ffn_multiple,
+        seed=ctx.seed,
+    )
+    return model, {}
+
+
+def _save_model(ctx: SeedContext, model, method: str, name: str) -> dict:
+    """Save (our methods: compressed folder, reload and compare logits; Torch-Pruning: pickle, seed 0)."""
+    from lightning_topo.pruning import load_compressed, save_compressed
+
+    folder = seed_dir(ctx.seed) / "pruned" / name
+    if method == "torch-pruning":  # not loadable with from_pretrained; pickled for --stage timing
+        if ctx.seed == 0:
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(model, folder.with_suffix(".pt"))
+        return {"checkpoint_mb": None, "reloadable_from_pretrained": False}
+    save_compressed(model, folder, tokenizer=ctx.tok, overwrite=True)
+    reloaded = load_compressed(folder).eval()
+    b = next(batches(ctx.tok, ctx.val[0][:16], ctx.val[1][:16]))
+    b.pop("labels")
+    with torch.no_grad():
+        diff = float((reloaded(**b).logits - model(**b).logits).abs().max())
+    return {
+        "checkpoint_mb": dir_mb(folder),
+        "reload_max_abs_logit_diff": diff,
+        "config_class": type(reloaded.config).__name__,
+    }
+
+
+def run_cell(ctx: SeedContext, method: str, ratio: float, kd: bool, args) -> None:
+    name = cell_file(method, ratio, kd, ctx.seed)
+    path = OUT / "cells" / f"{name}.json"
+    if path.exists() and not args.redo:
+        return
+    t0 = time.perf_counter()
+    model, extra = _pruned(ctx, method, ratio, args)
+    prune_s = time.perf_counter() - t0
+    acc0 = evaluate(model, ctx.tok, *ctx.val)
+    teacher = None
+    if kd:
+        teacher = load_base(ctx.seed)[0].requires_grad_(False).eval()
+    rec_s = train_epochs(
+        model, ctx.tok, *ctx.train, epochs=1, lr=args.recover_lr, seed=ctx.seed, log_every=0, teacher=teacher
+    )
+    acc1 = evaluate(model, ctx.tok, *ctx.val)
+    p = encoder_params(model)
+    cell = {
+        "method": method,
+        "target_ratio": ratio,
+        "distill": kd,
+        "seed": ctx.seed,
+        "encoder_params": p,
+        "encoder_ratio": p / ctx.base_params,
+        "base_val_acc": ctx.meta["val_acc"],
+        "val_acc_before_recovery": acc0,
+        "val_acc_after_recovery": acc1,
+        "acc_drop_points": 100 * (ctx.meta["val_acc"] - acc1),
+        "prune_s": prune_s,
+        "recover_s": rec_s,
+        **extra,
+        **shapes(model),
+        **_save_model(ctx, model, method, name),
+    }
+    _write_json(path, cell)
+    print(
+        f"s{ctx.seed} {cell_key(method, ratio, kd):38s} enc {cell['encoder_ratio']:.3f} acc {acc0:.4f} -> {acc1:.4f} "
+        f"(base {ctx.meta['val_acc']:.4f}; prune {prune_s:.0f}s, recover {rec_s:.0f}s)",
+        flush=True,
+    )
+
+
+def run_control(ctx: SeedContext, args) -> None:
+    """The unpruned base trained for the same one extra epoch as the pruned models' recovery."""
+    path = OUT / "cells" / f"none_1.0_s{ctx.seed}.json"
+    if path.exists() and not args.redo:
+        return
+    model = load_base(ctx.seed)[0]
+    rec_s = train_epochs(model, ctx.tok, *ctx.train, epochs=1, lr=args.recover_lr, seed=ctx.seed, log_every=0)
+    acc1 = evaluate(model, ctx.tok, *ctx.val)
+    cell = {
+        "method": "none",
+        "target_ratio": 1.0,
+        "distill": False,
+        "seed": ctx.seed,
+        "encoder_ratio": 1.0,
+        "base_val_acc": ctx.meta["val_acc"],
+        "val_acc_before_recovery": ctx.meta["val_acc"],
+        "val_acc_after_recovery": acc1,
+        "acc_drop_points": 100 * (ctx.meta["val_acc"] - acc1),
+        "recover_s": rec_s,
+    }
+    _write_json(path, cell)
+    print(f"s{ctx.seed} control (unpruned + 1 epoch): {ctx.meta['val_acc']:.4f} -> {acc1:.4f}", flush=True)
+
+
+def stage_all(args) -> None:
+    """Base, then the plain cells at each ratio, then the distilled ones, then the control, per seed."""
+    for seed in args.seeds:
+        stage_base(seed, args)
+        ctx = SeedContext(seed, args)
+        plan = [(r, False, args.methods) for r in args.ratios] + [
+            (r, True, args.kd_methods) for r in args.kd_ratios
+        ]
+        for ratio, kd, methods in plan:
+            for method in methods:
+                run_cell(ctx, method, ratio, kd, args)
+        if args.control:
+            run_control(ctx, args)
 
 
 def stage_timing(args) -> None:
-    """Re-time every saved pruned model against the base in one fresh process.
-
-    The grid times each model in the process that just trained it; that figure is kept as
-    ``speedup_in_grid_process``. This stage loads each saved model (our folders with
-    :func:`load_compressed`, Torch-Pruning's pickled modules with ``torch.load``), times it
-    alternately with the base (``--timing-reps`` batches each, median) and stores ``speedup``.
-    Run it on a quiet machine.
-    """
+    """Time the seed-0 model of every cell against the seed-0 base in this (fresh) process."""
     from lightning_topo.pruning import load_compressed
 
-    base, _ = load_base()
-    res = _results()
-    for key, cell in sorted(res.get("cells", {}).items()):
-        if cell["target_ratio"] not in args.ratios or cell["method"].startswith("none"):
+    base = load_base(0)[0]
+    timing = {}
+    for path in sorted((OUT / "cells").glob("*_s0.json")):
+        cell = json.loads(path.read_text())
+        if cell["method"] == "none":
             continue
-        name = key.replace("@", "_")
-        if cell["method"].startswith("torch-pruning"):
-            path = OUT / "pruned" / f"{name}.pt"
-            if not path.exists():
-                print(f"skip {key}: {path} missing (rerun --stage torch-pruning --redo)")
-                continue
-            model = torch.load(path, weights_only=False).eval()
+        name = path.stem
+        model_path = seed_dir(0) / "pruned" / name
+        if cell["method"] == "torch-pruning":
+            model = torch.load(model_path.with_suffix(".pt"), weights_only=False).eval()  # our own file
         else:
-            path = OUT / "pruned" / name
-            if not path.exists():
-                print(f"skip {key}: {path} missing")
-                continue
-            model = load_compressed(path).eval()
+            model = load_compressed(model_path).eval()
         tb, tm = paired_throughput(base, model, reps=args.timing_reps)
-        if "speedup_in_grid_process" not in cell:
-            cell["speedup_in_grid_process"] = cell["speedup"]
-        elif cell.get("timing") == "fresh process":  # keep the earlier fresh-process figure too
-            cell.setdefault("earlier_fresh_speedups", []).append(
-                {"speedup": cell["speedup"], "timing_reps": cell.get("timing_reps")}
-            )
-        cell.update(
-            base_throughput_seq_s=tb,
-            throughput_seq_s=tm,
-            speedup=tm / tb,
-            timing="fresh process",
-            timing_reps=args.timing_reps,
-        )
-        print(f"{key:34s} base {tb:6.1f} seq/s, pruned {tm:6.1f} seq/s, speedup {tm / tb:.2f}x", flush=True)
-        res["cells"][key] = cell
-        _write_results(res)
-    res.pop("timing_rerun", None)  # superseded by the per-cell fresh-process figures
-    res["timing"] = {
-        "how": "fresh process; base and pruned model alternated batch by batch; median of each cell's "
-        f"timing_reps batches each; batch {BATCH}, length {MAX_LEN}, {torch.get_num_threads()} threads",
+        key = cell_key(cell["method"], cell["target_ratio"], cell["distill"])
+        timing[key] = {"base_seq_s": tb, "pruned_seq_s": tm, "speedup": tm / tb}
+        print(f"{key:38s} base {tb:6.1f} seq/s, pruned {tm:6.1f} seq/s, speedup {tm / tb:.2f}x", flush=True)
+    info = {
+        "how": f"fresh process; seed-0 model and seed-0 base alternated batch by batch; median of {args.timing_reps} "
+        f"batches each; batch {BATCH}, length {MAX_LEN}, {torch.get_num_threads()} threads",
         "load_average_at_start": os.getloadavg(),
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    _write_results(res)
+    _write_json(OUT / "timing.json", {"info": info, "cells": timing})
 
 
-def print_table() -> None:
-    res = _results()
-    base = res.get("base", {})
-    cells = res.get("cells", {})
-    control = cells.get("none@1.0", {}).get("val_acc_after_recovery")
-    print(f"base: val acc {base.get('val_acc')}, throughput {base.get('throughput_seq_s')}")
-    print(
-        "| method | target | enc. params kept | val acc (pruned) | val acc (+1 recovery epoch) | drop vs base (pts) "
-        "| drop vs control (pts) | ckpt MB | speedup |"
+# ----------------------------------------------------------------------------- table
+
+
+def _mean_sd(values: list[float]) -> dict:
+    return {
+        "mean": statistics.fmean(values),
+        "sd": statistics.stdev(values) if len(values) > 1 else None,
+        "n": len(values),
+    }
+
+
+def collate(args) -> dict:
+    cells = [json.loads(p.read_text()) for p in sorted((OUT / "cells").glob("*.json"))]
+    by_key: dict[str, dict[int, dict]] = {}
+    for c in cells:
+        by_key.setdefault(cell_key(c["method"], c["target_ratio"], c["distill"]), {})[c["seed"]] = c
+    timing = (
+        json.loads((OUT / "timing.json").read_text()) if (OUT / "timing.json").exists() else {"cells": {}}
     )
-    print("|---|---|---|---|---|---|---|---|---|")
-    for _key, c in sorted(cells.items(), key=lambda kv: (-kv[1]["target_ratio"], kv[1]["method"])):
-        mb = "n/a" if c.get("checkpoint_mb") is None else f"{c['checkpoint_mb']:.1f}"
-        vs_control = "" if control is None else f"{100 * (control - c['val_acc_after_recovery']):+.2f}"
+    summary = {}
+    for key, per_seed in sorted(by_key.items()):
+        accs = [c["val_acc_after_recovery"] for c in per_seed.values()]
+        summary[key] = {
+            "method": next(iter(per_seed.values()))["method"],
+            "target_ratio": next(iter(per_seed.values()))["target_ratio"],
+            "distill": next(iter(per_seed.values()))["distill"],
+            "seeds": sorted(per_seed),
+            "val_acc_after_recovery": _mean_sd(accs),
+            "val_acc_before_recovery": _mean_sd([c["val_acc_before_recovery"] for c in per_seed.values()]),
+            "drop_vs_base_points": _mean_sd([c["acc_drop_points"] for c in per_seed.values()]),
+            "encoder_ratio": statistics.fmean(c["encoder_ratio"] for c in per_seed.values()),
+            "speedup": timing["cells"].get(key, {}).get("speedup"),
+            "per_seed": {str(s): c for s, c in sorted(per_seed.items())},
+        }
+    return {"summary": summary, "paired": _paired(by_key), "timing": timing.get("info")}
+
+
+def _paired(by_key: dict[str, dict[int, dict]]) -> dict:
+    """Per-seed differences in val acc after recovery (points): A minus B on the seeds both have."""
+    pairs = {}
+    ratios = sorted({c["target_ratio"] for d in by_key.values() for c in d.values() if c["target_ratio"] < 1})
+    for ratio in ratios:
+        for a, b in itertools.product(TOPOLOGICAL, BASELINES + TOPOLOGICAL):
+            if a != b:
+                pairs[f"{a} - {b} @{ratio}"] = _diff(
+                    by_key, cell_key(a, ratio, False), cell_key(b, ratio, False)
+                )
+        for method in TOPOLOGICAL + BASELINES:
+            pairs[f"{method}+kd - {method} @{ratio}"] = _diff(
+                by_key, cell_key(method, ratio, True), cell_key(method, ratio, False)
+            )
+            pairs[f"{method}+kd - control @{ratio}"] = _diff(
+                by_key, cell_key(method, ratio, True), "none@1.0"
+            )
+            pairs[f"{method} - control @{ratio}"] = _diff(by_key, cell_key(method, ratio, False), "none@1.0")
+    return {k: v for k, v in pairs.items() if v is not None}
+
+
+def _diff(by_key, a: str, b: str) -> dict | None:
+    sa, sb = by_key.get(a, {}), by_key.get(b, {})
+    seeds = sorted(set(sa) & set(sb))
+    if not seeds:
+        return None
+    d = [100 * (sa[s]["val_acc_after_recovery"] - sb[s]["val_acc_after_recovery"]) for s in seeds]
+    return {"seeds": seeds, "diff_points": d, **_mean_sd(d)}
+
+
+def _fmt(stat: dict, scale: float = 1.0, digits: int = 2) -> str:
+    sd = "" if stat["sd"] is None else f" ± {scale * stat['sd']:.{digits}f}"
+    return f"{scale * stat['mean']:.{digits}f}{sd} (n={stat['n']})"
+
+
+def print_table(res: dict) -> None:
+    summary = res["summary"]
+    control = summary.get("none@1.0")
+    if control:
+        print(f"unpruned + 1 epoch (control): val acc {_fmt(control['val_acc_after_recovery'], 100)}")
+    print(
+        "\n| method | enc. params kept | recovery | val acc % (mean ± sd) | drop vs base (pts) | speed-up |"
+    )
+    print("|---|---|---|---|---|---|")
+    for _key, s in sorted(summary.items(), key=lambda kv: (-kv[1]["target_ratio"], kv[1]["distill"], kv[0])):
+        if s["method"] == "none":
+            continue
+        sp = "" if s["speedup"] is None else f"{s['speedup']:.2f}x"
         print(
-            f"| {c['method']} | {c['target_ratio']} | {c['encoder_ratio']:.3f} | {c['val_acc_before_recovery']:.4f} | "
-            f"{c['val_acc_after_recovery']:.4f} | {c['acc_drop_points']:+.2f} | {vs_control} | {mb} | "
-            f"{c['speedup']:.2f}x |"
+            f"| {s['method']} | {s['target_ratio']} | {'distilled' if s['distill'] else 'plain'} | "
+            f"{_fmt(s['val_acc_after_recovery'], 100)} | {_fmt(s['drop_vs_base_points'])} | {sp} |"
         )
-    # compact view: val acc after recovery (speed-up), one row per budget
-    methods = [
-        "topological-1d",
-        "topological-redundancy",
-        "magnitude",
-        "activation",
-        "random",
-        "torch-pruning-magnitude",
-    ]
-    ratios = sorted({c["target_ratio"] for c in cells.values() if c["target_ratio"] < 1.0}, reverse=True)
-    print("\n| encoder params kept | " + " | ".join(methods) + " |")
-    print("|---" * (len(methods) + 1) + "|")
-    for r in ratios:
-        row = []
-        for m in methods:
-            c = cells.get(f"{m}@{r}")
-            row.append("not run" if c is None else f"{c['val_acc_after_recovery']:.4f} ({c['speedup']:.2f}x)")
-        print(f"| {r} | " + " | ".join(row) + " |")
+    print("\n| paired difference (val acc points, same seeds) | mean ± sd | per seed |")
+    print("|---|---|---|")
+    for key, p in res["paired"].items():
+        if key.split(" - ")[1].split(" ")[0] in TOPOLOGICAL and "+kd" not in key:
+            continue  # topological vs topological: in the JSON only
+        print(f"| {key} | {_fmt(p)} | {', '.join(f'{d:+.2f}' for d in p['diff_points'])} |")
+
+
+def stage_table(args) -> None:
+    res = collate(args)
+    res["protocol"] = {
+        "base_epochs": args.base_epochs,
+        "calib_sentences": args.calib_sentences,
+        "max_positions": args.max_positions,
+        "recover_sentences": args.recover_sentences or 8455,
+        "recover_sentences_seed": 2,
+        "recover_epochs": 1,
+        "recover_lr": args.recover_lr,
+        "distillation": KD,
+        "ffn_multiple": args.ffn_multiple,
+        "val_sentences": 1057,
+        "max_len": MAX_LEN,
+        "batch": BATCH,
+        "allocation": "uniform per layer (same head count and FFN width in every layer)",
+    }
+    res["machine"] = {
+        "platform": platform.platform(),
+        "processor": platform.processor(),
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+    }
+    _write_json(RESULTS, res)
+    print_table(res)
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument(
-        "--stage", choices=["base", "grid", "control", "torch-pruning", "timing", "table"], default="grid"
-    )
+    p.add_argument("--stage", choices=["base", "all", "timing", "table"], default="all")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--base-epochs", type=int, default=1)
-    p.add_argument("--ratios", type=float, nargs="+", default=[0.6, 0.4, 0.8])
-    p.add_argument(
-        "--methods",
-        nargs="+",
-        default=["topological-1d", "topological-redundancy", "magnitude", "activation", "random"],
-    )
+    p.add_argument("--ratios", type=float, nargs="+", default=[0.6, 0.4])
+    p.add_argument("--methods", nargs="+", default=TOPOLOGICAL + BASELINES)
+    p.add_argument("--kd-ratios", type=float, nargs="+", default=[0.4, 0.6])
+    p.add_argument("--kd-methods", nargs="+", default=["topological-contribution", "activation"])
+    p.add_argument("--no-control", dest="control", action="store_false")
+    p.add_argument("--base-sentences", type=int, default=None, help="train subset for the base (dry runs)")
     p.add_argument("--calib-sentences", type=int, default=256)
     p.add_argument("--max-positions", type=int, default=2048)
     p.add_argument(
-        "--recover-sentences", type=int, default=None, help="seeded train subset for recovery (default: all)"
+        "--recover-sentences", type=int, default=3000, help="seeded train subset for recovery (0: all 8,455)"
     )
     p.add_argument("--ffn-multiple", type=int, default=8, help="see plan_keep_masks (1 = exact budget)")
     p.add_argument("--recover-lr", type=float, default=5e-5)
@@ -627,16 +672,13 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     OUT.mkdir(parents=True, exist_ok=True)
     if args.stage == "base":
-        stage_base(args)
-    elif args.stage == "grid":
-        stage_grid(args)
-    elif args.stage == "control":
-        stage_control(args)
-    elif args.stage == "torch-pruning":
-        stage_torch_pruning(args)
+        for seed in args.seeds:
+            stage_base(seed, args)
+    elif args.stage == "all":
+        stage_all(args)
     elif args.stage == "timing":
         stage_timing(args)
-    print_table()
+    stage_table(args)
     return 0
 
 
