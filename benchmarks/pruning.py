@@ -61,6 +61,7 @@ OUT = ROOT / "outputs" / "pruning_bench"
 RESULTS = ROOT / "benchmarks" / "results" / "pruning.json"
 MAX_LEN = 64
 BATCH = 32
+DEVICE = torch.device("cpu")  # training and evaluation (--device); timing is always on CPU
 TOPOLOGICAL = [
     "topological-1d",
     "topological-redundancy",
@@ -97,7 +98,7 @@ def batches(tokenizer, texts, labels, *, shuffle=False, seed=0, batch_size=BATCH
         )
         batch = dict(enc)
         batch["labels"] = torch.tensor([labels[i] for i in part])
-        yield batch
+        yield {k: v.to(DEVICE) for k, v in batch.items()}
 
 
 def subset(texts, labels, n, seed):
@@ -117,7 +118,7 @@ def train_epochs(model, tokenizer, texts, labels, *, epochs=1, lr=5e-5, seed=0, 
     from lightning_topo.pruning.distill import distillation_loss
 
     torch.manual_seed(seed)
-    model.train()
+    model.to(DEVICE).train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     steps = epochs * math.ceil(len(texts) / BATCH)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1 - s / steps))
@@ -148,7 +149,7 @@ def train_epochs(model, tokenizer, texts, labels, *, epochs=1, lr=5e-5, seed=0, 
 
 @torch.no_grad()
 def evaluate(model, tokenizer, texts, labels) -> float:
-    model.eval()
+    model.to(DEVICE).eval()
     correct = 0
     for batch in batches(tokenizer, texts, labels, batch_size=64):
         y = batch.pop("labels")
@@ -362,8 +363,11 @@ def _pruned(ctx: SeedContext, method: str, ratio: float, args):
     from lightning_topo.pruning import prune_model
 
     if method == "torch-pruning":
-        example = next(batches(ctx.tok, ctx.val[0][:2], ctx.val[1][:2]))
-        example.pop("labels")
+        example = {
+            k: v.cpu()
+            for k, v in next(batches(ctx.tok, ctx.val[0][:2], ctx.val[1][:2])).items()
+            if k != "labels"
+        }
         return torch_pruning_model(ctx.base_path, example, ratio, ctx.base_params)
     name, stat = split_method(method)
     model = AutoModelForSequenceClassification.from_pretrained(ctx.base_path).eval()
@@ -390,10 +394,14 @@ def _save_model(ctx: SeedContext, model, method: str, name: str) -> dict:
             folder.parent.mkdir(parents=True, exist_ok=True)
             torch.save(model, folder.with_suffix(".pt"))
         return {"checkpoint_mb": None, "reloadable_from_pretrained": False}
+    model.to("cpu")
     save_compressed(model, folder, tokenizer=ctx.tok, overwrite=True)
     reloaded = load_compressed(folder).eval()
-    b = next(batches(ctx.tok, ctx.val[0][:16], ctx.val[1][:16]))
-    b.pop("labels")
+    b = {
+        k: v.cpu()
+        for k, v in next(batches(ctx.tok, ctx.val[0][:16], ctx.val[1][:16])).items()
+        if k != "labels"
+    }
     with torch.no_grad():
         diff = float((reloaded(**b).logits - model(**b).logits).abs().max())
     return {
@@ -414,7 +422,7 @@ def run_cell(ctx: SeedContext, method: str, ratio: float, kd: bool, args) -> Non
     acc0 = evaluate(model, ctx.tok, *ctx.val)
     teacher = None
     if kd:
-        teacher = load_base(ctx.seed)[0].requires_grad_(False).eval()
+        teacher = load_base(ctx.seed)[0].requires_grad_(False).eval().to(DEVICE)
     rec_s = train_epochs(
         model, ctx.tok, *ctx.train, epochs=1, lr=args.recover_lr, seed=ctx.seed, log_every=0, teacher=teacher
     )
@@ -642,6 +650,9 @@ def main(argv=None) -> int:
     p.add_argument("--stage", choices=["base", "all", "timing", "table"], default="all")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument(
+        "--device", default="cpu", help="training/evaluation device, e.g. cuda (timing stays on CPU)"
+    )
     p.add_argument("--base-epochs", type=int, default=1)
     p.add_argument("--ratios", type=float, nargs="+", default=[0.6, 0.4])
     p.add_argument("--methods", nargs="+", default=TOPOLOGICAL + BASELINES)
@@ -664,7 +675,8 @@ def main(argv=None) -> int:
         "--val-limit", type=int, default=None, help="evaluate on the first N val sentences (dry runs)"
     )
     args = p.parse_args(argv)
-    global OUT, RESULTS
+    global OUT, RESULTS, DEVICE
+    DEVICE = torch.device(args.device)
     if args.out:
         OUT = Path(args.out)
     if args.results:

@@ -14,6 +14,7 @@ import torch
 from lightning_topo.pruning import layout, prune_model
 from lightning_topo.pruning.importance import (
     _REGISTRY,
+    DEFAULT_TOPOLOGICAL,
     METHODS,
     ImportanceTable,
     builtin_method,
@@ -231,7 +232,7 @@ def test_duplicate_ffn_unit_in_model_marked_once(tiny_classifier, tiny_batch):
 def test_all_methods_shapes_and_table_io(method, tiny_classifier, tiny_batch, tmp_path):
     table = compute_importance(tiny_classifier, [tiny_batch], method=method)
     assert isinstance(table, ImportanceTable)
-    assert table.method == ("topological-1d" if method == "topological" else method)
+    assert table.method == (DEFAULT_TOPOLOGICAL if method == "topological" else method)
     assert [s.shape for s in table.ffn] == [(64,), (64,)]
     assert [s.shape for s in table.heads] == [(4,), (4,)]
     assert all(s.dtype == torch.float64 and not torch.isnan(s).any() for s in table.ffn + table.heads)
@@ -271,7 +272,7 @@ def test_bad_inputs(tiny_classifier, tiny_batch):
 
 def test_registry_holds_every_builtin_name():
     assert set(_REGISTRY) | {"topological"} == set(METHODS)
-    assert builtin_method("topological") is builtin_method("topological-1d")
+    assert builtin_method("topological") is builtin_method(DEFAULT_TOPOLOGICAL)
 
 
 def test_custom_callable_method(tiny_classifier, tiny_batch):
