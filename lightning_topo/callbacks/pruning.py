@@ -3,7 +3,8 @@ Topological pruning
 ===================
 
 Structured pruning of FFN units and attention heads during ``fit``, followed by training as a
-recovery fine-tune, and a compressed Hugging Face checkpoint at the end.
+recovery fine-tune (optionally distilled from the unpruned model), and a compressed Hugging Face
+checkpoint at the end.
 
 The callback only decides *when* to prune and *where* to write and log; the work is
 :func:`lightning_topo.pruning.prune_model` (scores, budget, surgery) and
@@ -12,6 +13,7 @@ The callback only decides *when* to prune and *where* to write and log; the work
 
 from __future__ import annotations
 
+import copy
 import csv
 import io
 import itertools
@@ -22,13 +24,15 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
-from torch import nn
+from torch import Tensor, nn
 from typing_extensions import override
 
 from lightning_topo.pruning.config import DEFAULTS, PruningConfig, check_int
+from lightning_topo.pruning.distill import DISTILL_DEFAULTS, check_distill_settings, distillation_loss
 from lightning_topo.pruning.structured import count_encoder_parameters, layer_widths
 
 __all__ = ["TopologicalPruning"]
@@ -81,6 +85,26 @@ class TopologicalPruning(Callback):
     with the class attribute ``restores_shapes_on_load = True`` (the callback warns at ``setup`` when
     resuming a module without it).
 
+    Distillation (``distill=True``): just before the first pruning step the callback keeps a frozen
+    copy of the unpruned Hugging Face model (``copy.deepcopy``: same device and dtype, eval mode,
+    ``requires_grad=False``) as the teacher, and for every training batch of the recovery epochs
+    the loss becomes :func:`lightning_topo.pruning.distill.distillation_loss` of the pruned model's
+    logits against the teacher's on the same batch (``(1 - alpha) * CE + alpha * T^2 * KL``;
+    ``alpha=0`` is exactly plain recovery). It plugs in through the LightningModule's
+    ``set_training_loss(fn)`` (:meth:`SequenceClassifier.set_training_loss
+    <lightning_topo.models.SequenceClassifier.set_training_loss>`), checked at ``setup``. Why not a
+    forward hook on the HF model that rewrites ``outputs.loss``: ``SequenceClassifier`` never
+    passes labels to the HF model, it computes the cross-entropy from the logits, so only the
+    module can swap the loss it optimises; the documented hook keeps validation and test on plain
+    cross-entropy and needs no private Lightning API. Logged during recovery: ``prune/distill_loss``
+    (the optimised loss) and ``prune/distill_kl`` (the ``T^2``-scaled soft term alone). The teacher
+    is held by the callback only (never in ``pl_module``, so never in its ``state_dict`` or in
+    checkpoints) and is dropped at the end of ``fit`` (or on an exception); it costs one more
+    forward per batch and the unpruned model's memory. Resuming with ``distill=True`` from a
+    checkpoint saved after pruning is refused at ``on_train_start`` (``ValueError``): the teacher
+    cannot be rebuilt from the pruned weights; resume with ``distill=False`` or restart from the
+    unpruned checkpoint.
+
     Args:
         method: importance method, a name from :data:`lightning_topo.pruning.config.METHODS` or a
             callable (see :func:`lightning_topo.pruning.prune_model`). Default ``"topological"``.
@@ -102,6 +126,11 @@ class TopologicalPruning(Callback):
             GEMMs; ``1`` keeps the exact budget).
         stat: summary of a unit's H0 diagram, ``"max"`` or ``"total"``.
         seed: calibration sampling and ``random`` scores; step ``k`` uses ``seed + k``.
+        distill: distil the recovery epochs from the unpruned model (default ``False``); needs
+            ``prune_epoch`` set (recovery epochs to distil into).
+        temperature: softmax temperature ``T > 0`` of the soft targets (default 2.0).
+        alpha: weight of the soft term in ``[0, 1]`` (default 0.5). ``temperature`` and ``alpha``
+            are checked even with ``distill=False``, where they are unused.
 
     Raises:
         ValueError: at construction, on any invalid argument (naming it and what is accepted).
@@ -110,6 +139,7 @@ class TopologicalPruning(Callback):
 
         trainer = Trainer(max_epochs=3, callbacks=[TopologicalPruning(ratio=0.6, prune_epoch=1)])
         trainer.fit(SequenceClassifier(), datamodule=TextClassificationDataModule())
+        # distilled recovery: TopologicalPruning(ratio=0.4, prune_epoch=1, distill=True)
     """
 
     def __init__(
@@ -131,6 +161,9 @@ class TopologicalPruning(Callback):
         ffn_multiple: int = DEFAULTS.ffn_multiple,
         stat: str = DEFAULTS.stat,
         seed: int = DEFAULTS.seed,
+        distill: bool = False,
+        temperature: float = DISTILL_DEFAULTS["temperature"],
+        alpha: float = DISTILL_DEFAULTS["alpha"],
     ) -> None:
         super().__init__()
         if ratio is None:
@@ -159,9 +192,20 @@ class TopologicalPruning(Callback):
             raise ValueError(
                 f"steps must be 1 with prune_epoch=None (pruning at fit end is one step); got {steps}"
             )
-        for name, flag in (("save", save), ("overwrite", overwrite)):
+        for name, flag in (("save", save), ("overwrite", overwrite), ("distill", distill)):
             if not isinstance(flag, bool):
                 raise ValueError(f"{name} must be True or False; got {flag!r}")
+        check_distill_settings(temperature, alpha)
+        if distill and self.prune_epoch is None:
+            raise ValueError(
+                "distill=True needs recovery epochs after pruning to distil into; prune_epoch=None prunes at "
+                "fit end. Set prune_epoch (e.g. 0) or distill=False"
+            )
+        self.distill = distill
+        self.temperature = float(temperature)
+        self.alpha = float(alpha)
+        self._teacher: nn.Module | None = None
+        self._student_module: pl.LightningModule | None = None
         self.save = save
         self.overwrite = overwrite
         self.output_dir = _check_output_dir(output_dir, save)
@@ -174,6 +218,11 @@ class TopologicalPruning(Callback):
         self.saved_path: Path | None = None
         self._target: Path | None = None
         self._tables: list[Any] = []
+
+    @property
+    def teacher(self) -> nn.Module | None:
+        """The frozen unpruned model during a distilled recovery (``distill=True``), else ``None``."""
+        return self._teacher
 
     @property
     def ratio(self) -> float:
@@ -199,6 +248,12 @@ class TopologicalPruning(Callback):
             return
         _refuse_distributed(trainer)
         _check_supported(pl_module)
+        if self.distill and not callable(getattr(pl_module, "set_training_loss", None)):
+            raise TypeError(
+                f"TopologicalPruning(distill=True) swaps the training loss through pl_module.set_training_loss(fn) "
+                f"(as SequenceClassifier has); {type(pl_module).__name__} has none. Add it or pass distill=False. "
+                "Nothing was changed"
+            )
         if self.save:
             self._target = self._resolve_target(trainer)
         if trainer.ckpt_path and getattr(pl_module, "restores_shapes_on_load", False) is not True:
@@ -224,6 +279,16 @@ class TopologicalPruning(Callback):
         if self.prune_epoch is None or len(self.history) >= self.steps:
             return False
         return epoch >= self.prune_epoch + len(self.history)
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.distill and self.history and self._teacher is None:
+            raise ValueError(
+                f"TopologicalPruning(distill=True) cannot continue a recovery that started before this fit (resumed "
+                f"from a checkpoint saved after pruning step {len(self.history)}, or a second fit): the teacher is "
+                "the unpruned model, which the pruned weights cannot rebuild. Resume with distill=False (plain "
+                "recovery) or start again from the unpruned checkpoint. Nothing was trained"
+            )
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -264,6 +329,8 @@ class TopologicalPruning(Callback):
         from lightning_topo.pruning.export import to_exportable
 
         model = _hf_model(pl_module)
+        if self.distill and self._teacher is None and not at_fit_end:
+            self._start_distillation(pl_module, model)
         current = count_encoder_parameters(model)
         if self.original_params is None:
             self.original_params = current
@@ -288,6 +355,55 @@ class TopologicalPruning(Callback):
         if not at_fit_end:
             trainer.strategy.setup_optimizers(trainer)
         self._log_step(trainer, pl_module, record, at_fit_end)
+
+    # ------------------------------------------------------------------ distillation
+    def _start_distillation(self, pl_module: pl.LightningModule, model: nn.Module) -> None:
+        """Freeze a copy of the unpruned ``model`` as the teacher and swap the module's training loss."""
+        teacher = copy.deepcopy(model).eval()
+        teacher.requires_grad_(False)
+        self._teacher, self._student_module = teacher, pl_module
+        pl_module.set_training_loss(self._distillation_loss)  # type: ignore[operator]
+        rank_zero_info(
+            f"TopologicalPruning: recovery distilled from the unpruned model (temperature={self.temperature}, "
+            f"alpha={self.alpha})"
+        )
+
+    def _distillation_loss(self, logits: Tensor, labels: Tensor, batch: Mapping[str, Any]) -> Tensor:
+        """The loss ``training_step`` optimises during recovery: student ``logits`` vs the teacher's."""
+        from lightning_topo.encoding import model_inputs
+
+        teacher, module = self._teacher, self._student_module
+        assert teacher is not None and module is not None  # set together in _start_distillation
+        inputs = {k: v.to(logits.device) for k, v in model_inputs(batch).items()}
+        if "attention_mask" not in inputs:
+            inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
+        with torch.no_grad():
+            teacher_logits = teacher(**inputs, return_dict=True).logits
+        kwargs = {"temperature": self.temperature, "alpha": self.alpha}
+        loss = distillation_loss(logits, teacher_logits, labels, **kwargs)
+        with torch.no_grad():
+            soft = distillation_loss(logits, teacher_logits, None, temperature=self.temperature, alpha=1.0)
+        n = labels.numel()
+        module.log("prune/distill_loss", loss.detach(), on_step=True, on_epoch=True, batch_size=n)
+        module.log("prune/distill_kl", soft, on_step=False, on_epoch=True, batch_size=n)
+        return loss
+
+    def _stop_distillation(self) -> None:
+        """Drop the teacher and give the module its own training loss back (fit end or an exception)."""
+        if self._student_module is not None:
+            self._student_module.set_training_loss(None)  # type: ignore[operator]
+        self._teacher, self._student_module = None, None
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            self._stop_distillation()
+
+    @override
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        self._stop_distillation()
 
     def _record(self, trainer: pl.Trainer, model: nn.Module, k: int, at_fit_end: bool) -> dict[str, Any]:
         params = count_encoder_parameters(model)
@@ -378,6 +494,7 @@ class TopologicalPruning(Callback):
             "steps": self.steps,
             "original_params": self.original_params,
             "history": self.history,
+            "distill": {"temperature": self.temperature, "alpha": self.alpha} if self.distill else None,
         }
 
     @override

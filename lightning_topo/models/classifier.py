@@ -18,10 +18,13 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 from lightning_topo.encoding import EncodedBatch, encode_hf_model, model_inputs
 from lightning_topo.models.embedded import resolve_model_path
 
-__all__ = ["SequenceClassifier", "AuxiliaryLoss", "linear_warmup_decay"]
+__all__ = ["SequenceClassifier", "AuxiliaryLoss", "TrainingLoss", "linear_warmup_decay"]
 
 #: Signature of an auxiliary loss: ``fn(encoded, batch) -> scalar tensor``.
 AuxiliaryLoss = Callable[[EncodedBatch, Mapping[str, Any]], Tensor]
+
+#: Signature of a replacement training loss: ``fn(logits, labels, batch) -> scalar tensor``.
+TrainingLoss = Callable[[Tensor, Tensor, Mapping[str, Any]], Tensor]
 
 _NO_DECAY = (
     "bias",
@@ -153,6 +156,7 @@ class SequenceClassifier(pl.LightningModule):
         self._aux_losses: dict[str, tuple[AuxiliaryLoss, float]] = {}
         #: ``nn.Module`` auxiliary losses (e.g. a probe with weights): trained and moved with the model.
         self.auxiliary_modules = nn.ModuleDict()
+        self._training_loss: TrainingLoss | None = None  # see set_training_loss
         self._ids_checked = False  # see check_input_ids
 
     # ------------------------------------------------------------------ forward / encode
@@ -234,6 +238,30 @@ class SequenceClassifier(pl.LightningModule):
         if key in self.auxiliary_modules:
             del self.auxiliary_modules[key]
 
+    def set_training_loss(self, fn: TrainingLoss | None) -> None:
+        """Replace the cross-entropy that :meth:`training_step` optimises by ``fn(logits, labels, batch)``.
+
+        For a callback that changes the training objective for a while (e.g.
+        ``TopologicalPruning(distill=True)``: distillation from the unpruned model during the
+        recovery epochs). ``fn`` gets the logits ``(batch, num_labels)`` (gradients flow), the
+        labels ``(batch,)`` and the batch, and returns a scalar; it runs inside
+        :meth:`training_step`, so it may call ``self.log``. Validation and test keep the plain
+        cross-entropy (``val/loss`` stays comparable across runs); auxiliary losses are still added
+        on top (the replaced term is then logged as ``train/ce``). ``fn`` is not saved in
+        checkpoints. ``None`` restores the cross-entropy.
+
+        Raises:
+            TypeError: if ``fn`` is neither callable nor ``None``.
+        """
+        if fn is not None and not callable(fn):
+            raise TypeError(f"fn must be callable as fn(logits, labels, batch) -> Tensor or None; got {fn!r}")
+        self._training_loss = fn
+
+    def _base_loss(self, logits: Tensor, labels: Tensor, batch: Mapping[str, Any]) -> Tensor:
+        if self._training_loss is None:
+            return F.cross_entropy(logits, labels)
+        return self._training_loss(logits, labels, batch)
+
     @property
     def auxiliary_losses(self) -> dict[str, float]:
         """Registered auxiliary loss names and their weights."""
@@ -292,13 +320,13 @@ class SequenceClassifier(pl.LightningModule):
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
         labels = self._labels(batch, "training")
         if not self._aux_losses:
-            loss = F.cross_entropy(self(batch), labels)
+            loss = self._base_loss(self(batch), labels, batch)
             self.log(
                 "train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=labels.numel()
             )
             return loss
         encoded = self.encode(batch)
-        ce = F.cross_entropy(encoded.logits, labels)
+        ce = self._base_loss(encoded.logits, labels, batch)
         total = ce
         for name, (fn, weight) in self._aux_losses.items():
             value = fn(encoded, batch)
