@@ -160,9 +160,10 @@ def measure(
         threads: ``torch.set_num_threads`` while measuring (restored afterwards); ``None`` keeps it.
 
     Returns:
-        ``{"rows": {name: {accuracy, accuracy_delta_points, throughput_seq_s, speedup, latency_ms,
-        latency_speedup, state_dict_mb}}, "settings": {...}}`` (``accuracy`` keys are ``None``
-        without a dataloader; deltas and speed-ups are against the first model).
+        A dict with ``rows`` (name -> ``accuracy``, ``accuracy_delta_points``, ``throughput_seq_s``,
+        ``speedup``, ``latency_ms``, ``latency_speedup``, ``state_dict_mb``) and ``settings`` (how it
+        was measured). The accuracy keys are ``None`` without a dataloader; deltas and speed-ups are
+        against the first model.
     """
     if not models:
         raise ValueError("models must name at least one model")
