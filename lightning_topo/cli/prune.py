@@ -68,6 +68,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--recover-epochs", type=int, default=1, help="recovery fine-tune epochs after pruning (0: none)"
     )
+    p.add_argument(
+        "--distill",
+        action="store_true",
+        help="distil the recovery epochs from the unpruned model (needs --recover-epochs >= 1)",
+    )
+    p.add_argument(
+        "--temperature", type=float, default=None, help="with --distill: softmax temperature (default 2)"
+    )
+    p.add_argument(
+        "--alpha", type=float, default=None, help="with --distill: weight of the soft term (default 0.5)"
+    )
     p.add_argument("--calibration-batches", type=int, default=DEFAULTS.calibration_batches, help="(>= 1)")
     p.add_argument("--max-positions", type=int, default=DEFAULTS.max_positions)
     p.add_argument("--min-heads", type=int, default=DEFAULTS.min_heads)
@@ -164,6 +175,7 @@ def _settings(args: argparse.Namespace) -> PruningConfig:
         raise ValueError(
             f"--recover-epochs must be >= 0 (0 = prune without recovery); got {args.recover_epochs}"
         )
+    _check_distill(args)
     fields = {
         "method": args.method,
         "ratio": args.ratio,
@@ -184,6 +196,29 @@ def _settings(args: argparse.Namespace) -> PruningConfig:
         if name in {f.name for f in dataclasses.fields(PruningConfig)}:
             message = "--" + name.replace("_", "-") + message[len(name) :]
         raise ValueError(message) from None
+
+
+def _check_distill(args: argparse.Namespace) -> None:
+    """``--distill`` needs recovery epochs; ``--temperature``/``--alpha`` need ``--distill`` and valid values."""
+    from lightning_topo.pruning.distill import DISTILL_DEFAULTS, check_distill_settings
+
+    given = [f"--{n}" for n in ("temperature", "alpha") if getattr(args, n) is not None]
+    if not args.distill:
+        if given:
+            raise ValueError(f"{given[0]} only applies with --distill; add --distill or drop {given[0]}")
+        return
+    if args.recover_epochs == 0:
+        raise ValueError(
+            "--distill needs --recover-epochs >= 1 (the pruned model learns from the unpruned one during "
+            "recovery); got --recover-epochs 0"
+        )
+    for name, value in DISTILL_DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    try:
+        check_distill_settings(args.temperature, args.alpha)
+    except ValueError as err:
+        raise ValueError(f"--{err}") from None
 
 
 def _check_paths(args: argparse.Namespace) -> tuple[Path, Path]:
@@ -340,6 +375,7 @@ def _prune_and_recover(
         ffn_multiple=settings.ffn_multiple,
         stat=settings.stat,
         seed=settings.seed,
+        **_distill_kwargs(args),
     )
     trainer = pl.Trainer(
         max_epochs=args.recover_epochs,
@@ -353,6 +389,13 @@ def _prune_and_recover(
     )
     trainer.fit(module, datamodule=dm)
     return trainer.validate(module, datamodule=dm, verbose=False)
+
+
+def _distill_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """``TopologicalPruning``'s distillation arguments from ``--distill`` (checked by :func:`_check_distill`)."""
+    if not args.distill:
+        return {}
+    return {"distill": True, "temperature": args.temperature, "alpha": args.alpha}
 
 
 def _prune_only(args: argparse.Namespace, settings: PruningConfig, module: Any, dm: Any, output: Path) -> Any:

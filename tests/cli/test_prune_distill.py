@@ -1,0 +1,101 @@
+"""``lightning-topo prune --distill``: the recovery epochs run the distillation loss and the
+settings are recorded in pruning_history.json; bad combinations are refused with one line and exit
+status 2 before anything is loaded or written."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lightning_topo.cli import main as topo_main
+
+
+@pytest.fixture
+def tiny_hf_folder(tmp_path):
+    from conftest import save_tiny_hf_folder
+
+    return save_tiny_hf_folder(tmp_path / "src")
+
+
+@pytest.fixture
+def data_file(tmp_path):
+    words = ["good", "bad", "fine", "awful", "great", "boring", "fun", "dull"]
+    rows = ["text\tlabel"] + [
+        f"{words[(i * 3) % 8]} movie {words[i % 8]} plot {i}\t{i % 2}" for i in range(96)
+    ]
+    path = tmp_path / "data.tsv"
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def _argv(src, out, data_file, *extra):
+    return [
+        "prune", "--checkpoint", str(src), "--output", str(out), "--ratio", "0.6", "--method", "magnitude",
+        "--data-file", str(data_file), "--max-length", "16", "--batch-size", "16", "--calibration-batches", "1",
+        "--accelerator", "cpu", *extra,
+    ]  # fmt: skip
+
+
+def test_prune_distill_runs_the_distillation_loss(tiny_hf_folder, data_file, tmp_path, monkeypatch):
+    from lightning_topo.callbacks.pruning import TopologicalPruning
+
+    calls = []
+    original = TopologicalPruning._distillation_loss
+
+    def counting(self, logits, labels, batch):
+        calls.append((self.temperature, self.alpha, self.teacher is not None))
+        return original(self, logits, labels, batch)
+
+    monkeypatch.setattr(TopologicalPruning, "_distillation_loss", counting)
+    out = tmp_path / "pruned"
+    argv = _argv(tiny_hf_folder, out, data_file, "--distill", "--temperature", "3", "--alpha", "0.25")
+    assert topo_main([*argv, "--recover-epochs", "1"]) == 0
+    assert calls and set(calls) == {(3.0, 0.25, True)}  # every recovery batch
+    history = json.loads((out / "pruning_history.json").read_text())
+    assert history["distill"] == {"temperature": 3.0, "alpha": 0.25}
+    # without --distill: plain recovery, recorded as such
+    calls.clear()
+    plain = tmp_path / "plain"
+    assert topo_main([*_argv(tiny_hf_folder, plain, data_file), "--recover-epochs", "1"]) == 0
+    assert calls == []
+    assert json.loads((plain / "pruning_history.json").read_text())["distill"] is None
+
+
+def test_prune_distill_defaults(tiny_hf_folder, data_file, tmp_path):
+    out = tmp_path / "pruned"
+    assert topo_main([*_argv(tiny_hf_folder, out, data_file), "--distill", "--recover-epochs", "1"]) == 0
+    assert json.loads((out / "pruning_history.json").read_text())["distill"] == {
+        "temperature": 2.0,
+        "alpha": 0.5,
+    }
+
+
+@pytest.mark.parametrize(
+    "extra,needle",
+    [
+        (["--distill", "--recover-epochs", "0"], "--distill needs --recover-epochs >= 1"),
+        (["--distill", "--temperature", "0"], "--temperature must be > 0"),
+        (["--distill", "--temperature", "nan"], "--temperature must be a finite number"),
+        (["--distill", "--alpha", "1.5"], "--alpha (weight of the teacher's soft targets) must be in [0, 1]"),
+        (["--temperature", "3"], "--temperature only applies with --distill"),
+        (["--alpha", "0.2"], "--alpha only applies with --distill"),
+    ],
+)
+def test_bad_distill_options_refused_before_loading(tmp_path, capsys, monkeypatch, extra, needle):
+    import lightning_topo.cli.prune as prune_cli
+
+    def never(*args, **kwargs):
+        raise AssertionError("the checkpoint must not be loaded")
+
+    monkeypatch.setattr(prune_cli, "_load_module", never)
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "config.json").write_text("{}")  # looks like a model folder; never read here
+    assert topo_main(["prune", "--checkpoint", str(src), "--output", str(tmp_path / "out"), *extra]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("lightning-topo prune:")]
+    assert len(lines) == 1 and lines[0].startswith("lightning-topo prune: error: "), err
+    assert needle in lines[0]
+    assert not (tmp_path / "out").exists()
