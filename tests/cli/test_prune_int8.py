@@ -59,6 +59,7 @@ def test_int8_report_written(tiny_hf_folder, data_file, tmp_path, capsys):
     # the pruned fp32 row measures the same model on the same split as the command's val/acc
     val_acc = float(re.search(r"val/acc (\d\.\d+)", stdout).group(1))
     assert rows["pruned fp32"]["accuracy"] == pytest.approx(val_acc, abs=1e-4)
+    assert rows["dense fp32"]["state_dict_mb"] > rows["pruned fp32"]["state_dict_mb"]
     # the checkpoint stays float and its SHA256SUMS still verifies (the report is not listed in it)
     verify_manifest(out)
     model = load_compressed(out)
@@ -90,3 +91,36 @@ def test_no_int8_engine_refused_before_loading(tiny_hf_folder, data_file, tmp_pa
     lines = [line for line in err.splitlines() if line.startswith("lightning-topo prune: error:")]
     assert len(lines) == 1 and "--int8-report" in lines[0] and "quantised CPU engine" in lines[0], err
     assert not out.exists()
+
+
+@pytest.mark.slow
+def test_int8_report_from_lightning_ckpt_with_recovery(tiny_hf_folder, data_file, tmp_path, capsys):
+    """Dense = the model of the source ``.ckpt`` (not the pruned one): its fp32 row matches
+    Lightning's own val/acc of that checkpoint, on the same split."""
+    import lightning.pytorch as pl
+
+    from lightning_topo.models.classifier import SequenceClassifier
+    from lightning_topo.models.datamodule import TextClassificationDataModule
+
+    module = SequenceClassifier(model_name_or_path=str(tiny_hf_folder), num_labels=2)
+    dm = TextClassificationDataModule(
+        data_file=str(data_file), tokenizer_name_or_path=str(tiny_hf_folder), max_length=16, batch_size=16
+    )
+    trainer = pl.Trainer(
+        max_epochs=1, limit_train_batches=2, accelerator="cpu", devices=1, logger=False,
+        default_root_dir=tmp_path, enable_progress_bar=False, num_sanity_val_steps=0,
+    )  # fmt: skip
+    trainer.fit(module, datamodule=dm)
+    dense_acc = float(trainer.validate(module, datamodule=dm, verbose=False)[0]["val/acc"])
+    ckpt = tmp_path / "model.ckpt"
+    trainer.save_checkpoint(ckpt)
+    out = tmp_path / "pruned"
+    argv = _argv(ckpt, out, data_file, "--int8-report")
+    argv[argv.index("--recover-epochs") + 1] = "1"
+    assert topo_main(argv) == 0
+    rows = json.loads((out / "int8_report.json").read_text())["rows"]
+    assert rows["dense fp32"]["accuracy"] == pytest.approx(dense_acc, abs=1e-4)
+    assert rows["dense fp32"]["state_dict_mb"] > rows["pruned fp32"]["state_dict_mb"]  # not the pruned one
+    val_acc = float(re.search(r"val/acc (\d\.\d+)", capsys.readouterr().out).group(1))
+    assert rows["pruned fp32"]["accuracy"] == pytest.approx(val_acc, abs=1e-4)
+    verify_manifest(out)
