@@ -11,6 +11,7 @@ Protocol (CPU, ``torch.set_num_threads(--threads)``), for every seed ``s`` in ``
 3. **Cells** (method x encoder-parameter ratio x plain/distilled recovery): prune a fresh copy of
    the base with :func:`lightning_topo.pruning.prune_model` (FFN units and heads, uniform per-layer
    allocation, FFN widths a multiple of 8), evaluate on the validation split (1,057 sentences),
+   (batches of similar length throughout, see ``_grouped_order``),
    recover for one epoch on ``--recover-sentences`` (default 3,000, seeded) train sentences (same
    optimiser, shuffle seed ``s``; with
    ``+kd`` the loss is :func:`~lightning_topo.pruning.distill.distillation_loss` against the frozen
@@ -87,12 +88,31 @@ def load_split(split: str) -> tuple[list[str], list[int]]:
     return texts, labels
 
 
-def batches(tokenizer, texts, labels, *, shuffle=False, seed=0, batch_size=BATCH):
+def _grouped_order(tokenizer, texts, *, shuffle: bool, seed: int, batch_size: int) -> list[list[int]]:
+    """Batches of indices with similar token lengths (less padding, ~2-3x faster on CPU).
+
+    Evaluation: all texts sorted by length. Training: a seeded shuffle, sorted by length within
+    chunks of 50 batches, the batches then shuffled again (the scheme of the package's
+    ``LengthGroupedSampler``), so every epoch mixes lengths across batches but not inside one.
+    """
+    lengths = [len(ids) for ids in tokenizer(list(texts), truncation=True, max_length=MAX_LEN)["input_ids"]]
     idx = list(range(len(texts)))
-    if shuffle:
-        random.Random(seed).shuffle(idx)
-    for s in range(0, len(idx), batch_size):
-        part = idx[s : s + batch_size]
+    if not shuffle:
+        idx.sort(key=lambda i: lengths[i])
+        return [idx[s : s + batch_size] for s in range(0, len(idx), batch_size)]
+    rng = random.Random(seed)
+    rng.shuffle(idx)
+    chunk = 50 * batch_size
+    out = []
+    for c in range(0, len(idx), chunk):
+        part = sorted(idx[c : c + chunk], key=lambda i: lengths[i])
+        out += [part[s : s + batch_size] for s in range(0, len(part), batch_size)]
+    rng.shuffle(out)
+    return out
+
+
+def batches(tokenizer, texts, labels, *, shuffle=False, seed=0, batch_size=BATCH):
+    for part in _grouped_order(tokenizer, texts, shuffle=shuffle, seed=seed, batch_size=batch_size):
         enc = tokenizer(
             [texts[i] for i in part], padding=True, truncation=True, max_length=MAX_LEN, return_tensors="pt"
         )
@@ -634,6 +654,7 @@ def stage_table(args) -> None:
         "max_len": MAX_LEN,
         "batch": BATCH,
         "allocation": "uniform per layer (same head count and FFN width in every layer)",
+        "batching": "length-grouped (train: seeded shuffle, sorted within 50-batch chunks, batches shuffled)",
     }
     res["machine"] = {
         "platform": platform.platform(),
