@@ -174,6 +174,20 @@ def test_recovery_loss_is_distillation_from_a_frozen_unpruned_copy(tiny_dir, tmp
         assert val[epoch] == pytest.approx(expected, rel=1e-5)
 
 
+def test_teacher_and_pruned_student_keep_the_models_dtype(tiny_dir, tmp_path):
+    seen = []
+
+    class Spy(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            teacher = cb.teacher
+            seen.append((next(teacher.parameters()).dtype, {p.dtype for p in pl_module.model.parameters()}))
+
+    cb = _pruning(tmp_path, distill=True, prune_epoch=0)
+    trainer = _trainer(tmp_path, [cb, Spy()], max_epochs=1, precision="bf16-true", logger=False)
+    trainer.fit(_module(tiny_dir), train_dataloaders=_loader(_batches()))
+    assert seen and set(map(str, seen)) == {str((torch.bfloat16, {torch.bfloat16}))}
+
+
 def test_teacher_is_not_in_checkpoints(tiny_dir, tmp_path):
     module = _module(tiny_dir)
     cb = _pruning(tmp_path, distill=True)
