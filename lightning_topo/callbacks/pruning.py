@@ -339,10 +339,7 @@ class TopologicalPruning(Callback):
         settings = self.config.replace(ratio=min(1.0, target / current), seed=self.config.seed + k)
         trainable = {n: p.requires_grad for n, p in model.named_parameters()}
         _, info = prune_model(model, self._calibration(trainer), return_info=True, **settings.prune_kwargs())
-        dtype = next(model.parameters()).dtype
-        new_model = to_exportable(model)
-        if new_model is not model:  # a new PrunedBert*/PrunedRoberta* model is built in float32
-            new_model = new_model.to(dtype=dtype)
+        new_model = to_exportable(model)  # same device and dtype as model
         for n, p in new_model.named_parameters():
             if n in trainable:
                 p.requires_grad_(trainable[n])

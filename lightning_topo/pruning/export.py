@@ -103,7 +103,7 @@ def to_exportable(model: nn.Module) -> nn.Module:
 
     Uniform widths: ``model`` itself with ``config.intermediate_size`` set (per-layer keys dropped
     from a stock config). Otherwise a new ``PrunedBert*`` / ``PrunedRoberta*`` model holding
-    ``model``'s weights (``model`` is left as is).
+    ``model``'s weights on its device and in its dtype (``model`` is left as is).
 
     Raises:
         TypeError: not a BERT-family model, or per-layer widths on a model that
@@ -130,7 +130,8 @@ def to_exportable(model: nn.Module) -> nn.Module:
         )
     cls.register_for_auto_class("AutoModelForSequenceClassification" if is_classifier else "AutoModel")
     config_cls.register_for_auto_class()
-    return new.to(next(model.parameters()).device).train(model.training)
+    first = next(model.parameters())
+    return new.to(device=first.device, dtype=first.dtype).train(model.training)
 
 
 # ----------------------------------------------------------------------------- manifest
