@@ -126,6 +126,7 @@ PANELS: tuple[str, ...] = (
     "topo/h1/total_persistence",
     "geometry/cone",
     "concepts/polar",
+    "probe/ssp",
 )
 
 
@@ -407,7 +408,7 @@ def draw_figure(rows: list[dict[str, Any]], stats: dict[str, Any], path: Path) -
 
     fig = plt.figure(figsize=(13, 6.5))
     grid = fig.add_gridspec(2, 5)
-    axes = [fig.add_subplot(grid[:, :2])] + [fig.add_subplot(grid[i // 3, 2 + i % 3]) for i in range(5)]
+    axes = [fig.add_subplot(grid[:, :2])] + [fig.add_subplot(grid[i // 3, 2 + i % 3]) for i in range(6)]
     acc = [r["scores"]["val_acc"] for r in rows]
     for ax, key in zip(axes, ("topo/psf", *PANELS), strict=True):
         values = [r["scores"].get(key, math.nan) for r in rows]
@@ -424,7 +425,7 @@ def draw_figure(rows: list[dict[str, Any]], stats: dict[str, Any], path: Path) -
         ax.tick_params(labelsize=7)
     axes[0].set_ylabel("topo/psf (mean of 5 re-draws)")
     fig.suptitle(
-        f"{len(rows)} MiniLM classifiers on the embedded Rotten Tomatoes data (labels: training sentences)"
+        f"{len(rows)} MiniLM classifiers on the embedded Rotten Tomatoes data (labels and colour: training sentences)"
     )
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
