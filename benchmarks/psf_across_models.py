@@ -28,7 +28,7 @@ score and by val acc; ties in the score count one half).
 Usage::
 
     .venv/bin/python benchmarks/psf_across_models.py --threads 1                 # everything
-    .venv/bin/python benchmarks/psf_across_models.py --threads 1 --max-models 4  # the first 4 only
+    .venv/bin/python benchmarks/psf_across_models.py --threads 1 --max-models 4  # train/score the first 4 (the report covers all scored so far)
     .venv/bin/python benchmarks/psf_across_models.py --report-only               # statistics of the cache
     .venv/bin/python benchmarks/psf_across_models.py --quick                     # smoke run (2 tiny models)
 
@@ -469,8 +469,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             args.figure or tmp / "fig.png",
         )
         args.val_limit, args.train_score_size = args.val_limit or 128, min(args.train_score_size, 128)
-    elif args.val_limit and (args.results is None or args.out_dir is None):
-        parser.error("--val-limit scores on a subset: give --out-dir and --results (not the published ones)")
+    elif args.val_limit and None in (args.results, args.out_dir, args.figure):
+        parser.error(
+            "--val-limit scores on a subset: give --out-dir, --results and --figure (not the published ones)"
+        )
     args.out_dir, args.results, args.figure = (
         args.out_dir or OUT_DIR,
         args.results or RESULTS,
@@ -597,6 +599,18 @@ def protocol(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def cached_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The cached scores of every model of the grid scored with the present settings, in grid order."""
+    rows = []
+    for spec in QUICK_GRID if args.quick else GRID:
+        cached = args.out_dir / spec.name / "scores.json"
+        if cached.exists():
+            row = json.loads(cached.read_text(encoding="utf-8"))
+            if row.get("settings") == scoring_settings(args):
+                rows.append(row)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     grid = selected_grid(args)
@@ -605,15 +619,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.threads:
         torch.set_num_threads(args.threads)
-    rows, data = [], None
-    for spec in grid:
-        cached = args.out_dir / spec.name / "scores.json"
-        if args.report_only:
-            if cached.exists():
-                rows.append(json.loads(cached.read_text(encoding="utf-8")))
-            continue
-        row, data = run_model(spec, args, data)
-        rows.append(row)
+    data = None
+    for spec in [] if args.report_only else grid:
+        _, data = run_model(spec, args, data)
+    # the report covers every model of the grid scored so far with these settings (runs in parts add up)
+    rows = cached_rows(args)
     if len(rows) < 3:
         print(f"{len(rows)} models scored; statistics need at least 3", file=sys.stderr)
         return 1 if args.report_only else 0
