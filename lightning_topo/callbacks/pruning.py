@@ -124,7 +124,8 @@ class TopologicalPruning(Callback):
         min_heads, min_ffn: units each layer keeps at least (``>= 1``).
         ffn_multiple: pruned FFN widths are rounded down to a multiple of this (default 8, faster
             GEMMs; ``1`` keeps the exact budget).
-        stat: summary of a unit's H0 diagram, ``"max"`` or ``"total"``.
+        stat: summary of a unit's H0 diagram, ``"max"`` or ``"total"``; ``None`` (default) = the
+            method's own (:data:`~lightning_topo.pruning.config.METHOD_STATS`).
         seed: calibration sampling and ``random`` scores; step ``k`` uses ``seed + k``.
         distill: distil the recovery epochs from the unpruned model (default ``False``); needs
             ``prune_epoch`` set (recovery epochs to distil into).
@@ -159,7 +160,7 @@ class TopologicalPruning(Callback):
         min_heads: int = DEFAULTS.min_heads,
         min_ffn: int = DEFAULTS.min_ffn,
         ffn_multiple: int = DEFAULTS.ffn_multiple,
-        stat: str = DEFAULTS.stat,
+        stat: str | None = DEFAULTS.stat,
         seed: int = DEFAULTS.seed,
         distill: bool = False,
         temperature: float = DISTILL_DEFAULTS["temperature"],

@@ -89,7 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULTS.ffn_multiple,
         help="round pruned FFN widths down to a multiple of this (default 8, faster GEMMs; 1 = exact budget)",
     )
-    p.add_argument("--stat", default=DEFAULTS.stat, choices=("max", "total"))
+    p.add_argument(
+        "--stat",
+        default=DEFAULTS.stat,
+        choices=("max", "total"),
+        help="H0 summary of the topological readings (default: the method's own, docs/pruning.md)",
+    )
     p.add_argument(
         "--learning-rate", type=float, default=None, help="recovery learning rate (default: checkpoint's)"
     )

@@ -39,7 +39,7 @@ def prune_model(
     ffn_multiple: int = DEFAULTS.ffn_multiple,
     max_positions: int = DEFAULTS.max_positions,
     max_batches: int | None = DEFAULTS.max_batches,
-    stat: str = DEFAULTS.stat,
+    stat: str | None = DEFAULTS.stat,
     seed: int = DEFAULTS.seed,
     return_info: bool = False,
 ) -> nn.Module | tuple[nn.Module, PruneResult]:
@@ -67,7 +67,9 @@ def prune_model(
         min_heads, min_ffn: floors per layer (``>= 1``).
         ffn_multiple: with ``ratio``, pruned FFN widths are rounded down to a multiple of this.
         max_positions, max_batches: calibration size (token positions, batches).
-        stat: H0 summary of ``topological-1d`` (``"max"``: longest finite bar; ``"total"``: sum).
+        stat: H0 summary of the topological readings (``"max"``: longest finite bar; ``"total"``:
+            sum of bars); ``None`` (default) = the method's own
+            (:data:`~lightning_topo.pruning.config.METHOD_STATS`).
         seed: calibration sampling and ``random`` scores.
         return_info: also return a :class:`PruneResult` with the scores and masks.
 

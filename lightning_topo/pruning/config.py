@@ -25,6 +25,8 @@ __all__ = [
     "DEFAULT_TOPOLOGICAL",
     "UNIT_KINDS",
     "STATS",
+    "METHOD_STATS",
+    "resolve_stat",
     "check_units",
     "check_int",
     "check_ratio",
@@ -37,6 +39,9 @@ __all__ = [
 UNIT_KINDS: tuple[str, ...] = ("ffn", "heads")
 #: Summaries of a unit's H0 diagram: ``"max"`` = longest finite bar, ``"total"`` = sum of bars.
 STATS: tuple[str, ...] = ("max", "total")
+#: The summary each topological reading uses when ``stat`` is ``None`` (the default), chosen by the
+#: benchmark (``docs/pruning.md``); any other method, or a custom callable, gets ``"max"``.
+METHOD_STATS: dict[str, str] = {"topological-1d": "max", "topological-contribution": "total"}
 #: The reading that ``method="topological"`` stands for (chosen by the benchmark, ``docs/pruning.md``).
 DEFAULT_TOPOLOGICAL = "topological-1d"
 #: Names of the built-in importance methods (``"topological"`` is an alias of :data:`DEFAULT_TOPOLOGICAL`).
@@ -113,13 +118,23 @@ def check_units(units: object, *, name: str = "units") -> tuple[str, ...]:
     return out
 
 
-def check_stat(stat: object, *, name: str = "stat") -> str:
-    """``stat`` if it is one of :data:`STATS`."""
+def check_stat(stat: object, *, name: str = "stat", allow_none: bool = False) -> str | None:
+    """``stat`` if it is one of :data:`STATS` (or ``None`` when ``allow_none``: the method's own)."""
+    if stat is None and allow_none:
+        return None
     if stat not in STATS:
+        none = " or None (the method's own, see METHOD_STATS)" if allow_none else ""
         raise ValueError(
-            f"{name} must be 'max' (longest finite H0 bar) or 'total' (sum of H0 bars); got {stat!r}"
+            f"{name} must be 'max' (longest finite H0 bar) or 'total' (sum of H0 bars){none}; got {stat!r}"
         )
     return stat  # type: ignore[return-value]
+
+
+def resolve_stat(method: str, stat: str | None) -> str:
+    """``stat``, or for ``None`` the summary :data:`METHOD_STATS` gives ``method`` (else ``"max"``)."""
+    if stat is not None:
+        return check_stat(stat)  # type: ignore[return-value]
+    return METHOD_STATS.get(method, "max")
 
 
 def check_method(method: object, *, name: str = "method") -> str | Callable[..., Any]:
@@ -153,7 +168,9 @@ class PruningConfig:
         max_positions: token positions sampled for calibration (``>= 2``, default 2048).
         max_batches: calibration batches read at most by the library functions (``None`` = all).
         calibration_batches: training batches the callback and the CLI draw for calibration (default 16).
-        stat: summary of a unit's H0 diagram for ``topological-1d``: ``"max"`` or ``"total"``.
+        stat: summary of a unit's H0 diagram for ``topological-1d`` and ``topological-contribution``:
+            ``"max"`` (longest finite bar) or ``"total"`` (sum of bars); ``None`` (default) = the
+            method's own from :data:`METHOD_STATS` (``max`` for 1-D, ``total`` for contribution).
         seed: seeds the position sample and the ``random`` method (an integer ``>= 0``).
 
     Raises:
@@ -170,7 +187,7 @@ class PruningConfig:
     max_positions: int = 2048
     max_batches: int | None = None
     calibration_batches: int = 16
-    stat: str = "max"
+    stat: str | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -184,7 +201,7 @@ class PruningConfig:
             "max_positions": check_int("max_positions", self.max_positions, 2),
             "max_batches": check_int("max_batches", self.max_batches, 1, allow_none=True),
             "calibration_batches": check_int("calibration_batches", self.calibration_batches, 1),
-            "stat": check_stat(self.stat),
+            "stat": check_stat(self.stat, allow_none=True),
             "seed": check_int("seed", self.seed, 0),
         }
         if self.ratio is not None or checked["quantile"] is None:

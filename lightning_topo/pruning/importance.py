@@ -62,6 +62,7 @@ from lightning_topo.pruning.config import (
     check_method,
     check_stat,
     check_units,
+    resolve_stat,
 )
 from lightning_topo.pruning.layout import encoder_layers
 from lightning_topo.topology import minimum_spanning_tree, pairwise_distances
@@ -323,7 +324,7 @@ def _elder_radii(edges: Tensor, lengths: Tensor, energy: Tensor) -> Tensor:
     return out
 
 
-def distribution_scores(values: Tensor, *, stat: str = DEFAULTS.stat) -> Tensor:
+def distribution_scores(values: Tensor, *, stat: str = "max") -> Tensor:
     """Reading B for FFN units: the finite H0 bars of each unit's own 1-D cloud of output values.
 
     In 1-D the Vietoris-Rips H0 bars are exactly the gaps between consecutive sorted values, so the
@@ -343,7 +344,7 @@ def distribution_scores(values: Tensor, *, stat: str = DEFAULTS.stat) -> Tensor:
     return gaps.amax(dim=0) if stat == "max" else gaps.sum(dim=0)
 
 
-def cloud_h0_scores(clouds: Tensor, *, stat: str = DEFAULTS.stat) -> Tensor:
+def cloud_h0_scores(clouds: Tensor, *, stat: str = "max") -> Tensor:
     """Reading B for heads: the finite H0 bars of each head's own cloud of context vectors.
 
     The bars of a Vietoris-Rips H0 diagram are the edge lengths of the cloud's minimum spanning tree.
@@ -372,7 +373,8 @@ class ImportanceContext:
 
     Attributes:
         layers: the encoder layers (:func:`~lightning_topo.pruning.layout.encoder_layers`).
-        stat: ``"max"`` or ``"total"``, the H0 summary requested by the caller.
+        stat: ``"max"`` or ``"total"``, the H0 summary (the caller's, or the method's own from
+            :data:`~lightning_topo.pruning.config.METHOD_STATS` when the caller gave ``None``).
         generator: a CPU generator seeded with the caller's ``seed``, shared by all kinds in one
             :func:`compute_importance` call (for methods that draw random numbers).
     """
@@ -649,7 +651,7 @@ def compute_importance(
     units: Sequence[str] = DEFAULTS.units,
     max_positions: int = DEFAULTS.max_positions,
     max_batches: int | None = DEFAULTS.max_batches,
-    stat: str = DEFAULTS.stat,
+    stat: str | None = DEFAULTS.stat,
     seed: int = DEFAULTS.seed,
     outputs: UnitOutputs | None = None,
 ) -> ImportanceTable:
@@ -688,13 +690,14 @@ def compute_importance(
             max_batches=cfg.max_batches,
             seed=cfg.seed,
         )
-    ctx = ImportanceContext(layers=layers, stat=cfg.stat, generator=torch.Generator().manual_seed(cfg.seed))
+    stat = resolve_stat(name, cfg.stat)
+    ctx = ImportanceContext(layers=layers, stat=stat, generator=torch.Generator().manual_seed(cfg.seed))
     widths = layout.layer_widths(model)
     result: dict[str, list[Tensor] | None] = {"ffn": None, "heads": None}
     for kind in cfg.units:
         result[kind] = _checked_scores(name, kind, fn(model, outputs, kind, ctx), widths[kind])
     info = {
-        "stat": cfg.stat,
+        "stat": stat,
         "seed": cfg.seed,
         "num_positions": None if outputs is None else outputs.num_positions,
     }

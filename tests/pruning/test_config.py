@@ -15,7 +15,7 @@ from lightning_topo.pruning.config import DEFAULTS, METHODS, UNIT_KINDS, Pruning
 def test_defaults_are_the_documented_ones():
     assert DEFAULTS.method == "topological" and DEFAULTS.ratio == 0.6 and DEFAULTS.quantile is None
     assert DEFAULTS.units == UNIT_KINDS and DEFAULTS.ffn_multiple == 8 and DEFAULTS.max_positions == 2048
-    assert (DEFAULTS.min_heads, DEFAULTS.min_ffn, DEFAULTS.stat, DEFAULTS.seed) == (1, 1, "max", 0)
+    assert (DEFAULTS.min_heads, DEFAULTS.min_ffn, DEFAULTS.stat, DEFAULTS.seed) == (1, 1, None, 0)
     with pytest.raises(AttributeError):
         DEFAULTS.ratio = 0.5  # type: ignore[misc]
 

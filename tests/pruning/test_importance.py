@@ -313,3 +313,19 @@ def test_builtin_method_that_needs_data_says_so(tiny_classifier, tiny_batch):
         compute_importance(tiny_classifier, method="activation", outputs=outputs)
     with pytest.raises(TypeError, match="iterable"):
         collect_unit_outputs(tiny_classifier, 3)
+
+
+@pytest.mark.parametrize(
+    ("method", "expected"), [("topological-1d", "max"), ("topological-contribution", "total")]
+)
+def test_stat_none_is_the_methods_own(method, expected, tiny_classifier, tiny_batch):
+    """``stat=None`` (the default) = METHOD_STATS[method]; an explicit stat overrides it."""
+    outputs = collect_unit_outputs(tiny_classifier, [tiny_batch])
+    default = compute_importance(tiny_classifier, outputs=outputs, method=method)
+    explicit = compute_importance(tiny_classifier, outputs=outputs, method=method, stat=expected)
+    other = compute_importance(
+        tiny_classifier, outputs=outputs, method=method, stat="max" if expected == "total" else "total"
+    )
+    assert default.info["stat"] == expected
+    assert all(torch.equal(a, b) for a, b in zip(default.ffn, explicit.ffn, strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(default.ffn, other.ffn, strict=True))
