@@ -43,7 +43,7 @@ STATS: tuple[str, ...] = ("max", "total")
 #: benchmark (``docs/pruning.md``); any other method, or a custom callable, gets ``"max"``.
 METHOD_STATS: dict[str, str] = {"topological-1d": "max", "topological-contribution": "total"}
 #: The reading that ``method="topological"`` stands for (chosen by the benchmark, ``docs/pruning.md``).
-DEFAULT_TOPOLOGICAL = "topological-1d"
+DEFAULT_TOPOLOGICAL = "topological-contribution"
 #: Names of the built-in importance methods (``"topological"`` is an alias of :data:`DEFAULT_TOPOLOGICAL`).
 METHODS: tuple[str, ...] = (
     "topological",

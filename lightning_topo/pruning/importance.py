@@ -33,7 +33,8 @@ is not public):
 ``random`` (:func:`seeded_uniform`)
     seeded uniform scores, the baseline every method must beat.
 
-``topological`` is an alias of :data:`DEFAULT_TOPOLOGICAL`, the reading chosen by the benchmark.
+``topological`` is an alias of :data:`DEFAULT_TOPOLOGICAL` (``topological-contribution``), the reading chosen
+by the three-seed benchmark (``docs/pruning.md``).
 """
 
 from __future__ import annotations
