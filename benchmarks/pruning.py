@@ -409,10 +409,7 @@ def _save_model(ctx: SeedContext, model, method: str, name: str) -> dict:
     from lightning_topo.pruning import load_compressed, save_compressed
 
     folder = seed_dir(ctx.seed) / "pruned" / name
-    if method == "torch-pruning":  # not loadable with from_pretrained; pickled for --stage timing
-        if ctx.seed == 0:
-            folder.parent.mkdir(parents=True, exist_ok=True)
-            torch.save(model, folder.with_suffix(".pt"))
+    if method == "torch-pruning":  # not loadable with from_pretrained; --stage timing re-prunes it
         return {"checkpoint_mb": None, "reloadable_from_pretrained": False}
     model.to("cpu")
     save_compressed(model, folder, tokenizer=ctx.tok, overwrite=True)
@@ -513,10 +510,20 @@ def stage_all(args) -> None:
 
 
 def stage_timing(args) -> None:
-    """Time the seed-0 model of every cell against the seed-0 base in this (fresh) process."""
+    """Time the seed-0 model of every cell against the seed-0 base in this (fresh) process.
+
+    Our methods: the saved compressed folder. Torch-Pruning's model does not reload with
+    ``from_pretrained``; it is pruned again from the seed-0 base (deterministic, no data), checked to
+    have the cell's shapes, and timed without its recovery epoch (speed depends on shapes only).
+    """
     from lightning_topo.pruning import load_compressed
 
-    base = load_base(0)[0]
+    base, tok, _ = load_base(0)
+    example = {
+        k: v.cpu()
+        for k, v in next(batches(tok, ["a short example", "another"], [0, 1])).items()
+        if k != "labels"
+    }
     timing = {}
     for path in sorted((OUT / "cells").glob("*_s0.json")):
         cell = json.loads(path.read_text())
@@ -524,8 +531,13 @@ def stage_timing(args) -> None:
             continue
         name = path.stem
         model_path = seed_dir(0) / "pruned" / name
-        if cell["method"] == "torch-pruning":
-            model = torch.load(model_path.with_suffix(".pt"), weights_only=False).eval()  # our own file
+        if cell["method"] == "torch-pruning":  # speed depends on shapes only: prune again, same shapes
+            model = torch_pruning_model(
+                seed_dir(0) / "base", example, cell["target_ratio"], encoder_params(base)
+            )[0]
+            if shapes(model) != {k: cell[k] for k in ("heads_per_layer", "ffn_per_layer")}:
+                raise RuntimeError(f"re-pruned Torch-Pruning model of {name} has other shapes than the cell")
+            model.eval()
         else:
             model = load_compressed(model_path).eval()
         tb, tm = paired_throughput(base, model, reps=args.timing_reps)
