@@ -31,8 +31,9 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 from typing_extensions import override
 
-from lightning_topo.pruning.config import DEFAULTS, PruningConfig, check_int
+from lightning_topo.pruning.config import DEFAULTS, PruningConfig, check_int, resolve_stat
 from lightning_topo.pruning.distill import DISTILL_DEFAULTS, check_distill_settings, distillation_loss
+from lightning_topo.pruning.importance import resolve_method
 from lightning_topo.pruning.structured import count_encoder_parameters, layer_widths
 
 __all__ = ["TopologicalPruning"]
@@ -229,6 +230,14 @@ class TopologicalPruning(Callback):
     def ratio(self) -> float:
         """Fraction of the original encoder parameters kept after the last step."""
         return float(self.config.ratio)  # type: ignore[arg-type]
+
+    def _scored_with(self) -> dict[str, Any] | None:
+        """The built-in method and H0 summary that ``method``/``stat`` resolved to (aliases and
+        ``stat=None`` resolved), so the history stays exact if a default changes; ``None`` for a callable."""
+        if not isinstance(self.config.method, str):
+            return None
+        name = resolve_method(self.config.method)
+        return {"method": name, "stat": resolve_stat(name, self.config.stat)}
 
     @property
     def method_name(self) -> str:
@@ -491,6 +500,7 @@ class TopologicalPruning(Callback):
     def state_dict(self) -> dict[str, Any]:
         return {
             "method": self.method_name,
+            "scored_with": self._scored_with(),
             "ratio": self.ratio,
             "steps": self.steps,
             "original_params": self.original_params,

@@ -12,6 +12,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from lightning_topo.pruning.config import DEFAULT_TOPOLOGICAL, METHOD_STATS
+
 pl = pytest.importorskip("lightning.pytorch")
 
 from lightning_topo.callbacks import TopologicalPruning  # noqa: E402
@@ -103,6 +105,8 @@ def test_prunes_to_budget_continues_training_and_saves(tiny_dir, tmp_path, tiny_
     assert len(rows) - 1 == 2 * 64 + (2 * 4 if "heads" in units else 0)  # every scored unit, once
     history = json.loads((out / "pruning_history.json").read_text())
     assert history["history"][0]["params"] == after
+    resolved = DEFAULT_TOPOLOGICAL if cb.config.method == "topological" else cb.config.method
+    assert history["scored_with"] == {"method": resolved, "stat": METHOD_STATS.get(resolved, "max")}
     # written into the staged folder before it was moved into place: covered by the checksum manifest
     manifest = (out / "SHA256SUMS").read_text()
     assert "pruning_history.json" in manifest and "importance_step1.csv" in manifest
@@ -562,5 +566,5 @@ def test_custom_importance_callable(tiny_dir, tmp_path):
     assert width < 64 and torch.equal(pruned, original[:width])
     assert not pruned.requires_grad  # frozen parameters stay frozen after the surgery
     assert module.model.classifier.weight.requires_grad
-    assert cb.state_dict()["method"] == "_keep_first_units"
+    assert cb.state_dict()["method"] == "_keep_first_units" and cb.state_dict()["scored_with"] is None
     assert json.loads((cb.saved_path / "pruning_history.json").read_text())["method"] == "_keep_first_units"
