@@ -71,6 +71,8 @@ TOPOLOGICAL = [
 ]
 BASELINES = ["magnitude", "activation", "random", "torch-pruning"]
 KD = {"temperature": 2.0, "alpha": 0.5}
+RECOVER_DEFAULT = 3000  # recovery sentences of the main grid (--recover-sentences)
+TRAIN_SIZE = 8455
 
 
 # ----------------------------------------------------------------------------- data
@@ -249,12 +251,19 @@ def seed_dir(seed: int) -> Path:
     return OUT / f"seed{seed}"
 
 
-def cell_key(method: str, ratio: float, kd: bool) -> str:
-    return f"{method}@{ratio}" + ("+kd" if kd else "")
+def _recover_tag(recover: int, full: str, short: str) -> str:
+    if recover == RECOVER_DEFAULT:
+        return ""
+    return full if recover >= TRAIN_SIZE else f"{short}{recover}"
 
 
-def cell_file(method: str, ratio: float, kd: bool, seed: int) -> str:
-    return f"{method.replace(':', '-')}_{ratio}" + ("_kd" if kd else "") + f"_s{seed}"
+def cell_key(method: str, ratio: float, kd: bool, recover: int = 3000) -> str:
+    return f"{method}@{ratio}" + ("+kd" if kd else "") + _recover_tag(recover, " rec=all", " rec=")
+
+
+def cell_file(method: str, ratio: float, kd: bool, seed: int, recover: int = 3000) -> str:
+    kd_tag = "_kd" if kd else ""
+    return f"{method.replace(':', '-')}_{ratio}{kd_tag}{_recover_tag(recover, '_recall', '_rec')}_s{seed}"
 
 
 def split_method(method: str) -> tuple[str, str]:
@@ -429,7 +438,8 @@ def _save_model(ctx: SeedContext, model, method: str, name: str) -> dict:
 
 
 def run_cell(ctx: SeedContext, method: str, ratio: float, kd: bool, args) -> None:
-    name = cell_file(method, ratio, kd, ctx.seed)
+    recover = len(ctx.train[0])
+    name = cell_file(method, ratio, kd, ctx.seed, recover)
     path = OUT / "cells" / f"{name}.json"
     if path.exists() and not args.redo:
         return
@@ -450,6 +460,7 @@ def run_cell(ctx: SeedContext, method: str, ratio: float, kd: bool, args) -> Non
         "target_ratio": ratio,
         "distill": kd,
         "seed": ctx.seed,
+        "recover_sentences": recover,
         "encoder_params": p,
         "encoder_ratio": p / ctx.base_params,
         "base_val_acc": ctx.meta["val_acc"],
@@ -464,7 +475,7 @@ def run_cell(ctx: SeedContext, method: str, ratio: float, kd: bool, args) -> Non
     }
     _write_json(path, cell)
     print(
-        f"s{ctx.seed} {cell_key(method, ratio, kd):38s} enc {cell['encoder_ratio']:.3f} acc {acc0:.4f} -> {acc1:.4f} "
+        f"s{ctx.seed} {cell_key(method, ratio, kd, recover):38s} enc {cell['encoder_ratio']:.3f} acc {acc0:.4f} -> {acc1:.4f} "
         f"(base {ctx.meta['val_acc']:.4f}; prune {prune_s:.0f}s, recover {rec_s:.0f}s)",
         flush=True,
     )
@@ -541,7 +552,9 @@ def stage_timing(args) -> None:
         else:
             model = load_compressed(model_path).eval()
         tb, tm = paired_throughput(base, model, reps=args.timing_reps)
-        key = cell_key(cell["method"], cell["target_ratio"], cell["distill"])
+        key = cell_key(
+            cell["method"], cell["target_ratio"], cell["distill"], cell.get("recover_sentences", 3000)
+        )
         timing[key] = {"base_seq_s": tb, "pruned_seq_s": tm, "speedup": tm / tb}
         print(f"{key:38s} base {tb:6.1f} seq/s, pruned {tm:6.1f} seq/s, speedup {tm / tb:.2f}x", flush=True)
     info = {
@@ -568,7 +581,10 @@ def collate(args) -> dict:
     cells = [json.loads(p.read_text()) for p in sorted((OUT / "cells").glob("*.json"))]
     by_key: dict[str, dict[int, dict]] = {}
     for c in cells:
-        by_key.setdefault(cell_key(c["method"], c["target_ratio"], c["distill"]), {})[c["seed"]] = c
+        key = cell_key(
+            c["method"], c["target_ratio"], c["distill"], c.get("recover_sentences", RECOVER_DEFAULT)
+        )
+        by_key.setdefault(key, {})[c["seed"]] = c
     timing = (
         json.loads((OUT / "timing.json").read_text()) if (OUT / "timing.json").exists() else {"cells": {}}
     )
@@ -608,6 +624,14 @@ def _paired(by_key: dict[str, dict[int, dict]]) -> dict:
                 by_key, cell_key(method, ratio, True), "none@1.0"
             )
             pairs[f"{method} - control @{ratio}"] = _diff(by_key, cell_key(method, ratio, False), "none@1.0")
+            full = (cell_key(method, ratio, True, TRAIN_SIZE), cell_key(method, ratio, False, TRAIN_SIZE))
+            pairs[f"{method}+kd rec=all - {method} rec=all @{ratio}"] = _diff(by_key, *full)
+            pairs[f"{method} rec=all - {method} @{ratio}"] = _diff(
+                by_key, full[1], cell_key(method, ratio, False)
+            )
+            pairs[f"{method}+kd rec=all - {method}+kd @{ratio}"] = _diff(
+                by_key, full[0], cell_key(method, ratio, True)
+            )
     return {k: v for k, v in pairs.items() if v is not None}
 
 
@@ -656,7 +680,8 @@ def stage_table(args) -> None:
         "base_epochs": args.base_epochs,
         "calib_sentences": args.calib_sentences,
         "max_positions": args.max_positions,
-        "recover_sentences": args.recover_sentences or 8455,
+        "recover_sentences": RECOVER_DEFAULT,
+        "recover_sentences_note": "cells whose key ends in 'rec=all' recovered on all 8,455 train sentences",
         "recover_sentences_seed": 2,
         "recover_epochs": 1,
         "recover_lr": args.recover_lr,
