@@ -595,6 +595,7 @@ def collate(args) -> dict:
             "method": next(iter(per_seed.values()))["method"],
             "target_ratio": next(iter(per_seed.values()))["target_ratio"],
             "distill": next(iter(per_seed.values()))["distill"],
+            "recover_sentences": next(iter(per_seed.values())).get("recover_sentences", RECOVER_DEFAULT),
             "seeds": sorted(per_seed),
             "val_acc_after_recovery": _mean_sd(accs),
             "val_acc_before_recovery": _mean_sd([c["val_acc_before_recovery"] for c in per_seed.values()]),
@@ -663,7 +664,8 @@ def print_table(res: dict) -> None:
             continue
         sp = "" if s["speedup"] is None else f"{s['speedup']:.2f}x"
         print(
-            f"| {s['method']} | {s['target_ratio']} | {'distilled' if s['distill'] else 'plain'} | "
+            f"| {s['method']} | {s['target_ratio']} | {'distilled' if s['distill'] else 'plain'}"
+            f"{'' if s['recover_sentences'] == RECOVER_DEFAULT else ', ' + str(s['recover_sentences']) + ' sentences'} | "
             f"{_fmt(s['val_acc_after_recovery'], 100)} | {_fmt(s['drop_vs_base_points'])} | {sp} |"
         )
     print("\n| paired difference (val acc points, same seeds) | mean ± sd | per seed |")
