@@ -49,6 +49,28 @@ def save_tiny_hf_folder(path):
     return path
 
 
+def write_review_tsv(path, n_rows=120):
+    """A tab-separated ``text``/``label`` file of ``n_rows`` short balanced movie-review lines."""
+    words = ["good", "bad", "fine", "awful", "great", "boring", "fun", "dull"]
+    rows = ["text\tlabel"] + [
+        f"{words[(i * 3) % 8]} movie {words[i % 8]} plot number {i}\t{i % 2}" for i in range(n_rows)
+    ]
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+@pytest.fixture
+def tiny_hf_folder(tmp_path):
+    """:func:`save_tiny_hf_folder` at ``tmp_path / "src"`` (the CLI tests' source model)."""
+    return save_tiny_hf_folder(tmp_path / "src")
+
+
+@pytest.fixture
+def data_file(tmp_path):
+    """:func:`write_review_tsv` with 120 rows at ``tmp_path / "data.tsv"`` (the CLI tests' data)."""
+    return write_review_tsv(tmp_path / "data.tsv")
+
+
 @pytest.fixture
 def tiny_config():
     """A 2-layer, hidden-32, 4-head, FFN-64 BertConfig with 2 labels and no dropout."""

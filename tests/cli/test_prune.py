@@ -22,25 +22,6 @@ def _digest(folder):
     }
 
 
-@pytest.fixture
-def tiny_hf_folder(tmp_path):
-    from conftest import save_tiny_hf_folder
-
-    return save_tiny_hf_folder(tmp_path / "src")
-
-
-@pytest.fixture
-def data_file(tmp_path):
-    rows = ["text\tlabel"]
-    words = ["good", "bad", "fine", "awful", "great", "boring", "fun", "dull"]
-    for i in range(120):
-        label = i % 2
-        rows.append(f"{words[(i * 3) % 8]} movie {words[i % 8]} plot number {i}\t{label}")
-    path = tmp_path / "data.tsv"
-    path.write_text("\n".join(rows) + "\n")
-    return path
-
-
 @pytest.mark.parametrize("recover,multiple", [("0", "8"), ("1", "16")])
 def test_prune_cli_hf_folder(tiny_hf_folder, data_file, tmp_path, recover, multiple):
     before_digest = _digest(tiny_hf_folder)

@@ -12,13 +12,6 @@ from lightning_topo.cli import main as topo_main
 
 
 @pytest.fixture
-def tiny_hf_folder(tmp_path):
-    from conftest import save_tiny_hf_folder
-
-    return save_tiny_hf_folder(tmp_path / "src")
-
-
-@pytest.fixture
 def data_file(tmp_path):
     words = ["good", "bad", "fine", "awful", "great", "boring", "fun", "dull"]
     rows = ["text\tlabel"] + [

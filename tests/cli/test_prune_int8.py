@@ -15,24 +15,6 @@ from lightning_topo.pruning import load_compressed, verify_manifest
 from lightning_topo.pruning.report import VARIANTS
 
 
-@pytest.fixture
-def tiny_hf_folder(tmp_path):
-    from conftest import save_tiny_hf_folder
-
-    return save_tiny_hf_folder(tmp_path / "src")
-
-
-@pytest.fixture
-def data_file(tmp_path):
-    rows = ["text\tlabel"]
-    words = ["good", "bad", "fine", "awful", "great", "boring", "fun", "dull"]
-    for i in range(120):
-        rows.append(f"{words[(i * 3) % 8]} movie {words[i % 8]} plot number {i}\t{i % 2}")
-    path = tmp_path / "data.tsv"
-    path.write_text("\n".join(rows) + "\n")
-    return path
-
-
 def _argv(src, out, data_file, *extra):
     return [
         "prune", "--checkpoint", str(src), "--output", str(out), "--ratio", "0.5", "--method", "magnitude",
