@@ -171,6 +171,12 @@ def test_torch_file_that_is_not_a_lightning_checkpoint(tmp_path, capsys):
         (["--ffn-multiple", "0"], "--ffn-multiple"),
         (["--seed", "-1"], "--seed"),
         (["--recover-epochs", "-1"], "--recover-epochs"),
+        (["--distill", "--recover-epochs", "0"], "--distill needs --recover-epochs >= 1"),
+        (["--distill", "--temperature", "0"], "--temperature must be > 0"),
+        (["--distill", "--temperature", "nan"], "--temperature must be a finite number"),
+        (["--distill", "--alpha", "1.5"], "--alpha (weight of the teacher's soft targets) must be in [0, 1]"),
+        (["--temperature", "3"], "--temperature only applies with --distill"),
+        (["--alpha", "0.2"], "--alpha only applies with --distill"),
     ],
 )
 def test_bad_options_refused_before_loading(tmp_path, capsys, monkeypatch, extra, needle):

@@ -64,31 +64,5 @@ def test_prune_distill_defaults(tiny_hf_folder, data_file, tmp_path):
     }
 
 
-@pytest.mark.parametrize(
-    "extra,needle",
-    [
-        (["--distill", "--recover-epochs", "0"], "--distill needs --recover-epochs >= 1"),
-        (["--distill", "--temperature", "0"], "--temperature must be > 0"),
-        (["--distill", "--temperature", "nan"], "--temperature must be a finite number"),
-        (["--distill", "--alpha", "1.5"], "--alpha (weight of the teacher's soft targets) must be in [0, 1]"),
-        (["--temperature", "3"], "--temperature only applies with --distill"),
-        (["--alpha", "0.2"], "--alpha only applies with --distill"),
-    ],
-)
-def test_bad_distill_options_refused_before_loading(tmp_path, capsys, monkeypatch, extra, needle):
-    import lightning_topo.cli.prune as prune_cli
-
-    def never(*args, **kwargs):
-        raise AssertionError("the checkpoint must not be loaded")
-
-    monkeypatch.setattr(prune_cli, "_load_module", never)
-    src = tmp_path / "src"
-    src.mkdir()
-    (src / "config.json").write_text("{}")  # looks like a model folder; never read here
-    assert topo_main(["prune", "--checkpoint", str(src), "--output", str(tmp_path / "out"), *extra]) == 2
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if line.startswith("lightning-topo prune:")]
-    assert len(lines) == 1 and lines[0].startswith("lightning-topo prune: error: "), err
-    assert needle in lines[0]
-    assert not (tmp_path / "out").exists()
+# The bad --distill/--temperature/--alpha options are cases of test_prune.py's
+# test_bad_options_refused_before_loading (one line, exit 2, nothing loaded or written).
