@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from pathlib import Path
+
+from lightning_topo.plots import _new_figure, _save
 
 __all__ = ["plot_layer_profiles"]
 
@@ -15,11 +16,7 @@ def plot_layer_profiles(profiles: Mapping[str, Mapping[int, float]], score: str,
     An empty label draws an unlabelled line (one model). The file is written to a temporary
     sibling and renamed.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(6.0, 4.0), dpi=100)
-    FigureCanvasAgg(fig)
+    fig = _new_figure()
     ax = fig.add_subplot(1, 1, 1)
     for label, values in profiles.items():
         layers = sorted(values)
@@ -29,9 +26,4 @@ def plot_layer_profiles(profiles: Mapping[str, Mapping[int, float]], score: str,
     ax.set_title(f"{score} per layer")
     if any(profiles):
         ax.legend()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
-    fig.savefig(tmp, format="png", bbox_inches="tight")
-    os.replace(tmp, path)
-    return path
+    return _save(fig, path)

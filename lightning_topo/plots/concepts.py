@@ -7,10 +7,11 @@ to a temporary sibling and renamed into place. Shared by
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from lightning_topo.plots import _new_figure, _save
 
 __all__ = ["plot_share_per_layer", "write_concept_figures"]
 
@@ -19,23 +20,6 @@ FIGURES: tuple[tuple[str, str, str], ...] = (
     ("matched", "share of concepts matched to a pre-trained concept", "concepts_matched"),
     ("polar", "share of concepts aligned to one output class", "concepts_polar"),
 )
-
-
-def _figure(width: float = 6.0, height: float = 4.0) -> Any:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=100)
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _save(fig: Any, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png", bbox_inches="tight")
-    os.replace(tmp, path)
-    return path
 
 
 def _label(record: Mapping[str, Any]) -> str:
@@ -66,7 +50,7 @@ def plot_share_per_layer(
     Returns:
         The path, or ``None`` when no record has a value for ``family`` (nothing is written).
     """
-    fig = _figure()
+    fig = _new_figure()
     ax = fig.add_subplot(1, 1, 1)
     drawn = 0
     for record in history:

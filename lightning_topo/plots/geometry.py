@@ -12,12 +12,13 @@ History records are those of :class:`~lightning_topo.callbacks.GeometryMonitor`:
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from lightning_topo.plots import _new_figure, _save, _x_axis
 
 __all__ = ["HEAD_PANELS", "CONE_SITES_PLOTTED", "plot_cone_vs_epoch", "plot_head_heatmaps"]
 
@@ -36,36 +37,6 @@ CONE_SITES_PLOTTED: dict[str, str] = {
     "/attention_output": "attention output",
     "": "layer output",
 }
-
-
-def _new_figure(width: float, height: float) -> Any:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=100)
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _save(fig: Any, path: Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
-    try:
-        fig.savefig(tmp, format="png", bbox_inches="tight")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
-
-
-def _x_axis(history: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray, str]:
-    """The epoch of each record, or its global step when an epoch holds several measurements."""
-    epochs = [int(r["epoch"]) for r in history]
-    if len(set(epochs)) == len(epochs) or any(r.get("step") is None for r in history):
-        return np.array(epochs, dtype=float), "epoch"
-    return np.array([int(r["step"]) for r in history], dtype=float), "global step"
 
 
 def plot_head_heatmaps(record: Mapping[str, Any], path: Path, title: str | None = None) -> Path:

@@ -8,11 +8,12 @@ here take the monitor's history
 from __future__ import annotations
 
 import math
-import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from lightning_topo.plots import _new_figure, _save
 
 __all__ = ["log_probe_to_wandb", "plot_probe_by_layer", "probe_table"]
 
@@ -34,12 +35,8 @@ def plot_probe_by_layer(
 ) -> Path:
     """One panel per target rule (ssp, essp, sp): held-out probe loss against the layer, one line
     per measured epoch (light = early, dark = late). Written atomically to ``path``."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     kinds = list(kinds) or ["ssp"]
-    fig = Figure(figsize=(4.2 * len(kinds), 3.6), dpi=100)
-    FigureCanvasAgg(fig)
+    fig = _new_figure(4.2 * len(kinds), 3.6)
     axes = fig.subplots(1, len(kinds), squeeze=False)[0]
     count = max(1, len(history))
     for index, (ax, kind) in enumerate(zip(axes, kinds, strict=True)):
@@ -86,11 +83,3 @@ def log_probe_to_wandb(
             f"{prefix}/history": wandb.Table(columns=columns, data=rows),
         }
     )
-
-
-def _save(fig: Any, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
-    fig.savefig(tmp, format="png", bbox_inches="tight")
-    os.replace(tmp, path)
-    return path
