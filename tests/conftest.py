@@ -49,6 +49,34 @@ def save_tiny_hf_folder(path):
     return path
 
 
+def random_token_batches(n=4, seed=0):
+    """``n`` seeded batches of 8 random token sequences of length 12 (3 of them padded from position
+    9), labelled by the parity of their second token: learnable, so training moves the weights."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        ids = torch.randint(5, 128, (8, 12), generator=g)
+        mask = torch.ones_like(ids)
+        mask[:3, 9:] = 0
+        ids[mask == 0] = 0
+        out.append({"input_ids": ids, "attention_mask": mask, "labels": (ids[:, 1] % 2).long()})
+    return out
+
+
+def batch_loader(batches):
+    """A DataLoader that yields the prepared ``batches`` as they are, in order."""
+    return torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False)
+
+
+def sequence_classifier(path):
+    """``SequenceClassifier`` of the HF folder ``path``: 2 labels, no warm-up, lr 1e-3."""
+    from lightning_topo.models.classifier import SequenceClassifier
+
+    return SequenceClassifier(
+        model_name_or_path=str(path), num_labels=2, warmup_ratio=0.0, learning_rate=1e-3
+    )
+
+
 def write_review_tsv(path, n_rows=120):
     """A tab-separated ``text``/``label`` file of ``n_rows`` short balanced movie-review lines."""
     words = ["good", "bad", "fine", "awful", "great", "boring", "fun", "dull"]

@@ -16,25 +16,12 @@ from lightning_topo.pruning.config import DEFAULT_TOPOLOGICAL, METHOD_STATS
 
 pl = pytest.importorskip("lightning.pytorch")
 
+from conftest import batch_loader as _loader  # noqa: E402
+from conftest import random_token_batches as _batches  # noqa: E402
+from conftest import sequence_classifier as _module  # noqa: E402
+
 from lightning_topo.callbacks import TopologicalPruning  # noqa: E402
 from lightning_topo.pruning import count_encoder_parameters, load_compressed  # noqa: E402
-
-
-def _batches(n=4, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(n):
-        ids = torch.randint(5, 128, (8, 12), generator=g)
-        mask = torch.ones_like(ids)
-        mask[:3, 9:] = 0
-        ids[mask == 0] = 0
-        labels = (ids[:, 1] % 2).long()
-        out.append({"input_ids": ids, "attention_mask": mask, "labels": labels})
-    return out
-
-
-def _loader(batches):
-    return torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False)
 
 
 @pytest.fixture
@@ -42,14 +29,6 @@ def tiny_dir(tiny_classifier, tmp_path):
     path = tmp_path / "tiny"
     tiny_classifier.save_pretrained(path)
     return path
-
-
-def _module(path):
-    from lightning_topo.models.classifier import SequenceClassifier
-
-    return SequenceClassifier(
-        model_name_or_path=str(path), num_labels=2, warmup_ratio=0.0, learning_rate=1e-3
-    )
 
 
 class _Snapshot(pl.Callback):
