@@ -40,13 +40,9 @@ def compressed_folder(tiny_hf_folder, tmp_path):
 
 @pytest.fixture
 def data_file(tmp_path):
-    words = ["good", "bad", "fine", "awful", "great", "boring", "fun", "dull"]
-    rows = ["text\tlabel"] + [
-        f"{words[(i * 3) % 8]} movie {words[i % 8]} plot {i}\t{i % 2}" for i in range(80)
-    ]
-    path = tmp_path / "data.tsv"
-    path.write_text("\n".join(rows) + "\n")
-    return path
+    from conftest import write_review_tsv
+
+    return write_review_tsv(tmp_path / "data.tsv", 80)
 
 
 def _rows(path):

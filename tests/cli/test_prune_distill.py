@@ -13,13 +13,9 @@ from lightning_topo.cli import main as topo_main
 
 @pytest.fixture
 def data_file(tmp_path):
-    words = ["good", "bad", "fine", "awful", "great", "boring", "fun", "dull"]
-    rows = ["text\tlabel"] + [
-        f"{words[(i * 3) % 8]} movie {words[i % 8]} plot {i}\t{i % 2}" for i in range(96)
-    ]
-    path = tmp_path / "data.tsv"
-    path.write_text("\n".join(rows) + "\n")
-    return path
+    from conftest import write_review_tsv
+
+    return write_review_tsv(tmp_path / "data.tsv", 96)
 
 
 def _argv(src, out, data_file, *extra):
