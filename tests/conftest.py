@@ -77,6 +77,35 @@ def sequence_classifier(path):
     )
 
 
+class _RecordingRun:
+    def __init__(self):
+        self.payloads = []
+
+    def log(self, payload):
+        self.payloads.append(payload)
+
+
+def recording_wandb_logger(tmp_path):
+    """A real ``WandbLogger`` subclass (offline) whose run only records the payloads it is given
+    (``logger.run.payloads``): what a monitor sends to W&B, without W&B."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    class RecordingWandbLogger(WandbLogger):
+        run = _RecordingRun()
+
+        @property
+        def experiment(self):
+            return self.run
+
+        def log_metrics(self, metrics, step=None):
+            pass
+
+        def log_hyperparams(self, params, *args, **kwargs):
+            pass
+
+    return RecordingWandbLogger(save_dir=str(tmp_path), offline=True)
+
+
 def write_review_tsv(path, n_rows=120):
     """A tab-separated ``text``/``label`` file of ``n_rows`` short balanced movie-review lines."""
     words = ["good", "bad", "fine", "awful", "great", "boring", "fun", "dull"]

@@ -234,40 +234,12 @@ def test_resume_restores_history(tmp_path, tiny_config):
     assert second.history[:2] == first.history
 
 
-class _FakeRun:
-    def __init__(self):
-        self.payloads = []
-
-    def log(self, payload):
-        self.payloads.append(payload)
-
-
-def _recording_wandb_logger(tmp_path):
-    from lightning.pytorch.loggers import WandbLogger
-
-    class RecordingWandbLogger(WandbLogger):
-        """A real WandbLogger subclass whose run only records what it is given."""
-
-        run = _FakeRun()
-
-        @property
-        def experiment(self):
-            return self.run
-
-        def log_metrics(self, metrics, step=None):
-            pass
-
-        def log_hyperparams(self, params, *args, **kwargs):
-            pass
-
-    return RecordingWandbLogger(save_dir=str(tmp_path), offline=True)
-
-
 def test_log_prefix_names_metrics_files_and_wandb_images_and_table(tmp_path, tiny_config):
     pytest.importorskip("wandb")
     import wandb
+    from conftest import recording_wandb_logger
 
-    logger = _recording_wandb_logger(tmp_path)
+    logger = recording_wandb_logger(tmp_path)
     monitor = GeometryMonitor(layers=[-1], log_prefix="geo/")
     trainer, _ = run_fit(tmp_path, tiny_config, monitor, max_epochs=3, logger=logger)
     assert {"geo/cone/layer_2", "geo/attention_entropy/layer_2", "geo/cone/layer_2/pearson_val_acc"} <= set(

@@ -565,40 +565,12 @@ def test_mid_epoch_validation_gets_its_own_record(tmp_path, tiny_config):
     assert len({r["scores"]["topo/psf"] for r in monitor.history}) == 4  # weights changed between runs
 
 
-class _FakeRun:
-    def __init__(self):
-        self.payloads = []
-
-    def log(self, payload):
-        self.payloads.append(payload)
-
-
-def _recording_wandb_logger(tmp_path):
-    from lightning.pytorch.loggers import WandbLogger
-
-    class RecordingWandbLogger(WandbLogger):
-        """A real WandbLogger subclass whose run only records what it is given."""
-
-        run = _FakeRun()
-
-        @property
-        def experiment(self):
-            return self.run
-
-        def log_metrics(self, metrics, step=None):
-            pass
-
-        def log_hyperparams(self, params, *args, **kwargs):
-            pass
-
-    return RecordingWandbLogger(save_dir=str(tmp_path), offline=True)
-
-
 def test_log_prefix_names_metrics_files_and_wandb_table(tmp_path, tiny_config):
     pytest.importorskip("wandb")
     import wandb
+    from conftest import recording_wandb_logger
 
-    logger = _recording_wandb_logger(tmp_path)
+    logger = recording_wandb_logger(tmp_path)
     monitor = PersistenceScoreMonitor(log_prefix="lens/", max_points_per_class=64)
     trainer, _ = fit(tmp_path, tiny_config, monitor=monitor, max_epochs=3, logger=logger)
     assert {"lens/psf", "lens/psf/class_1", "lens/h1/entropy", "lens/psf/pearson_val_acc"} <= set(
