@@ -106,6 +106,21 @@ def recording_wandb_logger(tmp_path):
     return RecordingWandbLogger(save_dir=str(tmp_path), offline=True)
 
 
+def wandb_scalars_missing(run_dir, keys, timeout=60.0):
+    """The ``keys`` not (yet) in the offline W&B run file under ``run_dir``, waiting up to
+    ``timeout`` seconds for them: the W&B service writes that file asynchronously, and a loaded
+    machine is slow."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        records = b"".join(p.read_bytes() for p in run_dir.glob("run-*.wandb"))
+        missing = [k for k in keys if k.encode() not in records]
+        if not missing or time.monotonic() > deadline:
+            return missing
+        time.sleep(0.5)
+
+
 def write_review_tsv(path, n_rows=120):
     """A tab-separated ``text``/``label`` file of ``n_rows`` short balanced movie-review lines."""
     words = ["good", "bad", "fine", "awful", "great", "boring", "fun", "dull"]

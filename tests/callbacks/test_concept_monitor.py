@@ -379,7 +379,6 @@ def test_nan_hidden_states_log_nan_for_every_name(tmp_path, model_dir, data_file
 
 
 def test_wandb_offline_run_holds_scalars_images_and_table(tmp_path, model_dir, data_file, monkeypatch):
-    import time
 
     pytest.importorskip("wandb")
     from lightning.pytorch.loggers import WandbLogger
@@ -401,13 +400,9 @@ def test_wandb_offline_run_holds_scalars_images_and_table(tmp_path, model_dir, d
         "concepts/trigger_drop",
         "concepts/random_drop",
     )
-    deadline = time.monotonic() + 60  # the W&B service writes the run file asynchronously
-    while True:
-        records = b"".join(p.read_bytes() for p in run_dir.glob("run-*.wandb"))
-        missing = [k for k in keys if k.encode() not in records]
-        if not missing or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
+    from conftest import wandb_scalars_missing
+
+    missing = wandb_scalars_missing(run_dir, keys)
     assert not missing, f"scalars missing from the offline run file: {missing}"
     images = sorted(p.name for p in (run_dir / "files" / "media" / "images").rglob("*.png"))
     assert any("concepts_polar" in n for n in images) and any("concepts_matched" in n for n in images), images

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -458,14 +457,9 @@ def test_wandb_offline_run_holds_scalars_and_images(tmp_path, tiny_config, monke
         "topo/psf/pearson_val_acc",
         "val/acc",
     )
-    # the W&B service writes the run file asynchronously: wait for it (a loaded machine is slow)
-    deadline = time.monotonic() + 60
-    while True:
-        records = b"".join(p.read_bytes() for p in run_dir.glob("run-*.wandb"))
-        missing = [k for k in keys if k.encode() not in records]
-        if not missing or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
+    from conftest import wandb_scalars_missing
+
+    missing = wandb_scalars_missing(run_dir, keys)
     assert not missing, f"scalars missing from the offline run file: {missing}"
     images = sorted(p.name for p in (run_dir / "files" / "media" / "images").rglob("*.png"))
     assert any(n.startswith("topo_psf_vs_epoch") for n in images)
