@@ -915,15 +915,21 @@ FIT_CASES = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize("case", FIT_CASES, ids=lambda c: c.id)
-def test_fit_cli_refuses(case: CliCase, tmp_path, monkeypatch, capsys):
+def _refused_in(tmp_path, case: CliCase, monkeypatch, capsys) -> dict:
+    """Run ``case`` in ``tmp_path``; check exit status 2 and its phrase in the one error line;
+    return the snapshot of ``tmp_path`` taken before the run."""
     monkeypatch.chdir(tmp_path)
-    env = Env(tmp_path, monkeypatch)
-    argv = case.argv(env)
+    argv = case.argv(Env(tmp_path, monkeypatch))
     before = snapshot(tmp_path)
     status, line = run_cli(argv, capsys)
     assert status == 2
     assert case.phrase in line, line
+    return before
+
+
+@pytest.mark.parametrize("case", FIT_CASES, ids=lambda c: c.id)
+def test_fit_cli_refuses(case: CliCase, tmp_path, monkeypatch, capsys):
+    before = _refused_in(tmp_path, case, monkeypatch, capsys)
     assert not new_entries(before, snapshot(tmp_path), tmp_path, run_folder="runs"), (
         "written before the refusal"
     )
@@ -1017,13 +1023,7 @@ PRUNE_CASES = [
 
 @pytest.mark.parametrize("case", PRUNE_CASES, ids=lambda c: c.id)
 def test_prune_cli_refuses(case: CliCase, tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)
-    env = Env(tmp_path, monkeypatch)
-    argv = case.argv(env)
-    before = snapshot(tmp_path)
-    status, line = run_cli(argv, capsys)
-    assert status == 2
-    assert case.phrase in line, line
+    before = _refused_in(tmp_path, case, monkeypatch, capsys)
     assert new_entries(before, snapshot(tmp_path), tmp_path) == {}, "written or changed before the refusal"
     assert not (tmp_path / "pwned").exists()  # the malicious pickle ran nothing
 
