@@ -49,6 +49,22 @@ def save_tiny_hf_folder(path):
     return path
 
 
+def labelled_token_dataset(n=32, seed=0, empty_row=None, *, seq=8, num_classes=2):
+    """``n`` single examples (dicts of 1-D tensors) whose label is written in token 1, so a tiny
+    model learns it; every third row is padded in its last 2 positions; row ``empty_row`` (if
+    given) is all padding."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, 128, (n, seq), generator=g)
+    labels = torch.arange(n) % num_classes
+    ids[:, 1] = labels + 1
+    mask = torch.ones(n, seq, dtype=torch.long)
+    mask[::3, seq - 2 :] = 0
+    if empty_row is not None:
+        mask[empty_row] = 0
+    ids[mask == 0] = 0
+    return [{"input_ids": ids[i], "attention_mask": mask[i], "labels": labels[i]} for i in range(n)]
+
+
 def random_token_batches(n=4, seed=0):
     """``n`` seeded batches of 8 random token sequences of length 12 (3 of them padded from position
     9), labelled by the parity of their second token: learnable, so training moves the weights."""

@@ -11,6 +11,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
+from conftest import labelled_token_dataset as dataset
 from torch.utils.data import DataLoader
 
 import lightning_topo
@@ -40,17 +41,6 @@ class Tiny(pl.LightningModule):
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.05)
-
-
-def dataset(n, seed):
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(5, 128, (n, 8), generator=g)
-    labels = torch.arange(n) % 2
-    ids[:, 1] = labels + 1
-    mask = torch.ones(n, 8, dtype=torch.long)
-    mask[::3, 6:] = 0
-    ids[mask == 0] = 0
-    return [{"input_ids": ids[i], "attention_mask": mask[i], "labels": labels[i]} for i in range(n)]
 
 
 def _fit(tmp_path, config, callbacks, val):

@@ -9,6 +9,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
+from conftest import labelled_token_dataset as make_dataset
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader
@@ -61,19 +62,6 @@ class TinyClassifier(pl.LightningModule):
 def _geometry_hooks(model) -> int:
     hooks = [h for m in model.modules() for h in (*m._forward_hooks.values(), *m._forward_pre_hooks.values())]
     return sum(getattr(h, "__module__", "") == "lightning_topo.representations.geometry" for h in hooks)
-
-
-def make_dataset(n: int, seed: int, empty_row: int | None = None):
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(5, 128, (n, 8), generator=g)
-    labels = torch.arange(n) % 2
-    ids[:, 1] = labels + 1
-    mask = torch.ones(n, 8, dtype=torch.long)
-    mask[::3, 6:] = 0
-    if empty_row is not None:
-        mask[empty_row] = 0
-    ids[mask == 0] = 0
-    return [{"input_ids": ids[i], "attention_mask": mask[i], "labels": labels[i]} for i in range(n)]
 
 
 class TinyData(pl.LightningDataModule):

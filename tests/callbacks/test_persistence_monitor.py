@@ -9,6 +9,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
+from conftest import labelled_token_dataset as make_dataset
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader
@@ -65,17 +66,6 @@ class TinyClassifier(pl.LightningModule):
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=self.lr)
-
-
-def make_dataset(n: int = 32, seq: int = 8, seed: int = 0, num_classes: int = 2):
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(5, 128, (n, seq), generator=g)
-    labels = torch.arange(n) % num_classes
-    ids[:, 1] = labels + 1  # the label is written in token 1: learnable
-    mask = torch.ones(n, seq, dtype=torch.long)
-    mask[::3, seq - 2 :] = 0
-    ids[mask == 0] = 0
-    return [{"input_ids": ids[i], "attention_mask": mask[i], "labels": labels[i]} for i in range(n)]
 
 
 def loaders(n_train=32, n_val=24, batch_size=8, num_classes=2):
