@@ -381,8 +381,9 @@ class SeedContext:
         self.val = load_split("val")
         if args.val_limit:
             self.val = (self.val[0][: args.val_limit], self.val[1][: args.val_limit])
-        self.train = subset(*load_split("train"), args.recover_sentences or None, seed=2)
-        cal_x, cal_y = subset(*load_split("train"), args.calib_sentences, seed=1000 + seed)
+        train = load_split("train")
+        self.train = subset(*train, args.recover_sentences or None, seed=2)
+        cal_x, cal_y = subset(*train, args.calib_sentences, seed=1000 + seed)
         self.calib = list(batches(self.tok, cal_x, cal_y))
 
 
@@ -449,7 +450,7 @@ def run_cell(ctx: SeedContext, method: str, ratio: float, kd: bool, args) -> Non
     acc0 = evaluate(model, ctx.tok, *ctx.val)
     teacher = None
     if kd:
-        teacher = load_base(ctx.seed)[0].requires_grad_(False).eval().to(DEVICE)
+        teacher = ctx.base.requires_grad_(False).eval().to(DEVICE)  # the base is never trained here
     rec_s = train_epochs(
         model, ctx.tok, *ctx.train, epochs=1, lr=args.recover_lr, seed=ctx.seed, log_every=0, teacher=teacher
     )
