@@ -58,7 +58,7 @@ def hf_model_paths(module: nn.Module) -> dict[str, list[str]]:
             found.setdefault(id(sub), []).append(path)
             objects[id(sub)] = sub
     inner: set[int] = set()
-    for key, obj in objects.items():
+    for obj in objects.values():
         for _, sub in obj.named_modules(remove_duplicate=False):
             if sub is not obj and id(sub) in objects:
                 inner.add(id(sub))
@@ -116,9 +116,7 @@ def find_hf_model(module: nn.Module, model_attr: str | None = None) -> tuple[str
             f"not in a plain list or dict, and pass model_attr='path.to.model' if it is wrapped"
         )
     if len(candidates) > 1:
-        listed = ", ".join(
-            f"{first} ({type(module.get_submodule(first)).__name__})" for first in candidates
-        )
+        listed = ", ".join(f"{first} ({type(module.get_submodule(first)).__name__})" for first in candidates)
         raise ValueError(
             f"{owner} holds {len(candidates)} Hugging Face models: {listed}; say which one with "
             f"model_attr= (e.g. model_attr={next(iter(candidates))!r})"
