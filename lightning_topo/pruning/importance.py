@@ -137,28 +137,27 @@ class _PositionSample:
         return [self.rows[kind, i] for i in range(n_layers)]
 
 
-def _record_ffn(captured: dict, i: int, _module: nn.Module, _inputs: Any, out: Tensor) -> None:
-    captured["ffn", i] = out[captured["mask"]].detach().float().cpu()
+def _record_ffn(captured: dict, i: int, _module: nn.Module, inputs: tuple[Tensor, ...]) -> None:
+    captured["ffn", i] = inputs[0][captured["mask"]].detach().float().cpu()
 
 
-def _record_heads(
-    captured: dict, i: int, layer: nn.Module, _module: nn.Module, _inputs: Any, out: Any
-) -> None:
-    context = out[0] if isinstance(out, tuple) else out
-    rows = context[captured["mask"]].detach().float().cpu()
+def _record_heads(captured: dict, i: int, layer: nn.Module, _module: nn.Module, inputs: tuple[Tensor, ...]) -> None:
+    rows = inputs[0][captured["mask"]].detach().float().cpu()
     captured["heads", i] = rows.reshape(rows.shape[0], layout.num_heads(layer), layout.head_size(layer))
 
 
 def _install_recorders(layers: nn.ModuleList, units: tuple[str, ...], captured: dict) -> list[Any]:
-    """Forward hooks: FFN outputs after the activation, heads' context vectors before ``attention.output``."""
+    """Forward pre-hooks on the output projections: what enters the FFN output projection (the
+    units' values after the activation) and the attention output projection (the heads' context
+    vectors, ``(positions, heads * head_size)``)."""
     handles = []
     for i, layer in enumerate(layers):
         if "ffn" in units:
             hook = partial(_record_ffn, captured, i)
-            handles.append(layout.ffn_activation(layer).register_forward_hook(hook))
+            handles.append(layout.ffn_output(layer).register_forward_pre_hook(hook))
         if "heads" in units:
             hook = partial(_record_heads, captured, i, layer)
-            handles.append(layout.self_attention(layer).register_forward_hook(hook))
+            handles.append(layout.attention_output(layer).register_forward_pre_hook(hook))
     return handles
 
 

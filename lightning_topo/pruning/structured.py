@@ -1,10 +1,11 @@
 """Structured surgery: physically remove FFN units and attention heads of a BERT-family encoder.
 
-Removing FFN unit ``j`` of a layer deletes row ``j`` of ``intermediate.dense`` (weight and bias) and
-column ``j`` of ``output.dense``; removing head ``h`` deletes its ``head_size`` rows of
-``attention.self.{query,key,value}`` and the matching columns of ``attention.output.dense``, and
-updates ``num_attention_heads``/``all_head_size`` on the attention module (BERT reshapes with
-``attention_head_size``, which is unchanged). The outputs of the kept units are exactly those of the
+Removing FFN unit ``j`` of a layer deletes row ``j`` of the FFN input projection (BERT's
+``intermediate.dense``: weight and bias) and column ``j`` of the FFN output projection
+(``output.dense``); removing head ``h`` deletes its ``head_size`` rows of every head-row projection
+(query/key/value, and DeBERTa's relative-position projections) and the matching columns of the
+attention output projection, and updates the head counts on the attention module (the head size is
+unchanged). Module names per family are :mod:`lightning_topo.pruning.layout`'s. The outputs of the kept units are exactly those of the
 original model, so pruning equals zeroing the removed units' outgoing weights.
 
 Budgets: ``ratio`` = fraction of the *encoder's* parameters kept (``base_model.encoder``; embeddings,
@@ -70,7 +71,7 @@ def count_encoder_parameters(model: nn.Module) -> int:
 def _unit_costs(layer: nn.Module) -> tuple[int, int]:
     """Parameters removed with one head and with one FFN unit of ``layer``."""
     d = layout.head_size(layer)
-    head = sum(d * (lin.in_features + (lin.bias is not None)) for lin in layout.head_projections(layer))
+    head = sum(d * (lin.in_features + (lin.bias is not None)) for _, lin in layout.head_row_projections(layer))
     head += d * layout.attention_output(layer).out_features
     ffn_in = layout.ffn_input(layer)
     ffn = ffn_in.in_features + (ffn_in.bias is not None) + layout.ffn_output(layer).out_features
@@ -263,8 +264,8 @@ def _kept_indices(model: nn.Module, masks: KeepMasks) -> tuple[list[Tensor] | No
 def _shrink_heads(layer: nn.Module, keep: Tensor) -> None:
     d = layout.head_size(layer)
     rows = (keep.unsqueeze(1) * d + torch.arange(d)).flatten()
-    q, k, v = (_prune(lin, rows, 0) for lin in layout.head_projections(layer))
-    layout.replace_heads(layer, (q, k, v), _prune(layout.attention_output(layer), rows, 1), keep.numel())
+    new_rows = {path: _prune(lin, rows, 0) for path, lin in layout.head_row_projections(layer)}
+    layout.replace_heads(layer, new_rows, _prune(layout.attention_output(layer), rows, 1), keep.numel())
 
 
 @torch.no_grad()
@@ -289,7 +290,7 @@ def apply_keep_masks(model: nn.Module, masks: KeepMasks) -> nn.Module:
             layout.replace_ffn(layer, new_in, _prune(layout.ffn_output(layer), ffn_idx[i], 1))
         if heads_idx is not None and heads_idx[i].numel() < layout.num_heads(layer):
             _shrink_heads(layer, heads_idx[i])
-    _record_widths(model)
+    layout.record_widths(model)
     return model
 
 
@@ -300,17 +301,6 @@ def _prune(linear: nn.Linear, index: Tensor, dim: int) -> nn.Linear:
     if new.bias is not None and linear.bias is not None:
         new.bias.requires_grad_(linear.bias.requires_grad)
     return new
-
-
-def _record_widths(model: nn.Module) -> None:
-    config = getattr(model, "config", None)
-    if config is None:
-        return
-    widths = layer_widths(model)
-    config.intermediate_sizes = widths["ffn"]
-    config.num_heads_per_layer = widths["heads"]
-    if len(set(widths["ffn"])) == 1:
-        config.intermediate_size = widths["ffn"][0]
 
 
 @torch.no_grad()

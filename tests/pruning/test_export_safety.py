@@ -129,6 +129,7 @@ def test_roberta_per_layer_and_uniform_round_trip(tiny_batch, tmp_path):
 
 def test_check_supported_names_the_supported_classes(tiny_classifier):
     from transformers import BertConfig, BertForMaskedLM, ElectraConfig, ElectraForSequenceClassification
+    from transformers import GPT2Config, GPT2ForSequenceClassification
 
     from lightning_topo.pruning.layout import check_supported
 
@@ -138,13 +139,13 @@ def test_check_supported_names_the_supported_classes(tiny_classifier):
     small = dict(
         vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32
     )
-    for model in (
-        ElectraForSequenceClassification(ElectraConfig(**small)),
-        BertForMaskedLM(BertConfig(**small)),
-    ):
-        with pytest.raises(TypeError, match="RobertaForSequenceClassification") as err:
+    assert check_supported(ElectraForSequenceClassification(ElectraConfig(**small))) == "electra"
+    gpt2 = GPT2ForSequenceClassification(GPT2Config(vocab_size=64, n_embd=16, n_layer=1, n_head=2))
+    for model in (BertForMaskedLM(BertConfig(**small)), gpt2):
+        with pytest.raises(TypeError, match=r"DistilBERT \(distilbert\).*DeBERTa-v2/v3 \(deberta-v2\)") as err:
             check_supported(model)
         assert type(model).__name__ in str(err.value)
+        assert "\n" not in str(err.value)
     with pytest.raises(TypeError, match="BERT-family"):
         check_supported(torch.nn.Linear(2, 2))
 
