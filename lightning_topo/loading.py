@@ -29,12 +29,14 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 __all__ = [
     "MANIFEST_NAME",
+    "OWN_AUTO_MAP",
     "OWN_MODEL_TYPES",
     "ModelFolder",
     "check_model_folder",
@@ -43,21 +45,15 @@ __all__ = [
     "load_tokenizer",
 ]
 
-#: ``model_type`` of lightning-topo's compressed checkpoints -> the ``auto_map`` values such a
-#: folder may carry (module ``pruned_bert`` of the folder, our class names). A folder with one of
-#: these model types and any other ``auto_map`` value is refused like a foreign one.
-OWN_MODEL_TYPES: dict[str, frozenset[str]] = {
-    "pruned_bert": frozenset(
-        {"pruned_bert.PrunedBertConfig", "pruned_bert.PrunedBertModel", "pruned_bert.PrunedBertForSequenceClassification"}
-    ),
-    "pruned_roberta": frozenset(
-        {
-            "pruned_bert.PrunedRobertaConfig",
-            "pruned_bert.PrunedRobertaModel",
-            "pruned_bert.PrunedRobertaForSequenceClassification",
-        }
-    ),
-}
+#: ``model_type`` of lightning-topo's compressed checkpoints with per-layer widths (the classes
+#: of :mod:`lightning_topo.pruning.remote_code.pruned_bert`, one per supported family).
+OWN_MODEL_TYPES: frozenset[str] = frozenset(
+    {"pruned_bert", "pruned_roberta", "pruned_electra", "pruned_distilbert", "pruned_deberta-v2"}
+)
+#: The ``auto_map`` values such a folder may carry: a ``Pruned*`` class of its ``pruned_bert``
+#: module. They are never resolved from the folder (our registered classes are used), but any
+#: other value marks the folder as foreign.
+OWN_AUTO_MAP = re.compile(r"pruned_bert\.Pruned[A-Za-z0-9]+")
 
 #: Checksum manifest that every folder written by ``save_compressed`` holds.
 MANIFEST_NAME = "SHA256SUMS"
@@ -77,6 +73,8 @@ class ModelFolder:
         written_by_us: ``own``, or the folder has a ``SHA256SUMS`` manifest (a compressed
             checkpoint of uniform widths uses the stock config): read it with
             :func:`lightning_topo.pruning.load_compressed`, which verifies the manifest.
+        config: ``config.json`` as read (``{}`` without one), for callers that need e.g. the
+            saved head's ``id2label`` without loading anything.
     """
 
     path: str
@@ -84,6 +82,7 @@ class ModelFolder:
     model_type: str | None
     own: bool
     written_by_us: bool
+    config: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
 def _read_json(file: Path) -> dict[str, Any] | None:
@@ -92,7 +91,9 @@ def _read_json(file: Path) -> dict[str, Any] | None:
     try:
         data = json.loads(file.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"model folder file {str(file)!r} is not valid UTF-8 JSON ({err}); it was not loaded") from None
+        raise ValueError(
+            f"model folder file {str(file)!r} is not valid UTF-8 JSON ({err}); it was not loaded"
+        ) from None
     if not isinstance(data, dict):
         raise ValueError(f"model folder file {str(file)!r} holds a JSON {type(data).__name__}, not an object")
     return data
@@ -122,7 +123,7 @@ def check_model_folder(path: str | os.PathLike[str]) -> ModelFolder:
     Reads ``config.json`` and ``tokenizer_config.json`` as plain JSON (nothing is imported or
     run). Accepted: a ``model_type`` transformers knows natively (``bert``, ``roberta``, ...)
     without an ``auto_map``, and lightning-topo's own compressed checkpoints (a model type of
-    :data:`OWN_MODEL_TYPES` whose ``auto_map`` names only our classes). A path that is not a local
+    :data:`OWN_MODEL_TYPES` whose ``auto_map`` names only our classes, :data:`OWN_AUTO_MAP`). A path that is not a local
     folder (a Hub id) is returned unchecked (``local=False``).
 
     Args:
@@ -144,7 +145,9 @@ def check_model_folder(path: str | os.PathLike[str]) -> ModelFolder:
     model_type = config.get("model_type")
     config_file = str(folder / "config.json")
     if model_type is not None and not isinstance(model_type, str):
-        raise ValueError(f"{config_file!r}: model_type must be a string; got {model_type!r}; the folder was not loaded")
+        raise ValueError(
+            f"{config_file!r}: model_type must be a string; got {model_type!r}; the folder was not loaded"
+        )
     own = model_type in OWN_MODEL_TYPES
     if model_type is not None and not own and model_type not in _native_model_types():
         raise ValueError(
@@ -154,8 +157,7 @@ def check_model_folder(path: str | os.PathLike[str]) -> ModelFolder:
             "(model_type 'bert', 'roberta', ...) or a checkpoint written by lightning-topo"
         )
     if "auto_map" in config:
-        allowed = OWN_MODEL_TYPES.get(model_type or "", frozenset())
-        foreign = [v for v in _auto_map_values(config["auto_map"]) if v not in allowed]
+        foreign = [v for v in _auto_map_values(config["auto_map"]) if not (own and OWN_AUTO_MAP.fullmatch(v))]
         if foreign:
             raise ValueError(
                 f"{config_file!r} has an auto_map naming code in the folder ({foreign[0]!r}) that is not "
@@ -173,7 +175,7 @@ def check_model_folder(path: str | os.PathLike[str]) -> ModelFolder:
             "standard tokenizer class"
         )
     written_by_us = own or (folder / MANIFEST_NAME).is_file()
-    return ModelFolder(text, True, model_type, own, written_by_us)
+    return ModelFolder(text, True, model_type, own, written_by_us, config)
 
 
 def _safe_kwargs(what: str, kwargs: dict[str, Any]) -> dict[str, Any]:

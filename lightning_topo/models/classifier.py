@@ -16,9 +16,10 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from lightning_topo.encoding import EncodedBatch, encode_hf_model, model_inputs
+from lightning_topo.loading import check_model_folder, load_model
 from lightning_topo.models.embedded import resolve_model_path
 
-__all__ = ["SequenceClassifier", "AuxiliaryLoss", "TrainingLoss", "linear_warmup_decay"]
+__all__ = ["SequenceClassifier", "AuxiliaryLoss", "TrainingLoss", "linear_warmup_decay", "load_hf_classifier"]
 
 #: Signature of an auxiliary loss: ``fn(encoded, batch) -> scalar tensor``.
 AuxiliaryLoss = Callable[[EncodedBatch, Mapping[str, Any]], Tensor]
@@ -59,6 +60,140 @@ def _check_arguments(model_name_or_path: Any, num_labels: Any, *numbers: Any) ->
     for name, value in zip(names, numbers, strict=True):
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
             raise TypeError(f"{name} must be a finite number; got {type(value).__name__} {value!r}")
+    learning_rate, weight_decay, _warmup, adam_epsilon = numbers
+    if weight_decay < 0:
+        raise ValueError(
+            f"weight_decay must be >= 0 (0 = no decay; AdamW's usual values are 0.0-0.1); got {weight_decay}"
+        )
+    if adam_epsilon <= 0:
+        raise ValueError(f"adam_epsilon must be > 0 (AdamW's default is 1e-8); got {adam_epsilon}")
+
+
+def _saved_head_size(config: Mapping[str, Any]) -> int | None:
+    """Number of classes of the classification head a folder's ``config.json`` was saved with,
+    or ``None`` when the folder holds no such head (a bare encoder such as the embedded MiniLM)."""
+    architectures = config.get("architectures") or []
+    if not any(str(a).endswith("ForSequenceClassification") for a in architectures):
+        return None
+    id2label = config.get("id2label")
+    if isinstance(id2label, Mapping) and id2label:
+        return len(id2label)
+    num = config.get("num_labels")
+    return num if isinstance(num, int) and not isinstance(num, bool) else None
+
+
+def load_hf_classifier(
+    model_name_or_path: str | None,
+    num_labels: int,
+    ignore_mismatched_sizes: bool | None = None,
+    **kwargs: Any,
+) -> nn.Module:
+    """The ``AutoModelForSequenceClassification`` that :class:`SequenceClassifier` wraps.
+
+    No code from the folder ever runs: the folder is checked by
+    :func:`lightning_topo.loading.check_model_folder` (an unknown ``model_type`` or a foreign
+    ``auto_map`` is refused) and loaded with ``trust_remote_code=False``. A folder written by
+    :func:`lightning_topo.pruning.save_compressed` (our ``model_type``, or a ``SHA256SUMS``
+    manifest) is read by :func:`lightning_topo.pruning.load_compressed` with ``verify=True``: every
+    file is checked against the manifest, and the pruned classes are lightning-topo's own.
+
+    Args:
+        model_name_or_path: local folder or Hub id; ``None`` = the embedded MiniLM.
+        num_labels: classes of the head to build.
+        ignore_mismatched_sizes: what to do when the folder's saved classification head has another
+            number of classes than ``num_labels``. ``None`` (default): warn and start a fresh head;
+            ``True``: the same without the warning; ``False``: refuse. Folders without a saved head
+            (a bare encoder) always get a fresh head.
+        kwargs: more ``from_pretrained`` arguments (``id2label``, ``classifier_dropout``, ...).
+
+    Raises:
+        ValueError: the folder is refused, fails its checksums, or (``ignore_mismatched_sizes=False``)
+            its head has another size.
+        FileNotFoundError: a local path that does not exist.
+    """
+    path = resolve_model_path(model_name_or_path)
+    info = check_model_folder(path)
+    saved = _saved_head_size(info.config)
+    if saved is not None and saved != num_labels:
+        if ignore_mismatched_sizes is False:
+            raise ValueError(
+                f"model_name_or_path {path!r} has a classification head of {saved} classes but num_labels="
+                f"{num_labels} (the data has {num_labels} classes); pass ignore_mismatched_sizes=true "
+                "(model.ignore_mismatched_sizes) to start a fresh head, or use data with the same classes"
+            )
+        if ignore_mismatched_sizes is None:
+            rank_zero_warn(
+                f"model_name_or_path {path!r} has a classification head of {saved} classes but num_labels="
+                f"{num_labels}: the head is re-initialised (ignore_mismatched_sizes); pass "
+                "ignore_mismatched_sizes=False to refuse instead"
+            )
+        kwargs["ignore_mismatched_sizes"] = True
+    elif ignore_mismatched_sizes:
+        kwargs["ignore_mismatched_sizes"] = True
+    kwargs["num_labels"] = num_labels
+    if info.written_by_us:
+        from lightning_topo.pruning.export import load_compressed
+
+        return load_compressed(path, verify=True, trust_remote_code=False, **kwargs)
+    from transformers import AutoModelForSequenceClassification
+
+    return load_model(AutoModelForSequenceClassification, path, **kwargs)
+
+
+#: HF config keys that fix the architecture: a checkpoint that differs in one of them (or in the
+#: model family) is another model, not this one shrunk by pruning (which changes only the FFN
+#: widths and head counts: ``intermediate_size(s)``, ``num_heads_per_layer``).
+_ARCHITECTURE_KEYS = (
+    "hidden_size",
+    "num_hidden_layers",
+    "vocab_size",
+    "max_position_embeddings",
+    "type_vocab_size",
+)
+
+
+def _describe(config: Mapping[str, Any]) -> str:
+    family = str(config.get("model_type", "?")).removeprefix("pruned_")
+    parts = [f"{k}={config[k]}" for k in _ARCHITECTURE_KEYS if k in config]
+    labels = config.get("id2label")
+    if isinstance(labels, Mapping):
+        parts.append(f"num_labels={len(labels)}")
+    return f"{family} ({', '.join(parts)})"
+
+
+def _check_same_architecture(
+    current: Mapping[str, Any],
+    saved: Mapping[str, Any] | None,
+    own: Mapping[str, Tensor],
+    state: Mapping[str, Any],
+) -> None:
+    """Refuse a checkpoint of another architecture than the model built from the config
+    (``fit|validate|test --ckpt_path`` of another run), before Lightning loads or trains it.
+
+    Shapes that pruning changes are allowed (the model is then rebuilt from ``saved``); anything
+    else (model family, hidden size, layers, vocabulary, positions, number of classes, or any
+    weight of another shape without a saved HF config) raises ``ValueError`` naming both.
+    """
+    if saved is not None:
+        same_family = str(saved.get("model_type", "")).removeprefix("pruned_") == str(
+            current.get("model_type", "")
+        ).removeprefix("pruned_")
+        differ = [k for k in _ARCHITECTURE_KEYS if saved.get(k) != current.get(k)]
+        labels = [len(c.get("id2label") or {}) for c in (saved, current)]
+        if not same_family or differ or labels[0] != labels[1]:
+            raise ValueError(
+                f"the checkpoint (ckpt_path) holds a {_describe(saved)} model but the model built from the "
+                f"config is {_describe(current)}; set model.model_name_or_path (and the data) to those the "
+                "checkpoint was trained with, or drop ckpt_path. Nothing was trained"
+            )
+        return
+    for key, value in state.items():
+        if key in own and isinstance(value, Tensor) and own[key].shape != value.shape:
+            raise ValueError(
+                f"the checkpoint (ckpt_path) holds {key} of shape {tuple(value.shape)} but the model built "
+                f"from the config has {tuple(own[key].shape)}; it was saved from another architecture. Set "
+                "model.model_name_or_path to the model it was trained with, or drop ckpt_path. Nothing was trained"
+            )
 
 
 class SequenceClassifier(pl.LightningModule):
@@ -89,6 +224,16 @@ class SequenceClassifier(pl.LightningModule):
             by linear decay to 0. Default ``0.1``.
         adam_epsilon: AdamW epsilon. Default ``1e-8``.
         classifier_dropout: dropout before the head; ``None`` keeps the checkpoint's setting.
+        ignore_mismatched_sizes: when ``model_name_or_path`` holds a classification head with
+            another number of classes than ``num_labels``: ``None`` (default) warns and starts a
+            fresh head, ``True`` does so silently, ``False`` refuses (see
+            :func:`load_hf_classifier`).
+
+    Model folders are never trusted: no code from them runs (``trust_remote_code=False``; an
+    unknown ``model_type`` or foreign ``auto_map`` is refused), and a compressed checkpoint written
+    by :func:`lightning_topo.pruning.save_compressed` loads through lightning-topo's own classes
+    after its ``SHA256SUMS`` check, so ``lightning-topo fit|validate|test|predict
+    --model.model_name_or_path runs/.../pruned`` works.
 
     Attributes:
         restores_shapes_on_load: ``True``: :meth:`on_load_checkpoint` rebuilds ``self.model`` from
@@ -115,6 +260,7 @@ class SequenceClassifier(pl.LightningModule):
         warmup_ratio: float = 0.1,
         adam_epsilon: float = 1e-8,
         classifier_dropout: float | None = None,
+        ignore_mismatched_sizes: bool | None = None,
     ) -> None:
         super().__init__()
         _check_arguments(
@@ -130,19 +276,19 @@ class SequenceClassifier(pl.LightningModule):
             raise ValueError(f"learning_rate must be > 0; got {learning_rate}")
         if isinstance(model_name_or_path, os.PathLike):  # saved as a string (weights_only checkpoints)
             model_name_or_path = os.fspath(model_name_or_path)
+        if ignore_mismatched_sizes is not None and not isinstance(ignore_mismatched_sizes, bool):
+            raise TypeError(
+                f"ignore_mismatched_sizes must be True, False or None; got {ignore_mismatched_sizes!r}"
+            )
         self.save_hyperparameters()
-        from transformers import AutoModelForSequenceClassification
-
-        kwargs: dict[str, Any] = {"num_labels": num_labels}
+        kwargs: dict[str, Any] = {}
         if id2label is not None:
             id2label = {int(k): str(v) for k, v in id2label.items()}
             kwargs["id2label"] = id2label
             kwargs["label2id"] = {v: k for k, v in id2label.items()}
         if classifier_dropout is not None:
             kwargs["classifier_dropout"] = classifier_dropout
-        self.model = AutoModelForSequenceClassification.from_pretrained(
-            resolve_model_path(model_name_or_path), **kwargs
-        )
+        self.model = load_hf_classifier(model_name_or_path, num_labels, ignore_mismatched_sizes, **kwargs)
         # from_pretrained returns eval mode; Lightning keeps a module's mode at fit start.
         self.model.train()
         metrics = MetricCollection(
@@ -438,6 +584,7 @@ class SequenceClassifier(pl.LightningModule):
         state = checkpoint.get("state_dict", {})
         own = self.state_dict()
         config_dict = checkpoint.get("hf_config")
+        _check_same_architecture(self.model.config.to_dict(), config_dict, own, state)
         if config_dict is not None and any(k in own and own[k].shape != v.shape for k, v in state.items()):
             from transformers import AutoConfig, AutoModelForSequenceClassification
 

@@ -27,6 +27,7 @@ from lightning_topo.data.files import (
     rows_by_split,
 )
 from lightning_topo.data.sampling import LengthGroupedSampler
+from lightning_topo.loading import check_model_folder, load_tokenizer
 from lightning_topo.models.embedded import resolve_model_path
 
 __all__ = ["TextClassificationDataModule"]
@@ -312,11 +313,10 @@ class TextClassificationDataModule(pl.LightningDataModule):
             OSError: the tokenizer cannot be loaded (the message names ``tokenizer_name_or_path``).
         """
         if self._tokenizer is None:
-            from transformers import AutoTokenizer
-
             path = resolve_model_path(self.tokenizer_name_or_path)
+            check_model_folder(path)  # a refused folder (code in it) is a ValueError, not an OSError
             try:
-                self._tokenizer = AutoTokenizer.from_pretrained(path)
+                self._tokenizer = load_tokenizer(path)
             except (OSError, ValueError) as err:
                 raise OSError(
                     f"tokenizer_name_or_path {path!r} could not be loaded as a tokenizer: {err}. Pass a folder "
