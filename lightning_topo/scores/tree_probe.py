@@ -38,6 +38,8 @@ __all__ = [
     "ProbeResult",
     "TreeProbeLoss",
     "TreebankSentence",
+    "check_class_ids",
+    "contributing_rows",
     "depths_from_conllu",
     "fit_probe",
     "pool_wordpieces",
@@ -630,10 +632,17 @@ class TreeProbeLoss(nn.Module):
             word pieces are mean-pooled into words and special tokens are left out; without
             them every non-padding token (``[CLS]``/``[SEP]`` included) is a position.
         seed: seed of the probe's initialisation.
+        contributing_labels: keyword only; class ids whose sentences enter the loss (the
+            authors: only CoLA's "acceptable" sentences, label 1). The other sentences of a
+            batch are masked out of the labels and of the mean (a batch without a
+            contributing sentence gives 0). ``None`` (default): every sentence. Needs
+            ``batch["labels"]`` at call time.
 
     Raises:
-        ValueError: bad ``targets``, ``rank`` or ``hidden_size``; at call time a ``layer`` out of
-            range for the model.
+        ValueError: bad ``targets``, ``rank`` or ``hidden_size``, an empty or negative
+            ``contributing_labels``; at call time a ``layer`` out of range for the model or a
+            batch without ``labels`` when ``contributing_labels`` is set.
+        TypeError: ``contributing_labels`` not a list of ints.
     """
 
     def __init__(
@@ -645,6 +654,8 @@ class TreeProbeLoss(nn.Module):
         continuation: Tensor | None = None,
         special: Tensor | None = None,
         seed: int = 0,
+        *,
+        contributing_labels: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         if targets not in TARGET_KINDS:
@@ -657,6 +668,7 @@ class TreeProbeLoss(nn.Module):
         self.probe = DepthProbe(hidden_size, rank, generator=torch.Generator().manual_seed(int(seed)))
         self.register_buffer("continuation", continuation, persistent=False)
         self.register_buffer("special", special, persistent=False)
+        self.contributing_labels = check_class_ids(contributing_labels, "contributing_labels")
 
     def forward(self, encoded: object, batch: object = None) -> Tensor:
         """Scalar probe loss of ``encoded.hidden_states[layer]`` (an ``EncodedBatch``)."""
@@ -672,5 +684,46 @@ class TreeProbeLoss(nn.Module):
             ids = batch["input_ids"].to(hidden.device)  # type: ignore[index]
             word_ids = wordpiece_word_ids(ids, self.continuation, self.special, mask)
             hidden, mask = pool_wordpieces(hidden, word_ids)
+        if self.contributing_labels is not None:
+            mask = mask * contributing_rows(batch, self.contributing_labels, mask.device)[:, None].to(
+                mask.dtype
+            )
         pred = self.probe(hidden, mask)
         return probe_loss(pred, probe_targets(pred, self.targets, mask), mask)
+
+
+def check_class_ids(labels: object, name: str = "contributing_labels") -> tuple[int, ...] | None:
+    """``labels`` as a sorted tuple of distinct class ids ``>= 0`` (``None`` passes).
+
+    Raises:
+        TypeError: not a list/tuple of ints (a bare int or string is refused).
+        ValueError: empty, or an id below 0.
+    """
+    if labels is None:
+        return None
+    if isinstance(labels, str | bytes) or not isinstance(labels, Sequence | set | frozenset):
+        raise TypeError(
+            f"{name} must be a list of class ids (ints >= 0) or None; got {labels!r} ({type(labels).__name__})"
+        )
+    ids = [check_int(v, f"{name}[{i}]", minimum=0) for i, v in enumerate(labels)]
+    if not ids:
+        raise ValueError(
+            f"{name} must name at least one class id (or be None for every sentence); got {labels!r}"
+        )
+    return tuple(sorted(set(ids)))  # type: ignore[arg-type]
+
+
+def contributing_rows(batch: object, labels: Sequence[int], device: torch.device | None = None) -> Tensor:
+    """``(batch,)`` bool: which sentences of ``batch`` have a class in ``labels``.
+
+    Raises:
+        ValueError: ``batch`` has no ``labels`` tensor.
+    """
+    y = batch.get("labels") if isinstance(batch, dict) or hasattr(batch, "get") else None  # type: ignore[union-attr]
+    if not isinstance(y, Tensor):
+        raise ValueError(
+            "contributing_labels needs the batch's class labels (batch['labels'], shape (batch,)); "
+            f"this batch has keys {sorted(batch) if hasattr(batch, 'keys') else type(batch).__name__}"  # type: ignore[arg-type]
+        )
+    wanted = torch.tensor(list(labels), dtype=torch.long, device=y.device)
+    return torch.isin(y.long().reshape(-1), wanted).to(device if device is not None else y.device)
