@@ -117,21 +117,88 @@ def _read_text(path: Path, argument: str) -> str:
     return _decode(data, path, argument)
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``object_pairs_hook`` of :func:`json.loads`: a key given twice would silently keep the last."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
 def _parse_jsonl(text: str, path: Path) -> list[Any]:
     stripped = text.lstrip()
     if stripped.startswith("["):
         try:
-            return json.loads(stripped)
+            return json.loads(stripped, object_pairs_hook=_no_duplicate_keys)
         except json.JSONDecodeError as err:
             raise ValueError(f"{path}: not valid JSON at line {err.lineno} ({err.msg})") from None
+        except _DuplicateKey as err:
+            raise ValueError(f"{path}: a record names key {err.args[0]!r} twice; each key once") from None
     rows = []
     for line_no, line in enumerate(text.splitlines(), 1):
         if line.strip():
             try:
-                rows.append(json.loads(line))
+                rows.append(json.loads(line, object_pairs_hook=_no_duplicate_keys))
             except json.JSONDecodeError as err:
                 raise ValueError(f"{path}:{line_no}: not valid JSON ({err.msg})") from None
+            except _DuplicateKey as err:
+                raise ValueError(
+                    f"{path}:{line_no}: the record names key {err.args[0]!r} twice (the last would silently "
+                    "win); give each key once"
+                ) from None
     return rows
+
+
+def _parse_delimited(
+    text: str, path: Path, argument: str, delimiter: str
+) -> tuple[list[dict[str, str]], list[str]]:
+    """Rows of a CSV/TSV text with a header line.
+
+    Refused, naming the line: a header that names a column twice (the last one would silently win)
+    and a row with more or fewer fields than the header (e.g. an unquoted delimiter inside a
+    text, which would shift a fragment of the text into the label column). Blank lines are
+    skipped. Fields may be as long as the file: the csv module's field size limit (128 KiB by
+    default) is raised to the text's length for this read and restored after it.
+    """
+    where = f"{argument} {str(path)!r}"
+    name = "tab" if delimiter == "\t" else repr(delimiter)
+    previous = csv.field_size_limit()
+    csv.field_size_limit(max(previous, min(len(text) + 1, 2**31 - 1)))
+    try:
+        reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+        header = next(reader, None)
+        if header is None:
+            return [], []
+        repeated = sorted({c for c in header if header.count(c) > 1})
+        if repeated:
+            raise ValueError(
+                f"{where}: line 1 (the header) names column(s) {repeated} more than once, so one column would "
+                f"silently replace the other; the header is {header}. Give every column its own name"
+            )
+        rows = []
+        for fields in reader:
+            if not fields or (len(fields) == 1 and not fields[0].strip() and len(header) > 1):
+                continue  # a blank line
+            if len(fields) != len(header):
+                raise ValueError(
+                    f"{where}: line {reader.line_num} has {len(fields)} fields but the header has {len(header)} "
+                    f"({header}). A text that contains the delimiter ({name}) must be quoted, e.g. "
+                    '"good, not great"; fix or remove that line'
+                )
+            rows.append(dict(zip(header, fields, strict=True)))
+    except csv.Error as err:
+        raise ValueError(
+            f"{where}: line {reader.line_num} cannot be read as {name}-separated text ({err})"
+        ) from None
+    finally:
+        csv.field_size_limit(previous)
+    return rows, header
 
 
 def read_table(path: str | Path, argument: str = "data file") -> tuple[list[dict[str, Any]], list[str]]:
@@ -152,15 +219,15 @@ def read_table(path: str | Path, argument: str = "data file") -> tuple[list[dict
         FileNotFoundError: ``path`` does not exist.
         IsADirectoryError: ``path`` is a folder.
         ValueError: unknown format, not UTF-8 (the message gives the byte offset and line), not
-            gzip, invalid JSON or a JSON record that is not an object.
+            gzip, invalid JSON or a JSON record that is not an object; a CSV/TSV header that names a
+            column twice, a row with another number of fields than the header (the line is named),
+            a JSON record with a key given twice.
     """
     path = check_file(path, argument)
     fmt = detect_format(path)
     text = _read_text(path, argument)
     if fmt in ("csv", "tsv"):
-        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="," if fmt == "csv" else "\t")
-        rows = [dict(r) for r in reader]
-        return rows, list(reader.fieldnames or [])
+        return _parse_delimited(text, path, argument, "," if fmt == "csv" else "\t")
     rows = _parse_jsonl(text, path)
     columns: list[str] = []
     for i, row in enumerate(rows):

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
 
 from lightning_topo.data import (
@@ -60,6 +62,10 @@ class _Split:
 
 
 # ------------------------------------------------------------------------------ argument checks
+#: Default of ``min_class_examples``: fewer labelled rows than this make a class suspect.
+MIN_CLASS_EXAMPLES = 5
+
+
 def _int_arg(name: str, value: Any, minimum: int, allow_none: bool = False) -> int | None:
     """``value`` if it is an int ``>= minimum`` (bools refused), else a clear error naming ``name``."""
     if value is None and allow_none:
@@ -162,6 +168,10 @@ class TextClassificationDataModule(pl.LightningDataModule):
         num_workers: DataLoader workers. Default 0.
         group_by_length: batch examples of similar length (training: :class:`LengthGroupedSampler`;
             val/test: longest first) to cut padding; about 1.5x faster on CPU. Default ``True``.
+        min_class_examples: a class with fewer labelled rows than this (all splits together) is
+            refused, naming it: such a class is most often a typo (``Pos`` beside ``pos``) or a
+            fragment of a text shifted into the label column. Default 5; ``1`` accepts any class.
+            The classes found and their row counts are logged (INFO) when the data is read.
 
     Raises:
         FileNotFoundError: a given file does not exist.
@@ -201,6 +211,7 @@ class TextClassificationDataModule(pl.LightningDataModule):
         seed: int = 42,
         num_workers: int = 0,
         group_by_length: bool = True,
+        min_class_examples: int = MIN_CLASS_EXAMPLES,
     ) -> None:
         super().__init__()
         # Paths are saved as strings: checkpoints stay loadable with torch.load(weights_only=True).
@@ -246,6 +257,7 @@ class TextClassificationDataModule(pl.LightningDataModule):
         self.tokenizer_name_or_path = _tokenizer_arg(tokenizer_name_or_path)
         self._set_files(data_file, train_file, val_file, test_file, predict_file)
         self.group_by_length = bool(group_by_length)
+        self.min_class_examples = _int_arg("min_class_examples", min_class_examples, 1)
         self._splits: dict[str, _Split] | None = None
         self._id2label: dict[int, str] | None = None
         self._tokenizer: Any = None
@@ -483,6 +495,7 @@ class TextClassificationDataModule(pl.LightningDataModule):
             raise TypeError("labels are integers in one split and strings in another; use one kind")
         all_labels = [v for labels, _ in normalised.values() for v in labels]
         id2label, to_id = label_ids(normalised["train"][0], all_labels, kinds.pop(), self.label_names)
+        self._check_class_sizes(all_labels)
         splits = {
             split: self._labelled_split(split, rows, normalised[split][0], to_id)
             for split, rows in raw.items()
@@ -491,6 +504,26 @@ class TextClassificationDataModule(pl.LightningDataModule):
             splits["predict"] = self._predict_split(to_id)
         self._splits = splits
         self._id2label = id2label
+
+    def _check_class_sizes(self, labels: Sequence[Any]) -> None:
+        """Log the label set with its counts; refuse classes with fewer than
+        ``min_class_examples`` rows (naming them, and the label each one resembles)."""
+        counts = Counter(labels)
+        where = self._where() if self.train_file is None else f"train_file {self.train_file!r} (+ val/test)"
+        found = ", ".join(f"{label!r}: {n}" for label, n in sorted(counts.items(), key=lambda kv: str(kv[0])))
+        rank_zero_info(f"{where}: {len(counts)} classes found ({found})")
+        rare = sorted((label for label, n in counts.items() if n < self.min_class_examples), key=str)
+        if not rare:
+            return
+        hints = []
+        for label in rare[:10]:
+            twin = [o for o in counts if o != label and str(o).strip().lower() == str(label).strip().lower()]
+            hints.append(f"{label!r} ({counts[label]} rows" + (f", like {twin[0]!r})" if twin else ")"))
+        raise ValueError(
+            f"{where}: class(es) {', '.join(hints)} have fewer than min_class_examples={self.min_class_examples} "
+            f"labelled rows; classes found: {found}. A tiny class is usually a typo in a label or a text "
+            "fragment in the label column: fix those rows, or set min_class_examples=1 to keep it"
+        )
 
     def _class_ids(self, split: str, labels: Sequence[Any], to_id: Mapping[Any, int]) -> list[int]:
         unknown = sorted({str(v) for v in labels if v not in to_id})
