@@ -19,14 +19,21 @@ from lightning_topo.scores.checks import check_choice, check_int, check_labels, 
 
 __all__ = [
     "SAMPLING_METHODS",
+    "MIN_SPLIT_CLASS",
     "canonical_order",
     "check_max_points_per_class",
     "check_resamples",
+    "check_std_splits",
     "draw_seeds",
     "draws_differ",
+    "half_sample_pairs",
     "sample_per_class",
     "subsample_indices",
 ]
+
+#: A class is split into two disjoint halves only when it has at least this many points (each
+#: half then has >= 2, so it still has a persistence diagram); smaller classes are used whole.
+MIN_SPLIT_CLASS = 4
 
 #: Per-class sampling rules: ``"random"`` (subsample without replacement), ``"kde"``
 #: (Gaussian KDE resample: random points plus ``N(0, bandwidth^2)`` noise, as
@@ -42,6 +49,12 @@ def check_max_points_per_class(value: object, name: str = "max_points_per_class"
 def check_resamples(value: object, name: str = "resamples") -> int:
     """Number of seeded re-draws of the per-class sample: an int ``>= 1``."""
     return check_int(value, name, minimum=1)  # type: ignore[return-value]
+
+
+def check_std_splits(value: object, name: str = "std_splits") -> int:
+    """Number of random splits into halves behind a standard error over examples: an int ``>= 0``
+    (``0``: no such standard error)."""
+    return check_int(value, name, minimum=0)  # type: ignore[return-value]
 
 
 def draw_seeds(seed: int, resamples: int) -> list[int]:
@@ -168,3 +181,59 @@ def sample_per_class(
         out_points.append(sel)
         out_labels.append(torch.full((sel.shape[0],), int(c), dtype=torch.long, device=labels.device))
     return torch.cat(out_points), torch.cat(out_labels)
+
+
+def half_sample_pairs(
+    labels: Tensor, key: Tensor, max_size: int | None, seed: int, splits: int
+) -> tuple[list[tuple[Tensor, Tensor]], dict[int, tuple[int, int]]]:
+    """Seeded random pairs of disjoint per-class subsets of equal size (half-sampling).
+
+    For every class ``c`` with ``n_c >= MIN_SPLIT_CLASS`` points, each of the ``splits`` pairs
+    holds two disjoint random subsets ``A_c``, ``B_c`` of ``m_c = min(n_c // 2, max_size)``
+    points (``max_size=None``: ``n_c // 2``, complementary halves up to one point); a smaller
+    class appears whole in both subsets of every pair. The rows are put in
+    :func:`canonical_order` of ``key`` first, so the pairs depend only on the point set and
+    ``seed``, not on the row order (the same rule as :func:`subsample_indices`).
+
+    Args:
+        labels: ``(n,)`` integer labels.
+        key: ``(n, d)`` points defining the canonical order.
+        max_size: largest subset size per class (e.g. the preset's cap) or ``None``.
+        seed: int >= 0, seeds the draw (a stream separate from the re-draws' seeds).
+        splits: number of pairs, an int >= 1.
+
+    Returns:
+        ``(pairs, sizes)``: ``pairs`` is a list of ``(rows_A, rows_B)`` int64 CPU tensors of
+        row indices into the original order, grouped by class in ascending label order;
+        ``sizes[c] = (m_c, n_c)`` (``m_c = n_c`` for a class used whole).
+    """
+    labels = check_labels(labels, key.shape[0])
+    seed, splits = check_seed(seed), check_int(splits, "splits", minimum=1)
+    order = canonical_order(key).cpu()
+    labels_sorted = labels[order.to(labels.device)].cpu()
+    # a stream of its own: SeedSequence([seed, 2]) never equals a re-draw seed of draw_seeds
+    gen = torch.Generator(device="cpu").manual_seed(
+        int(np.random.SeedSequence([seed, 2, 1]).generate_state(1)[0])
+    )
+    classes = torch.unique(labels_sorted).tolist()
+    members = {c: torch.nonzero(labels_sorted == c, as_tuple=False).flatten() for c in classes}
+    sizes: dict[int, tuple[int, int]] = {}
+    for c, idx in members.items():
+        n_c = idx.numel()
+        m_c = n_c if n_c < MIN_SPLIT_CLASS else (n_c // 2 if max_size is None else min(n_c // 2, max_size))
+        sizes[int(c)] = (m_c, n_c)
+    pairs: list[tuple[Tensor, Tensor]] = []
+    for _ in range(splits):  # type: ignore[arg-type]
+        a: list[Tensor] = []
+        b: list[Tensor] = []
+        for c, idx in members.items():
+            m_c, n_c = sizes[int(c)]
+            if m_c == n_c:
+                a.append(idx)
+                b.append(idx)
+                continue
+            perm = torch.randperm(n_c, generator=gen)
+            a.append(idx[torch.sort(perm[:m_c]).values])
+            b.append(idx[torch.sort(perm[m_c : 2 * m_c]).values])
+        pairs.append((order[torch.cat(a)], order[torch.cat(b)]))
+    return pairs, sizes

@@ -5,12 +5,18 @@ the clouds of several layers (sharing their labels) and returns flat, prefix-fre
 (``"psf"``, ``"psf/layer_2"``, ``"psf/class_0"``, ``"h0/total_persistence"``, ...) with 0-d
 tensors (with ``resamples > 1``: means over seeded re-draws of the per-class sample, plus the
 standard errors ``"psf/std"``, ``"h0/total_persistence/std"``, ...), which is what :class:`~lightning_topo.callbacks.PersistenceScoreMonitor` logs after
-adding its ``log_prefix``. :func:`metric_names` lists the same names without computing
+adding its ``log_prefix``.
+
+The standard errors are over the *examples* (:func:`examples_stderr`: half-sampling, each class
+split into two random disjoint halves ``std_splits`` times), combined in quadrature with the
+spread of the re-draws; ``docs/psf.md`` ("How uncertain is PSF?") explains the estimator and
+checks it against disjoint splits of the embedded data. :func:`metric_names` lists the same names without computing
 anything (the monitor logs them as NaN when the hidden states are not finite).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from numbers import Integral
@@ -26,7 +32,7 @@ from lightning_topo.scores.psf import (
     psf_from_diagrams,
     resample_seeds,
 )
-from lightning_topo.scores.sampling import check_resamples
+from lightning_topo.scores.sampling import check_resamples, check_std_splits, half_sample_pairs
 from lightning_topo.topology import persistence_entropy, total_persistence
 
 __all__ = [
@@ -35,6 +41,7 @@ __all__ = [
     "PersistenceSummary",
     "check_homology_dims",
     "check_scores",
+    "examples_stderr",
     "metric_names",
     "persistence_metrics",
     "persistence_summary",
@@ -42,6 +49,12 @@ __all__ = [
 
 #: Score families :func:`persistence_metrics` can return.
 SCORES: tuple[str, ...] = ("psf", "total_persistence", "entropy")
+
+#: Default number of random splits into halves behind each standard error over examples: the
+#: standard error of a standard error from ``K`` splits of ``C`` classes is about
+#: ``1 / sqrt(2 K C)`` of it (16 % for 2 classes), at ``2 K`` diagram passes on half-size clouds
+#: (``benchmarks/psf_uncertainty.py`` measures cost and accuracy).
+STD_SPLITS = 10
 
 
 def check_scores(scores: str | Sequence[str], name: str = "scores") -> tuple[str, ...]:
@@ -129,6 +142,86 @@ def persistence_summary(
     )
 
 
+def _class_values(summary: PersistenceSummary, dims: tuple[int, ...]) -> dict[str, dict[int, Tensor]]:
+    """Per-class values of the headline scores: ``{"psf" | "h{k}/...": {class: 0-d tensor}}``."""
+    out: dict[str, dict[int, Tensor]] = {"psf": dict(summary.psf_per_class)}
+    for k in dims:
+        out[f"h{k}/total_persistence"] = {c: total_persistence(d[k]) for c, d in summary.diagrams.items()}
+        out[f"h{k}/entropy"] = {c: persistence_entropy(d[k]) for c, d in summary.diagrams.items()}
+    return out
+
+
+def examples_stderr(
+    points: Tensor,
+    labels: Tensor,
+    *,
+    homology_dims: Sequence[int] = (0, 1),
+    preset: str | PSFPreset | None = "default",
+    seed: int = 0,
+    backend: str = "torch",
+    splits: int = STD_SPLITS,
+) -> dict[str, Tensor]:
+    r"""Standard errors over the examples of PSF and of the H0/H1 statistics of one labelled cloud.
+
+    **Half-sampling** (a delete-d jackknife with ``d = n/2``; Shao & Wu 1989, Politis & Romano
+    1994). For ``j = 1..splits`` every class ``c`` (``n_c`` points) is split at random into two
+    disjoint subsets ``A_c, B_c`` of ``m_c = min(n_c // 2, cap)`` points (``cap`` = the preset's
+    ``max_points_per_class`` for random sampling), the score is computed on the two subsets
+    (with the preset's sampling), and the per-class differences give
+
+    ``v_c = (m_c / n_c) * mean_j (s_c(A_j) - s_c(B_j))^2 / 2``,   ``SE = sqrt(sum_c v_c) / C``
+
+    (``C`` classes; the class scores enter PSF and the H_k statistics as a mean over classes).
+    For a mean, ``E[(s(A) - s(B))^2] / 2 = S^2 / m`` for any two disjoint random subsets of
+    size ``m``, so ``v_c`` is exactly the squared standard error ``S^2 / n_c`` of the mean over
+    all ``n_c`` points; for PSF it is the same to first order. Why not the bootstrap with
+    replacement: a resample holds about 63 % distinct points, the duplicates are zero-length
+    H0 bars that PSF drops (they would shrink ``|P_c|``), so a bootstrap replicate is PSF of a
+    smaller cloud, and PSF depends on the number of points; half-samples are clouds without
+    duplicates, and the difference of two of the same size cancels that dependence.
+
+    Args:
+        points: ``(n, d)`` float cloud; labels: ``(n,)`` integer labels (as :func:`psf`).
+        homology_dims: subset of ``(0, 1)`` for the H_k statistics.
+        preset, seed, backend: as :func:`persistence_summary` (``seed`` seeds the splits).
+        splits: number of random splits, an int >= 1 (default :data:`STD_SPLITS`).
+
+    Returns:
+        ``{"psf" | "h{k}/total_persistence" | "h{k}/entropy": 0-d tensor}``, detached, >= 0.
+        A class with fewer than 4 points is used whole in both halves and contributes 0
+        (a 2-point class has PSF exactly 0.25 whatever the points); a class of 4-5 points gives
+        halves of 2 points, which add nothing to the PSF term. So ``psf`` is > 0 as soon as one
+        class has at least 6 points in general position.
+    """
+    dims = check_homology_dims(homology_dims)
+    settings = get_preset(preset)
+    splits = check_std_splits(splits, "splits")
+    if splits < 1:
+        raise ValueError(f"splits must be an int >= 1; got {splits}")
+    cap = settings.max_points_per_class if settings.sampling == "random" else None
+    pairs, sizes = half_sample_pairs(labels, points, cap, seed, splits)
+    names = ["psf", *(f"h{k}/{s}" for k in dims for s in ("total_persistence", "entropy"))]
+    sq: dict[str, dict[int, float]] = {n: dict.fromkeys(sizes, 0.0) for n in names}
+    with torch.no_grad():
+        for j, (rows_a, rows_b) in enumerate(pairs):
+            values = []
+            for rows in (rows_a, rows_b):
+                rows = rows.to(points.device)
+                summary = persistence_summary(
+                    points[rows], labels[rows.to(labels.device)], homology_dims=dims, preset=settings,
+                    seed=seed + j, backend=backend,
+                )  # fmt: skip
+                values.append(_class_values(summary, dims))
+            for n in names:
+                for c in sizes:
+                    sq[n][c] += float(values[0][n][c] - values[1][n][c]) ** 2
+    out: dict[str, Tensor] = {}
+    for n in names:
+        var = sum((m / n_c) * sq[n][c] / (2 * splits) for c, (m, n_c) in sizes.items())
+        out[n] = torch.tensor(math.sqrt(var) / len(sizes), dtype=points.dtype)
+    return out
+
+
 def metric_names(
     layers: Sequence[int],
     classes: Sequence[int],
@@ -142,7 +235,8 @@ def metric_names(
     ``psf`` is the PSF of the primary (deepest, ``max(layers)``) layer; ``psf/layer_{i}`` one
     per layer; ``psf/class_{c}`` and ``h{k}/...`` belong to the primary layer. With
     ``resamples > 1`` each primary-layer headline score ``s`` (``psf``,
-    ``h{k}/total_persistence``, ``h{k}/entropy``) is followed by ``s/std``, its standard error.
+    ``h{k}/total_persistence``, ``h{k}/entropy``) is followed by ``s/std``, its standard error
+    (see :func:`persistence_metrics`).
     """
     std = check_resamples(resamples) > 1
     names: list[str] = []
@@ -165,12 +259,20 @@ class PersistenceMetrics:
         layer: the primary layer (the deepest of those measured).
         diagrams: ``{class: [H0, H1]}`` raw diagrams of the primary layer, ``(m, 2)`` each.
         num_points: ``{class: points used}`` in the primary layer.
+        examples_std: ``{headline name: 0-d tensor}``, the standard errors over the examples
+            (:func:`examples_stderr`; empty without ``/std`` names or with ``std_splits=0``).
+        redraw_std: ``{headline name: 0-d tensor}``, the standard errors of the mean over the
+            ``resamples`` re-draws of the per-class sample (0 when no class exceeds the cap;
+            empty with ``resamples=1``). ``values["<name>/std"]`` is
+            ``sqrt(examples_std**2 + redraw_std**2)``.
     """
 
     values: dict[str, Tensor]
     layer: int
     diagrams: dict[int, list[Tensor]]
     num_points: dict[int, int]
+    examples_std: dict[str, Tensor] = field(default_factory=dict)
+    redraw_std: dict[str, Tensor] = field(default_factory=dict)
 
 
 def _one_draw(
@@ -211,6 +313,7 @@ def persistence_metrics(
     seed: int = 0,
     backend: str = "torch",
     resamples: int = 1,
+    std_splits: int = STD_SPLITS,
 ) -> PersistenceMetrics:
     """Every metric of a persistence lens for the clouds of several layers.
 
@@ -225,8 +328,14 @@ def persistence_metrics(
             re-draws of the per-class sample (draw 0 uses ``seed``, so ``resamples=1`` is
             the single draw), and the ``.../std`` names hold the standard errors of the
             primary-layer headline scores. Classes at or below the cap are used whole
-            (re-drawing changes nothing): if no class exceeds it, everything is computed once
-            and every standard error is 0.
+            (re-drawing changes nothing): if no class exceeds it, everything is computed once.
+        std_splits: int >= 0 (default :data:`STD_SPLITS`): with ``resamples > 1``, each
+            ``.../std`` is the standard error over the *examples* (:func:`examples_stderr`,
+            half-sampling with this many random splits of every class of the primary layer)
+            combined in quadrature with the standard error of the re-draws, so it is > 0 for
+            any cloud with a class of at least 6 points. ``0``: the re-draw part only (what
+            was logged before; 0 whenever no class exceeds the cap). Costs ``2 * std_splits``
+            diagram passes on clouds of half the size per measurement.
 
     Returns:
         :class:`PersistenceMetrics`; ``values`` has exactly the keys of :func:`metric_names`
@@ -238,6 +347,7 @@ def persistence_metrics(
     scores = check_scores(scores)
     dims = check_homology_dims(homology_dims)
     resamples = check_resamples(resamples)
+    std_splits = check_std_splits(std_splits)
     if not points:
         raise ValueError("points must hold at least one layer: {layer: (n, d) tensor}")
     seeds = [seed]
@@ -251,9 +361,22 @@ def persistence_metrics(
     values: dict[str, Tensor] = {}
     for name in draws[0][0]:
         values[name], values[f"{name}/std"] = mean_and_stderr([d[0][name] for d in draws])
+    headline = [n[: -len("/std")] for n in names if n.endswith("/std")]
+    redraw = {n: values[f"{n}/std"] for n in headline}
+    examples: dict[str, Tensor] = {}
+    if headline and std_splits > 0:
+        primary = max(points)
+        examples = examples_stderr(
+            points[primary], labels, homology_dims=dims, preset=preset, seed=seed, backend=backend,
+            splits=std_splits,
+        )  # fmt: skip
+        for n in headline:
+            values[f"{n}/std"] = torch.hypot(examples[n].to(redraw[n]), redraw[n])
     return PersistenceMetrics(
         values={n: values[n] for n in names},
         layer=max(points),
         diagrams=main.diagrams,
         num_points=main.num_points,
+        examples_std={n: examples[n] for n in headline if n in examples},
+        redraw_std=redraw,
     )
