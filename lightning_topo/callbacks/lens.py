@@ -28,12 +28,19 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from typing_extensions import override
 
-from lightning_topo.encoding import EncodedBatch
-from lightning_topo.representations import GatherFn, gather_variable, run_on_rank_zero_and_broadcast
-from lightning_topo.scores.checks import check_bool, check_int
+import torch
+from torch import Tensor
+
+from lightning_topo.encoding import EncodedBatch, model_inputs, module_device
+from lightning_topo.metrics.base import LensMetric, LensResult
+from lightning_topo.representations import GatherFn, check_layers, gather_variable, run_on_rank_zero_and_broadcast
+from lightning_topo.representations.capture import CapturedBatch, HiddenStateCapture, batch_labels, num_hidden_layers
+from lightning_topo.representations.modules import find_hf_model
+from lightning_topo.scores.checks import check_bool, check_choice, check_int
+from lightning_topo.scores.presets import SPLITS
 from lightning_topo.scores.correlation import correlation_metrics
 
-__all__ = ["LensMonitor"]
+__all__ = ["LensMonitor", "MetricMonitor"]
 
 T = TypeVar("T")
 
@@ -328,3 +335,311 @@ class LensMonitor(Callback):
         for key, value in saved.items():
             setattr(self, key, value)
         self.history = deepcopy(state_dict.get("history", []))
+
+
+def _first_loader(loaders: Any) -> Any:
+    """The first dataloader of what ``trainer.val_dataloaders`` / ``train_dataloader`` hold."""
+    if isinstance(loaders, Mapping):
+        return next(iter(loaders.values()), None)
+    if isinstance(loaders, list | tuple):
+        return loaders[0] if loaders else None
+    return loaders
+
+
+class MetricMonitor(LensMonitor):
+    r"""A :class:`LensMonitor` that drives one lens :class:`~lightning_topo.metrics.LensMetric`.
+
+    It needs nothing of the user's module but a Hugging Face encoder somewhere inside it:
+
+    * ``setup``: finds the encoder (:func:`~lightning_topo.representations.modules.find_hf_model`:
+      any attribute, nested; ``model_attr`` when there are several), builds the lens with
+      :meth:`_build_metric` and resolves ``layers`` against the model's depth;
+    * ``on_train_start`` (before the first training step): reads the labels of the measured split
+      once and runs the encoder on its first batch, so that a missing ``labels`` key, fewer than 2
+      classes, a single example of a class, or identical or non-finite hidden states are refused
+      before anything is trained (:meth:`_check_data`);
+    * measured validation runs: forward hooks (:class:`~lightning_topo.representations.capture.
+      HiddenStateCapture`) record the encoder's hidden states during the module's own validation
+      forward; each batch goes to ``metric.update`` with its labels (``batch["labels"]`` /
+      ``batch["label"]`` or ``labels_fn(batch)``). With ``split="train"`` the training dataloader
+      is read again at the end of validation, through the encoder alone, in eval mode;
+    * ``metric.compute()`` (states synchronised over processes by torchmetrics) gives the logged
+      values; lenses whose computation is costly (``compute_on_rank_zero``) compute on global
+      rank 0 and ``trainer.strategy.broadcast`` the result.
+
+    The settings that define a series (:meth:`_settings`) make the ``state_key``, so a checkpoint's
+    history is restored only into a monitor measuring the same series.
+
+    Args:
+        layers: hidden-state index, list or ``"all"`` (0 = embeddings, negative from the end).
+        split: ``"val"`` or ``"train"``.
+        max_samples: the most examples one measurement reads per process (``None``: all).
+        model_attr: dotted path of the Hugging Face model in the LightningModule (``None``: search).
+        labels_fn: ``labels_fn(batch) -> (batch,)`` integer labels, for batches without a
+            ``labels``/``label`` key.
+        every_n_epochs, monitor_against, plots, log_prefix: as :class:`LensMonitor`.
+    """
+
+    #: The lens metric's class attribute ``needs_labels`` decides whether labels are required.
+    def __init__(
+        self,
+        *,
+        layers: Any = -1,
+        split: str = "val",
+        max_samples: int | None = None,
+        model_attr: str | None = None,
+        labels_fn: Callable[[Any], Any] | None = None,
+        every_n_epochs: int = 1,
+        monitor_against: str | None = "val/acc",
+        plots: bool = True,
+        log_prefix: str,
+    ) -> None:
+        super().__init__(
+            every_n_epochs=every_n_epochs, monitor_against=monitor_against, plots=plots, log_prefix=log_prefix
+        )
+        self.layers = check_layers(layers)
+        self.split = check_choice(split, "split", SPLITS)
+        self.max_samples = check_int(max_samples, "max_samples", minimum=1, allow_none=True)
+        if model_attr is not None and (not isinstance(model_attr, str) or not model_attr):
+            raise TypeError(f"model_attr must be a dotted attribute path such as 'net', or None; got {model_attr!r}")
+        self.model_attr = model_attr
+        if labels_fn is not None and not callable(labels_fn):
+            raise TypeError(f"labels_fn must be a callable batch -> labels, or None; got {labels_fn!r}")
+        self.labels_fn = labels_fn
+        self.metric: LensMetric | None = None
+        self.last_result: LensResult | None = None
+        self._hf_model: Any = None
+        self._hf_path: str = ""
+        self._capture: HiddenStateCapture | None = None
+        self._measuring = False
+        self._batches_seen = 0
+
+    # ------------------------------------------------------------------ to implement
+
+    def _build_metric(self, hf_model: Any) -> LensMetric:
+        """The lens metric for this model (called at ``setup``)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement _build_metric(hf_model)")
+
+    def _update(self, captured: CapturedBatch, labels: Tensor | None) -> None:
+        """Feed one captured batch to the metric (default: hidden states, mask, labels, ids)."""
+        assert self.metric is not None
+        self.metric.update(captured.hidden_states, captured.attention_mask, labels, captured.input_ids)
+
+    def _settings(self) -> dict[str, Any]:
+        """Every setting that tells two monitors' series apart (saved, and the ``state_key``)."""
+        return {
+            "monitor_against": self.monitor_against,
+            "log_prefix": self.log_prefix,
+            "layers": self.layers,
+            "split": self.split,
+            "max_samples": self.max_samples,
+        }
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(**{k: repr(v) for k, v in self._settings().items()})
+
+    # ------------------------------------------------------------------ setup and checks
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self._hf_model is None or self.metric is None:
+            self._hf_path, self._hf_model = find_hf_model(pl_module, self.model_attr)
+            self.metric = self._build_metric(self._hf_model)
+            try:
+                self.metric.bind(num_hidden_layers(self._hf_model))
+            except ValueError as err:
+                raise ValueError(f"{type(self).__name__}: {err}") from None
+            self._capture = HiddenStateCapture(self._hf_model, keep=self._kept_layers())
+
+    def _kept_layers(self) -> list[int] | None:
+        """Hidden-state indices the capture keeps (default: the metric's layers)."""
+        assert self.metric is not None
+        return self.metric.selected_layers
+
+    def _split_loader(self, trainer: pl.Trainer) -> Any:
+        return _first_loader(trainer.val_dataloaders if self.split == "val" else trainer.train_dataloader)
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        loader = self._split_loader(trainer)
+        if loader is None:
+            rank_zero_warn(
+                f"{type(self).__name__}(split={self.split!r}) found no {self.split} dataloader on the "
+                "trainer; nothing will be measured"
+            )
+            return
+        counts: dict[int, int] = {}
+        first = None
+        seen = 0
+        for batch in loader:
+            first = batch if first is None else first
+            labels = batch_labels(batch, self.labels_fn)
+            if labels is None:
+                if self.metric is not None and getattr(self.metric, "needs_labels", True):
+                    raise ValueError(
+                        f"{type(self).__name__} needs the class label of every example: the {self.split} "
+                        "batches have no 'labels' or 'label' key; add one, or pass "
+                        "labels_fn=lambda batch: <(batch,) int tensor>"
+                    )
+                break
+            for value in labels.tolist():
+                counts[int(value)] = counts.get(int(value), 0) + 1
+            seen += len(labels)
+            if self.max_samples is not None and seen >= self.max_samples:
+                break
+        self._check_data(trainer, pl_module, counts, first)
+
+    def _check_data(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, counts: dict[int, int], first: Any
+    ) -> None:
+        """Refuse, before training, data the lens cannot measure (labels, classes, hidden states)."""
+        needs_labels = getattr(self.metric, "needs_labels", True)
+        name = type(self).__name__
+        if needs_labels and counts:
+            if len(counts) < 2:
+                raise ValueError(
+                    f"{name}: the {self.split} split has a single class ({next(iter(counts))}); the lens "
+                    "compares classes and needs at least 2"
+                )
+            single = sorted(c for c, n in counts.items() if n < 2)
+            if single:
+                raise ValueError(
+                    f"{name}: class {single[0]} has a single example in the {self.split} split; every class "
+                    "needs at least 2 (use a larger split or max_samples=None)"
+                )
+            expected = getattr(getattr(self._hf_model, "config", None), "num_labels", None)
+            if isinstance(expected, int) and expected > len(counts):
+                missing = sorted(set(range(expected)) - set(counts))
+                if missing and len(missing) < expected:
+                    rank_zero_warn(
+                        f"{name}: the model has {expected} labels but the {self.split} split read has no "
+                        f"example of class {missing}; those classes are not measured"
+                    )
+        if isinstance(first, Mapping) and "input_ids" in first:
+            captured = self._dry_run(first)
+            if captured is not None:
+                self._check_hidden(captured)
+
+    def _dry_run(self, batch: Mapping[str, Any]) -> CapturedBatch | None:
+        """Run the encoder alone on one batch under the capture (eval mode, no grad)."""
+        assert self._capture is not None
+        model = self._hf_model
+        was_training = model.training
+        model.eval()
+        try:
+            device = module_device(model)
+            inputs = {k: v.to(device) for k, v in model_inputs(batch).items()}
+            with self._capture, torch.no_grad():
+                model(**inputs)
+            captured = self._capture.pop()
+        finally:
+            model.train(was_training)
+        return captured[-1] if captured else None
+
+    def _check_hidden(self, captured: CapturedBatch) -> None:
+        assert self.metric is not None
+        name = type(self).__name__
+        for layer in self.metric.selected_layers:
+            h = captured.hidden_states[layer]
+            if h is None:
+                continue
+            if not bool(torch.isfinite(h).all()):
+                raise ValueError(
+                    f"{name}: hidden state {layer} of the model has NaN/inf values on the first {self.split} "
+                    "batch; check the model's weights"
+                )
+            if h.shape[0] > 1 and bool((h[:, 0] == h[:1, 0]).all()) and bool((h == h[:1]).all()):
+                raise ValueError(
+                    f"{name}: hidden state {layer} is identical for every example of the first {self.split} "
+                    "batch, so the lens measures nothing; check that the inputs differ and the model is loaded"
+                )
+
+    # ------------------------------------------------------------------ collection
+
+    @override
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._measuring = self._should_measure(trainer) and self.metric is not None
+        self._batches_seen = 0
+        if not self._measuring:
+            return
+        assert self.metric is not None and self._capture is not None
+        self.metric.reset()
+        if self.split == "val":
+            self._capture.pop()
+            self._capture.attach()
+
+    @override
+    def _on_validation_batch(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, encoded: Any, batch: Any
+    ) -> None:
+        if not self._measuring or self.split != "val":
+            return
+        assert self._capture is not None
+        captured = self._capture.pop()
+        if not captured:
+            return
+        self._batches_seen += 1
+        self._update(captured[-1], batch_labels(batch, self.labels_fn))
+
+    def _read_split(self, trainer: pl.Trainer) -> None:
+        """``split="train"``: run the encoder over the training dataloader (eval mode, no grad)."""
+        assert self._capture is not None and self.metric is not None
+        loader = self._split_loader(trainer)
+        if loader is None:
+            return
+        model = self._hf_model
+        was_training = model.training
+        model.eval()
+        device = module_device(model)
+        seen = 0
+        try:
+            with self._capture, torch.no_grad():
+                for batch in loader:
+                    self._capture.pop()
+                    model(**{k: v.to(device) for k, v in model_inputs(batch).items()})
+                    captured = self._capture.pop()
+                    if captured:
+                        self._batches_seen += 1
+                        self._update(captured[-1], batch_labels(batch, self.labels_fn))
+                    seen += int(captured[-1].batch_size) if captured else 0
+                    if self.max_samples is not None and seen >= self.max_samples:
+                        break
+        finally:
+            model.train(was_training)
+
+    @override
+    def _measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float] | None:
+        assert self._capture is not None and self.metric is not None
+        self._capture.detach()
+        self._measuring = False
+        if self.split == "train":
+            self._read_split(trainer)
+        if self._batches_seen == 0:
+            raise RuntimeError(
+                f"{type(self).__name__}: the Hugging Face model at pl_module.{self._hf_path} did not run during "
+                f"this {self.split} pass, so there is nothing to measure; the lens reads that model's "
+                "hidden states during your validation forward (set model_attr= to the model you run)"
+            )
+        if getattr(self.metric, "compute_on_rank_zero", False) and trainer.world_size > 1:
+            self.metric.sync()  # every process joins the gather; rank 0 computes
+            result = self._on_rank_zero(trainer, self.metric.compute)
+            self.metric.unsync()
+        else:
+            result = self.metric.compute()
+        self.last_result = result
+        return result.metrics(self.log_prefix)
+
+    @override
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._capture is not None:
+            self._capture.detach()
+        super().on_validation_epoch_end(trainer, pl_module)
+
+    @property
+    def headline_name(self) -> str:
+        """The lens's headline metric, without a layer in its name (``topo/psf``, ``geometry/cone``)."""
+        cls = type(self.metric) if self.metric is not None else None
+        headline = getattr(self.metric, "headline_score", None) or (cls.headline if cls else "")
+        return self._name(headline)

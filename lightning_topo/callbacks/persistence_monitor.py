@@ -6,51 +6,32 @@ Log BERTops' PSF and persistence statistics of the hidden representations at eve
 validation run, so that :class:`~lightning.pytorch.callbacks.EarlyStopping` and
 :class:`~lightning.pytorch.callbacks.ModelCheckpoint` can monitor ``topo/psf``.
 
-The callback decides *when* to measure and *what* to log, nothing more: hidden states come
-from :mod:`lightning_topo.representations`, the numbers from
-:func:`lightning_topo.scores.persistence_metrics` and
-:func:`lightning_topo.scores.correlation_metrics`, the figures from :mod:`lightning_topo.plots`.
-``docs/extending.md`` describes this pattern for new lenses.
+The callback decides *when* to measure and *what* to log, nothing more: the lens is
+:class:`lightning_topo.metrics.PersistenceScore` (a torchmetrics ``Metric``), fed by forward
+hooks on the Hugging Face encoder inside any LightningModule
+(:class:`~lightning_topo.callbacks.lens.MetricMonitor`); the figures come from
+:mod:`lightning_topo.plots`. ``docs/extending.md`` describes this pattern for new lenses.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping, Sequence
-from functools import partial
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from typing_extensions import override
 
 from lightning_topo import plots
-from lightning_topo.callbacks.lens import LensMonitor
-from lightning_topo.encoding import EncodedBatch
-from lightning_topo.representations import (
-    NonFiniteHiddenStatesError,
-    RepresentationCollector,
-    Representations,
-    check_layers,
-    collect_representations,
-)
-from lightning_topo.scores import (
-    SCORES,
-    PSFPreset,
-    get_preset,
-    metric_names,
-    persistence_metrics,
-)
-from lightning_topo.scores.checks import check_bool, check_choice, check_int, check_seed
-from lightning_topo.scores.sampling import check_resamples
-from lightning_topo.scores.summary import check_homology_dims, check_scores
-from lightning_topo.topology.diagrams import BACKENDS
+from lightning_topo.callbacks.lens import MetricMonitor
+from lightning_topo.metrics import PersistenceScore
+from lightning_topo.scores import SCORES, PSFPreset, get_preset
+from lightning_topo.scores.checks import check_bool
 
 __all__ = ["PersistenceScoreMonitor", "SCORES"]
 
 
-class PersistenceScoreMonitor(LensMonitor):
+class PersistenceScoreMonitor(MetricMonitor):
     r"""Measure PSF (and H0/H1 persistence statistics) of the hidden states at each validation run.
 
     At the end of every validation run of a measured epoch (also the mid-epoch runs of
@@ -72,12 +53,14 @@ class PersistenceScoreMonitor(LensMonitor):
       ``monitor_against`` with ``/`` replaced by ``_``, e.g. ``topo/psf/pearson_val_acc``) for
       every score but the per-class ones and the standard errors.
 
-    ``topo`` is ``log_prefix``. **One forward pass**: when ``validation_step`` returns the
-    :class:`~lightning_topo.encoding.EncodedBatch` it computed (or a mapping with it under
-    ``"encoded"``), the monitor pools it batch by batch and does not read the data again;
-    otherwise it re-reads the dataloader in eval mode. **DDP**: every process pools its shard,
-    the shards are gathered with ``trainer.strategy.all_gather``, global rank 0 computes and
-    ``trainer.strategy.broadcast`` hands the values to every process, so all log the same.
+    ``topo`` is ``log_prefix``. **One forward pass, any LightningModule**: forward hooks on the
+    Hugging Face encoder found inside the module (any attribute; ``model_attr`` when several)
+    read its hidden states during the module's own validation forward; nothing is asked of
+    ``forward`` or of what ``validation_step`` returns. Labels come from ``batch["labels"]`` /
+    ``batch["label"]`` or ``labels_fn(batch)``. Missing labels, a single class, a class with one
+    example and identical or non-finite hidden states are refused in ``on_train_start``, before
+    the first training step. **DDP**: the lens's states are synchronised by torchmetrics and
+    every process computes the same values, logged with ``sync_dist=True``.
     **Figures** (global rank 0, end of ``fit``) go to ``<trainer.log_dir>/topo/`` and, with a
     ``WandbLogger``, to W&B with a ``topo/history`` table (:mod:`lightning_topo.plots`).
     The history of measurements (``state_dict``) survives a resume from a checkpoint.
@@ -97,8 +80,10 @@ class PersistenceScoreMonitor(LensMonitor):
         homology_dims: non-empty subset of ``(0, 1)`` for ``total_persistence`` / ``entropy``.
         max_points_per_class: int >= 2, cap per class (``None``: the preset's: 512 for
             ``"default"``, 5,000 for ``"bertops"``).
-        max_batches: read at most this many batches per measurement (per process under DDP;
-            ``None``: the whole dataloader).
+        max_samples: read at most this many examples per measurement (per process under DDP;
+            ``None``: the whole split).
+        model_attr: dotted path of the Hugging Face model in the LightningModule (``None``: found).
+        labels_fn: ``labels_fn(batch) -> (batch,)`` labels for batches without ``labels``/``label``.
         seed: sampling seed, int >= 0 (default 0); the same seed and data give the same scores.
         preset: ``"default"``, ``"bertops"`` (the paper's settings: last layer, ``[CLS]``,
             training split, KDE resample to 5,000 per class) or a
@@ -113,7 +98,7 @@ class PersistenceScoreMonitor(LensMonitor):
         resamples: int >= 1 (default 5): every logged value is the mean over this many seeded
             re-draws of each class's sample (:func:`~lightning_topo.scores.persistence_metrics`)
             and ``.../std`` holds the standard errors. With ``resamples > 1`` and random
-            sampling the monitor keeps every collected example (``max_batches`` bounds them)
+            sampling the monitor keeps every collected example (``max_samples`` bounds them)
             and draws the per-class samples from all of them; classes at or below
             ``max_points_per_class`` are used whole, so when no class exceeds the cap every
             draw is the same and the std is 0. ``resamples=1`` logs one draw and no std.
@@ -140,7 +125,7 @@ class PersistenceScoreMonitor(LensMonitor):
         scores: Sequence[str] = SCORES,
         homology_dims: Sequence[int] = (0, 1),
         max_points_per_class: int | None = None,
-        max_batches: int | None = None,
+        max_samples: int | None = None,
         seed: int = 0,
         preset: str | PSFPreset = "default",
         monitor_against: str | None = "val/acc",
@@ -149,73 +134,65 @@ class PersistenceScoreMonitor(LensMonitor):
         prog_bar: bool = True,
         backend: str = "torch",
         resamples: int = 5,
+        model_attr: str | None = None,
+        labels_fn: Callable[[Any], Any] | None = None,
     ) -> None:
-        super().__init__(
-            every_n_epochs=every_n_epochs, monitor_against=monitor_against, plots=plots, log_prefix=log_prefix
-        )
         self.preset = get_preset(preset).override(
             split=split, pooling=pooling, max_points_per_class=max_points_per_class
         )
         self.preset_name = preset if isinstance(preset, str) else "custom"
-        self.split = self.preset.split
-        self.pooling = self.preset.pooling
-        self.layers = check_layers(self.preset.layer if layers is None else layers)
-        self.scores = check_scores(scores)
-        self.homology_dims = check_homology_dims(homology_dims)
-        self.max_batches = check_int(max_batches, "max_batches", minimum=1, allow_none=True)
-        self.seed = check_seed(seed)
-        self.prog_bar = check_bool(prog_bar, "prog_bar")
-        self.backend = check_choice(backend, "backend", BACKENDS)
-        self.resamples = check_resamples(resamples)
-        self._collector: RepresentationCollector | None = None
-        self._last_diagrams: dict[int, list[Any]] | None = None
-        self._last_layer: int | None = None
-
-    # ------------------------------------------------------------------ state
-
-    @property
-    @override
-    def state_key(self) -> str:
-        return self._generate_state_key(
-            split=self.split,
-            layers=self.layers,
-            pooling=self.pooling,
-            preset=self.preset_name,
-            monitor_against=self.monitor_against,
+        # the lens checks its own arguments; built once here so that errors come at construction
+        self._template = PersistenceScore(
+            layers=self.preset.layer if layers is None else layers,
+            scores=scores,
+            homology_dims=homology_dims,
+            preset=self.preset,
+            resamples=resamples,
+            backend=backend,
+            max_samples=max_samples,
+            seed=seed,
         )
+        super().__init__(
+            layers=self._template.layers,
+            split=self.preset.split,
+            max_samples=max_samples,
+            model_attr=model_attr,
+            labels_fn=labels_fn,
+            every_n_epochs=every_n_epochs,
+            monitor_against=monitor_against,
+            plots=plots,
+            log_prefix=log_prefix,
+        )
+        self.pooling = self._template.pooling
+        self.scores = self._template.scores
+        self.homology_dims = self._template.homology_dims
+        self.seed = self._template.seed
+        self.backend = self._template.backend
+        self.resamples = self._template.resamples
+        self.prog_bar = check_bool(prog_bar, "prog_bar")
 
     @override
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        super().load_state_dict(state_dict)
-        self.history = [{"step": None, **record} for record in self.history]  # saved before steps were
+    def _build_metric(self, hf_model: Any) -> PersistenceScore:
+        return self._template
 
-    # ------------------------------------------------------------------ names
+    @override
+    def _settings(self) -> dict[str, Any]:
+        return {
+            **super()._settings(),
+            "preset": self.preset_name,
+            "pooling": self.pooling,
+            "scores": list(self.scores),
+            "homology_dims": list(self.homology_dims),
+            "max_points_per_class": self.preset.max_points_per_class,
+            "sampling": self.preset.sampling,
+            "resamples": self.resamples,
+            "seed": self.seed,
+        }
 
     @property
     def score_name(self) -> str:
         """Name of the headline metric, ``topo/psf``."""
-        return self._name("psf")
-
-    # ------------------------------------------------------------------ collection
-
-    @override
-    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._collector = None
-        if self.split == "val" and self._should_measure(trainer):
-            self._collector = RepresentationCollector(self.layers, self.pooling, self.max_batches)
-
-    @override
-    def _on_validation_batch(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, encoded: EncodedBatch | None, batch: Any
-    ) -> None:
-        if self._collector is None:
-            return
-        if encoded is not None:
-            self._collector.add(encoded, batch)
-        else:
-            self._collector = None  # validation_step does not share its hidden states: re-read later
-
-    # ------------------------------------------------------------------ what to log
+        return self._name(self._template.headline_score)
 
     @override
     def _in_prog_bar(self, name: str) -> bool:
@@ -227,88 +204,18 @@ class PersistenceScoreMonitor(LensMonitor):
         return [n for n in names if "/class_" not in n and not n.endswith("/std")]
 
     @override
-    def _measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float] | None:
-        collector, self._collector = self._collector, None
-        reps = self._collect(trainer, pl_module, collector)
-        return None if reps is None else self._on_rank_zero(trainer, partial(self._compute, reps))
-
-    def _collect(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, collector: RepresentationCollector | None
-    ) -> Representations | None:
-        """Hidden states of this validation run, gathered over all processes (every process calls it)."""
-        gather = self._gather(trainer)
-        # with re-draws the per-class samples are drawn by persistence_metrics from every example
-        random_once = self.preset.sampling == "random" and self.resamples == 1
-        cap = self.preset.max_points_per_class if random_once else None
-        if collector is not None and collector.num_batches > 0:
-            return collector.finalize(
-                max_points_per_class=cap, seed=self.seed, gather=gather, check_finite=False
-            )
-        loaders = trainer.val_dataloaders if self.split == "val" else trainer.train_dataloader
-        if isinstance(loaders, Mapping):
-            loaders = next(iter(loaders.values()), None)
-        elif isinstance(loaders, list | tuple):
-            loaders = loaders[0] if loaders else None
-        if loaders is None:
-            rank_zero_warn(
-                f"PersistenceScoreMonitor(split={self.split!r}) found no dataloader on the trainer; "
-                "nothing is logged. Give the trainer a datamodule with that split or change `split`."
-            )
-            return None
-        return collect_representations(
-            pl_module,
-            loaders,
-            layers=self.layers,
-            pooling=self.pooling,
-            max_points_per_class=cap,
-            max_batches=self.max_batches,
-            seed=self.seed,
-            gather=gather,
-            check_finite=False,
-        )
-
-    def _compute(self, reps: Representations) -> dict[str, float]:
-        """All logged values, prefixed (global rank 0 only); NaN for every name on NaN/inf states."""
-        try:
-            reps.check_finite()
-        except NonFiniteHiddenStatesError as err:
-            rank_zero_warn(
-                f"PersistenceScoreMonitor logs NaN: {err}. EarlyStopping(check_finite=True) stops on it."
-            )
-            names = metric_names(
-                reps.layers,
-                list(reps.class_counts()),
-                scores=self.scores,
-                homology_dims=self.homology_dims,
-                resamples=self.resamples,
-            )
-            return {self._name(n): math.nan for n in names}
-        result = persistence_metrics(
-            reps.points,
-            reps.labels,
-            scores=self.scores,
-            homology_dims=self.homology_dims,
-            preset=self.preset,
-            seed=self.seed,
-            backend=self.backend,
-            resamples=self.resamples,
-        )
-        self._last_diagrams = {c: [d.detach().cpu() for d in dg] for c, dg in result.diagrams.items()}
-        self._last_layer = result.layer
-        return {self._name(n): float(v) for n, v in result.values.items()}
-
-    @override
     def _write_figures(self, trainer: pl.Trainer, out: Path) -> dict[str, Path]:
         monitor = self.monitor_against if any(r["monitor"] is not None for r in self.history) else None
         score = self.score_name if "psf" in self.scores else next(iter(self.history[-1]["scores"]))
         last = self.history[-1]
+        extras = self.last_result.extras if self.last_result is not None else {}
         images = plots.write_history_figures(
             self.history,
             out,
             score=score,
             monitor=monitor,
-            diagrams=self._last_diagrams,
-            diagram_title=f"persistence diagrams, layer {self._last_layer}, {self.pooling}, "
+            diagrams=extras.get("diagrams"),
+            diagram_title=f"persistence diagrams, layer {extras.get('layer')}, {self.pooling}, "
             f"epoch {last['epoch']}, step {last['step']}",
             key_prefix=self.log_prefix,
         )
