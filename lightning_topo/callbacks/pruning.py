@@ -13,11 +13,13 @@ The callback only decides *when* to prune and *where* to write and log; the work
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import io
 import itertools
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -26,9 +28,13 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, FSDPStrategy, SingleDeviceStrategy
+from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.model_helpers import is_overridden
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 from typing_extensions import override
 
 from lightning_topo.pruning.config import DEFAULTS, PruningConfig, check_int, resolve_stat
@@ -36,7 +42,7 @@ from lightning_topo.pruning.distill import DISTILL_DEFAULTS, check_distill_setti
 from lightning_topo.pruning.importance import resolve_method
 from lightning_topo.pruning.structured import count_encoder_parameters, layer_widths
 
-__all__ = ["TopologicalPruning"]
+__all__ = ["TopologicalPruning", "CompressedSaveError", "check_writable"]
 
 #: Name of the folder, inside the run's versioned log folder, that receives the compressed checkpoint.
 DEFAULT_FOLDER = "pruned"
@@ -70,13 +76,40 @@ class TopologicalPruning(Callback):
     ``WandbLogger``: a table ``prune/kept_units`` (step, layer, kind, kept) and the bar plot
     ``prune/kept_units_plot`` (:func:`lightning_topo.plots.plot_kept_units`).
 
-    Checked at ``setup``, before anything is trained, changed or written: ``pl_module.model`` is a
-    model whose pruned shapes can be exported (BERT or RoBERTa family, sequence classifier or bare
-    encoder: :func:`lightning_topo.pruning.layout.check_supported`; e.g. ELECTRA is refused), the
-    output folder can be created, and training runs in one process.
-    Distributed training (``trainer.world_size > 1``) is refused: pruning mid-training replaces the
-    modules that DDP wraps. Prune on one device with ``lightning-topo prune``, then fine-tune the
-    pruned checkpoint with DDP.
+    Which model: the Hugging Face model anywhere in ``pl_module`` (``self.model`` as in
+    :class:`~lightning_topo.models.SequenceClassifier`, ``self.net``, an ``AutoModel`` encoder next to
+    the user's own head, inside an ``nn.ModuleDict`` ...), found by
+    :func:`lightning_topo.representations.modules.find_hf_model`; ``model_attr="path.to.model"``
+    picks one when the module holds several. After each step that attribute (and every alias of
+    it) points at the pruned model, so the user's own ``training_step`` and ``configure_optimizers``
+    run the recovery unchanged.
+
+    Checked at ``setup``, before anything is trained, changed or written: the module holds one Hugging
+    Face model (or ``model_attr`` names it) whose pruned shapes can be exported
+    (:func:`lightning_topo.pruning.layout.check_supported`), the output folder can be created, a file
+    can really be created and removed there, and the disk has room for the dense model's weights (an
+    upper bound of the compressed folder). The tokenizer saved with the checkpoint is found then too
+    (``tokenizer=``, ``trainer.datamodule.tokenizer``, ``pl_module.tokenizer``, or the model's own
+    ``name_or_path`` folder, loaded with ``trust_remote_code=False``); without one the callback
+    warns that the folder will hold no tokenizer.
+
+    Distributed training: single device and DDP (``strategy="ddp"``; one process per device, any
+    number of nodes) are supported. Under DDP every rank draws ``calibration_batches`` batches of its
+    own shard of the training data, the batches of all ranks are brought to rank 0
+    (``trainer.strategy.broadcast``), rank 0 scores the units and plans the keep-masks once, the
+    masks are broadcast, and every rank removes the same units from its (identical) replica; then
+    the LightningModule is wrapped in a new ``DistributedDataParallel`` (``strategy.configure_ddp()``)
+    and the optimizers are rebuilt, so the recovery epochs train the pruned model on every rank.
+    Refused at ``setup``: ``ddp_spawn``/``ddp_fork`` (their launcher loads rank 0's pruned weights
+    back into the main process's unpruned module, which cannot hold them), FSDP, DeepSpeed and any
+    other strategy (they shard or wrap the modules that pruning replaces); the message names
+    ``strategy="ddp"`` and ``lightning-topo prune``.
+
+    Summary (``summary``, also in ``pruning_history.json`` under ``"summary"``): validation accuracy
+    before pruning, right after it (before recovery) and at the end of ``fit`` (after recovery),
+    measured by the callback on the validation dataloader (``evaluate=True``, the default; one pass
+    each, summed over ranks; Hugging Face sequence classifiers only), parameter counts and weight
+    bytes of the dense and the compressed model (``docs/pruning.md`` lists the keys).
 
     Resuming: a Lightning checkpoint saved after pruning holds the smaller shapes.
     :class:`~lightning_topo.models.SequenceClassifier` rebuilds its model in ``on_load_checkpoint``
@@ -133,6 +166,13 @@ class TopologicalPruning(Callback):
         temperature: softmax temperature ``T > 0`` of the soft targets (default 2.0).
         alpha: weight of the soft term in ``[0, 1]`` (default 0.5). ``temperature`` and ``alpha``
             are checked even with ``distill=False``, where they are unused.
+        model_attr: dotted path of the Hugging Face model inside the LightningModule (``"net"``,
+            ``"towers.text"``); ``None`` (default) = find the one Hugging Face model it holds.
+        tokenizer: saved into the compressed folder: a tokenizer object (with ``save_pretrained``) or
+            the path of a folder holding one; ``None`` (default) = found at ``setup`` (see above).
+        evaluate: measure validation accuracy before pruning, after pruning and after recovery for
+            the summary (default ``True``; needs a validation dataloader with ``labels`` and a
+            ``*ForSequenceClassification`` model, else the figures are ``None``).
 
     Raises:
         ValueError: at construction, on any invalid argument (naming it and what is accepted).
@@ -166,6 +206,9 @@ class TopologicalPruning(Callback):
         distill: bool = False,
         temperature: float = DISTILL_DEFAULTS["temperature"],
         alpha: float = DISTILL_DEFAULTS["alpha"],
+        model_attr: str | None = None,
+        tokenizer: Any = None,
+        evaluate: bool = True,
     ) -> None:
         super().__init__()
         if ratio is None:
@@ -194,7 +237,12 @@ class TopologicalPruning(Callback):
             raise ValueError(
                 f"steps must be 1 with prune_epoch=None (pruning at fit end is one step); got {steps}"
             )
-        for name, flag in (("save", save), ("overwrite", overwrite), ("distill", distill)):
+        for name, flag in (
+            ("save", save),
+            ("overwrite", overwrite),
+            ("distill", distill),
+            ("evaluate", evaluate),
+        ):
             if not isinstance(flag, bool):
                 raise ValueError(f"{name} must be True or False; got {flag!r}")
         check_distill_settings(temperature, alpha)
@@ -220,6 +268,18 @@ class TopologicalPruning(Callback):
         self.saved_path: Path | None = None
         self._target: Path | None = None
         self._tables: list[Any] = []
+        if model_attr is not None and (not isinstance(model_attr, str) or not model_attr.strip()):
+            raise ValueError(
+                f"model_attr must be the dotted path of the Hugging Face model inside the LightningModule (e.g. "
+                f"'net') or None (find it); got {model_attr!r}"
+            )
+        self.model_attr = model_attr
+        self.tokenizer = _check_tokenizer(tokenizer)
+        self.evaluate = evaluate
+        self._model_path: str | None = None
+        self._tokenizer: Any = None
+        #: what the pruning did, for reports: see ``docs/pruning.md`` ("Summary") for the keys.
+        self.summary: dict[str, Any] = {}
 
     @property
     def teacher(self) -> nn.Module | None:
@@ -256,16 +316,31 @@ class TopologicalPruning(Callback):
         """Refuse, before anything is trained or changed, what would fail later (see the class doc)."""
         if stage != "fit":
             return
-        _refuse_distributed(trainer)
-        _check_supported(pl_module)
+        _check_strategy(trainer)
+        model = self._find_model(pl_module)
+        _check_supported(model)
         if self.distill and not callable(getattr(pl_module, "set_training_loss", None)):
             raise TypeError(
                 f"TopologicalPruning(distill=True) swaps the training loss through pl_module.set_training_loss(fn) "
                 f"(as SequenceClassifier has); {type(pl_module).__name__} has none. Add it or pass distill=False. "
                 "Nothing was changed"
             )
+        if self.distill and not _is_classifier(model):
+            raise TypeError(
+                f"TopologicalPruning(distill=True) distils the logits of a Hugging Face sequence classifier; "
+                f"pl_module.{self._model_path} is a {type(model).__name__} (no logits). Pass distill=False. "
+                "Nothing was changed"
+            )
         if self.save:
-            self._target = self._resolve_target(trainer)
+            needed = _weight_bytes(model) + _SAVE_MARGIN
+            self._target = _on_rank_zero(trainer, lambda: self._resolve_target(trainer, needed))
+            self._tokenizer = self._resolve_tokenizer(trainer, pl_module, model)
+            if not _is_classifier(model):
+                rank_zero_warn(
+                    f"TopologicalPruning: pl_module.{self._model_path} is a {type(model).__name__}, not a sequence "
+                    f"classifier, so the compressed folder will hold the pruned encoder only; the rest of "
+                    f"{type(pl_module).__name__} (your own head) is in its Lightning checkpoint, not in that folder"
+                )
         if trainer.ckpt_path and getattr(pl_module, "restores_shapes_on_load", False) is not True:
             rank_zero_warn(
                 "TopologicalPruning: resuming from a checkpoint saved after pruning needs the LightningModule "
@@ -273,16 +348,72 @@ class TopologicalPruning(Callback):
                 "(SequenceClassifier does); otherwise loading fails with a size mismatch"
             )
 
-    def _resolve_target(self, trainer: pl.Trainer) -> Path:
-        """The explicit ``output_dir`` (refused if it exists without overwrite) or a free versioned folder."""
+    def _find_model(self, pl_module: pl.LightningModule) -> nn.Module:
+        """The Hugging Face model inside ``pl_module`` (remembered by its attribute path)."""
+        from lightning_topo.representations.modules import find_hf_model
+
+        try:
+            self._model_path, model = find_hf_model(pl_module, self.model_attr)
+        except (TypeError, ValueError) as err:
+            raise type(err)(
+                f"TopologicalPruning needs the Hugging Face model of the LightningModule (pl_module.model as "
+                f"SequenceClassifier has, or any attribute; model_attr= names it): {err}. Nothing was changed"
+            ) from None
+        return model
+
+    def _hf_model(self, pl_module: pl.LightningModule) -> nn.Module:
+        if self._model_path is None:
+            return self._find_model(pl_module)
+        return pl_module.get_submodule(self._model_path)
+
+    def _resolve_target(self, trainer: pl.Trainer, needed: int) -> Path:
+        """The explicit ``output_dir`` (refused if it exists without overwrite) or a free versioned folder;
+        a file is really created and removed there, and the disk must have ``needed`` bytes free."""
         if self.output_dir is not None:
-            return _check_output_path(self.output_dir, self.overwrite)
-        base = _run_folder(trainer)
-        target, n = base / DEFAULT_FOLDER, 0
-        while target.exists():
-            n += 1
-            target = base / f"{DEFAULT_FOLDER}-v{n}"
-        return _check_output_path(target, False)
+            target = _check_output_path(self.output_dir, self.overwrite)
+        else:
+            base = _run_folder(trainer)
+            target, n = base / DEFAULT_FOLDER, 0
+            while target.exists():
+                n += 1
+                target = base / f"{DEFAULT_FOLDER}-v{n}"
+            target = _check_output_path(target, False)
+        check_writable(target, needed, what="TopologicalPruning output_dir")
+        return target
+
+    def _resolve_tokenizer(self, trainer: pl.Trainer, pl_module: pl.LightningModule, model: nn.Module) -> Any:
+        """The tokenizer to save with the checkpoint (see the class doc), or ``None`` after a warning."""
+        vocab = _vocab_rows(model)
+        if self.tokenizer is not None:
+            tok = self.tokenizer
+            if isinstance(tok, (str, os.PathLike)):
+                tok = _load_tokenizer(Path(tok), "tokenizer")
+            _check_tokenizer_fits(tok, vocab, "tokenizer")
+            return tok
+        datamodule = getattr(trainer, "datamodule", None)
+        for where, tok in (
+            ("trainer.datamodule.tokenizer", getattr(datamodule, "tokenizer", None)),
+            ("pl_module.tokenizer", getattr(pl_module, "tokenizer", None)),
+        ):
+            if callable(getattr(tok, "save_pretrained", None)):
+                rank_zero_info(f"TopologicalPruning: the compressed checkpoint gets the tokenizer of {where}")
+                return tok
+        name = str(getattr(model, "name_or_path", "") or "")
+        problem = "the model has no name_or_path"
+        if name:
+            try:
+                tok = _load_tokenizer(Path(name), "the model's name_or_path")
+                _check_tokenizer_fits(tok, vocab, f"the tokenizer of {name}")
+                rank_zero_info(f"TopologicalPruning: the compressed checkpoint gets the tokenizer of {name}")
+                return tok
+            except (OSError, ValueError, TypeError) as err:
+                problem = str(err)
+        rank_zero_warn(
+            f"TopologicalPruning: NO TOKENIZER will be saved with the compressed checkpoint ({problem}); pass "
+            "TopologicalPruning(tokenizer=your_tokenizer) or a tokenizer folder, or train with a datamodule that has "
+            "a .tokenizer, so that the folder can be used on its own"
+        )
+        return None
 
     # ------------------------------------------------------------------ hooks
     def _due(self, epoch: int) -> bool:
@@ -315,11 +446,17 @@ class TopologicalPruning(Callback):
                 f"epoch {trainer.current_epoch}; set max_epochs > prune_epoch + steps - 1 = "
                 f"{self.prune_epoch + self.steps - 1} to reach ratio={self.ratio}"
             )
+        self._finish_summary(trainer, self._hf_model(pl_module))
         self._save(trainer, pl_module)
 
     # ------------------------------------------------------------------ pruning
     def _calibration(self, trainer: pl.Trainer) -> list[Any]:
-        """``calibration_batches`` batches of ``dataloader``, else of the training dataloader."""
+        """``calibration_batches`` batches of ``dataloader``, else of the training dataloader.
+
+        Under DDP the training dataloader is this rank's shard: every rank draws its batches and
+        rank 0 receives all of them, in rank order (other ranks get ``[]``; only rank 0 scores).
+        ``dataloader=`` is the same on every rank, so rank 0 draws from it alone.
+        """
         source = self.dataloader
         if source is None:
             source = trainer.train_dataloader
@@ -329,42 +466,160 @@ class TopologicalPruning(Callback):
             raise ValueError(
                 "TopologicalPruning needs calibration data: pass dataloader=... or train with a dataloader"
             )
-        batches = _take(source, self.config.calibration_batches)
-        if not batches:
+        if _world_size(trainer) == 1:
+            batches = _take(source, self.config.calibration_batches)
+        elif self.dataloader is not None:
+            batches = _take(source, self.config.calibration_batches) if trainer.is_global_zero else []
+        else:
+            local = [_to_cpu(b) for b in _take(source, self.config.calibration_batches)]
+            batches = []
+            for rank in range(_world_size(trainer)):
+                received = trainer.strategy.broadcast(
+                    local if trainer.global_rank == rank else None, src=rank
+                )
+                if trainer.is_global_zero:
+                    batches += received
+        if trainer.is_global_zero and not batches:
             raise ValueError("TopologicalPruning: the calibration dataloader yielded no batch")
         return batches
 
-    def _prune_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *, at_fit_end: bool) -> None:
-        from lightning_topo.pruning.api import prune_model
-        from lightning_topo.pruning.export import to_exportable
+    def _plan(self, model: nn.Module, batches: list[Any], settings: PruningConfig) -> tuple[Any, Any]:
+        """Scores and keep-masks (rank 0 only under DDP): what :func:`prune_model` does before the surgery."""
+        from lightning_topo.pruning.importance import compute_importance
+        from lightning_topo.pruning.structured import KeepMasks, plan_keep_masks
 
-        model = _hf_model(pl_module)
+        table = compute_importance(model, batches, **settings.importance_kwargs())
+        masks = plan_keep_masks(model, table, **settings.plan_kwargs())
+        cpu = KeepMasks(
+            ffn=None if masks.ffn is None else [m.cpu() for m in masks.ffn],
+            heads=None if masks.heads is None else [m.cpu() for m in masks.heads],
+        )
+        return table, cpu
+
+    def _prune_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *, at_fit_end: bool) -> None:
+        from lightning_topo.pruning.export import to_exportable
+        from lightning_topo.pruning.structured import apply_keep_masks
+        from lightning_topo.representations.hidden import run_on_rank_zero_and_broadcast
+        from lightning_topo.representations.modules import replace_submodule
+
+        model = self._hf_model(pl_module)
         if self.distill and self._teacher is None and not at_fit_end:
             self._start_distillation(pl_module, model)
         current = count_encoder_parameters(model)
         if self.original_params is None:
             self.original_params = current
+            self.summary = self._dense_summary(model, trainer)
         k = len(self.history) + 1
         target = self.original_params * self.ratio ** (k / self.steps)
         settings = self.config.replace(ratio=min(1.0, target / current), seed=self.config.seed + k)
         trainable = {n: p.requires_grad for n, p in model.named_parameters()}
-        _, info = prune_model(model, self._calibration(trainer), return_info=True, **settings.prune_kwargs())
+        acc_before = self._accuracy(trainer, model)
+        batches = self._calibration(trainer)
+        tables: list[Any] = []  # the scores stay on rank 0; only the keep-masks travel
+
+        def plan() -> Any:
+            table, masks = self._plan(model, batches, settings)
+            tables.append(table)
+            return masks
+
+        masks = run_on_rank_zero_and_broadcast(
+            plan, is_global_zero=_is_global_zero(trainer), broadcast=lambda obj: _broadcast(trainer, obj)
+        )
+        apply_keep_masks(model, masks)
         new_model = to_exportable(model)  # same device and dtype as model
         for n, p in new_model.named_parameters():
             if n in trainable:
                 p.requires_grad_(trainable[n])
         if new_model is not model:
-            pl_module.model = new_model  # setup made sure the HF model lives there
+            replace_submodule(pl_module, self._model_path, new_model)  # type: ignore[arg-type]
+        acc_after = self._accuracy(trainer, new_model)
         record = self._record(trainer, new_model, k, at_fit_end)
+        record["val_acc_before"], record["val_acc_after"] = acc_before, acc_after
         self.history.append(record)
-        self._tables.append(info.table)
+        self._tables += tables
         rank_zero_info(
             f"TopologicalPruning step {k}/{self.steps}: encoder {current} -> {record['params']} parameters "
             f"({record['ratio']:.3f} of the original); heads {record['widths']['heads']}, FFN {record['widths']['ffn']}"
         )
         if not at_fit_end:
+            _rewrap_distributed(trainer)
             trainer.strategy.setup_optimizers(trainer)
         self._log_step(trainer, pl_module, record, at_fit_end)
+
+    # ------------------------------------------------------------------ summary
+    def _accuracy(self, trainer: pl.Trainer, model: nn.Module) -> float | None:
+        """Validation accuracy of the Hugging Face classifier ``model`` (``None`` if not measurable).
+
+        One pass over this rank's validation dataloader; correct and total are summed over ranks.
+        """
+        if not self.evaluate or not _is_classifier(model):
+            return None
+        loader, sharded = _val_dataloader(trainer)
+        if loader is None:
+            return None
+        from lightning_topo.encoding import model_inputs
+
+        device = next(model.parameters()).device
+        counts = torch.zeros(2, dtype=torch.float64, device=device)
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                for batch in loader:
+                    if not isinstance(batch, Mapping) or batch.get("labels") is None:
+                        return None
+                    inputs = {k: v.to(device) for k, v in model_inputs(batch).items()}
+                    logits = model(**inputs, return_dict=True).logits
+                    labels = batch["labels"].to(device)
+                    counts[0] += (logits.argmax(-1) == labels).sum()
+                    counts[1] += labels.numel()
+        finally:
+            model.train(was_training)
+        if sharded and _world_size(trainer) > 1:
+            counts = trainer.strategy.reduce(counts, reduce_op="sum")
+        if float(counts[1]) == 0:
+            return None
+        self.summary.setdefault("val_examples", int(counts[1]))
+        return float(counts[0] / counts[1])
+
+    def _dense_summary(self, model: nn.Module, trainer: pl.Trainer) -> dict[str, Any]:
+        return {
+            "dense": {
+                "params": sum(p.numel() for p in model.parameters()),
+                "encoder_params": count_encoder_parameters(model),
+                "weight_bytes": _weight_bytes(model),
+            },
+            "world_size": _world_size(trainer),
+        }
+
+    def _finish_summary(self, trainer: pl.Trainer, model: nn.Module) -> None:
+        """Fill :attr:`summary` at the end of ``fit`` (keys: ``docs/pruning.md``, "Summary")."""
+        if not self.history:
+            return
+        first, last = self.history[0], self.history[-1]
+        recovered = not last.get("at_fit_end", False)
+        after_recovery = self._accuracy(trainer, model) if recovered else None
+        dense = self.summary.get("dense", {})
+        compressed = {
+            "params": sum(p.numel() for p in model.parameters()),
+            "encoder_params": count_encoder_parameters(model),
+            "weight_bytes": _weight_bytes(model),
+        }
+        self.summary.update(
+            method=self.method_name,
+            scored_with=self._scored_with(),
+            val_acc={
+                "before_pruning": first.get("val_acc_before"),
+                "after_pruning": last.get("val_acc_after"),
+                "after_recovery": after_recovery,
+            },
+            recovery_epochs=max(0, int(trainer.current_epoch) - int(last["epoch"])) if recovered else 0,
+            compressed=compressed,
+            encoder_ratio=compressed["encoder_params"] / dense["encoder_params"] if dense else None,
+            weight_bytes_ratio=compressed["weight_bytes"] / dense["weight_bytes"] if dense else None,
+            cpu_speedup=None,
+        )
+        self.summary.setdefault("val_examples", None)
 
     # ------------------------------------------------------------------ distillation
     def _start_distillation(self, pl_module: pl.LightningModule, model: nn.Module) -> None:
@@ -476,22 +731,29 @@ class TopologicalPruning(Callback):
             return
         from lightning_topo.pruning.export import save_compressed
 
-        tokenizer = getattr(trainer.datamodule, "tokenizer", None) if trainer.datamodule is not None else None
         extra_files: dict[str, str | dict] = {"pruning_history.json": self.state_dict()}
         for k, table in enumerate(self._tables, start=1):
             extra_files[f"importance_step{k}.csv"] = _csv(table.rows())
-        model = _hf_model(pl_module)
+        model = self._hf_model(pl_module)
         was_training = model.training
+        kwargs = {"tokenizer": self._tokenizer, "extra_files": extra_files}
         try:
-            path = save_compressed(
-                model.eval(),
-                self._target,
-                tokenizer=tokenizer,
-                overwrite=self.overwrite,
-                extra_files=extra_files,
-            )
-        finally:
+            path = save_compressed(model.eval(), self._target, overwrite=self.overwrite, **kwargs)
+        except Exception as err:  # noqa: BLE001 - any failed write: keep the trained model, then say where
+            rescued = _rescue(model, self._target, kwargs)
             model.train(was_training)
+            kept = (
+                f"the pruned model was kept at {rescued} (a complete compressed folder: move it into place)"
+                if rescued is not None
+                else "no other folder (temp dir, working folder, home) could hold the pruned model either"
+            )
+            raise CompressedSaveError(
+                f"TopologicalPruning could not write the compressed checkpoint to {self._target} "
+                f"({type(err).__name__}: {' '.join(str(err).split())}); {kept}",
+                target=self._target,
+                rescued=rescued,
+            ) from err
+        model.train(was_training)
         self.saved_path = path
         rank_zero_info(f"TopologicalPruning saved the compressed checkpoint to {path}")
 
@@ -506,21 +768,18 @@ class TopologicalPruning(Callback):
             "original_params": self.original_params,
             "history": self.history,
             "distill": {"temperature": self.temperature, "alpha": self.alpha} if self.distill else None,
+            "model_attr": self._model_path,
+            "summary": self.summary,
         }
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.original_params = state_dict.get("original_params")
         self.history = list(state_dict.get("history", []))
+        self.summary = dict(state_dict.get("summary") or {})
 
 
 # ---------------------------------------------------------------------- checks (module level)
-
-
-def _hf_model(pl_module: pl.LightningModule) -> nn.Module:
-    """The Hugging Face model: ``pl_module.model`` when it is a module, else ``pl_module`` itself."""
-    model = getattr(pl_module, "model", None)
-    return model if isinstance(model, nn.Module) else pl_module
 
 
 def _check_output_dir(output_dir: object, save: bool) -> Path | None:
@@ -548,33 +807,243 @@ def _check_dataloader(dataloader: object) -> Iterable[Mapping[str, Any]] | None:
     return dataloader  # type: ignore[return-value]
 
 
-def _refuse_distributed(trainer: pl.Trainer) -> None:
-    """Refuse more than one process: DDP wraps the modules that pruning replaces."""
-    world_size = int(getattr(trainer, "world_size", 1) or 1)
-    if world_size > 1:
-        strategy = type(getattr(trainer, "strategy", None)).__name__
+def _world_size(trainer: pl.Trainer) -> int:
+    return int(getattr(trainer, "world_size", 1) or 1)
+
+
+def _is_global_zero(trainer: pl.Trainer) -> bool:
+    return bool(getattr(trainer, "is_global_zero", True))
+
+
+def _broadcast(trainer: pl.Trainer, obj: Any) -> Any:
+    """``obj`` of rank 0 on every rank (``trainer.strategy.broadcast``); itself in one process."""
+    return trainer.strategy.broadcast(obj, src=0) if _world_size(trainer) > 1 else obj
+
+
+def _on_rank_zero(trainer: pl.Trainer, fn: Callable[[], Any]) -> Any:
+    """``fn()`` on rank 0 only (e.g. file-system checks of the folder rank 0 writes); its result or its
+    exception on every rank, so no rank waits for one that failed."""
+    from lightning_topo.representations.hidden import run_on_rank_zero_and_broadcast
+
+    return run_on_rank_zero_and_broadcast(
+        fn, is_global_zero=_is_global_zero(trainer), broadcast=lambda obj: _broadcast(trainer, obj)
+    )
+
+
+def _to_cpu(batch: Any) -> Any:
+    if isinstance(batch, Tensor):
+        return batch.detach().cpu()
+    if isinstance(batch, Mapping):
+        return {k: _to_cpu(v) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to_cpu(v) for v in batch)
+    return batch
+
+
+_SUPPORTED_STRATEGIES = (
+    'a single device or strategy="ddp" (one process per device, launched by Lightning or torchrun); or prune '
+    "on one device with `lightning-topo prune`, then fine-tune the compressed folder with any strategy"
+)
+
+
+def _check_strategy(trainer: pl.Trainer) -> None:
+    """Refuse the strategies under which the modules pruning replaces are sharded, wrapped or sent back.
+
+    Supported: one device, and ``DDPStrategy`` launched as subprocesses (``strategy="ddp"``,
+    torchrun, SLURM). Refused: FSDP, DeepSpeed (a ``DDPStrategy`` subclass), ``ddp_spawn``/``ddp_fork``
+    and any other multi-process strategy.
+    """
+
+    strategy = getattr(trainer, "strategy", None)
+    name = type(strategy).__name__
+    world_size = _world_size(trainer)
+    if isinstance(strategy, (FSDPStrategy, DeepSpeedStrategy)):
+        why = "it shards the parameters that pruning shrinks and replaces"
+    elif isinstance(strategy, DDPStrategy) and isinstance(strategy.launcher, _MultiProcessingLauncher):
+        why = (
+            "its launcher loads rank 0's weights back into the main process's module, which still has the "
+            "unpruned shapes"
+        )
+    elif world_size == 1 or isinstance(strategy, DDPStrategy):
+        return
+    elif isinstance(strategy, SingleDeviceStrategy):
+        return
+    else:
+        why = "pruning replaces modules that this strategy wraps"
+    raise ValueError(
+        f"TopologicalPruning does not run under {name} (world_size={world_size}): {why}. Supported: "
+        f"{_SUPPORTED_STRATEGIES}. Nothing was changed"
+    )
+
+
+def _rewrap_distributed(trainer: pl.Trainer) -> None:
+    """After the surgery under DDP: wrap the LightningModule in a new ``DistributedDataParallel``.
+
+    The old wrapper's reducer holds the replaced parameters; ``strategy.configure_ddp()`` builds a new
+    one over the current modules (its constructor also broadcasts rank 0's weights, which every rank
+    already has).
+    """
+    strategy = trainer.strategy
+    if isinstance(strategy, DDPStrategy) and isinstance(strategy.model, DistributedDataParallel):
+        strategy.model = strategy.lightning_module
+        strategy.configure_ddp()
+
+
+def _is_classifier(model: nn.Module) -> bool:
+    return type(model).__name__.endswith("ForSequenceClassification")
+
+
+def _weight_bytes(model: nn.Module) -> int:
+    """Bytes of the model's weights and buffers (its ``state_dict``; shared tensors once; no optimizer state)."""
+    seen: dict[tuple[int, int], int] = {}
+    for t in model.state_dict().values():
+        seen[(t.data_ptr(), t.numel())] = t.numel() * t.element_size()
+    return sum(seen.values())
+
+
+#: Room needed besides the weights: config, tokenizer files, history and importance tables.
+_SAVE_MARGIN = 64 * 2**20
+
+
+def check_writable(path: str | Path, needed: int = 0, *, what: str = "output") -> None:
+    """Prove that a folder can be written at ``path`` before any work, and that ``needed`` bytes fit.
+
+    ``os.access`` is not enough (as root it says yes under ``/proc`` or on a read-only mount), so a
+    file is created in the nearest existing folder above ``path`` (where the staged sibling folder
+    of :func:`~lightning_topo.pruning.export.save_compressed` will go) and removed again. Nothing is
+    left behind and no folder is created.
+
+    Args:
+        path: the folder to be written (need not exist).
+        needed: bytes the write will take (0: only the probe).
+        what: how the messages name ``path`` (e.g. ``"--output"``).
+
+    Raises:
+        PermissionError: the file cannot be created (names the folder and the OS error).
+        OSError: fewer than ``needed`` bytes are free there (names both figures).
+    """
+    ancestor = Path(path).parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    probe = ancestor / f".lightning-topo-write-probe-{os.getpid()}-{os.urandom(4).hex()}"
+    try:
+        fd = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        try:
+            os.write(fd, b"x")
+        finally:
+            os.close(fd)
+    except OSError as err:
+        raise PermissionError(
+            f"{what} {path}: cannot create a file in {ancestor} ({err.strerror or type(err).__name__}); choose a "
+            "writable folder"
+        ) from None
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(probe)
+    if needed > 0:
+        free = shutil.disk_usage(ancestor).free
+        if free < needed:
+            raise OSError(
+                f"{what} {path}: {ancestor} has {free / 2**20:.1f} MiB free, the compressed checkpoint needs up to "
+                f"{needed / 2**20:.1f} MiB; free some space or choose another folder. Nothing was trained"
+            )
+
+
+class CompressedSaveError(OSError):
+    """The compressed checkpoint could not be written at the end of ``fit`` (after the training).
+
+    Attributes:
+        target: where it should have gone.
+        rescued: where the complete compressed folder was kept instead, or ``None``.
+    """
+
+    def __init__(self, message: str, *, target: Path | None, rescued: Path | None) -> None:
+        super().__init__(message)
+        self.target, self.rescued = target, rescued
+
+
+def _rescue(model: nn.Module, target: Path | None, kwargs: Mapping[str, Any]) -> Path | None:
+    """Save the trained model into the first folder that takes it (temp dir, working folder, home)."""
+    from lightning_topo.pruning.export import save_compressed
+
+    name = f"lightning-topo-rescued-{(target or Path('pruned')).name}-{os.getpid()}-{os.urandom(3).hex()}"
+    for base in (Path(tempfile.gettempdir()), Path.cwd(), Path.home()):
+        candidate = base / name
+        try:
+            return save_compressed(model, candidate, **kwargs)
+        except Exception:  # noqa: BLE001, S112 - try the next place
+            shutil.rmtree(candidate, ignore_errors=True)
+            continue
+    return None
+
+
+def _check_tokenizer(tokenizer: object) -> Any:
+    if tokenizer is None or isinstance(tokenizer, (str, os.PathLike)) and str(tokenizer).strip():
+        return tokenizer
+    if callable(getattr(tokenizer, "save_pretrained", None)):
+        return tokenizer
+    raise ValueError(
+        "tokenizer must be a tokenizer (with save_pretrained), the path of a folder holding one, or None (found "
+        f"at setup); got {type(tokenizer).__name__}"
+    )
+
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "spiece.model")
+
+
+def _load_tokenizer(path: Path, what: str) -> Any:
+    """The tokenizer in the local folder ``path`` (or a locally cached Hub id), never running its code."""
+    from transformers import AutoTokenizer
+
+    if path.is_dir():
+        if not any((path / f).is_file() for f in _TOKENIZER_FILES):
+            raise OSError(f"{what} {path} holds no tokenizer files")
+    elif path.exists():
+        raise OSError(f"{what} {path} is a file, not a tokenizer folder")
+    try:
+        return AutoTokenizer.from_pretrained(str(path), trust_remote_code=False, local_files_only=True)
+    except Exception as err:  # noqa: BLE001 - whatever transformers raises: one line
+        raise OSError(f"{what} {path} could not be loaded as a tokenizer ({type(err).__name__})") from None
+
+
+def _vocab_rows(model: nn.Module) -> int | None:
+    get = getattr(model, "get_input_embeddings", None)
+    emb = get() if callable(get) else None
+    return int(emb.weight.shape[0]) if isinstance(emb, nn.Embedding) else None
+
+
+def _check_tokenizer_fits(tokenizer: Any, vocab: int | None, what: str) -> None:
+    size = len(tokenizer) if hasattr(tokenizer, "__len__") else None
+    if vocab is not None and size is not None and size > vocab:
         raise ValueError(
-            f"TopologicalPruning runs in a single process; this Trainer has world_size={world_size} "
-            f"({strategy}). Prune on one device with `lightning-topo prune` (or Trainer(devices=1)), "
-            "then fine-tune the pruned checkpoint with DDP"
+            f"{what} has {size} tokens but the model's embedding has {vocab} rows: it is not this model's "
+            "tokenizer; pass the one the model was trained with"
         )
 
 
-def _check_supported(pl_module: pl.LightningModule) -> None:
-    """Refuse, before it is changed, a model that cannot be pruned, swapped in and exported.
+def _val_dataloader(trainer: pl.Trainer) -> tuple[Any, bool]:
+    """``(loader, sharded)``: the fit's (first) validation dataloader once Lightning has set it up (the
+    sanity check or a first validation did; under DDP it is this rank's shard), else the datamodule's
+    ``val_dataloader()`` (the whole split on every rank), else ``(None, False)``."""
+    loaders, sharded = getattr(trainer, "val_dataloaders", None), True
+    if loaders is None:
+        datamodule = getattr(trainer, "datamodule", None)
+        make = getattr(datamodule, "val_dataloader", None)
+        if make is None or not is_overridden("val_dataloader", datamodule, pl.LightningDataModule):
+            return None, False
+        loaders, sharded = make(), False
+    if isinstance(loaders, (list, tuple)):
+        loaders = loaders[0] if loaders else None
+    if isinstance(loaders, Mapping):
+        loaders = next(iter(loaders.values()), None)
+    return loaders, sharded
 
-    Pruning replaces ``pl_module.model`` by a model whose config describes the new shapes, so the
-    Hugging Face model must live there; :func:`lightning_topo.pruning.layout.check_supported` says
-    which model classes can be exported (BERT and RoBERTa families).
-    """
+
+def _check_supported(model: nn.Module) -> None:
+    """Refuse, before it is changed, a model whose pruned form cannot be exported
+    (:func:`lightning_topo.pruning.layout.check_supported`)."""
     from lightning_topo.pruning.layout import check_supported
 
-    model = _hf_model(pl_module)
-    if model is pl_module:
-        raise TypeError(
-            f"TopologicalPruning needs the Hugging Face model in pl_module.model (as SequenceClassifier has); "
-            f"{type(pl_module).__name__} has no nn.Module attribute 'model'. Nothing was changed"
-        )
     try:
         check_supported(model)
     except TypeError as err:

@@ -265,8 +265,8 @@ def test_arguments_normalised():
 
 def _save_tiny(tmp_path, family):
     from transformers import (
-        ElectraConfig,
-        ElectraForSequenceClassification,
+        GPT2Config,
+        GPT2ForSequenceClassification,
         RobertaConfig,
         RobertaForSequenceClassification,
     )
@@ -280,9 +280,11 @@ def _save_tiny(tmp_path, family):
         model = RobertaForSequenceClassification(
             RobertaConfig(**sizes, max_position_embeddings=70, pad_token_id=1)
         )
-    else:
-        model = ElectraForSequenceClassification(
-            ElectraConfig(**sizes, embedding_size=32, max_position_embeddings=64)
+    else:  # a family pruning does not support (not BERT-like)
+        model = GPT2ForSequenceClassification(
+            GPT2Config(
+                vocab_size=128, n_embd=32, n_layer=2, n_head=4, n_positions=64, num_labels=2, pad_token_id=0
+            )
         )
     path = tmp_path / f"tiny-{family}"
     model.save_pretrained(path)
@@ -299,13 +301,11 @@ def _unchanged(module, before):
 
 
 def test_unsupported_model_refused_at_setup_before_anything_changes(tmp_path):
-    module = _module(_save_tiny(tmp_path, "electra"))
+    module = _module(_save_tiny(tmp_path, "gpt2"))
     before = _state(module)
     out = tmp_path / "out"
     trainer = _trainer(tmp_path, [TopologicalPruning(prune_epoch=0, output_dir=out)], max_epochs=1)
-    with pytest.raises(
-        TypeError, match="ElectraForSequenceClassification.*'electra'.*Nothing was changed"
-    ) as err:
+    with pytest.raises(TypeError, match="GPT2ForSequenceClassification.*'gpt2'.*Nothing was changed") as err:
         trainer.fit(module, train_dataloaders=_loader(_batches(2)))
     assert "\n" not in str(err.value)
     assert trainer.global_step == 0
@@ -338,7 +338,7 @@ def test_module_without_model_attribute_refused(tmp_path):
 
     cb = TopologicalPruning()
     trainer = SimpleNamespace(world_size=1, loggers=[], default_root_dir=str(tmp_path), ckpt_path=None)
-    with pytest.raises(TypeError, match="pl_module.model.*Plain has no"):
+    with pytest.raises(TypeError, match="pl_module.model.*no Hugging Face model found in Plain.*model_attr"):
         cb.setup(trainer, Plain(), "fit")
 
 
@@ -373,15 +373,53 @@ def test_unwritable_output_dir_refused_at_setup(tiny_dir, tmp_path, monkeypatch)
     assert not (tmp_path / "ro").exists()
 
 
-def test_distributed_refused_at_setup(tiny_dir, tmp_path):
+def _strategy(kind):
+    """A strategy object of each refused kind, without the packages (deepspeed) or processes it would need."""
+    strategies = pl.strategies
+    if kind == "ddp_spawn":
+        from lightning.fabric.plugins.environments import LightningEnvironment
+
+        strategy = strategies.DDPStrategy(start_method="spawn", cluster_environment=LightningEnvironment())
+        strategy._configure_launcher()
+        return strategy
+    if kind == "other":
+        return SimpleNamespace()
+    cls = {"fsdp": strategies.FSDPStrategy, "deepspeed": strategies.DeepSpeedStrategy}[kind]
+    return cls.__new__(cls)
+
+
+@pytest.mark.parametrize(
+    "kind,needle",
+    [
+        ("fsdp", "FSDPStrategy.*shards the parameters"),
+        ("deepspeed", "DeepSpeedStrategy.*shards the parameters"),
+        ("ddp_spawn", "DDPStrategy.*loads rank 0's weights back"),
+        ("other", "SimpleNamespace.*wraps"),
+    ],
+)
+def test_unsupported_strategies_refused_at_setup(tiny_dir, tmp_path, kind, needle):
     module = _module(tiny_dir)
     before = _state(module)
     cb = TopologicalPruning(prune_epoch=0, output_dir=tmp_path / "out")
-    trainer = SimpleNamespace(world_size=2, strategy=pl.strategies.DDPStrategy(), loggers=[], ckpt_path=None)
-    with pytest.raises(ValueError, match="world_size=2 \\(DDPStrategy\\).*`lightning-topo prune`.*DDP"):
+    trainer = SimpleNamespace(world_size=2, strategy=_strategy(kind), loggers=[], ckpt_path=None)
+    with pytest.raises(ValueError, match=needle) as err:
         cb.setup(trainer, module, "fit")
+    message = str(err.value)
+    assert "\n" not in message and 'strategy="ddp"' in message and "`lightning-topo prune`" in message
     assert _unchanged(module, before) and not (tmp_path / "out").exists()
     cb.setup(trainer, module, "validate")  # only fit is pruned: other stages are left alone
+
+
+def test_ddp_strategy_passes_the_setup_checks(tiny_dir, tmp_path):
+    from lightning.fabric.plugins.environments import LightningEnvironment
+
+    strategy = pl.strategies.DDPStrategy(cluster_environment=LightningEnvironment())
+    strategy._configure_launcher()  # the subprocess launcher of strategy="ddp"
+    cb = TopologicalPruning(prune_epoch=0, save=False)
+    cb.setup(
+        SimpleNamespace(world_size=2, strategy=strategy, loggers=[], ckpt_path=None), _module(tiny_dir), "fit"
+    )
+    assert cb._model_path == "model"
 
 
 @pytest.mark.slow
@@ -395,7 +433,7 @@ def test_ddp_spawn_trainer_refused(tiny_dir, tmp_path):
     )  # fmt: skip
     with pytest.raises(Exception, match="lightning-topo prune") as err:
         trainer.fit(module, train_dataloaders=_loader(_batches(2)))
-    assert "world_size=2" in str(err.value)
+    assert "world_size=2" in str(err.value) and 'strategy="ddp"' in str(err.value)
     assert cb.history == []
 
 
