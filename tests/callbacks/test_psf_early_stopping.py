@@ -1,14 +1,16 @@
-"""PSFEarlyStopping: does not stop on a flat but noisy PSF, stops on a clear decline."""
+"""PSFEarlyStopping: noise-aware improvements, Lightning's stop reason, the reason printed."""
 
 from __future__ import annotations
 
 import inspect
+import logging
 import math
 
 import lightning.pytorch as pl
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping
+from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_topo.callbacks import PSFEarlyStopping
@@ -70,16 +72,77 @@ def test_flat_noisy_psf_does_not_stop_early_but_plain_early_stopping_does(seed, 
     values = flat_noisy(seed)
     plain = run(values, 0.003, EarlyStopping(monitor="topo/psf", mode=mode, patience=2, min_delta=0.0))
     assert plain.current_epoch < 8, "plain EarlyStopping should fire on this noise (the test would be void)"
-    aware = run(values, 0.003, PSFEarlyStopping(mode=mode, patience=2))
+    aware = run(values, 0.003, PSFEarlyStopping(mode=mode, patience=2, patience_counts="worse"))
     assert aware.current_epoch == 8 and not aware.early_stopping_callback.stopped_epoch
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3, 4, 5, 6, 7, 8, 9])
+def test_noise_is_never_an_improvement_so_a_flat_psf_stops_after_patience(seed):
+    # Lightning's rule (default): checks without a significant improvement count, and noise
+    # rarely passes for one, so a flat series stops `patience` checks after its best, early
+    values = flat_noisy(seed)
+    stopper = PSFEarlyStopping(mode="min", patience=2)
+    trainer = run(values, 0.003, stopper)
+    best = values.index(
+        min(values[: stopper.stopped_epoch + 1], key=lambda v: abs(v - float(stopper.best_score)))
+    )
+    assert stopper.stopped_epoch == best + 2 and trainer.current_epoch == best + 3
+    assert stopper.stopped_epoch <= 4  # an improvement must beat the noise: at most 2 here
+    assert stopper.stopping_reason == EarlyStoppingReason.PATIENCE_EXHAUSTED
+
+
+def test_k_sigma_sets_which_improvements_count():
+    values = [0.05 - 0.003 * e for e in range(8)]  # falls 0.003 per epoch, logged std 0.003
+    # k=2: threshold 2 * sqrt(2) * 0.003 = 0.0085 > 0.003: no improvement counts, stops
+    strict = PSFEarlyStopping(mode="min", patience=2, k_sigma=2.0)
+    assert run(values, 0.003, strict).current_epoch == 3
+    # k=0.5: threshold 0.0021 < 0.003: every epoch improves, runs all 8
+    loose = PSFEarlyStopping(mode="min", patience=2, k_sigma=0.5)
+    assert run(values, 0.003, loose).current_epoch == 8
+    assert float(loose.best_score) == pytest.approx(values[-1])
+    # the same series with a tiny std (k=2: 0.00028) is an improvement every epoch
+    assert run(values, 0.0001, PSFEarlyStopping(mode="min", patience=2)).current_epoch == 8
+
+
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_the_stop_reason_is_printed_through_lightnings_logger(verbose):
+    # Lightning's EarlyStopping prints through lightning.pytorch's logger, which has the console
+    # handler; a logger of our own package has none (issue 23: nothing reached the console)
+    logger = logging.getLogger("lightning.pytorch.callbacks.early_stopping")
+    console = logging.getLogger("lightning.pytorch")
+    assert console.handlers or logging.getLogger().handlers
+    records = _Records()
+    logger.addHandler(records)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        stopper = PSFEarlyStopping(mode="max", patience=2, verbose=verbose)
+        run([0.05 - 0.01 * e for e in range(8)], 0.001, stopper)
+    finally:
+        logger.removeHandler(records)
+        logger.setLevel(level)
+    stops = [m for m in records.messages if "Signaling Trainer to stop" in m]
+    assert stops == [stopper.stopping_reason_message]
+    assert "topo/psf" in stops[0] and "patience=2" in stops[0] and "k_sigma=2.0" in stops[0]
+    assert len(records.messages) == (3 if verbose else 1)  # verbose: every check of the 3 epochs
 
 
 def test_clear_decline_stops():
     values = [0.05 - 0.01 * e + 0.001 * ((-1) ** e) for e in range(8)]  # falls 0.01 per epoch
-    stopper = PSFEarlyStopping(mode="max", patience=2)
+    stopper = PSFEarlyStopping(mode="max", patience=2, patience_counts="worse")
     trainer = run(values, 0.001, stopper)
     assert stopper.stopped_epoch == 2 and trainer.current_epoch == 3
     assert "worse than the best" in stopper.stopping_reason_message
+    assert trainer.early_stopping_callback.stopping_reason == EarlyStoppingReason.PATIENCE_EXHAUSTED
 
 
 def test_clear_rise_is_an_improvement_in_mode_max_and_keeps_going():
@@ -100,7 +163,7 @@ def test_threshold_and_min_delta_floor():
 
 
 def test_decide_counts_only_significant_changes():
-    stopper = PSFEarlyStopping(mode="min", k_sigma=2.0, patience=2)
+    stopper = PSFEarlyStopping(mode="min", k_sigma=2.0, patience=2, patience_counts="worse")
     t = torch.tensor
     stopper.decide(t(0.030, dtype=torch.float64), 0.001)  # first value: the best
     # threshold 2 * sqrt(2) * 0.001 = 0.00283
@@ -116,6 +179,7 @@ def test_decide_counts_only_significant_changes():
 def test_non_finite_stops_when_check_finite():
     stopper = PSFEarlyStopping(mode="min")
     assert stopper.decide(torch.tensor(math.nan), 0.0)[0]
+    assert stopper.stopping_reason == EarlyStoppingReason.NON_FINITE_METRIC
     assert not PSFEarlyStopping(mode="min", check_finite=False).decide(torch.tensor(math.nan), 0.0)[0]
 
 
@@ -155,6 +219,7 @@ def test_state_dict_roundtrip():
         ({"mode": "min", "patience": 1.5}, TypeError, "patience"),
         ({"mode": "min", "monitor": ""}, TypeError, "monitor"),
         ({"mode": "min", "std_monitor": 3}, TypeError, "std_monitor"),
+        ({"mode": "min", "patience_counts": "never"}, ValueError, "patience_counts"),
     ],
 )
 def test_bad_arguments(kwargs, error, match):
@@ -165,7 +230,8 @@ def test_bad_arguments(kwargs, error, match):
 def test_mode_is_required_and_hooks_are_marked_override():
     with pytest.raises(TypeError):
         PSFEarlyStopping()  # the direction of PSF must be chosen
-    for name in ("on_validation_end", "on_train_epoch_end", "state_dict", "load_state_dict"):
+    names = ("_evaluate_stopping_criteria", "_run_early_stopping_check", "_validate_condition_metric")
+    for name in (*names, "state_dict", "load_state_dict"):
         fn = getattr(PSFEarlyStopping, name)
         assert getattr(fn, "__override__", False), name
         assert name in PSFEarlyStopping.__dict__
