@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning_topo.analysis import write_text_atomic
+from lightning_topo.plots.wandb import offline_run
 
 __all__ = ["FAMILIES", "SECTIONS", "RunLog", "build_report", "read_run", "write_report"]
 
@@ -37,12 +38,18 @@ FAMILIES = ("topo", "geometry", "concepts", "probe", "prune")
 #: ``id`` of every ``<section>`` of the page, in order.
 SECTIONS = ("summary", "series", "correlations", "figures", "pruning")
 MONITOR = "val/acc"
+#: File naming a run's one output folder (``lightning_topo.callbacks.run_dir``): in the run folder
+#: itself (``"run_dir": "."``, the claim) and in every logger's own folder (a pointer).
+RUN_POINTER = "lightning_topo_run.json"
+#: Value of the ``format`` key of :data:`RUN_POINTER`.
+RUN_POINTER_FORMAT = "lightning-topo run folder 1"
 _CORRELATION = re.compile(r"^(?P<metric>.+)/(?P<kind>pearson|spearman)_(?P<target>[^/]+)$")
 _LAYER = re.compile(r"^(?P<base>.+)/layer_(?P<layer>\d+)$")
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _ACCEPTED = (
-    "a run's log folder holding CSVLogger's metrics.csv (e.g. runs/quickstart/version_0) or "
-    "TensorBoard event files (events.out.tfevents.*)"
+    "a run's folder: its run folder or a logger folder holding CSVLogger's metrics.csv "
+    "(e.g. runs/quickstart/version_0), TensorBoard event files (events.out.tfevents.*) or a W&B "
+    "offline run (wandb/offline-run-*)"
 )
 
 
@@ -61,46 +68,179 @@ class RunLog:
         self.series.setdefault(name, []).append((epoch, step, value))
 
 
-# ----------------------------------------------------------------------------- reading logs
+# ----------------------------------------------------------------------------- finding a run
+
+#: Log kinds read, in the order preferred when a run has several.
+LOG_KINDS = ("csv", "tensorboard", "wandb")
 
 
-def find_log(run_dir: str | Path) -> tuple[str, Path]:
-    """``("csv", metrics.csv)`` or ``("tensorboard", folder)`` of the single log under ``run_dir``.
+@dataclass
+class RunFolder:
+    """Where one run's things are.
 
-    Raises:
-        FileNotFoundError: ``run_dir`` does not exist or holds no log.
-        NotADirectoryError: ``run_dir`` is a file.
-        ValueError: several logs (pass one of their folders), or only a W&B offline run.
+    Attributes:
+        given: the folder the user passed.
+        run_dir: the run's output folder (figures, JSON, ``pruned/``): the folder named by its
+            ``lightning_topo_run.json``, or, for a run without one, the log's own folder.
+        log_kind: ``"csv"``, ``"tensorboard"`` or ``"wandb"``.
+        log_path: ``metrics.csv``, the TensorBoard folder, or the ``run-*.wandb`` file.
+        record: the run folder's own ``lightning_topo_run.json`` (``None`` for a run without one).
     """
-    run_dir = Path(run_dir)
-    if not run_dir.exists():
-        raise FileNotFoundError(f"RUN_DIR {run_dir} does not exist; pass {_ACCEPTED}")
-    if not run_dir.is_dir():
-        raise NotADirectoryError(f"RUN_DIR {run_dir} is a file, not a folder; pass {_ACCEPTED}")
-    if (run_dir / "metrics.csv").is_file():
-        return "csv", run_dir / "metrics.csv"
-    csvs = sorted(run_dir.rglob("metrics.csv"))
-    events = sorted({p.parent for p in run_dir.rglob("events.out.tfevents.*")})
-    found = [("csv", p) for p in csvs] + [("tensorboard", p) for p in events]
-    if len(found) > 1:
-        names = ", ".join(str(p if kind == "tensorboard" else p.parent) for kind, p in found[:6])
-        raise ValueError(f"RUN_DIR {run_dir} holds {len(found)} logs ({names}); pass one of those folders")
-    if found:
-        return found[0]
-    if any(run_dir.rglob("*.wandb")):
+
+    given: Path
+    run_dir: Path
+    log_kind: str
+    log_path: Path
+    record: dict[str, Any] | None = None
+
+
+def _logs_in(folder: Path) -> list[tuple[str, Path]]:
+    """The logs directly in ``folder``: ``[(kind, path)]``."""
+    if not folder.is_dir():
+        return []
+    found: list[tuple[str, Path]] = []
+    if (folder / "metrics.csv").is_file():
+        found.append(("csv", folder / "metrics.csv"))
+    if any(folder.glob("events.out.tfevents.*")):
+        found.append(("tensorboard", folder))
+    found += [("wandb", p) for p in sorted(folder.glob("run-*.wandb"))]
+    return found
+
+
+def _log_folder(kind: str, path: Path) -> Path:
+    return path if kind == "tensorboard" else path.parent
+
+
+def _logs_below(folder: Path) -> list[tuple[str, Path]]:
+    """Every log in or under ``folder`` (hidden folders and W&B's ``latest-run`` link skipped)."""
+    seen: dict[Path, tuple[str, Path]] = {}
+    candidates = [folder, *(p for p in sorted(folder.rglob("*")) if p.is_dir())]
+    for sub in candidates:
+        rel = sub.relative_to(folder).parts
+        if any(part.startswith(".") or part == "latest-run" for part in rel) or sub.is_symlink():
+            continue
+        for kind, path in _logs_in(sub):
+            seen.setdefault(path.resolve(), (kind, path))
+    return list(seen.values())
+
+
+def _read_pointer(folder: Path) -> dict[str, Any]:
+    """``folder/lightning_topo_run.json``, checked (format, run id, run folder)."""
+    path = folder / RUN_POINTER
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path} is not a readable lightning-topo run pointer ({err})") from None
+    if (
+        not isinstance(record, dict)
+        or record.get("format") != RUN_POINTER_FORMAT
+        or not isinstance(record.get("run_id"), str)
+        or not isinstance(record.get("run_dir"), str)
+        or not isinstance(record.get("loggers", []), list)
+    ):
         raise ValueError(
-            f"RUN_DIR {run_dir} holds only a W&B offline run, which report does not read; "
-            "log with CSVLogger or TensorBoardLogger as well, or pass " + _ACCEPTED
+            f"{path} is not a lightning-topo run pointer (needs format {RUN_POINTER_FORMAT!r}, run_id, run_dir)"
         )
+    return record
+
+
+def _pointed_run(folder: Path, pointer: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
+    """The run folder ``pointer`` (read in ``folder``) names, verified: it exists and its own
+    ``lightning_topo_run.json`` claims it for the same run."""
+    if pointer["run_dir"] == ".":
+        return folder.resolve(), pointer
+    for candidate in (folder / pointer["run_dir"], Path(str(pointer.get("run_dir_absolute", "")))):
+        if str(candidate) and candidate.is_dir() and (candidate / RUN_POINTER).is_file():
+            own = _read_pointer(candidate)
+            if own["run_id"] != pointer["run_id"] or own["run_dir"] != ".":
+                raise ValueError(
+                    f"{folder / RUN_POINTER} names the run folder {candidate.resolve()}, which holds another "
+                    f"run ({own['run_id']}, not {pointer['run_id']})"
+                )
+            return candidate.resolve(), own
     raise FileNotFoundError(
-        f"RUN_DIR {run_dir} holds no metrics.csv and no TensorBoard events; pass {_ACCEPTED}"
+        f"{folder / RUN_POINTER} names the run folder {pointer['run_dir']} "
+        f"({pointer.get('run_dir_absolute')}), which does not exist or holds no {RUN_POINTER}; "
+        "pass the run folder itself"
     )
 
 
-def read_run(run_dir: str | Path) -> RunLog:
-    """Every logged scalar of the run under ``run_dir`` (see :func:`find_log`)."""
-    kind, path = find_log(run_dir)
-    return _read_csv(path) if kind == "csv" else _read_tensorboard(path)
+def _run_of_pointer(given: Path, folder: Path) -> RunFolder:
+    target, own = _pointed_run(folder, _read_pointer(folder))
+    candidates = _logs_in(folder)
+    for entry in own.get("loggers", []):
+        if not isinstance(entry, dict):
+            continue
+        for where in (target / str(entry.get("folder", "")), Path(str(entry.get("folder_absolute", "")))):
+            if entry.get("folder") is not None and where.is_dir():
+                candidates += _logs_in(where)
+                break
+    candidates += _logs_in(target)
+    if not candidates:
+        raise FileNotFoundError(
+            f"the run folder {target} (named by {folder / RUN_POINTER}) has no log left: none of its loggers' "
+            f"folders holds metrics.csv, TensorBoard events or a W&B run file"
+        )
+    kind, path = min(candidates, key=lambda c: LOG_KINDS.index(c[0]))
+    return RunFolder(given, target, kind, path, own)
+
+
+def resolve_run(run_dir: str | Path) -> RunFolder:
+    """The run behind ``run_dir``: its output folder and the one log to read.
+
+    ``run_dir`` may be the run folder :func:`lightning_topo.callbacks.run_dir.run_dir` chose, any
+    of the run's logger folders (CSV/TensorBoard version folder, W&B ``offline-run-*`` folder:
+    their ``lightning_topo_run.json`` names the run folder), or a folder above exactly one run.
+    When a run has several logs, ``metrics.csv`` is read first, then TensorBoard, then W&B.
+
+    Raises:
+        FileNotFoundError: ``run_dir`` does not exist, holds no log, or its pointer names a folder
+            that is gone.
+        NotADirectoryError: ``run_dir`` is a file.
+        ValueError: logs of several runs below ``run_dir``, or a damaged pointer file.
+    """
+    given = Path(run_dir)
+    if not given.exists():
+        raise FileNotFoundError(f"RUN_DIR {given} does not exist; pass {_ACCEPTED}")
+    if not given.is_dir():
+        raise NotADirectoryError(f"RUN_DIR {given} is a file, not a folder; pass {_ACCEPTED}")
+    if (given / RUN_POINTER).is_file():
+        return _run_of_pointer(given, given)
+    logs = _logs_below(given)
+    if not logs:
+        raise FileNotFoundError(
+            f"RUN_DIR {given} holds no metrics.csv, no TensorBoard events and no W&B run file; pass {_ACCEPTED}"
+        )
+    runs: dict[str, list[tuple[str, Path]]] = {}
+    for kind, path in logs:
+        folder = _log_folder(kind, path)
+        key = str(folder.resolve())
+        if (folder / RUN_POINTER).is_file():
+            key = _read_pointer(folder)["run_id"]
+        runs.setdefault(key, []).append((kind, path))
+    if len(runs) > 1:
+        names = ", ".join(str(_log_folder(*members[0])) for members in list(runs.values())[:6])
+        raise ValueError(
+            f"RUN_DIR {given} holds the logs of {len(runs)} runs ({names}); pass one of those folders"
+        )
+    members = sorted(next(iter(runs.values())), key=lambda c: LOG_KINDS.index(c[0]))
+    folder = _log_folder(*members[0])
+    if (folder / RUN_POINTER).is_file():
+        return _run_of_pointer(given, folder)
+    return RunFolder(given, folder.resolve(), members[0][0], members[0][1], None)
+
+
+def find_log(run_dir: str | Path) -> tuple[str, Path]:
+    """``(kind, path)`` of the log :func:`resolve_run` reads for ``run_dir``."""
+    run = resolve_run(run_dir)
+    return run.log_kind, run.log_path
+
+
+def read_run(run_dir: str | Path | RunFolder) -> RunLog:
+    """Every logged scalar of the run behind ``run_dir`` (see :func:`resolve_run`)."""
+    run = run_dir if isinstance(run_dir, RunFolder) else resolve_run(run_dir)
+    readers = {"csv": _read_csv, "tensorboard": _read_tensorboard, "wandb": _read_wandb}
+    return readers[run.log_kind](run.log_path)
 
 
 def _read_csv(path: Path) -> RunLog:
@@ -145,6 +285,27 @@ def _read_tensorboard(folder: Path) -> RunLog:
                 log.add(tag, epochs.get(event.step), int(event.step), float(event.value))
     if not log.series:
         raise ValueError(f"{folder} holds no logged scalars; pass {_ACCEPTED}")
+    return log
+
+
+def _read_wandb(path: Path) -> RunLog:
+    """A W&B offline run file, decoded with wandb's own protobuf records
+    (:func:`lightning_topo.plots.wandb.offline_run`): every numeric value of every logged row;
+    the epoch and step of a row are its ``epoch`` and ``trainer/global_step`` (else ``_step``)."""
+    try:
+        run = offline_run(path)
+    except ValueError as err:
+        raise ValueError(f"{err}; pass {_ACCEPTED}") from None
+    log = RunLog("W&B offline run", path)
+    for row in run.history:
+        epoch, step = row.get("epoch"), row.get("trainer/global_step", row.get("_step", -1))
+        for name, value in row.items():
+            if name.startswith("_") or name in ("epoch", "trainer/global_step") or "." in name:
+                continue
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                log.add(name, None if epoch is None else int(epoch), int(step), float(value))
+    if not log.series:
+        raise ValueError(f"{path} holds no logged scalars; pass {_ACCEPTED}")
     return log
 
 
@@ -307,7 +468,7 @@ def _summary_html(log: RunLog, run_dir: Path) -> str:
     acc = [v for _, _, v in log.series.get(MONITOR, [])]
     rows = [
         ("run folder", str(run_dir.resolve())),
-        ("log", f"{log.source}: {log.path.relative_to(run_dir) if log.path != run_dir else '.'}"),
+        ("log", f"{log.source}: {log.path}"),
         ("epochs logged", max(epochs) + 1 if epochs else "none"),
         ("series logged", len(log.series)),
         (f"last {MONITOR}", f"{acc[-1]:.4f}" if acc else "not logged"),
@@ -387,8 +548,9 @@ def _kept_units_png(history: Sequence[Mapping[str, Any]]) -> bytes:
 def build_report(run_dir: str | Path) -> str:
     """The HTML page of the run under ``run_dir`` (see the module docstring); raises before any work
     if ``run_dir`` holds no readable log."""
-    run_dir = Path(run_dir)
-    log = read_run(run_dir)
+    run = resolve_run(run_dir)
+    log = read_run(run)
+    run_dir = run.run_dir
     sections = [
         _section("summary", "Run", _summary_html(log, run_dir)),
         _section("series", f"Scores against {MONITOR}", _series_html(log)),

@@ -145,8 +145,8 @@ def _bad_inputs(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
         "missing": ([str(tmp_path / "nope")], "does not exist"),
         "file": ([str(notcsv / "metrics.csv")], "is a file"),
         "empty": ([str(empty)], "no metrics.csv"),
-        "wandb": ([str(tmp_path / "wandb_only")], "W&B offline"),
-        "two": ([str(two)], "holds 2 logs"),
+        "wandb": ([str(tmp_path / "wandb_only")], "not a W&B run file"),
+        "two": ([str(two)], "holds the logs of 2 runs"),
         "notcsv": ([str(notcsv)], "not a CSVLogger metrics.csv"),
         "suffix": ([str(good), "--output", str(tmp_path / "page.txt")], "must end in .html"),
     }
