@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import math
+import os
+import secrets
+import sys
 import time
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_only
@@ -16,7 +23,15 @@ from lightning_topo.cli.errors import USER_ERRORS
 from lightning_topo.models.classifier import SequenceClassifier
 from lightning_topo.models.datamodule import TextClassificationDataModule
 
-__all__ = ["InputError", "TopoLightningCLI", "run_lightning_cli"]
+__all__ = [
+    "InputError",
+    "TopoLightningCLI",
+    "check_config_files",
+    "check_run_folders",
+    "check_trainer_values",
+    "check_writable_folder",
+    "run_lightning_cli",
+]
 
 #: Trainer defaults of the CLI (a config file overrides them): CSV logs under ``runs/``.
 TRAINER_DEFAULTS: dict[str, Any] = {
@@ -32,6 +47,136 @@ class InputError(Exception):
     before anything ran. ``lightning-topo`` prints it as one line and exits with status 2; the
     original exception (``ValueError``, ``TypeError``, ``FileNotFoundError``, ...) is its
     ``__cause__``."""
+
+
+#: Trainer options that must be an int >= the given minimum (Lightning's own sentinels included:
+#: -1 = no limit for ``max_epochs`` / ``max_steps``, -1 = all for ``num_sanity_val_steps``).
+_TRAINER_MINIMUMS: dict[str, int] = {
+    "max_epochs": -1,
+    "min_epochs": 0,
+    "max_steps": -1,
+    "min_steps": 0,
+    "accumulate_grad_batches": 1,
+    "log_every_n_steps": 1,
+    "check_val_every_n_epoch": 1,
+    "num_sanity_val_steps": -1,
+}
+
+
+def check_trainer_values(trainer: Any) -> None:
+    """Refuse trainer values that Lightning accepts when it is built but that fail (or silently
+    misbehave) once training runs: a NaN or infinite number in any option (``gradient_clip_val:
+    .nan`` fails at the first step), a negative ``gradient_clip_val``, and ints below their minimum
+    (``max_epochs: -5``). ``trainer`` is the parsed ``trainer`` section (a mapping or namespace).
+
+    Raises:
+        ValueError: naming ``trainer.<option>``, the value and what is accepted.
+    """
+    items = dict(vars(trainer) if hasattr(trainer, "__dict__") else trainer or {})
+    for name, value in items.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"trainer.{name} must be a finite number; got {value}")
+    clip = items.get("gradient_clip_val")
+    if clip is not None and not isinstance(clip, bool) and isinstance(clip, int | float) and clip < 0:
+        raise ValueError(f"trainer.gradient_clip_val must be >= 0 (or null: no clipping); got {clip}")
+    for name, minimum in _TRAINER_MINIMUMS.items():
+        value = items.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value < minimum:
+            accepted = " (-1: no limit)" if minimum == -1 and name.startswith("max") else ""
+            raise ValueError(f"trainer.{name} must be an int >= {minimum}{accepted}; got {value}")
+
+
+def check_config_files(args: Sequence[str]) -> None:
+    """Refuse a ``--config FILE`` (``-c``, ``--config=FILE``) that is missing, not UTF-8 or not YAML,
+    naming the file (jsonargparse's own error does not). Other arguments are left to the parser.
+
+    Raises:
+        FileNotFoundError / IsADirectoryError / ValueError: naming the file (and the byte or line).
+    """
+    import yaml
+
+    files = []
+    for i, arg in enumerate(args):
+        if arg in ("--config", "-c") and i + 1 < len(args):
+            files.append(args[i + 1])
+        elif arg.startswith("--config="):
+            files.append(arg.split("=", 1)[1])
+    for name in files:
+        path = Path(name).expanduser()
+        if path.is_dir():
+            raise IsADirectoryError(f"--config {name!r} is a directory; pass a YAML file")
+        if not path.is_file():
+            raise FileNotFoundError(f"--config {name!r} does not exist")
+        data = path.read_bytes()
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise ValueError(
+                f"--config {name!r} is not a YAML text file: byte 0x{data[err.start]:02x} at offset {err.start} "
+                "is not UTF-8. Pass a YAML config (e.g. configs/quickstart.yaml)"
+            ) from None
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark is not None else ""
+            problem = getattr(err, "problem", None) or type(err).__name__
+            raise ValueError(f"--config {name!r} is not valid YAML{where}: {problem}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ValueError(
+                f"--config {name!r} must hold a YAML mapping (model:, data:, trainer:, ...); got a "
+                f"{type(loaded).__name__}"
+            )
+
+
+def _nearest_existing(path: Path) -> Path:
+    while not path.exists() and path.parent != path:
+        path = path.parent
+    return path
+
+
+def check_writable_folder(folder: str | os.PathLike[str], argument: str) -> None:
+    """Check for real that ``folder`` can be created and written: in its nearest existing ancestor
+    a uniquely named file is created and removed again (permission bits lie for root, ``/proc``,
+    read-only mounts and full quota). Nothing is left behind; ``folder`` itself is not created.
+
+    Raises:
+        NotADirectoryError: a part of the path is a file.
+        PermissionError: the folder cannot be written (read-only disk, no permission, ...), naming
+            ``argument``, the folder and the reason.
+    """
+    target = Path(folder).expanduser().absolute()
+    base = _nearest_existing(target)
+    if not base.is_dir():
+        raise NotADirectoryError(f"{argument} {str(target)!r} cannot be created: {str(base)!r} is a file")
+    probe = base / f".lightning-topo-write-check-{secrets.token_hex(6)}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            probe.unlink(missing_ok=True)
+        raise PermissionError(
+            f"{argument} {str(target)!r} is not writable: creating a file in {str(base)!r} failed "
+            f"({err.strerror or err}); choose a folder on a writable disk"
+        ) from None
+
+
+def check_run_folders(trainer: Any) -> None:
+    """:func:`check_writable_folder` for every folder the run will write: each logger's
+    ``save_dir``, every checkpoint callback's ``dirpath`` and, without a logger,
+    ``trainer.default_root_dir``."""
+    for logger in getattr(trainer, "loggers", None) or []:
+        save_dir = getattr(logger, "save_dir", None)
+        if save_dir:
+            check_writable_folder(save_dir, f"trainer.logger ({type(logger).__name__}) save_dir")
+    for callback in getattr(trainer, "checkpoint_callbacks", None) or []:
+        dirpath = getattr(callback, "dirpath", None)
+        if dirpath:
+            check_writable_folder(dirpath, f"{type(callback).__name__} dirpath")
+    root = getattr(trainer, "default_root_dir", None)
+    if root and not getattr(trainer, "loggers", None):  # with a logger, nothing is written there
+        check_writable_folder(root, "trainer.default_root_dir")
 
 
 class _RunStarted(Callback):
@@ -70,6 +215,7 @@ class TopoLightningCLI(LightningCLI):
         super().__init__(*args, **kwargs)
 
     def _watch(self) -> None:
+        check_run_folders(self.trainer)
         self.trainer.callbacks.append(self.run_started)
 
     def before_validate(self) -> None:
@@ -95,6 +241,10 @@ class TopoLightningCLI(LightningCLI):
         parser.link_arguments("data.id2label", "model.id2label", apply_on="instantiate")
 
     def before_instantiate_classes(self) -> None:
+        try:
+            check_trainer_values(self._get(self.config, "trainer"))
+        except ValueError as err:
+            raise InputError(f"ValueError: {err}") from err
         threads = self._get(self.config, "torch_threads")
         if threads is not None:
             if threads < 1:
@@ -109,7 +259,7 @@ class TopoLightningCLI(LightningCLI):
         """Build model, datamodule and trainer; a refused value becomes :class:`InputError`."""
         try:
             super().instantiate_classes()
-        except (ValueError, TypeError, OSError) as err:
+        except (ValueError, TypeError, OSError, MisconfigurationException) as err:
             refusal = _unwrap_jsonargparse(err)
             raise InputError(" ".join(f"{type(refusal).__name__}: {refusal}".split())) from err
 
@@ -172,6 +322,10 @@ def run_lightning_cli(args: Sequence[str] | None = None, run: bool = True) -> To
     """
     # Lightning-internal deprecation noise on current torch; not actionable by users.
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    try:
+        check_config_files(list(args) if args is not None else sys.argv[1:])
+    except (ValueError, OSError) as err:
+        raise InputError(f"{type(err).__name__}: {err}") from err
     cli = TopoLightningCLI.__new__(TopoLightningCLI)  # kept when __init__ (which runs the command) raises
     try:
         cli.__init__(
@@ -184,7 +338,7 @@ def run_lightning_cli(args: Sequence[str] | None = None, run: bool = True) -> To
             save_config_kwargs={"overwrite": True},
             parser_kwargs={"prog": "lightning-topo"} if run else None,
         )
-    except USER_ERRORS as err:  # from a callback's setup, before the run started: refused input
+    except (*USER_ERRORS, MisconfigurationException) as err:  # a callback's setup, before the run started
         if getattr(cli, "run_started", None) is None or cli.run_started.started:
             raise  # raised while running: a failure, not a refused input
         raise InputError(" ".join(f"{type(err).__name__}: {err}".split())) from err
