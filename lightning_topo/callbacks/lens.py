@@ -34,7 +34,7 @@ from torch import Tensor
 from lightning_topo.encoding import EncodedBatch, model_inputs, module_device
 from lightning_topo.metrics.base import LensMetric, LensResult
 from lightning_topo.representations import GatherFn, check_layers, gather_variable, run_on_rank_zero_and_broadcast
-from lightning_topo.representations.capture import CapturedBatch, HiddenStateCapture, batch_labels, num_hidden_layers
+from lightning_topo.representations.capture import CapturedBatch, HiddenStateCapture, batch_labels
 from lightning_topo.representations.modules import find_hf_model
 from lightning_topo.scores.checks import check_bool, check_choice, check_int
 from lightning_topo.scores.presets import SPLITS
@@ -420,10 +420,10 @@ class MetricMonitor(LensMonitor):
         """The lens metric for this model (called at ``setup``)."""
         raise NotImplementedError(f"{type(self).__name__} must implement _build_metric(hf_model)")
 
-    def _update(self, captured: CapturedBatch, labels: Tensor | None) -> None:
-        """Feed one captured batch to the metric (default: hidden states, mask, labels, ids)."""
+    def _update(self, captured: Any, labels: Tensor | None) -> None:
+        """Feed one captured encoder call to the metric (``metric.update_from``)."""
         assert self.metric is not None
-        self.metric.update(captured.hidden_states, captured.attention_mask, labels, captured.input_ids)
+        self.metric.update_from(captured, labels)
 
     def _settings(self) -> dict[str, Any]:
         """Every setting that tells two monitors' series apart (saved, and the ``state_key``)."""
@@ -448,15 +448,10 @@ class MetricMonitor(LensMonitor):
             self._hf_path, self._hf_model = find_hf_model(pl_module, self.model_attr)
             self.metric = self._build_metric(self._hf_model)
             try:
-                self.metric.bind(num_hidden_layers(self._hf_model))
-            except ValueError as err:
-                raise ValueError(f"{type(self).__name__}: {err}") from None
-            self._capture = HiddenStateCapture(self._hf_model, keep=self._kept_layers())
-
-    def _kept_layers(self) -> list[int] | None:
-        """Hidden-state indices the capture keeps (default: the metric's layers)."""
-        assert self.metric is not None
-        return self.metric.selected_layers
+                self.metric.check_model(self._hf_model)
+            except (TypeError, ValueError) as err:
+                raise type(err)(f"{type(self).__name__}: {err}") from None
+            self._capture = self.metric.make_capture(self._hf_model)
 
     def _split_loader(self, trainer: pl.Trainer) -> Any:
         return _first_loader(trainer.val_dataloaders if self.split == "val" else trainer.train_dataloader)
@@ -470,6 +465,12 @@ class MetricMonitor(LensMonitor):
                 "trainer; nothing will be measured"
             )
             return
+        with torch.random.fork_rng(devices=[]):  # a shuffled loader draws from the global RNG
+            counts, first = self._scan_labels(loader)
+        self._check_data(trainer, pl_module, counts, first)
+
+    def _scan_labels(self, loader: Any) -> tuple[dict[int, int], Any]:
+        """Class counts of the split (up to ``max_samples`` examples) and its first batch."""
         counts: dict[int, int] = {}
         first = None
         seen = 0
@@ -489,7 +490,7 @@ class MetricMonitor(LensMonitor):
             seen += len(labels)
             if self.max_samples is not None and seen >= self.max_samples:
                 break
-        self._check_data(trainer, pl_module, counts, first)
+        return counts, first
 
     def _check_data(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, counts: dict[int, int], first: Any
@@ -523,17 +524,18 @@ class MetricMonitor(LensMonitor):
                 self._check_hidden(captured)
 
     def _dry_run(self, batch: Mapping[str, Any]) -> CapturedBatch | None:
-        """Run the encoder alone on one batch under the capture (eval mode, no grad)."""
-        assert self._capture is not None
+        """Run the encoder alone on one batch under a hidden-state capture (eval mode, no grad)."""
+        assert self.metric is not None
+        capture = HiddenStateCapture(self._hf_model, keep=self.metric.selected_layers)
         model = self._hf_model
         was_training = model.training
         model.eval()
         try:
             device = module_device(model)
             inputs = {k: v.to(device) for k, v in model_inputs(batch).items()}
-            with self._capture, torch.no_grad():
+            with capture, torch.no_grad():
                 model(**inputs)
-            captured = self._capture.pop()
+            captured = capture.pop()
         finally:
             model.train(was_training)
         return captured[-1] if captured else None
@@ -595,15 +597,16 @@ class MetricMonitor(LensMonitor):
         device = module_device(model)
         seen = 0
         try:
-            with self._capture, torch.no_grad():
+            with self._capture, torch.no_grad(), torch.random.fork_rng(devices=[]):
                 for batch in loader:
                     self._capture.pop()
                     model(**{k: v.to(device) for k, v in model_inputs(batch).items()})
                     captured = self._capture.pop()
+                    labels = batch_labels(batch, self.labels_fn)
                     if captured:
                         self._batches_seen += 1
-                        self._update(captured[-1], batch_labels(batch, self.labels_fn))
-                    seen += int(captured[-1].batch_size) if captured else 0
+                        self._update(captured[-1], labels)
+                    seen += len(labels) if labels is not None else int(model_inputs(batch)["input_ids"].shape[0])
                     if self.max_samples is not None and seen >= self.max_samples:
                         break
         finally:

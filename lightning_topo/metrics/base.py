@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
+from lightning_topo.representations.capture import HiddenStateCapture, num_hidden_layers
 from lightning_topo.representations.hidden import LayerSpec, check_layers, resolve_layers
 from lightning_topo.scores.checks import check_int, check_seed
 from lightning_topo.scores.names import metric_name
@@ -130,6 +131,29 @@ class LensMetric(Metric):
     def reset(self) -> None:
         super().reset()
         self._seen = 0
+
+    # ------------------------------------------------------------------ how drivers feed the lens
+    # A monitor and analyze() never look inside a lens: they build its capture, run the model,
+    # and hand each captured call to update_from. A lens that needs more than hidden states
+    # (geometry: attention internals) overrides these two.
+    #: Whether update needs class labels (drivers refuse label-less data before any training).
+    needs_labels: ClassVar[bool] = True
+
+    def check_model(self, model: Any) -> None:
+        """Refuse a model the lens cannot read, before anything runs (default: the layer count).
+
+        Raises:
+            TypeError: not a supported encoder. ValueError: ``layers`` out of range.
+        """
+        self.bind(num_hidden_layers(model))
+
+    def make_capture(self, model: Any) -> Any:
+        """The forward hooks that give this lens its inputs (``attach``/``detach``/``pop``)."""
+        return HiddenStateCapture(model, keep=self.selected_layers)
+
+    def update_from(self, captured: Any, labels: Tensor | None) -> None:
+        """``update`` from one item of ``make_capture(model).pop()`` and the batch's labels."""
+        self.update(captured.hidden_states, captured.attention_mask, labels, captured.input_ids)
 
     def name(self, *score: str, **parts: Any) -> str:
         """A metric name of this lens without prefix (the grammar of :mod:`~lightning_topo.scores.names`)."""
