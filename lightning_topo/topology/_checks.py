@@ -15,7 +15,8 @@ __all__ = ["check_points", "check_distance_matrix", "check_float_tensor", "check
 
 
 def check_float_tensor(x: object, name: str) -> Tensor:
-    """Return ``x`` if it is a floating-point tensor, else raise ``TypeError`` naming ``name``."""
+    """Return ``x`` if it is a float32/float64 tensor with values, else raise naming ``name``:
+    ``TypeError`` for another type or dtype, ``ValueError`` for a meta-device tensor (shape only)."""
     if not isinstance(x, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor; got {type(x).__name__}")
     if x.dtype not in (torch.float32, torch.float64):
@@ -23,6 +24,12 @@ def check_float_tensor(x: object, name: str) -> Tensor:
         raise TypeError(
             f"{name} must have {kind} (float32 or float64); got {x.dtype}. "
             f"Convert it first, e.g. {name}.float() or {name}.double()"
+        )
+    if x.device.type == "meta":
+        raise ValueError(
+            f"{name} is a tensor on the meta device: it has a shape {tuple(x.shape)} but no values, so it "
+            f"has no persistence diagram. Pass real data (e.g. {name}.to_empty(device='cpu') and fill it, or "
+            "the hidden states of a model loaded on cpu/cuda)"
         )
     return x
 
