@@ -317,17 +317,17 @@ def _fake_trainer(env: Env, world_size: int = 1) -> SimpleNamespace:
     return SimpleNamespace(world_size=world_size, loggers=[], default_root_dir=str(env.tmp), ckpt_path=None)
 
 
-def _tp_setup_electra(env: Env) -> Callable[[], Any]:
-    from transformers import ElectraConfig, ElectraForSequenceClassification
+def _tp_setup_xlm_roberta(env: Env) -> Callable[[], Any]:
+    from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification
 
     from lightning_topo.callbacks import TopologicalPruning
 
     torch.manual_seed(0)
-    config = ElectraConfig(
-        vocab_size=128, embedding_size=32, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+    config = XLMRobertaConfig(
+        vocab_size=128, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
         intermediate_size=64, max_position_embeddings=64, num_labels=2,
     )  # fmt: skip
-    module = _classifier_module(env, ElectraForSequenceClassification(config))
+    module = _classifier_module(env, XLMRobertaForSequenceClassification(config))
     cb = TopologicalPruning(prune_epoch=0, output_dir=env.tmp / "pruned")
     return lambda: cb.setup(_fake_trainer(env), module, "fit")
 
@@ -399,7 +399,7 @@ CALLBACKS = [
     Case("tp-alpha-1.5", _tp(distill=True, alpha=1.5), ValueError, "alpha"),
     Case("tp-setup-output-is-a-file", _tp_setup_output_file, FileExistsError, "output_dir"),
     Case("tp-setup-output-under-a-file", _tp_setup_output_under_file, NotADirectoryError, "output_dir"),
-    Case("tp-setup-electra", _tp_setup_electra, TypeError, "ElectraForSequenceClassification"),
+    Case("tp-setup-xlm-roberta", _tp_setup_xlm_roberta, TypeError, "XLMRobertaForSequenceClassification"),
     Case("tp-setup-existing-output", _tp_setup_existing_output, FileExistsError, "overwrite=True"),
     Case("tp-setup-no-model-attribute", _tp_setup_plain_module, TypeError, "pl_module.model"),
     Case("tp-setup-ddp", _tp_setup_ddp, ValueError, "lightning-topo prune"),
@@ -429,14 +429,13 @@ def _prune(model_fn: Callable[[], torch.nn.Module] = tiny_model, data: Any = "ba
     return build
 
 
-def _electra() -> torch.nn.Module:
-    from transformers import ElectraConfig, ElectraForSequenceClassification
+def _xlm_roberta() -> torch.nn.Module:
+    from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification
 
     torch.manual_seed(0)
-    return ElectraForSequenceClassification(
-        ElectraConfig(
+    return XLMRobertaForSequenceClassification(
+        XLMRobertaConfig(
             vocab_size=128,
-            embedding_size=32,
             hidden_size=32,
             num_hidden_layers=2,
             num_attention_heads=4,
@@ -632,7 +631,7 @@ def _save_unsupported(model_fn: Callable[[], torch.nn.Module]) -> Callable[[Env]
 
 
 EXPORT = [
-    Case("save-pruned-electra", _save_unsupported(_electra), TypeError, "ElectraForSequenceClassification"),
+    Case("save-pruned-xlm-roberta", _save_unsupported(_xlm_roberta), TypeError, "XLMRobertaForSequenceClassification"),
     Case("save-pruned-masked-lm", _save_unsupported(_masked_lm), TypeError, "BertForMaskedLM"),
     Case("save-existing-no-overwrite", _save_existing, FileExistsError, "pass overwrite=True"),
     Case("save-over-a-file", _save_over("file"), FileExistsError, "is not a compressed checkpoint"),
@@ -982,8 +981,8 @@ def _folder_without_config(env: Env) -> None:
     (env.tmp / "empty_model").mkdir()
 
 
-def _electra_folder(env: Env) -> None:
-    _electra().save_pretrained(env.tmp / "electra")
+def _xlm_roberta_folder(env: Env) -> None:
+    _xlm_roberta().save_pretrained(env.tmp / "xlm-roberta")
 
 
 def _output_exists(env: Env) -> None:
@@ -1002,7 +1001,7 @@ PRUNE_CASES = [
     CliCase("prune-not-lightning-ckpt", _prune(prepare=_plain_torch_file, source="model.ckpt"), "not a Lightning checkpoint"),
     CliCase("prune-missing-checkpoint", _prune(source="nope.ckpt"), "nope.ckpt does not exist"),
     CliCase("prune-folder-without-config", _prune(prepare=_folder_without_config, source="empty_model"), "without config.json"),
-    CliCase("prune-unsupported-model", _prune(prepare=_electra_folder, source="electra"), "ElectraForSequenceClassification"),
+    CliCase("prune-unsupported-model", _prune(prepare=_xlm_roberta_folder, source="xlm-roberta"), "XLMRobertaForSequenceClassification"),
     CliCase("prune-output-exists", _prune(prepare=_output_exists), "--output"),
     CliCase("prune-output-inside-source", _prune("--output", "{tmp}/src/pruned"), "--output must not be the source"),
     CliCase("prune-output-under-a-file", _prune("--output", "{tmp}/blocker.txt/out", prepare=_blocker), "blocker.txt is a file"),

@@ -9,11 +9,16 @@ until a name is used)::
     plan_keep_masks(model, table, *, ratio=..., quantile=...) -> KeepMasks
     apply_keep_masks(model, masks) -> model
     check_supported(model)                       TypeError unless the pruned model can be exported
+                                                 (BERT, RoBERTa, ELECTRA, DistilBERT, DeBERTa-v2/v3)
     distillation_loss(student_logits, teacher_logits, labels, *, temperature=2.0, alpha=0.5)
     save_compressed(model, path, *, tokenizer=None, overwrite=False, extra_files=None)
-    load_compressed(path, *, verify=None, quantize=None)  verifies SHA256SUMS; importing it registers
+    load_compressed(path, *, verify=None, quantize=None)  verify_compressed, then our registered class
+                                                 (trust_remote_code=False); importing it registers
                                                  the pruned classes with transformers' Auto classes;
                                                  quantize="int8": dynamic int8 Linear layers (CPU)
+    verify_compressed(path, *, verify=True) -> dict  the check every reader of a compressed folder runs:
+                                                 SHA256SUMS complete and matching, config ours,
+                                                 weights complete; returns config.json
     quantize_int8(model, *, inplace=False) -> model   dynamic int8 quantisation of nn.Linear (CPU)
     compare_int8(dense, pruned, dataloader, ...) -> dict   accuracy, throughput, latency: fp32/int8
 
@@ -52,6 +57,9 @@ _EXPORTS = {
     "register_auto_classes": "lightning_topo.pruning.export",
     "check_output_path": "lightning_topo.pruning.export",
     "verify_manifest": "lightning_topo.pruning.export",
+    "verify_compressed": "lightning_topo.pruning.export",
+    "OWN_AUTO_MAPS": "lightning_topo.pruning.export",
+    "FAMILIES": "lightning_topo.pruning.layout",
     "quantize_int8": "lightning_topo.pruning.quantize",
     "compare_int8": "lightning_topo.pruning.report",
 }

@@ -1,18 +1,24 @@
 """Compressed checkpoints: a standard Hugging Face folder that reloads with or without lightning-topo.
 
 * Uniform widths (one FFN width for all layers, every head kept) -> the model's own stock config
-  (e.g. ``BertConfig``) with the new ``intermediate_size``; plain ``transformers`` loads it.
-* Per-layer widths or removed heads (BERT or RoBERTa family) -> ``PrunedBertConfig`` /
-  ``PrunedRobertaConfig`` and their models (:mod:`lightning_topo.pruning.remote_code.pruned_bert`).
-  Importing this module registers them with transformers' public ``AutoConfig.register`` /
-  ``AutoModel.register`` / ``AutoModelForSequenceClassification.register``; the folder also carries
-  ``pruned_bert.py`` and an ``auto_map``, so a process without lightning-topo loads it with
-  ``from_pretrained(path, trust_remote_code=True)`` (only for folders one trusts: that runs the
-  folder's ``pruned_bert.py``).
+  (e.g. ``BertConfig``, ``DistilBertConfig``) with the new FFN width; plain ``transformers`` loads it.
+* Per-layer widths or removed heads (BERT, RoBERTa, ELECTRA, DistilBERT, DeBERTa-v2/v3) ->
+  ``Pruned<Family>Config`` and its models (:mod:`lightning_topo.pruning.remote_code.pruned_bert`):
+  the stock config and architecture plus ``intermediate_sizes``, ``num_heads_per_layer`` and the
+  family's layout spec (``pruned_layout``, from :mod:`~lightning_topo.pruning.layout`). Importing
+  this module registers them with transformers' public ``AutoConfig.register`` /
+  ``AutoModel.register`` / ``AutoModelForSequenceClassification.register``, so our process loads
+  such a folder with ``trust_remote_code=False`` and never imports the folder's code. The folder
+  also carries ``pruned_bert.py`` and an ``auto_map``, so a process without lightning-topo loads it
+  with ``from_pretrained(path, trust_remote_code=True)`` (only for folders one trusts: that runs
+  the folder's ``pruned_bert.py``).
 
-Every folder holds ``SHA256SUMS`` (the SHA-256 of every other file, ``sha256sum -c`` format), which
-:func:`load_compressed` verifies. Writes go to a hidden sibling folder that replaces ``path`` in one
-atomic exchange, so a valid checkpoint is at ``path`` at every instant (see :func:`save_compressed`).
+Every folder holds ``SHA256SUMS`` (the SHA-256 of every other file, ``sha256sum -c`` format).
+:func:`verify_compressed` is the one check every reader runs (``load_compressed``, the prune CLI,
+``SequenceClassifier``): manifest present, not empty, covering every weight/config/code file and
+matching; config ours; weights files complete. Writes go to a hidden sibling folder that replaces
+``path`` in one atomic exchange, so a valid checkpoint is at ``path`` at every instant (see
+:func:`save_compressed`).
 """
 
 from __future__ import annotations
@@ -23,27 +29,24 @@ import os
 import secrets
 import shutil
 import struct
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
+from safetensors import SafetensorError
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 
 from lightning_topo.pruning import layout
 from lightning_topo.pruning.layout import layer_widths
-from lightning_topo.pruning.remote_code.pruned_bert import (
-    PrunedBertConfig,
-    PrunedBertForSequenceClassification,
-    PrunedBertModel,
-    PrunedRobertaConfig,
-    PrunedRobertaForSequenceClassification,
-    PrunedRobertaModel,
-)
+from lightning_topo.pruning.quantize import QUANTIZE_CHOICES, check_int8_available, quantize_int8
+from lightning_topo.pruning.remote_code import pruned_bert as _code
 
 __all__ = [
     "MANIFEST",
+    "OWN_AUTO_MAPS",
+    "verify_compressed",
     "register_auto_classes",
     "to_exportable",
     "check_output_path",
@@ -56,8 +59,27 @@ __all__ = [
 MANIFEST = "SHA256SUMS"
 #: family -> (config class, bare model class, sequence classifier class)
 _PRUNED_CLASSES: dict[str, tuple[type, type, type]] = {
-    "bert": (PrunedBertConfig, PrunedBertModel, PrunedBertForSequenceClassification),
-    "roberta": (PrunedRobertaConfig, PrunedRobertaModel, PrunedRobertaForSequenceClassification),
+    "bert": (_code.PrunedBertConfig, _code.PrunedBertModel, _code.PrunedBertForSequenceClassification),
+    "roberta": (_code.PrunedRobertaConfig, _code.PrunedRobertaModel, _code.PrunedRobertaForSequenceClassification),
+    "electra": (_code.PrunedElectraConfig, _code.PrunedElectraModel, _code.PrunedElectraForSequenceClassification),
+    "distilbert": (
+        _code.PrunedDistilBertConfig,
+        _code.PrunedDistilBertModel,
+        _code.PrunedDistilBertForSequenceClassification,
+    ),
+    "deberta-v2": (
+        _code.PrunedDebertaV2Config,
+        _code.PrunedDebertaV2Model,
+        _code.PrunedDebertaV2ForSequenceClassification,
+    ),
+}
+#: The module name of the model code copied into a per-layer checkpoint (``pruned_bert.py``).
+_CODE_MODULE = _code.__name__.rpartition(".")[2]
+#: ``model_type`` of our per-layer checkpoints -> the ``auto_map`` values such a folder may carry
+#: (``pruned_bert.<our class>``); any other value is foreign and refused by :func:`verify_compressed`.
+OWN_AUTO_MAPS: dict[str, frozenset[str]] = {
+    classes[0].model_type: frozenset(f"{_CODE_MODULE}.{cls.__name__}" for cls in classes)
+    for classes in _PRUNED_CLASSES.values()
 }
 
 
@@ -86,28 +108,43 @@ def _is_uniform(model: nn.Module) -> bool:
     return len(set(layer_widths(model)["ffn"])) == 1 and full_heads
 
 
-def _pruned_config(model: nn.Module, config_cls: type) -> Any:
+def _pruned_config(model: nn.Module, family: layout.Family, config_cls: type) -> Any:
+    """The pruned config: the stock config (with the original head count, so the head size stays
+    defined), the per-layer widths and the family's layout spec."""
     widths = layer_widths(model)
     cfg = model.config.to_dict()
-    for key in ("model_type", "architectures", "auto_map", "transformers_version"):
+    for key in (
+        "model_type",
+        "architectures",
+        "auto_map",
+        "transformers_version",
+        "intermediate_sizes",
+        "num_heads_per_layer",
+        "pruned_layout",
+    ):
         cfg.pop(key, None)
-    cfg.pop("intermediate_sizes", None)
-    cfg.pop("num_heads_per_layer", None)
     first = layout.encoder_layers(model)[0]
-    cfg["num_attention_heads"] = layout.hidden_size(first) // layout.head_size(first)
-    return config_cls(**cfg, intermediate_sizes=widths["ffn"], num_heads_per_layer=widths["heads"])
+    cfg[family.config_heads] = layout.hidden_size(first) // layout.head_size(first)
+    return config_cls(
+        **cfg,
+        intermediate_sizes=widths["ffn"],
+        num_heads_per_layer=widths["heads"],
+        pruned_layout=family.spec(),
+    )
 
 
 def to_exportable(model: nn.Module) -> nn.Module:
     """A model whose config describes its real shapes, ready for ``save_pretrained``.
 
-    Uniform widths: ``model`` itself with ``config.intermediate_size`` set (per-layer keys dropped
-    from a stock config). Otherwise a new ``PrunedBert*`` / ``PrunedRoberta*`` model holding
-    ``model``'s weights on its device and in its dtype (``model`` is left as is).
+    Uniform widths: ``model`` itself with the family's FFN width key (``intermediate_size``,
+    DistilBERT's ``hidden_dim``) set and per-layer keys dropped from a stock config. Otherwise a
+    new ``Pruned*`` model of the family (:mod:`lightning_topo.pruning.remote_code.pruned_bert`)
+    holding ``model``'s weights on its device and in its dtype (``model`` is left as is).
 
     Raises:
         TypeError: not a BERT-family model, or per-layer widths on a model that
-            :func:`~lightning_topo.pruning.layout.check_supported` refuses.
+            :func:`~lightning_topo.pruning.layout.check_supported` refuses (one line naming the
+            supported families).
     """
     layout.encoder_layers(model)
     config = model.config
@@ -115,13 +152,15 @@ def to_exportable(model: nn.Module) -> nn.Module:
         for key in ("intermediate_sizes", "num_heads_per_layer"):
             if key in config.__dict__ and not str(getattr(config, "model_type", "")).startswith("pruned_"):
                 delattr(config, key)
-        config.intermediate_size = layer_widths(model)["ffn"][0]
+        family = layout.family_of(model)
+        key = family.config_ffn if family is not None else "intermediate_size"
+        setattr(config, key, layer_widths(model)["ffn"][0])
         return model
-    family = layout.check_supported(model)
-    config_cls, bare_cls, classifier_cls = _PRUNED_CLASSES[family]
+    family = layout.family_by_name(layout.check_supported(model))
+    config_cls, bare_cls, classifier_cls = _PRUNED_CLASSES[family.name]
     is_classifier = type(model).__name__.endswith("ForSequenceClassification")
     cls = classifier_cls if is_classifier else bare_cls
-    new = cls(_pruned_config(model, config_cls))
+    new = cls(_pruned_config(model, family, config_cls))
     missing, unexpected = new.load_state_dict(model.state_dict(), strict=False)
     real_missing = [k for k in missing if not k.endswith(("position_ids", "token_type_ids"))]
     if real_missing or unexpected:
@@ -151,21 +190,76 @@ def _write_manifest(folder: Path) -> None:
     (folder / MANIFEST).write_text("".join(lines))
 
 
+#: Files a checkpoint folder may hold outside ``SHA256SUMS``: reports written after the checkpoint
+#: (``lightning-topo prune --int8-report``).
+UNLISTED_REPORTS = frozenset({"int8_report.json"})
+#: Suffixes of the files transformers reads from a model folder (weights, configs, tokenizer files,
+#: model code): each such file must be listed in ``SHA256SUMS``.
+_COVERED_SUFFIXES = (
+    ".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".onnx", ".gguf",
+    ".json", ".py", ".txt", ".model", ".tiktoken", ".vocab", ".merges",
+)  # fmt: skip
+
+
+def _read_manifest(folder: Path) -> dict[str, str]:
+    """``{relative name: sha256}`` of ``folder/SHA256SUMS`` after checking its format."""
+    manifest = folder / MANIFEST
+    if not manifest.is_file():
+        raise FileNotFoundError(
+            f"{folder} has no {MANIFEST}; every folder save_compressed writes has one, so this one was not "
+            "written by lightning-topo or was changed: save it again (load_compressed(..., verify=False) "
+            "skips the check for a folder you trust)"
+        )
+    try:
+        text = manifest.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{manifest} is not UTF-8 text; it is corrupt: save the checkpoint again") from None
+    listed: dict[str, str] = {}
+    for n, line in enumerate(text.splitlines(), 1):
+        digest, sep, name = line.partition("  ")
+        bad_digest = len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest)
+        if not sep or bad_digest or not name or ".." in Path(name).parts or Path(name).is_absolute():
+            raise ValueError(f"{manifest}: line {n} is not '<sha256>  <file>': {line!r}")
+        if name in listed:
+            raise ValueError(f"{manifest}: line {n} lists {name!r} a second time")
+        listed[name] = digest
+    if not listed:
+        raise ValueError(f"{manifest} is empty; it must list every file of the checkpoint: save it again")
+    return listed
+
+
 def verify_manifest(path: str | Path) -> None:
-    """Check every file listed in ``path/SHA256SUMS`` against its SHA-256.
+    """Check ``path/SHA256SUMS``: well formed, not empty, listing every weight, config, tokenizer and
+    code file of the folder (all files but the manifest and :data:`UNLISTED_REPORTS`, by the
+    suffixes transformers reads), and every listed file present with that SHA-256.
 
     Raises:
         FileNotFoundError: the manifest, or a file it lists, is missing (named).
-        ValueError: a file's content does not match (named), or the manifest is malformed.
+        ValueError: a file's content does not match (named), a file left out of the manifest
+            (named: ``config.json`` and ``model.safetensors`` included), or a malformed or empty
+            manifest.
     """
     folder = Path(path)
-    manifest = folder / MANIFEST
-    if not manifest.is_file():
-        raise FileNotFoundError(f"{folder} has no {MANIFEST}; it was not written by save_compressed")
-    for n, line in enumerate(manifest.read_text().splitlines(), 1):
-        digest, sep, name = line.partition("  ")
-        if not sep or len(digest) != 64 or not name or ".." in Path(name).parts:
-            raise ValueError(f"{manifest}: line {n} is not '<sha256>  <file>': {line!r}")
+    listed = _read_manifest(folder)
+    present = [p.relative_to(folder).as_posix() for p in sorted(folder.rglob("*")) if p.is_file()]
+    uncovered = [
+        name
+        for name in present
+        if name != MANIFEST
+        and name not in UNLISTED_REPORTS
+        and name not in listed
+        and (name.endswith(_COVERED_SUFFIXES) or name == "config.json")
+    ]
+    for required in ("config.json", "model.safetensors"):
+        if required not in listed and (folder / required).exists():
+            uncovered.insert(0, required)
+    if uncovered:
+        raise ValueError(
+            f"{folder / MANIFEST} does not list {uncovered[0]}"
+            + (f" (and {len(uncovered) - 1} more files)" if len(uncovered) > 1 else "")
+            + "; a checkpoint's manifest covers every weight, config and code file: save the checkpoint again"
+        )
+    for name, digest in listed.items():
         file = folder / name
         if not file.is_file():
             raise FileNotFoundError(f"checkpoint file {file} listed in {MANIFEST} is missing")
@@ -177,7 +271,8 @@ def verify_manifest(path: str | Path) -> None:
 
 
 def _check_safetensors(file: Path) -> None:
-    """Refuse an empty or truncated ``.safetensors`` file (header length, header JSON, data size)."""
+    """Refuse an empty, truncated or malformed ``.safetensors`` file (header length, header JSON,
+    tensor offsets against the file size), naming the file."""
     size = file.stat().st_size
     problem = None
     with open(file, "rb") as fh:
@@ -186,15 +281,120 @@ def _check_safetensors(file: Path) -> None:
             problem = f"it has {size} bytes"
         else:
             (n,) = struct.unpack("<Q", head)
-            try:
-                header = json.loads(fh.read(n)) if 8 + n <= size else None
-            except ValueError:
-                header = None
-            ends = [t["data_offsets"][1] for k, t in (header or {}).items() if k != "__metadata__"]
-            if header is None or 8 + n + max(ends, default=0) > size:
-                problem = "its header or tensor data is cut short"
+            header: Any = None
+            if 8 + n <= size:
+                try:
+                    header = json.loads(fh.read(n))
+                except ValueError:
+                    header = None
+            ends = []
+            if isinstance(header, dict):
+                for key, entry in header.items():
+                    if key == "__metadata__":
+                        continue
+                    offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+                    if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)):
+                        header = None
+                        break
+                    ends.append(offsets[1])
+            if not isinstance(header, dict) or 8 + n + max(ends, default=0) > size:
+                problem = "its header or tensor data is cut short or unreadable"
     if problem is not None:
         raise ValueError(f"weights file {file} is empty or truncated ({problem}); save the checkpoint again")
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    file = path / "config.json"
+    if not file.is_file():
+        raise ValueError(f"{path} is not a compressed checkpoint: it has no config.json")
+    try:
+        config = json.loads(file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as err:
+        raise ValueError(f"{file} is not valid JSON ({err}); it is corrupt: save the checkpoint again") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{file} holds a JSON {type(config).__name__}, not an object; save the checkpoint again")
+    return config
+
+
+def _check_config(path: Path, config: dict[str, Any]) -> None:
+    """Refuse a config that would load code or classes that are not ours: a ``model_type`` that is
+    neither one of our per-layer types nor one transformers knows natively, an ``auto_map`` other
+    than ours, or a per-layer checkpoint whose ``pruned_layout`` is not its family's."""
+    file = path / "config.json"
+    model_type = config.get("model_type")
+    own = isinstance(model_type, str) and model_type in OWN_AUTO_MAPS
+    if not own and not (isinstance(model_type, str) and model_type in CONFIG_MAPPING_NAMES):
+        raise ValueError(
+            f"{file} has model_type {model_type!r}, which neither transformers nor save_compressed knows; "
+            f"its code is never run. {layout.supported_families_line()}"
+        )
+    auto_map = config.get("auto_map")
+    if auto_map is not None:
+        allowed = OWN_AUTO_MAPS.get(model_type, frozenset()) if own else frozenset()
+        values = list(auto_map.values()) if isinstance(auto_map, dict) else [auto_map]
+        foreign = [v for v in values if not (isinstance(v, str) and v in allowed)]
+        if foreign:
+            raise ValueError(
+                f"{file} has an auto_map entry {foreign[0]!r} that is not lightning-topo's; code from a "
+                "folder is never run: save the checkpoint again"
+            )
+    if own:
+        family_name = layout.EXPORT_FAMILIES[model_type]
+        spec = config.get("pruned_layout")
+        legacy = spec is None and model_type in ("pruned_bert", "pruned_roberta")
+        if not legacy and spec != layout.family_by_name(family_name).spec():
+            raise ValueError(
+                f"{file}: pruned_layout {spec!r} is not the {family_name} layout lightning-topo writes; "
+                "save the checkpoint again"
+            )
+
+
+def verify_compressed(path: str | Path, *, verify: bool = True) -> dict[str, Any]:
+    """Check a folder written by :func:`save_compressed` before anything reads its weights.
+
+    Every reader of such a folder calls this (``load_compressed``, ``prune --checkpoint``,
+    ``SequenceClassifier``): the path is a folder (a save killed half-way is repaired first); its
+    ``SHA256SUMS`` is present, not empty, lists every weight/config/tokenizer/code file
+    (:func:`verify_manifest`) and every listed file matches; ``config.json`` is a JSON object with
+    a ``model_type`` that ``save_compressed`` writes, and for a per-layer checkpoint an
+    ``auto_map`` naming only our classes and the family's layout spec; every ``.safetensors`` file
+    is complete (header and tensor offsets within the file). Nothing is imported or run.
+
+    Args:
+        path: the checkpoint folder.
+        verify: ``False`` skips the ``SHA256SUMS`` check only (for a folder one trusts that lacks
+            one); the structural checks still run.
+
+    Returns:
+        ``config.json`` as a dict.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist, it has no ``SHA256SUMS``, or a listed file is
+            missing (named).
+        NotADirectoryError: ``path`` is a file.
+        ValueError: one line naming the file: a checksum mismatch, a file left out of the
+            manifest, an empty or malformed manifest, a config that is not ours, a missing,
+            empty or truncated weights file.
+    """
+    path = Path(path)
+    if not path.exists():
+        _recover(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no compressed checkpoint at {path}: the path does not exist")
+    if not path.is_dir():
+        raise NotADirectoryError(
+            f"{path} is a file; a compressed checkpoint is a folder written by save_compressed"
+        )
+    config = _read_config(path)
+    if verify:
+        verify_manifest(path)
+    _check_config(path, config)
+    weights = sorted(path.glob("*.safetensors"))
+    if not weights:
+        raise ValueError(f"{path} is not a compressed checkpoint: it has no .safetensors weights file")
+    for file in weights:
+        _check_safetensors(file)
+    return config
 
 
 # ----------------------------------------------------------------------------- atomic folder replace
@@ -411,33 +611,7 @@ def save_compressed(
     return path
 
 
-def _check_checkpoint_folder(path: Path, verify: bool | None) -> None:
-    if not path.exists():
-        _recover(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no compressed checkpoint at {path}: the path does not exist")
-    if not path.is_dir():
-        raise NotADirectoryError(
-            f"{path} is a file; a compressed checkpoint is a folder written by save_compressed"
-        )
-    if not (path / "config.json").is_file():
-        raise ValueError(f"{path} is not a compressed checkpoint: it has no config.json")
-    if (path / MANIFEST).is_file() and verify is not False:
-        verify_manifest(path)
-    elif verify:
-        raise FileNotFoundError(f"{path} has no {MANIFEST}; pass verify=False to load it unchecked")
-    elif verify is None:
-        warnings.warn(f"{path} has no {MANIFEST}; loading it without checking its files", stacklevel=3)
-    weights = sorted(path.glob("*.safetensors"))
-    if not weights:
-        raise ValueError(f"{path} is not a compressed checkpoint: it has no .safetensors weights file")
-    for file in weights:
-        _check_safetensors(file)
-
-
 def _check_quantize(quantize: Any, kwargs: Mapping[str, Any]) -> None:
-    from lightning_topo.pruning.quantize import QUANTIZE_CHOICES, check_int8_available
-
     if quantize not in QUANTIZE_CHOICES or isinstance(quantize, bool):
         raise ValueError(
             f"quantize must be one of {list(QUANTIZE_CHOICES)} (None: float model; 'int8': dynamic int8 "
@@ -457,36 +631,46 @@ def load_compressed(
 ) -> nn.Module:
     """Load a folder written by :func:`save_compressed` (either flavour) as a sequence classifier.
 
+    The folder is checked first (:func:`verify_compressed`), then loaded with
+    ``trust_remote_code=False`` through the classes this module registers: the copy of
+    ``pruned_bert.py`` in the folder is never imported, and no prompt to run it can appear.
+
     Args:
         path: the checkpoint folder.
-        verify: check every file against ``SHA256SUMS`` (``None``, default: when the folder has one,
-            else warn; ``True``: require it; ``False``: skip).
+        verify: check every file against ``SHA256SUMS`` (``None`` or ``True``, default: required;
+            ``False``: skip the checksums of a folder you trust, the structural checks still run).
         quantize: ``None`` (default): the float model as saved. ``"int8"``: after loading, apply
             PyTorch dynamic int8 quantisation to every ``nn.Linear``
             (:func:`~lightning_topo.pruning.quantize.quantize_int8`) for CPU inference; the
             checkpoint on disk stays float and is not changed.
         kwargs: passed to ``AutoModelForSequenceClassification.from_pretrained`` (``local_files_only``
-            defaults to ``True``: a path is never looked up on the Hub).
+            defaults to ``True``: a path is never looked up on the Hub). ``trust_remote_code`` may
+            only be ``False``.
 
     Raises:
-        FileNotFoundError: ``path`` does not exist, or a file listed in ``SHA256SUMS`` is missing.
+        FileNotFoundError: ``path`` does not exist, it has no ``SHA256SUMS``, or a file listed in it
+            is missing.
         NotADirectoryError: ``path`` is a file.
-        ValueError: not a checkpoint (no ``config.json`` or weights), a file that does not match its
-            checksum, or an empty or truncated weights file; each message names the file. Also a
-            ``quantize`` other than ``None``/``"int8"``, or ``quantize="int8"`` with a non-CPU
-            ``device_map`` (checked before anything is read).
+        ValueError: every refusal of :func:`verify_compressed` (each names the file), weights that
+            transformers cannot read, ``trust_remote_code=True``, a ``quantize`` other than
+            ``None``/``"int8"``, or ``quantize="int8"`` with a non-CPU ``device_map`` (checked
+            before anything is read).
         RuntimeError: ``quantize="int8"`` on a PyTorch build without a quantised CPU engine.
     """
     path = Path(path)
+    if kwargs.pop("trust_remote_code", False) is not False:
+        raise ValueError(
+            "load_compressed loads with lightning-topo's own classes; trust_remote_code must be False "
+            "(code from a checkpoint folder is never run)"
+        )
     _check_quantize(quantize, kwargs)
-    _check_checkpoint_folder(path, verify)
+    verify_compressed(path, verify=verify is not False)
     kwargs.setdefault("local_files_only", True)
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(str(path), **kwargs)
-    except (OSError, ValueError, KeyError) as err:
-        raise ValueError(f"could not load the compressed checkpoint {path}: {err}") from err
+        model = AutoModelForSequenceClassification.from_pretrained(str(path), trust_remote_code=False, **kwargs)
+    except (OSError, ValueError, KeyError, SafetensorError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"could not load the compressed checkpoint {path}: {first}") from None
     if quantize == "int8":
-        from lightning_topo.pruning.quantize import quantize_int8
-
         model = quantize_int8(model.float(), inplace=True)
     return model

