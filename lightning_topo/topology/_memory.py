@@ -7,6 +7,7 @@ numbers and the remedy instead of a raw allocator error (private).
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 
@@ -15,19 +16,114 @@ PAIRWISE_COPIES = 6  # the differentiable distance matrix and its saved intermed
 GIOTTO_H1_BYTES = 32  # giotto-ph's peak working memory for H1: ~6-9x the float32 matrix
 
 
-def available_bytes(device: torch.device) -> int | None:
-    """Memory that a new allocation on ``device`` can use, or ``None`` when unknown.
+_CGROUP_ROOT = "/sys/fs/cgroup"
+_UNLIMITED = 1 << 60  # cgroup v1 reports "no limit" as a huge page-aligned number
 
-    CPU: psutil's ``available`` if psutil is installed, else ``MemAvailable`` of
-    ``/proc/meminfo``. CUDA: the driver's free memory plus what torch's caching allocator holds
-    unused.
-    """
-    if device.type == "cuda":
-        free, _total = torch.cuda.mem_get_info(device)
-        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-        return int(free + cached)
-    if device.type != "cpu":
+
+def _read_int(path: str) -> int | None:
+    try:
+        with open(path, encoding="ascii") as fh:
+            text = fh.read().strip()
+    except OSError:
         return None
+    return int(text) if text.isdigit() else None  # v2's "max" (no limit) -> None
+
+
+def _inactive_file(path: str, key: str) -> int:
+    """Reclaimable page cache of a cgroup (``memory.stat``), counted as free."""
+    try:
+        with open(path, encoding="ascii") as fh:
+            for line in fh:
+                name, _, value = line.partition(" ")
+                if name == key:
+                    return int(value)
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def _cgroup_dirs(controller_root: str, relative: str) -> list[str]:
+    """The cgroup folder of this process and each of its parents up to the controller root
+    (a limit anywhere up the tree applies), as far as they exist."""
+    parts = [p for p in relative.strip("/").split("/") if p]
+    dirs = [os.path.join(controller_root, *parts[:k]) for k in range(len(parts), -1, -1)]
+    return [d for d in dirs if os.path.isdir(d)]
+
+
+def cgroup_available_bytes(proc_cgroup: str = "/proc/self/cgroup", root: str = _CGROUP_ROOT) -> int | None:
+    """Memory left under this process's cgroup limits: the smallest ``limit - usage`` (reclaimable
+    page cache counted as free) over its cgroup and the cgroups above it, for cgroup v2
+    (``memory.max`` / ``memory.current``) and v1 (``memory.limit_in_bytes`` /
+    ``memory.usage_in_bytes``); ``None`` when no limit is set or nothing can be read."""
+    try:
+        with open(proc_cgroup, encoding="utf-8") as fh:
+            lines = fh.read().splitlines()
+    except OSError:
+        return None
+    best: int | None = None
+    for line in lines:
+        hierarchy, _, rest = line.partition(":")
+        controllers, _, relative = rest.partition(":")
+        if hierarchy == "0" and controllers == "":  # v2 (unified); hybrid setups mount it at unified/
+            candidates = [
+                (d, "memory.max", "memory.current", "inactive_file")
+                for base in (root, os.path.join(root, "unified"))
+                for d in _cgroup_dirs(base, relative)
+            ]
+        elif "memory" in controllers.split(","):
+            candidates = [
+                (d, "memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file")
+                for d in _cgroup_dirs(os.path.join(root, "memory"), relative)
+            ]
+        else:
+            continue
+        for folder, limit_file, usage_file, cache_key in candidates:
+            limit = _read_int(os.path.join(folder, limit_file))
+            if limit is None or limit >= _UNLIMITED:
+                continue
+            usage = _read_int(os.path.join(folder, usage_file)) or 0
+            usage -= _inactive_file(os.path.join(folder, "memory.stat"), cache_key)
+            free = max(limit - max(usage, 0), 0)
+            best = free if best is None else min(best, free)
+    return best
+
+
+def _status_bytes(key: str) -> int | None:
+    """A ``kB`` field of ``/proc/self/status`` (``VmSize``, ``VmData``) in bytes."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def rlimit_available_bytes() -> int | None:
+    """Address space left under this process's soft ``RLIMIT_AS`` (minus the current ``VmSize``)
+    and ``RLIMIT_DATA`` (minus ``VmData``), the smaller of the two; ``None`` when neither is set.
+    A process over such a limit gets a failed allocation, which giotto-ph turns into a segfault."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not POSIX
+        return None
+    best: int | None = None
+    for limit_name, usage_key in (("RLIMIT_AS", "VmSize"), ("RLIMIT_DATA", "VmData")):
+        which = getattr(resource, limit_name, None)
+        if which is None:
+            continue
+        soft, _hard = resource.getrlimit(which)
+        if soft == resource.RLIM_INFINITY or soft < 0:
+            continue
+        used = _status_bytes(usage_key) or 0
+        free = max(int(soft) - used, 0)
+        best = free if best is None else min(best, free)
+    return best
+
+
+def meminfo_available_bytes() -> int | None:
+    """The machine's ``MemAvailable`` (psutil's ``available`` when installed)."""
     try:
         import psutil  # type: ignore[import-untyped]
 
@@ -42,6 +138,28 @@ def available_bytes(device: torch.device) -> int | None:
     except (OSError, ValueError, IndexError):
         return None
     return None
+
+
+def available_bytes(device: torch.device) -> int | None:
+    """Memory that a new allocation on ``device`` can use, or ``None`` when unknown.
+
+    CPU: the smallest of the machine's ``MemAvailable``, what this process's cgroup limits leave
+    (v2 ``memory.max``, v1 ``memory.limit_in_bytes``, the process's cgroup and those above it) and
+    what its ``RLIMIT_AS`` / ``RLIMIT_DATA`` leave of its address space. CUDA: the driver's free
+    memory plus what torch's caching allocator holds unused.
+    """
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return int(free + cached)
+    if device.type != "cpu":
+        return None
+    known = [
+        v
+        for v in (meminfo_available_bytes(), cgroup_available_bytes(), rlimit_available_bytes())
+        if v is not None
+    ]
+    return min(known) if known else None
 
 
 def _size(num_bytes: float) -> str:
