@@ -79,6 +79,8 @@ def _saved_head_size(config: Mapping[str, Any]) -> int | None:
     if isinstance(id2label, Mapping) and id2label:
         return len(id2label)
     num = config.get("num_labels")
+    if num is None:
+        return 2  # transformers leaves out id2label/num_labels at its default, 2 classes
     return num if isinstance(num, int) and not isinstance(num, bool) else None
 
 
