@@ -97,19 +97,121 @@ def test_attention_none_captures_no_probabilities(tiny_classifier, tiny_batch):
         forward.layers[2].attention_probs()
 
 
-def test_non_bert_models_and_decoders_are_refused():
-    from transformers import DistilBertConfig, DistilBertModel
+def test_unsupported_models_and_decoders_are_refused():
+    from transformers import BertModel, DebertaConfig, DebertaModel
 
-    distil = DistilBertModel(DistilBertConfig(vocab_size=64, dim=16, n_layers=1, n_heads=2, hidden_dim=32))
-    with pytest.raises(TypeError, match="BERT-family encoder.*DistilBertModel"):
-        GeometryCapture(distil)
-    with pytest.raises(TypeError, match="BERT-family"):
+    deberta_v1 = DebertaModel(  # DeBERTa (v1) fuses q/k/v into one in_proj: not hookable per head
+        DebertaConfig(
+            vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32
+        )
+    )
+    with pytest.raises(
+        TypeError, match=r"supports BERT-family encoders.*DistilBERT.*DeBERTa-v2.*got DebertaModel"
+    ):
+        GeometryCapture(deberta_v1)
+    with pytest.raises(TypeError, match="got Linear"):
         GeometryCapture(torch.nn.Linear(3, 3))
-    from transformers import BertModel
-
     decoder = BertModel(tiny_bert_config(is_decoder=True))
     with pytest.raises(ValueError, match="decoder"):
         GeometryCapture(decoder)
+    from transformers import DebertaV2Config, DebertaV2Model
+
+    conv = DebertaV2Model(
+        DebertaV2Config(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=32, conv_kernel_size=3)
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="conv_kernel_size=3"):
+        GeometryCapture(conv)
+
+
+def _family_model(family):
+    from transformers import AutoModelForSequenceClassification
+
+    from tests.user_modules import tiny_config
+
+    torch.manual_seed(0)
+    return AutoModelForSequenceClassification.from_config(tiny_config(family)).eval()
+
+
+def _ids_batch():
+    g = torch.Generator().manual_seed(3)
+    ids = torch.randint(5, 100, (5, 9), generator=g)
+    mask = torch.ones(5, 9, dtype=torch.long)
+    mask[1, 6:] = 0
+    mask[3, 4:] = 0
+    ids[mask == 0] = 0
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+@pytest.mark.parametrize("family", ["distilbert", "deberta", "electra"])
+def test_other_families_capture_what_the_model_computes(family):
+    """Layer input/output are the model's hidden states, the probabilities its own eager attention
+    (DeBERTa: with relative positions), the attention output what the feed-forward block reads."""
+    model = _family_model(family)
+    batch = _ids_batch()
+    eager = _eager_copy(model) if family != "deberta" else model
+    with torch.no_grad():
+        reference = eager(**batch, output_hidden_states=True, output_attentions=True)
+    capture = GeometryCapture(model)
+    assert capture.family == {"distilbert": "distilbert", "deberta": "deberta-v2", "electra": "bert"}[family]
+    seen = {}
+    sites = capture.sites
+    handles = [  # what the feed-forward block reads, recorded independently of the capture
+        (
+            sites[i].layer.ffn if family == "distilbert" else sites[i].layer.intermediate
+        ).register_forward_pre_hook(lambda m, args, i=i: seen.__setitem__(i + 1, args[0].detach()))
+        for i in range(2)
+    ]
+    with capture, torch.no_grad():
+        out = model(**batch)
+    for h in handles:
+        h.remove()
+    assert torch.equal(out.logits, reference.logits) or torch.allclose(
+        out.logits, reference.logits, atol=1e-6
+    )
+    (forward,) = capture.pop()
+    mask = batch["attention_mask"].bool()
+    for i in (1, 2):
+        cap = forward.layers[i]
+        assert torch.allclose(cap.layer_input, reference.hidden_states[i - 1], atol=1e-6)
+        assert torch.allclose(cap.layer_output, reference.hidden_states[i], atol=1e-6)
+        assert torch.allclose(cap.attention_output, seen[i], atol=1e-6)
+        assert cap.context.shape == (5, 9, 32) and cap.num_heads == 4
+        probs = cap.attention_probs()
+        valid_rows = (probs.transpose(1, 2)[mask], reference.attentions[i - 1].transpose(1, 2)[mask])
+        assert torch.allclose(*valid_rows, atol=1e-5)
+    # the heads' outputs recombine into the attention block: out_lin / dense of the context + residual
+    site = sites[0]
+    proj = site.context if family == "distilbert" else site.attention_output.dense
+    cap = forward.layers[1]
+    with torch.no_grad():
+        norm = site.attention_output if family == "distilbert" else site.attention_output.LayerNorm
+        rebuilt = norm(proj(cap.context) + cap.layer_input)
+    assert torch.allclose(rebuilt, cap.attention_output, atol=1e-5)
+    assert _hook_count(model) == 0
+
+
+def test_deberta_outputs_are_unchanged_by_asking_for_probabilities():
+    model = _family_model("deberta")
+    batch = _ids_batch()
+    with torch.no_grad():
+        plain = model(**batch)
+        with GeometryCapture(model):
+            hooked = model(**batch)
+    assert plain.attentions is None and hooked.attentions is None
+    assert torch.equal(plain.logits, hooked.logits)
+    assert GeometryCapture(model, attention="model").layers == [1, 2]  # always its own probabilities
+
+
+def test_distilbert_attention_model_needs_eager():
+    model = _family_model("distilbert")
+    with pytest.raises(ValueError, match="attn_implementation='eager'"):
+        GeometryCapture(model, attention="model")
+    model.set_attn_implementation("eager")
+    capture = GeometryCapture(model, attention="model")
+    with capture, torch.no_grad():
+        model(**_ids_batch())
+    assert capture.pop()[0].layers[2].probs is not None
 
 
 def test_wrapped_model_and_roberta_are_accepted(tiny_classifier):
@@ -154,16 +256,24 @@ def test_missing_attention_mask_means_all_positions(tiny_classifier, tiny_batch)
     assert forward.mask.all() and forward.mask.shape == (6, 10)
 
 
-@pytest.mark.parametrize("bad", ["first", 0, 3, -3, [1, 1], [], [1.5]])
+@pytest.mark.parametrize("bad", ["first", 0, 3, -3, [], [2, 0]])
 def test_resolve_encoder_layers_refuses(bad):
     with pytest.raises(ValueError, match="layers"):
         resolve_encoder_layers(bad, 2)
+
+
+def test_resolve_encoder_layers_refuses_non_integers_with_type_error():
+    with pytest.raises(TypeError, match="layers"):
+        resolve_encoder_layers([1.5], 2)
+    with pytest.raises(ValueError, match="0, the embeddings, has no attention"):
+        resolve_encoder_layers(0, 2)
 
 
 def test_resolve_encoder_layers():
     assert resolve_encoder_layers("all", 3) == [1, 2, 3]
     assert resolve_encoder_layers(-1, 3) == [3]
     assert resolve_encoder_layers([3, -3], 3) == [1, 3]
+    assert resolve_encoder_layers([2, -2], 3) == [2]  # the same layer twice counts once (every lens)
 
 
 def test_accumulator_means_over_batches_match_direct_scores(tiny_classifier, tiny_batch):

@@ -45,7 +45,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from lightning_topo.scores.names import metric_name
+
 __all__ = [
+    "HEADLINE",
     "GeometryMetrics",
     "attention_entropy",
     "attention_entropy_from_logits",
@@ -370,30 +373,39 @@ def projection_singular_values(w: Tensor, num_heads: int) -> Tensor:
 
 # ---------------------------------------------------------------------------------- what a lens logs
 
-#: Per-layer scalars a monitor logs, as ``{name}/layer_{i}{suffix}`` (see :func:`metric_names`).
+#: Per-layer scalars a monitor logs: ``(score, detail)`` of ``{score}/layer_{i}[/{detail}]``.
 _LAYER_METRICS: tuple[tuple[str, str], ...] = (
     ("cone", ""),
-    ("cone", "/input"),
-    ("cone", "/heads"),
-    ("cone", "/attention_output"),
+    ("cone", "input"),
+    ("cone", "heads"),
+    ("cone", "attention_output"),
     ("attention_entropy", ""),
     ("directionality", ""),
     ("qk_spectral_entropy", ""),
 )
 
+#: The headline score: the cone index of the deepest layer's output, without a layer in its name.
+HEADLINE = "cone"
+
+
+def _layer_name(score: str, layer: int, detail: str = "") -> str:
+    """``{score}/layer_{i}[/{detail}]`` through the one name grammar (:mod:`~lightning_topo.scores.names`)."""
+    return metric_name("_", score, layer=layer, detail=detail or ()).split("/", 1)[1]
+
 
 def metric_names(layers: Sequence[int], attention: bool = True) -> list[str]:
-    """Names :func:`geometry_metrics` returns for ``layers``, without computing anything.
+    """Names :func:`geometry_metrics` returns for ``layers``, without computing anything (no prefix).
 
-    ``cone/layer_{i}`` (layer output), ``cone/layer_{i}/input``, ``cone/layer_{i}/heads``,
-    ``cone/layer_{i}/attention_output``, ``attention_entropy/layer_{i}`` (only with
-    ``attention``), ``directionality/layer_{i}``, ``qk_spectral_entropy/layer_{i}``.
+    ``cone`` (the headline: ``cone/layer_{max(layers)}`` under a name without a layer, for
+    ``EarlyStopping``), then per layer ``cone/layer_{i}`` (layer output), ``cone/layer_{i}/input``,
+    ``cone/layer_{i}/heads``, ``cone/layer_{i}/attention_output``, ``attention_entropy/layer_{i}``
+    (only with ``attention``), ``directionality/layer_{i}``, ``qk_spectral_entropy/layer_{i}``.
     """
-    return [
-        f"{family}/layer_{i}{suffix}"
+    return [HEADLINE] + [
+        _layer_name(score, i, detail)
         for i in layers
-        for family, suffix in _LAYER_METRICS
-        if attention or family != "attention_entropy"
+        for score, detail in _LAYER_METRICS
+        if attention or score != "attention_entropy"
     ]
 
 
@@ -406,7 +418,7 @@ class GeometryMetrics:
             quantities are averaged over heads (NaN heads ignored).
         heads: ``{"cone_heads" | "attention_entropy" | "directionality" | "qk_spectral_entropy":
             [per-head tensor (heads,) of each layer]}``, in the order of ``layers``.
-        layers: the 1-based layers, in order.
+        layers: the encoder layers (hidden-state indices ``1..L``), in order.
     """
 
     values: dict[str, Tensor]
@@ -443,6 +455,7 @@ def geometry_metrics(
     heads: dict[str, list[Tensor]] = {k: [] for k in ("cone_heads", "directionality", "qk_spectral_entropy")}
     if attention:
         heads["attention_entropy"] = []
+    values[HEADLINE] = activations[layers[-1]]["cone/output"]
     for i in layers:
         act, w = activations[i], weights[i]
         per_head = {
@@ -451,14 +464,14 @@ def geometry_metrics(
         }
         if attention:
             per_head["attention_entropy"] = act["attention_entropy"]
-        values[f"cone/layer_{i}"] = act["cone/output"]
-        values[f"cone/layer_{i}/input"] = act["cone/input"]
-        values[f"cone/layer_{i}/heads"] = act["cone/heads"].mean()
-        values[f"cone/layer_{i}/attention_output"] = act["cone/attention_output"]
+        values[_layer_name("cone", i)] = act["cone/output"]
+        values[_layer_name("cone", i, "input")] = act["cone/input"]
+        values[_layer_name("cone", i, "heads")] = act["cone/heads"].mean()
+        values[_layer_name("cone", i, "attention_output")] = act["cone/attention_output"]
         if attention:
-            values[f"attention_entropy/layer_{i}"] = act["attention_entropy"].mean()
-        values[f"directionality/layer_{i}"] = w["directionality"].nanmean()
-        values[f"qk_spectral_entropy/layer_{i}"] = w["qk_spectral_entropy"].nanmean()
+            values[_layer_name("attention_entropy", i)] = act["attention_entropy"].mean()
+        values[_layer_name("directionality", i)] = w["directionality"].nanmean()
+        values[_layer_name("qk_spectral_entropy", i)] = w["qk_spectral_entropy"].nanmean()
         for key in heads:
             heads[key].append(per_head[key])
     return GeometryMetrics(values=values, heads=heads, layers=layers)
