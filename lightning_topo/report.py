@@ -41,6 +41,8 @@ MONITOR = "val/acc"
 #: File naming a run's one output folder (``lightning_topo.callbacks.run_dir``): in the run folder
 #: itself (``"run_dir": "."``, the claim) and in every logger's own folder (a pointer).
 RUN_POINTER = "lightning_topo_run.json"
+#: The callbacks' settings in a run folder (``{name: settings}``; ``record_settings`` writes it).
+RUN_SETTINGS = "lightning_topo_settings.json"
 #: Value of the ``format`` key of :data:`RUN_POINTER`.
 RUN_POINTER_FORMAT = "lightning-topo run folder 1"
 _CORRELATION = re.compile(r"^(?P<metric>.+)/(?P<kind>pearson|spearman)_(?P<target>[^/]+)$")

@@ -42,14 +42,16 @@ import os
 import uuid
 import weakref
 from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
 
 from lightning_topo.analysis import write_text_atomic
-from lightning_topo.report import RUN_POINTER, RUN_POINTER_FORMAT
+from lightning_topo.plots.wandb import jsonable, log_settings
+from lightning_topo.report import RUN_POINTER, RUN_POINTER_FORMAT, RUN_SETTINGS
 
-__all__ = ["RUN_POINTER", "logger_folders", "run_dir"]
+__all__ = ["RUN_POINTER", "RUN_SETTINGS", "logger_folders", "record_settings", "run_dir"]
 
 #: Sub-folder of ``default_root_dir`` for runs without a logger that has a local folder.
 FALLBACK = "lightning_topo"
@@ -76,6 +78,41 @@ def run_dir(trainer: pl.Trainer) -> Path:
     chosen = trainer.strategy.broadcast(chosen, src=0)
     path = Path(chosen)
     _CACHE[trainer] = path
+    return path
+
+
+def record_settings(trainer: pl.Trainer, name: str, settings: dict[str, Any]) -> Path:
+    """Record a callback's settings with the run: ``config[name]`` of every W&B run, and
+    ``run_dir(trainer) / "lightning_topo_settings.json"`` (``{name: settings}``, one entry per
+    callback, merged and written atomically on global rank 0), where ``report`` reads which
+    prefixes and monitored metric the lenses used.
+
+    Args:
+        trainer: the run's ``Trainer``. Call from a hook every process runs (``setup``) when
+            :func:`run_dir` was not asked yet.
+        name: one key per callback instance, e.g. ``"PersistenceScoreMonitor/topo"``.
+        settings: JSON-compatible where possible (:func:`~lightning_topo.plots.wandb.jsonable`
+            converts the rest); for a lens include ``log_prefix``, ``monitor_against`` and
+            ``headline`` (its headline metric's full name), which ``report`` reads.
+
+    Returns:
+        The settings file.
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"name must be a non-empty key such as 'PersistenceScoreMonitor/topo'; got {name!r}")
+    path = run_dir(trainer) / RUN_SETTINGS
+    if not trainer.is_global_zero:
+        return path
+    recorded: dict[str, Any] = {}
+    if path.is_file():
+        try:
+            recorded = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            recorded = {}
+    recorded = recorded if isinstance(recorded, dict) else {}
+    recorded[name] = jsonable(dict(settings))
+    write_text_atomic(path, json.dumps(recorded, indent=2, sort_keys=True), overwrite=True)
+    log_settings(trainer.loggers, name, settings)
     return path
 
 

@@ -36,6 +36,7 @@ from __future__ import annotations
 import json
 import math
 import struct
+import time
 import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -190,7 +191,7 @@ def log_score_vs_monitor(
         key = f"{prefix}/charts/{(rest or prefix).replace('/', '_')}_vs_{monitor.replace('/', '_')}"
     table = wandb.Table(columns=[EPOCH, monitor, score], data=rows)
     chart = wandb.plot.scatter(table, monitor, score, title=f"{score} vs {monitor} (one point per epoch)")
-    last = max((r[0] for r in rows), default=None)
+    last = max((int(r["epoch"]) for r in history), default=None)
     for logger in targets:
         logger.experiment.log({key: chart, **({EPOCH: last} if last is not None else {})})
     return len(targets)
@@ -329,19 +330,30 @@ def _decode(text: str) -> Any:
         return text
 
 
-def offline_run(path: str | Path) -> OfflineRun:
-    """Decode the run file ``path`` (or the single ``run-*.wandb`` in the folder ``path``)."""
+def offline_run(path: str | Path, *, timeout: float = 0.0) -> OfflineRun:
+    """Decode the run file ``path`` (or the single ``run-*.wandb`` in the folder ``path``).
+
+    Args:
+        timeout: seconds to wait for the run's ``exit`` record: the W&B service writes the file
+            asynchronously and flushes it some seconds after ``wandb.finish()``; 0 reads what is
+            there now.
+    """
     path = Path(path)
     if path.is_dir():
         files = sorted(path.glob("run-*.wandb"))
         if len(files) != 1:
             raise ValueError(f"{path} holds {len(files)} W&B run files (run-*.wandb); pass one of them")
         path = files[0]
+    deadline = time.monotonic() + timeout
+    records = list(read_offline_run(path))
+    while time.monotonic() < deadline and not any(r.WhichOneof("record_type") == "exit" for r in records):
+        time.sleep(0.5)
+        records = list(read_offline_run(path))
     run = OfflineRun(path)
-    for record in read_offline_run(path):
+    for record in records:
         kind = record.WhichOneof("record_type")
         if kind == "run":
-            run.run_id = record.run.run_id
+            run.run_id = run.run_id or record.run.run_id
             for item in record.run.config.update:
                 run.config[_item_key(item)] = _decode(item.value_json)
         elif kind == "history":
