@@ -2,6 +2,8 @@
 and a user's own ``validation_step``.
 
 * :class:`PersistenceScore` -- BERTops' PSF and H0/H1 persistence statistics (``topo/...``).
+* :class:`GeometryScore` -- cone index, attention entropy and directionality (``geometry/...``);
+  fed from its own attention hooks (``make_capture(model)``, ``update(forward)``).
 
 Every lens takes ``update(hidden_states, attention_mask, labels, input_ids=None)`` and returns a
 :class:`LensResult` from ``compute()``; states sync over DDP processes and ``reset`` through
@@ -9,6 +11,7 @@ torchmetrics.
 """
 
 from lightning_topo.metrics.base import LensMetric, LensResult
+from lightning_topo.metrics.geometry import GeometryScore
 from lightning_topo.metrics.persistence import PersistenceScore
 
-__all__ = ["LensMetric", "LensResult", "PersistenceScore"]
+__all__ = ["GeometryScore", "LensMetric", "LensResult", "PersistenceScore"]
