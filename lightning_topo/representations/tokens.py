@@ -10,6 +10,16 @@
 * :func:`concept_triggers` -- accuracy drop when a polar concept's words are prepended to
   sentences of another class, against random words (Durrani et al. 2022's adversarial triggers).
 
+For tokenised batches without their text (plain DataLoaders, the lens metric
+:class:`~lightning_topo.metrics.ConceptAlignment`):
+
+* :func:`sequence_words` -- the words of token-id sequences, read back through the tokenizer
+  (every segment of a sentence pair: the special tokens split the segments);
+* :func:`select_tokens` -- the same seeded, capped choice of word tokens as
+  :func:`build_token_set`, over sentences identified by a key of their tokens, so that it does
+  not depend on batching, order or sharding;
+* :func:`prepend_tokens` -- a batch with trigger word pieces inserted after its first special token.
+
 **Words.** A word is what the tokenizer's pre-tokenizer splits (for BERT's WordPiece:
 whitespace and punctuation; ``"it's"`` is ``it``, ``'``, ``s``), read from a *fast*
 tokenizer's ``word_ids()``; its form is the original text span. **Pooling rule:** a word's vector
@@ -38,16 +48,24 @@ from lightning_topo.scores.concepts import polar_concepts
 
 __all__ = [
     "LABEL_SETS",
+    "MAX_WORD_PIECES",
     "SUFFIXES",
+    "SequenceWord",
     "TokenSet",
     "WORD_POOLING",
     "build_token_set",
     "concept_triggers",
     "conllu_upos",
+    "form_hashes",
+    "prepend_tokens",
+    "select_tokens",
+    "sequence_words",
+    "special_token_ids",
     "token_activations",
     "token_labels",
     "trigger_words",
     "word_casing",
+    "word_labels",
     "word_suffix",
 ]
 
@@ -261,6 +279,207 @@ def token_activations(
         model.train(was_training)
 
 
+# ------------------------------------------------------------------- words from token ids alone
+#: Most word pieces of one word the lens keeps (longer words, e.g. long URLs, are left out).
+MAX_WORD_PIECES = 16
+
+
+@dataclass(frozen=True)
+class SequenceWord:
+    """One word of a tokenised sequence.
+
+    Attributes:
+        start, last: positions (in the sequence) of the word's first and last piece.
+        form: the word's text as the tokenizer decodes it (lower-cased by uncased tokenizers).
+        segment: 0 for the first segment, 1 for the second of a sentence pair, ...
+    """
+
+    start: int
+    last: int
+    form: str
+    segment: int
+
+
+def special_token_ids(tokenizer: Any) -> set[int]:
+    """Ids that separate segments and are never words: the tokenizer's special tokens but ``unk``."""
+    ids = set(getattr(tokenizer, "all_special_ids", []) or [])
+    unk = getattr(tokenizer, "unk_token_id", None)
+    return ids - {unk}
+
+
+def sequence_words(
+    tokenizer: Any, rows: Sequence[Sequence[int]], special: set[int] | None = None
+) -> tuple[list[list[SequenceWord]], int]:
+    """The words of token-id sequences, read back through their (fast) tokenizer.
+
+    Each sequence is split into segments at its special tokens (``[CLS] a [SEP] b [SEP]`` has
+    the segments ``a`` and ``b``: both segments of a sentence pair are read). A segment is
+    decoded and tokenised again with offsets; when that gives the same ids back (the usual case)
+    its words are the tokenizer's pre-tokenizer words (``word_ids()``), as
+    :func:`build_token_set` has them from the text. A segment that does not come back unchanged
+    gets one word per piece and is counted (the caller warns). Words holding the unknown token
+    (their text is lost) or more than :data:`MAX_WORD_PIECES` pieces are left out.
+
+    Args:
+        tokenizer: a fast Hugging Face tokenizer.
+        rows: the real tokens of each sequence (no padding).
+        special: ids that separate segments (default :func:`special_token_ids`).
+
+    Returns:
+        ``(words per row, number of segments that did not round-trip)``.
+    """
+    special = special_token_ids(tokenizer) if special is None else special
+    unk = getattr(tokenizer, "unk_token_id", None)
+    runs: list[tuple[int, int, list[int]]] = []  # (row, segment, positions)
+    for r, ids in enumerate(rows):
+        segment, current = 0, []
+        for pos, token in enumerate(ids):
+            if int(token) in special:
+                if current:
+                    runs.append((r, segment, current))
+                    segment, current = segment + 1, []
+            else:
+                current.append(pos)
+        if current:
+            runs.append((r, segment, current))
+    out: list[list[SequenceWord]] = [[] for _ in rows]
+    if not runs:
+        return out, 0
+    pieces = [[int(rows[r][p]) for p in positions] for r, _, positions in runs]
+    texts = tokenizer.batch_decode(pieces, clean_up_tokenization_spaces=False)
+    enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+    mismatched = 0
+    for i, (r, segment, positions) in enumerate(runs):
+        ids = pieces[i]
+        if list(enc["input_ids"][i]) == ids:
+            word_ids, offsets = enc.word_ids(i), enc["offset_mapping"][i]
+        else:
+            mismatched += 1
+            word_ids, offsets = list(range(len(ids))), None
+        groups: dict[int, list[int]] = {}
+        for j, wid in enumerate(word_ids):
+            groups.setdefault(j if wid is None else wid, []).append(j)
+        for members in groups.values():
+            a, b = members[0], members[-1]
+            if b - a + 1 > MAX_WORD_PIECES or unk in ids[a : b + 1]:
+                continue
+            if offsets is not None:
+                form = texts[i][offsets[a][0] : offsets[b][1]]
+            else:
+                form = tokenizer.decode(ids[a : b + 1], clean_up_tokenization_spaces=False)
+            form = form.strip()
+            if form:
+                out[r].append(SequenceWord(positions[a], positions[b], form, segment))
+    return out, mismatched
+
+
+def form_hashes(forms: Sequence[str]) -> Tensor:
+    """``(n,)`` int64 hash of each lower-cased word form, equal on every process (BLAKE2b)."""
+    values = [
+        int.from_bytes(hashlib.blake2b(f.lower().encode("utf-8"), digest_size=8).digest(), "little", signed=True)
+        for f in forms
+    ]
+    return torch.tensor(values, dtype=torch.long)
+
+
+def select_tokens(
+    keys: Tensor,
+    positions: Tensor,
+    forms: Tensor,
+    max_tokens: int,
+    max_per_word: int | None = 10,
+    keep_tail: bool = False,
+) -> Tensor:
+    """The token set's choice over candidate word tokens of sentences identified by a key.
+
+    Sentences are visited in ascending ``keys`` (a seeded pseudo-random key of their tokens,
+    :func:`~lightning_topo.scores.tree_probe.sentence_keys`), their words in position order; a
+    word is taken unless its form (``forms``, e.g. :func:`form_hashes`) already has
+    ``max_per_word`` tokens, until ``max_tokens`` are taken -- :func:`build_token_set`'s rule, with
+    the key order in place of a permutation of the split. The result is the same whatever the
+    order and batching of the candidates; a ``(key, position)`` seen twice (a sentence on two
+    processes) counts once.
+
+    With ``keep_tail`` it returns what a *stream* must keep: every word still eligible under
+    the per-form cap in every sentence up to the one where ``max_tokens`` is reached (more
+    sentences with smaller keys can only move that point earlier and make a word ineligible,
+    never the reverse), so pruning to it and adding more candidates later gives the same final
+    choice as seeing every candidate at once.
+
+    Args:
+        keys: ``(n,)`` float64 sentence key of each candidate word.
+        positions: ``(n,)`` position of the word in its sentence.
+        forms: ``(n,)`` int64 id of the word's lower-cased form.
+        max_tokens, max_per_word: the caps (``max_per_word=None``: none).
+
+    Returns:
+        ``(n,)`` bool: the chosen (or, with ``keep_tail``, the kept) candidates.
+    """
+    n = int(keys.numel())
+    chosen = np.zeros(n, dtype=bool)
+    if n == 0:
+        return torch.from_numpy(chosen)
+    k, p, f = keys.cpu().double().numpy(), positions.cpu().long().numpy(), forms.cpu().long().numpy()
+    order = np.lexsort((p, k))
+    ko, po = k[order], p[order]
+    first = np.r_[True, (ko[1:] != ko[:-1]) | (po[1:] != po[:-1])]  # duplicates of (key, position)
+    order, ko = order[first], ko[first]
+    fo = f[order]
+    if max_per_word is None:
+        eligible = np.ones(order.size, dtype=bool)
+    else:
+        by_form = np.argsort(fo, kind="stable")
+        fs = fo[by_form]
+        starts = np.r_[True, fs[1:] != fs[:-1]]
+        index = np.arange(fs.size)
+        rank_sorted = index - np.maximum.accumulate(np.where(starts, index, 0))
+        rank = np.empty(fs.size, dtype=np.int64)
+        rank[by_form] = rank_sorted
+        eligible = rank < max_per_word
+    taken = np.cumsum(eligible)
+    if keep_tail:
+        reached = np.nonzero(taken >= max_tokens)[0]
+        keep = eligible if reached.size == 0 else eligible & (ko <= ko[reached[0]])
+        chosen[order[keep]] = True
+    else:
+        chosen[order[eligible & (taken <= max_tokens)]] = True
+    return torch.from_numpy(chosen)
+
+
+def prepend_tokens(batch: dict[str, Tensor], prefix: Sequence[int], max_length: int) -> dict[str, Tensor]:
+    """``batch`` with the ids ``prefix`` inserted after each sequence's first token (its ``[CLS]``).
+
+    Sequences longer than ``max_length`` afterwards lose pieces before their last token (the
+    final ``[SEP]`` is kept). ``token_type_ids`` of the inserted pieces are those of the first
+    token; padding goes to the right with the id that pads ``batch`` (0 if none).
+
+    Args:
+        batch: ``input_ids`` ``(b, s)``, ``attention_mask`` ``(b, s)``, optional ``token_type_ids``.
+        prefix: word-piece ids to insert. max_length: the model's position limit.
+    """
+    ids, mask = batch["input_ids"].cpu(), batch["attention_mask"].cpu().bool()
+    types = batch.get("token_type_ids")
+    rows, type_rows = [], []
+    pad = int(ids[~mask][0]) if bool((~mask).any()) else 0
+    for r in range(ids.shape[0]):
+        real = ids[r][mask[r]].tolist()
+        new = real[:1] + list(prefix) + real[1:]
+        t = types[r].cpu()[mask[r]].tolist() if types is not None else [0] * len(real)
+        new_t = t[:1] + [t[0]] * len(prefix) + t[1:]
+        if len(new) > max_length:
+            new, new_t = new[: max_length - 1] + new[-1:], new_t[: max_length - 1] + new_t[-1:]
+        rows.append(new)
+        type_rows.append(new_t)
+    width = max(len(x) for x in rows)
+    out = {
+        "input_ids": torch.tensor([x + [pad] * (width - len(x)) for x in rows], dtype=torch.long),
+        "attention_mask": torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in rows], dtype=torch.long),
+    }
+    if types is not None:
+        out["token_type_ids"] = torch.tensor([x + [0] * (width - len(x)) for x in type_rows], dtype=torch.long)
+    return out
+
+
 # ----------------------------------------------------------------------------------- label sets
 def word_suffix(word: str) -> str | None:
     """The longest suffix of :data:`SUFFIXES` that ``word`` (alphabetic, lower-cased) ends with,
@@ -315,11 +534,21 @@ def token_labels(
         if conllu_file is None:
             raise ValueError("label_set='upos' needs conllu_file, a CoNLL-U file of the same text")
         return conllu_upos(token_set, conllu_file)
+    return word_labels(token_set.words, label_set)
+
+
+def word_labels(words: Sequence[str], label_set: str) -> list[Hashable | None]:
+    """One label per word form for a label set read from the form alone (``"lexical"``,
+    ``"suffix"``, ``"casing"``, ``"punctuation"``, ``"number"``; see :func:`token_labels`).
+
+    Raises:
+        ValueError: another ``label_set``.
+    """
     fns = {"lexical": str.lower, "suffix": word_suffix, "casing": word_casing}
     fns.update({"punctuation": _punctuation, "number": _number})
     if label_set not in fns:
-        raise ValueError(f"label_set must be one of {(*LABEL_SETS, 'upos')}; got {label_set!r}")
-    return [fns[label_set](w) for w in token_set.words]
+        raise ValueError(f"label_set must be one of {tuple(fns)} for word forms; got {label_set!r}")
+    return [fns[label_set](w) for w in words]
 
 
 def _conllu_sentences(path: Path) -> dict[str, list[tuple[str, str | None]]]:

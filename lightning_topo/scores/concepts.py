@@ -3,8 +3,9 @@
 Plain functions, no model and no I/O:
 
 * :func:`discover_concepts` -- agglomerative clustering with Ward linkage of token vectors into
-  latent concepts (as the authors' ConceptX ``get_agglomerative_clusters.py``: scikit-learn's
-  ``AgglomerativeClustering``, Ward, Euclidean);
+  latent concepts (the authors' ConceptX ``get_agglomerative_clusters.py`` uses scikit-learn's
+  ``AgglomerativeClustering``, Ward, Euclidean; here the same Ward tree is built by SciPy from
+  distances computed with one matrix product, and cut at ``K`` clusters as scikit-learn cuts it);
 * :func:`align_concepts` -- a concept is aligned to a label when at least ``theta`` of its tokens
   carry it (human-defined concepts: POS, suffixes, the output class of the sentence, ...);
 * :func:`match_concepts` -- which concepts of a model B are found again in a model A (e.g. the
@@ -25,9 +26,9 @@ import torch
 from torch import Tensor
 
 __all__ = [
-    "ConceptAlignment",
-    "ConceptMatch",
+        "ConceptMatch",
     "FAMILIES",
+    "LabelAlignment",
     "align_concepts",
     "chance_match_share",
     "chance_polar_share",
@@ -92,10 +93,44 @@ def discover_concepts(activations: Tensor | np.ndarray, n_concepts: int | None =
         return _first_appearance(np.arange(n))
     if k == 1:
         return torch.zeros(n, dtype=torch.long)
-    from sklearn.cluster import AgglomerativeClustering
+    return _first_appearance(_cut_tree(ward_linkage(x), n, int(k)))
 
-    labels = AgglomerativeClustering(n_clusters=int(k), linkage="ward").fit_predict(x)
-    return _first_appearance(labels)
+
+def ward_linkage(points: np.ndarray) -> np.ndarray:
+    """SciPy's Ward linkage matrix ``(n - 1, 4)`` of ``(n, d)`` points (float64).
+
+    The pairwise Euclidean distances come from one matrix product
+    (``|a|^2 + |b|^2 - 2 a.b``, in float64, clamped at 0) instead of SciPy's ``pdist`` loop, which
+    is what dominates the time at ``d = 768``; the tree is SciPy's nearest-neighbour-chain Ward,
+    the same algorithm scikit-learn runs (``benchmarks/lenses_concepts.py`` and the tests check
+    that the partitions agree).
+    """
+    from scipy.cluster.hierarchy import linkage
+    from scipy.spatial.distance import squareform
+
+    x = torch.from_numpy(np.ascontiguousarray(points, dtype=np.float64))
+    sq = (x * x).sum(1)
+    d2 = (sq[:, None] + sq[None, :] - 2.0 * (x @ x.T)).clamp_min_(0.0)
+    d2.fill_diagonal_(0.0)
+    condensed = squareform(d2.sqrt_().numpy(), checks=False)
+    return linkage(condensed, method="ward")
+
+
+def _cut_tree(tree: np.ndarray, n: int, k: int) -> np.ndarray:
+    """Cluster of every point after the first ``n - k`` merges of a linkage matrix (scikit-learn's
+    cut at ``n_clusters=k``: exactly ``k`` clusters, even with tied merge heights)."""
+    parent = np.arange(2 * n - 1)
+
+    def root(a: int) -> int:
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = int(parent[a])
+        return a
+
+    for step in range(n - k):
+        parent[root(int(tree[step, 0]))] = n + step
+        parent[root(int(tree[step, 1]))] = n + step
+    return np.array([root(i) for i in range(n)])
 
 
 def _as_points(activations: Tensor | np.ndarray) -> np.ndarray:
@@ -135,7 +170,7 @@ def _check_theta(theta: float) -> float:
 
 
 @dataclass(frozen=True)
-class ConceptAlignment:
+class LabelAlignment:
     """Alignment of concepts with one label set.
 
     Attributes:
@@ -154,7 +189,7 @@ class ConceptAlignment:
 
 def align_concepts(
     concept_ids: Tensor | Sequence[int], token_labels: Sequence[Hashable | None], theta: float = 0.9
-) -> ConceptAlignment:
+) -> LabelAlignment:
     """Align each concept with a label: ``l`` when at least ``theta`` of its tokens carry ``l``.
 
     The test is inclusive (a concept with exactly ``theta`` of its tokens labelled ``l`` is
@@ -195,7 +230,7 @@ def align_concepts(
         labels.append(best if count >= theta * sizes[cid] - _EPS else None)
     present = sizes > 0
     aligned = sum(1 for cid in range(n_concepts) if present[cid] and labels[cid] is not None)
-    return ConceptAlignment(
+    return LabelAlignment(
         labels=labels,
         purity=torch.as_tensor(purity, dtype=torch.float64),
         sizes=torch.as_tensor(sizes, dtype=torch.long),
