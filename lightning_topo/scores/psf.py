@@ -31,6 +31,7 @@ Example::
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -51,24 +52,53 @@ __all__ = [
     "resample_seeds",
     "prepare_classes",
     "PSFLoss",
+    "ZERO_LENGTH_RTOL",
 ]
+
+
+#: Bars shorter than this share of the class's largest birth/death count as zero-length and are
+#: dropped with them, so near-duplicate points (the same input through another batch differs by
+#: float32 rounding, ~1e-7-1e-6 relative) give the same PSF as exact duplicates (docs/psf.md,
+#: "Duplicates, collapsed classes and reversed pairs").
+ZERO_LENGTH_RTOL = 1e-5
 
 
 def psf_from_diagrams(diagrams: Sequence[Tensor]) -> Tensor:
     """``psf_c`` of one class from its finite diagrams (H0 and H1 for PSF).
 
     Args:
-        diagrams: ``(m_k, 2)`` tensors of finite ``(birth, death)`` pairs; all are pooled
-            into ``P_c``.
+        diagrams: ``(m_k, 2)`` tensors of finite ``(birth, death)`` pairs with ``death >= birth``;
+            all are pooled into ``P_c``. Pairs shorter than :data:`ZERO_LENGTH_RTOL` times the
+            largest coordinate are dropped (zero-length bars: duplicate points).
 
     Returns:
         0-d tensor ``((S(3,2) + S(2,2)) / 2) / |P_c|`` after dividing ``P_c`` by its largest
-        coordinate; differentiable w.r.t. the diagrams.
+        coordinate; differentiable w.r.t. the diagrams. A class left with a single pair (two
+        distinct points, e.g. 19 identical points and one other) has PSF 0.25 whatever its
+        geometry; that case warns.
 
     Raises:
-        ValueError: ``P_c`` is empty or all its coordinates are 0 (all points identical).
+        ValueError: ``P_c`` is empty or all its coordinates are 0 (all points identical), or a
+            pair has ``death < birth`` (not a persistence diagram; it is not clamped).
     """
     pairs = torch.cat([d.reshape(-1, 2) for d in diagrams])
+    reversed_ = pairs[:, 1] < pairs[:, 0]
+    if bool(reversed_.any()):
+        row = int(reversed_.nonzero()[0, 0])
+        b, d = (float(v) for v in pairs[row].detach())
+        raise ValueError(
+            f"diagrams hold {int(reversed_.sum())} pair(s) with death < birth, e.g. row {row}: (birth {b:.6g}, "
+            f"death {d:.6g}); a persistence pair has death >= birth. Check how the diagram was built"
+        )
+    if pairs.shape[0] and bool(pairs.detach().amax() > 0):
+        length = (pairs[:, 1] - pairs[:, 0]).detach()
+        pairs = pairs[length > ZERO_LENGTH_RTOL * pairs.detach().amax()]
+    if pairs.shape[0] == 1:
+        warnings.warn(
+            "psf: a class has a single persistence pair (two distinct points, up to ZERO_LENGTH_RTOL); its "
+            "psf is 0.25 whatever the points. Its hidden states have collapsed, or the class is too small",
+            stacklevel=2,
+        )
     if pairs.shape[0] == 0:
         raise ValueError(
             "psf is undefined for a class with an empty persistence diagram (all its points are "

@@ -13,7 +13,13 @@ import torch
 
 # bytes per (i, j) entry, as a multiple of the matrix dtype's size, measured in docs/topology.md
 PAIRWISE_COPIES = 6  # the differentiable distance matrix and its saved intermediates
-GIOTTO_H1_BYTES = 32  # giotto-ph's peak working memory for H1: ~6-9x the float32 matrix
+#: giotto-ph's peak working memory for H1, bytes per entry of the (n, n) matrix: measured 19-37
+#: (resident, n = 500-4000 Gaussian points in R^768, 1 thread, benchmarks/giotto_memory.py; 24-36
+#: in docs/topology.md's earlier runs), counted as 64 (a 1.7x margin over the largest).
+GIOTTO_H1_BYTES = 64
+#: Address space kept free under RLIMIT_AS / RLIMIT_DATA for what is not per-entry: giotto-ph's
+#: threads' stacks and malloc arenas (about 150 MB of virtual memory measured at n = 500).
+RLIMIT_RESERVE_BYTES = 256 << 20
 
 
 _CGROUP_ROOT = "/sys/fs/cgroup"
@@ -102,7 +108,8 @@ def _status_bytes(key: str) -> int | None:
 
 def rlimit_available_bytes() -> int | None:
     """Address space left under this process's soft ``RLIMIT_AS`` (minus the current ``VmSize``)
-    and ``RLIMIT_DATA`` (minus ``VmData``), the smaller of the two; ``None`` when neither is set.
+    and ``RLIMIT_DATA`` (minus ``VmData``), the smaller of the two, less
+    :data:`RLIMIT_RESERVE_BYTES`; ``None`` when neither is set.
     A process over such a limit gets a failed allocation, which giotto-ph turns into a segfault."""
     try:
         import resource
@@ -117,7 +124,7 @@ def rlimit_available_bytes() -> int | None:
         if soft == resource.RLIM_INFINITY or soft < 0:
             continue
         used = _status_bytes(usage_key) or 0
-        free = max(int(soft) - used, 0)
+        free = max(int(soft) - used - RLIMIT_RESERVE_BYTES, 0)
         best = free if best is None else min(best, free)
     return best
 

@@ -21,6 +21,14 @@ def _check_diagram(diagram: object, name: str = "diagram") -> Tensor:
         raise ValueError(f"{name} must have shape (m, 2) of (birth, death) pairs; got {tuple(diagram.shape)}")
     if not bool(torch.isfinite(diagram).all()):
         raise ValueError(f"{name} must contain finite pairs only (drop infinite bars first)")
+    reversed_ = diagram[:, 1] < diagram[:, 0]
+    if bool(reversed_.any()):
+        row = int(reversed_.nonzero()[0, 0])
+        raise ValueError(
+            f"{name} has {int(reversed_.sum())} pair(s) with death < birth, e.g. row {row}: "
+            f"{tuple(float(v) for v in diagram[row].detach())}; a persistence pair has death >= birth "
+            "(it is refused, not clamped to length 0)"
+        )
     return diagram
 
 

@@ -109,6 +109,9 @@ def test_unknown_backend() -> None:
 
 def test_bad_diagrams_for_vectorisations() -> None:
     grid = torch.linspace(0, 1, 5)
+    pairs = torch.rand(3, 2).sort(dim=1).values  # a valid diagram (death >= birth) for the other checks
+    with pytest.raises(ValueError, match="death < birth"):
+        total_persistence(torch.tensor([[0.5, 0.2]]))
     for fn in (total_persistence, persistence_entropy):
         with pytest.raises(ValueError, match="diagram"):
             fn(torch.rand(4, 3))
@@ -117,11 +120,11 @@ def test_bad_diagrams_for_vectorisations() -> None:
     with pytest.raises(ValueError, match="finite"):
         total_persistence(torch.tensor([[0.0, float("inf")]]))
     with pytest.raises(ValueError, match="grid"):
-        betti_curve(torch.rand(3, 2), grid.reshape(1, 5))
+        betti_curve(pairs, grid.reshape(1, 5))
     with pytest.raises(ValueError, match="num_landscapes"):
-        persistence_landscape(torch.rand(3, 2), grid, num_landscapes=0)
+        persistence_landscape(pairs, grid, num_landscapes=0)
     with pytest.raises(ValueError, match="p must"):
-        total_persistence(torch.rand(3, 2), p=0.0)
+        total_persistence(pairs, p=0.0)
 
 
 @pytest.mark.parametrize(
