@@ -13,9 +13,10 @@ import torch
 
 # bytes per (i, j) entry, as a multiple of the matrix dtype's size, measured in docs/topology.md
 PAIRWISE_COPIES = 6  # the differentiable distance matrix and its saved intermediates
-#: giotto-ph's peak working memory for H1, bytes per entry of the (n, n) matrix: measured 19-37
-#: (resident, n = 500-4000 Gaussian points in R^768, 1 thread, benchmarks/giotto_memory.py; 24-36
-#: in docs/topology.md's earlier runs), counted as 64 (a 1.7x margin over the largest).
+#: giotto-ph's peak working memory for H1, bytes per entry of the (n, n) matrix: measured 19-31
+#: resident and up to 38 virtual (n = 500-4000 Gaussian points in R^768, 1 thread,
+#: benchmarks/giotto_memory.py; 24-36 resident in docs/topology.md's earlier runs), counted as 64
+#: (a 1.7x margin over the largest).
 GIOTTO_H1_BYTES = 64
 #: Address space kept free under RLIMIT_AS / RLIMIT_DATA for what is not per-entry: giotto-ph's
 #: threads' stacks and malloc arenas (about 150 MB of virtual memory measured at n = 500).
