@@ -232,7 +232,7 @@ def test_triggers_flip_predictions_and_random_words_do_not(tokenizer):
     labels = [1, 1, 0, 0] * 5
     ts = build_token_set(texts, labels, tokenizer, max_per_word=None)
     ids = torch.tensor([0 if w in BAD else 1 if w in GOOD else 2 for w in ts.words])
-    words = trigger_words(ids, ts, num_classes=2, n_words=2)
+    words = trigger_words(ids, ts.words, ts.token_classes, num_classes=2, n_words=2)
     assert set(words[0]) <= set(BAD) and set(words[1]) <= set(GOOD)
     out = concept_triggers(
         _LexiconModel(tokenizer), tokenizer, texts, labels, {0: ["bad", "awful"]}, FILLER, max_sentences=8

@@ -55,8 +55,10 @@ __all__ = [
     "WORD_POOLING",
     "build_token_set",
     "concept_triggers",
+    "concept_triggers_on_ids",
     "conllu_upos",
     "form_hashes",
+    "pad_rows",
     "prepend_tokens",
     "select_tokens",
     "sequence_words",
@@ -618,19 +620,28 @@ def conllu_upos(token_set: TokenSet, conllu_file: str | Path) -> list[str | None
 
 # ------------------------------------------------------------------------------------- triggers
 def trigger_words(
-    concept_ids: Tensor, token_set: TokenSet, num_classes: int, n_words: int = 5
+    concept_ids: Tensor,
+    words: Sequence[str],
+    token_classes: Tensor | Sequence[int],
+    num_classes: int,
+    n_words: int = 5,
 ) -> dict[int, list[str]]:
     """Words of the most polar concept of each class: ``{class: up to n_words lower-cased words}``.
 
     The concept is :func:`~lightning_topo.scores.concepts.polar_concepts`' pick on
     ``concept_ids`` (e.g. of the top layer); its distinct lower-cased words are taken by
     frequency (ties: first appearance).
+
+    Args:
+        concept_ids: ``(n_tokens,)`` concept ids. words: ``n_tokens`` word forms (a
+            :class:`TokenSet`'s ``words``). token_classes: ``(n_tokens,)`` class of each token's
+            sentence. num_classes: number of output classes. n_words: words per class.
     """
-    polar = polar_concepts(concept_ids, token_set.token_classes, num_classes)
+    polar = polar_concepts(concept_ids, token_classes, num_classes)
     out: dict[int, list[str]] = {}
     for c, (cid, _) in polar.items():
         members = torch.nonzero(torch.as_tensor(concept_ids) == cid).flatten().tolist()
-        counts = Counter(token_set.words[t].lower() for t in members)
+        counts = Counter(words[t].lower() for t in members)
         out[c] = [w for w, _ in counts.most_common(n_words)]
     return out
 
@@ -740,3 +751,98 @@ def _trigger_class(
 
     return {"words": trig, "random_words": rand, "n": len(sents), "acc": acc([]), "trigger_acc": acc(trig),
             "random_acc": acc(rand)}  # fmt: skip
+
+
+def pad_rows(rows: Sequence[tuple[list[int], list[int] | None]], pad_id: int) -> dict[str, Tensor]:
+    """A right-padded batch (``input_ids``, ``attention_mask``, and ``token_type_ids`` when every row
+    has them) of ``(ids, token_type_ids or None)`` rows."""
+    width = max(len(ids) for ids, _ in rows)
+    out = {
+        "input_ids": torch.tensor([ids + [pad_id] * (width - len(ids)) for ids, _ in rows], dtype=torch.long),
+        "attention_mask": torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in rows]),
+    }
+    if all(types is not None for _, types in rows):
+        out["token_type_ids"] = torch.tensor([t + [0] * (width - len(t)) for _, t in rows], dtype=torch.long)
+    return out
+
+
+@torch.no_grad()
+def _accuracy_on_ids(model, rows, labels, prefix, pad_id, max_length, batch_size) -> float:
+    device = next(model.parameters()).device
+    correct = 0
+    for start in range(0, len(rows), batch_size):
+        batch = pad_rows(rows[start : start + batch_size], pad_id)
+        if prefix:
+            batch = prepend_tokens(batch, prefix, max_length)
+        out = model(**{k: v.to(device) for k, v in batch.items()})
+        logits = getattr(out, "logits", None)
+        if logits is None:
+            raise TypeError(f"the trigger experiment needs a classifier with logits; {type(model).__name__} gives none")
+        target = torch.tensor(labels[start : start + batch_size], device=logits.device)
+        correct += int((logits.argmax(-1) == target).sum())
+    return correct / len(rows)
+
+
+def concept_triggers_on_ids(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    rows: Sequence[tuple[list[int], list[int] | None]],
+    labels: Sequence[int],
+    words: dict[int, list[str]],
+    vocabulary: Sequence[str],
+    max_length: int = 512,
+    max_sentences: int = 32,
+    seed: int = 0,
+    batch_size: int = 64,
+) -> dict[str, Any]:
+    """:func:`concept_triggers` for tokenised sentences: the trigger pieces go after ``[CLS]``.
+
+    Args:
+        model: a Hugging Face classifier (its output has ``logits``).
+        tokenizer: its tokenizer (tokenises the trigger words, pads).
+        rows: ``(input_ids, token_type_ids or None)`` of each sentence (real tokens only).
+        labels: class of each sentence. words: ``{class: trigger words}``.
+        vocabulary: words the random baseline draws from. max_length: the model's position limit.
+        max_sentences: sentences of the other classes per class (seeded sample).
+
+    Returns:
+        dict: as :func:`concept_triggers`.
+
+    Raises:
+        ValueError: empty ``words``, or no sentence of another class. TypeError: no logits.
+    """
+    if not words or not any(words.values()):
+        raise ValueError("words is empty: give at least one trigger word for one class")
+    vocab = sorted({v.lower() for v in vocabulary})
+    rng = np.random.default_rng(seed)
+    pad_id = int(getattr(tokenizer, "pad_token_id", None) or 0)
+    was_training = model.training
+    model.eval()
+    per_class: dict[int, dict[str, Any]] = {}
+    try:
+        for c, trig in sorted(words.items()):
+            others = [i for i, y in enumerate(labels) if int(y) != c]
+            pool = [v for v in vocab if v not in set(trig)]
+            if not others or len(pool) < len(trig):
+                raise ValueError(
+                    f"class {c}: needs sentences of another class and >= {len(trig)} vocabulary words not in "
+                    f"its trigger words; got {len(others)} sentences and {len(pool)} words"
+                )
+            pick = sorted(rng.choice(len(others), min(max_sentences, len(others)), replace=False).tolist())
+            sents, ys = [rows[others[i]] for i in pick], [int(labels[others[i]]) for i in pick]
+            rand = [pool[i] for i in rng.choice(len(pool), len(trig), replace=False).tolist()]
+
+            def acc(prefix_words: list[str], sents=sents, ys=ys) -> float:
+                prefix = tokenizer(" ".join(prefix_words), add_special_tokens=False)["input_ids"] if prefix_words else []
+                return _accuracy_on_ids(model, sents, ys, list(prefix), pad_id, max_length, batch_size)
+
+            per_class[c] = {"words": list(trig), "random_words": rand, "n": len(sents), "acc": acc([]),
+                            "trigger_acc": acc(list(trig)), "random_acc": acc(rand)}  # fmt: skip
+    finally:
+        model.train(was_training)
+    total = sum(r["n"] for r in per_class.values())
+    return {
+        "trigger_drop": sum(r["n"] * (r["acc"] - r["trigger_acc"]) for r in per_class.values()) / total,
+        "random_drop": sum(r["n"] * (r["acc"] - r["random_acc"]) for r in per_class.values()) / total,
+        "per_class": per_class,
+    }
