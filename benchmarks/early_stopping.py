@@ -1,14 +1,14 @@
 """Which stopping rule picks the best model? One long run per seed, every rule applied post hoc.
 
 Setup (issue 26, item 3): the embedded all-MiniLM-L6-v2 with a fresh, seeded head, fine-tuned on a
-seeded, stratified 1,500-sentence subset of the embedded Rotten Tomatoes training split for
-``--epochs`` (6) epochs, AdamW at the quickstart's learning rate (1e-4, warmup 0.1 + linear decay),
+seeded, stratified 800-sentence subset of the embedded Rotten Tomatoes training split for
+``--epochs`` (5) epochs, AdamW at the quickstart's learning rate (1e-4, warmup 0.1 + linear decay),
 batch 32, max_length 64 -- a schedule long enough for val loss to turn up. ``--seeds`` (0..4) seed
 the subset, the head and the training order.
 
 **One training run per seed** records, at the end of every epoch, everything any rule looks at:
 val loss / acc (Lightning's logged values), the [CLS] vectors of the last layer of every validation
-sentence (from the validation forward itself), the same for a fixed 400-sentence subset of the
+sentence (from the validation forward itself), the same for a fixed 300-sentence subset of the
 model's own training sentences (BERTops' setting: no held-out labels), the last layer's cone index
 (mean over validation sentences, ``GeometryMonitor``'s definition: layer output, normalised), and
 the **test**-split accuracy of that epoch's model. A stopping rule only decides when to stop, so
@@ -70,8 +70,9 @@ RESULTS = ROOT / "benchmarks" / "results" / "early_stopping.json"
 OUT_DIR = ROOT / "outputs" / "early_stopping"
 LEARNING_RATE = 1.0e-4
 MAX_LENGTH = 64
-TRAIN_SENTENCES = 1500
-TRAIN_SCORE_SENTENCES = 400
+TRAIN_SENTENCES = 800
+TRAIN_SCORE_SENTENCES = 300
+EVAL_SENTENCES = 600
 
 
 # ----------------------------------------------------------------------------- recording
@@ -125,6 +126,10 @@ def _recorder(dm: Any, folder: Path, train_score_loader: Any) -> Any:
                 ),  # fmt: skip
             )
             os.replace(folder / f".epoch{epoch}.tmp.npz", folder / f"epoch{epoch}.npz")
+            # the weights too: benchmarks/psf_across_models.py and attack.py reuse these models
+            tmp_model = folder / f".epoch{epoch}_model.tmp"
+            pl_module.model.save_pretrained(tmp_model)
+            os.replace(tmp_model, folder / f"epoch{epoch}_model")
             print(f"{folder.name} epoch {epoch}: val loss {m.get('val/loss', math.nan):.4f} acc "
                   f"{m.get('val/acc', math.nan):.4f} test acc {test_acc:.4f} ({train_s:.0f} s)", flush=True)  # fmt: skip
 
@@ -207,11 +212,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--record", action="store_true", help="train and record the seeds")
     parser.add_argument("--analyze", action="store_true", help="score the recordings and apply the rules")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--learning-rate", type=float, default=LEARNING_RATE)
     parser.add_argument("--train-sentences", type=int, default=TRAIN_SENTENCES)
     parser.add_argument("--train-score-sentences", type=int, default=TRAIN_SCORE_SENTENCES)
-    parser.add_argument("--val-limit", type=int, default=None, help="(smoke runs) val and test subset")
+    parser.add_argument(
+        "--val-limit", type=int, default=EVAL_SENTENCES, help="val and test subset (seeded, stratified)"
+    )
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out-dir", type=Path, default=None)
     parser.add_argument("--results", type=Path, default=None)

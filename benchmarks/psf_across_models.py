@@ -19,7 +19,18 @@ Scores of each model, all with the library's own functions at the monitors' defa
 * the concept lens (``ConceptAlignmentMonitor``'s defaults, last layer): the pre-trained model's
   Ward concepts are the reference; ``concepts/matched``, ``concepts/polar``;
 * the tree-probe lens (``TreeProbeMonitor``'s defaults, last layer): held-out ``probe/ssp``,
-  ``probe/essp`` losses.
+  ``probe/essp`` losses;
+* label-free scores users reach for (issue 26): WeightWatcher's power-law ``alpha`` and
+  ``alpha_weighted`` of the weight matrices (``weightwatcher`` 0.7.7, the ``bench`` extra; no
+  data needed), and RankMe (Garrido et al. 2023, :func:`lightning_topo.scores.rankme.rankme`) of
+  the validation [CLS] vectors of the last layer.
+
+``--from-study`` scores instead the models that ``benchmarks/early_stopping.py`` saved (every
+seed x epoch: 800-sentence fine-tunings of 1-5 epochs), from its recordings (val [CLS] vectors,
+cone index, PSF on val and train) and saved weights (WeightWatcher), without the concept and
+tree-probe lenses (token-level activations were not recorded); it also reports each score
+against the *test* accuracy, and draws the scores x models figure
+``docs/img/psf_scoreboard.png``. Results: ``benchmarks/results/psf_across_models_study.json``.
 
 Then, for each score against val acc: Pearson and Spearman, each with a seeded bootstrap 95 % CI
 over models, and the pairwise order agreement (share of model pairs ordered the same way by the
@@ -118,6 +129,9 @@ SCORES: dict[str, str] = {
     "concepts/polar": "polar concepts",
     "probe/ssp": "tree probe, ssp loss",
     "probe/essp": "tree probe, essp loss",
+    "ww/alpha": "WeightWatcher alpha",
+    "ww/alpha_weighted": "WeightWatcher alpha-weighted",
+    "rankme": "RankMe of val [CLS] (last layer)",
 }
 #: Panels of the figure besides the default PSF.
 PANELS: tuple[str, ...] = (
@@ -232,23 +246,42 @@ def concept_ids(model: Any, token_set: Any) -> Any:
     return discover_concepts(acts, default_n_concepts(token_set.n_tokens))
 
 
+def weight_scores(model: Any, data: ScoringData | None = None) -> dict[str, float]:
+    """WeightWatcher's ``alpha`` and ``alpha_weighted`` (means over the analysed layers, its
+    ``get_summary``) of a Hugging Face model; reads only the weights (no data, offline)."""
+    import logging
+    import warnings
+
+    import weightwatcher as ww
+
+    logging.getLogger("weightwatcher").setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        watcher = ww.WeightWatcher(model=model)
+        summary = watcher.get_summary(watcher.analyze())
+    return {"ww/alpha": float(summary["alpha"]), "ww/alpha_weighted": float(summary["alpha_weighted"])}
+
+
 def accuracy_and_probe(model: Any, data: ScoringData) -> dict[str, float]:
     """Val acc, and the tree-probe lens of the last layer, from one pass over the validation split."""
     from lightning_topo.encoding import encode_batch
     from lightning_topo.representations.words import WordVectorSample
+    from lightning_topo.scores.rankme import rankme
     from lightning_topo.scores.tree_probe import MONITOR_BUDGET, fit_probe
 
     continuation, special = data.tables
     sample = WordVectorSample([LAST_LAYER], 256, seed=0, continuation=continuation, special=special)
     correct = total = 0
+    cls = []
     with torch.no_grad():
         for batch in data.val_loader:
             encoded = encode_batch(model, batch)
             correct += int((encoded.logits.argmax(-1) == batch["labels"]).sum())
             total += int(batch["labels"].numel())
             sample.add(encoded, batch)
+            cls.append(encoded.hidden_states[-1][:, 0].double())
     hidden, mask = sample.finalize()[LAST_LAYER]
-    out = {"val_acc": correct / total}
+    out = {"val_acc": correct / total, "rankme": float(rankme(torch.cat(cls)))}
     for kind in ("ssp", "essp"):
         out[f"probe/{kind}"] = fit_probe(hidden, mask, kind, budget=MONITOR_BUDGET, seed=0).val_loss
     return out
@@ -294,13 +327,166 @@ def score_model(folder: Path, data: ScoringData) -> dict[str, Any]:
     model = load_model(folder)
     timings, scores = {}, {}
     for name, fn in (("acc_probe", accuracy_and_probe), ("persistence", persistence_scores),
-                     ("concepts", concept_scores)):  # fmt: skip
+                     ("concepts", concept_scores), ("weights", weight_scores)):  # fmt: skip
         start = time.perf_counter()
         scores.update(fn(model, data))
         timings[f"{name}_s"] = time.perf_counter() - start
     trained_on = set(json.loads((folder / "train_texts.json").read_text(encoding="utf-8")))
     overlap = sum(t in trained_on for t in data.train_texts) / len(data.train_texts)
     return {"scores": scores, "timings": timings, "train_score_overlap": overlap}
+
+
+# ----------------------------------------------------------------------------- --from-study
+
+STUDY = ROOT / "outputs" / "early_stopping"
+STUDY_CACHE = ROOT / "outputs" / "psf_across_models_study"
+RESULTS_STUDY = ROOT / "benchmarks" / "results" / "psf_across_models_study.json"
+FIGURE_STUDY = ROOT / "docs" / "img" / "psf_scoreboard.png"
+#: Scores of the study's models (no concept / tree-probe lenses: no token activations recorded).
+STUDY_SCORES: dict[str, str] = {
+    "topo/psf": "PSF (val)",
+    "psf_train_split": "PSF, train split",
+    "topo/h0/total_persistence": "H0 total persistence",
+    "topo/h1/total_persistence": "H1 total persistence",
+    "topo/h0/entropy": "H0 persistence entropy",
+    "topo/h1/entropy": "H1 persistence entropy",
+    "geometry/cone": "cone index (last layer)",
+    "rankme": "RankMe (val [CLS])",
+    "ww/alpha": "WeightWatcher alpha",
+    "ww/alpha_weighted": "WeightWatcher alpha-weighted",
+    "val_loss": "val loss",
+}
+
+
+def study_row(seed_dir: Path, epoch: int, row: dict[str, float]) -> dict[str, Any]:
+    """Every score of one saved study model (cached in ``outputs/psf_across_models_study``)."""
+    from transformers import AutoModelForSequenceClassification
+
+    from lightning_topo.scores import persistence_metrics
+    from lightning_topo.scores.rankme import rankme
+
+    name = f"{seed_dir.name}_e{epoch}"
+    cache = STUDY_CACHE / f"{name}.json"
+    if cache.exists():
+        return json.loads(cache.read_text(encoding="utf-8"))
+    z = np.load(seed_dir / f"epoch{epoch}.npz")
+    x, y = torch.from_numpy(z["val_cls"]).double(), torch.from_numpy(z["val_labels"]).long()
+    start = time.perf_counter()
+    stats = persistence_metrics({LAST_LAYER: x}, y, scores=("total_persistence", "entropy"))
+    scores = {f"topo/{k}": float(v) for k, v in stats.values.items()}
+    scores.update({"val_acc": row["val/acc"], "test_acc": row["test/acc"], "val_loss": row["val/loss"],
+                   "topo/psf": row["psf_val"], "topo/psf/std": row["psf_val/std"],
+                   "psf_train_split": row["psf_train"], "psf_train_split/std": row["psf_train/std"],
+                   "geometry/cone": row["cone"], "rankme": float(rankme(x))})  # fmt: skip
+    timings = {"persistence_rankme_s": time.perf_counter() - start}
+    start = time.perf_counter()
+    model = AutoModelForSequenceClassification.from_pretrained(
+        seed_dir / f"epoch{epoch}_model", trust_remote_code=False
+    ).eval()
+    scores.update(weight_scores(model))
+    timings["weightwatcher_s"] = time.perf_counter() - start
+    seed = int(seed_dir.name[len("seed") :])
+    out = {
+        "name": name,
+        "spec": {"seed": seed, "epoch": epoch, "n_train": 800},
+        "scores": scores,
+        "timings": timings,
+    }
+    STUDY_CACHE.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_name(f".{cache.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, cache)
+    print(f"{name}: val acc {scores['val_acc']:.3f}, alpha {scores['ww/alpha']:.2f}, RankMe {scores['rankme']:.1f} "
+          f"({sum(timings.values()):.0f} s)", flush=True)  # fmt: skip
+    return out
+
+
+def study_report(args: argparse.Namespace) -> int:
+    """Scoreboard of the early-stopping study's models: Spearman vs val acc and vs test acc."""
+    from lightning_topo.analysis import write_text_atomic
+
+    rows = []
+    for seed_dir in sorted(STUDY.glob("seed*")):
+        scored = seed_dir / "scores.json"
+        if not scored.exists():
+            continue
+        for r in json.loads(scored.read_text(encoding="utf-8")):
+            if (seed_dir / f"epoch{int(r['epoch'])}_model").exists():
+                rows.append(study_row(seed_dir, int(r["epoch"]), r))
+    if len(rows) < 3:
+        print(f"{len(rows)} study models scored; run benchmarks/early_stopping.py (--record, --analyze) first",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    out: dict[str, Any] = {}
+    for target in ("val_acc", "test_acc"):
+        acc = np.array([r["scores"][target] for r in rows])
+        out[target] = {k: score_statistics(np.array([r["scores"][k] for r in rows]), acc, args.bootstrap, args.seed)
+                       for k in STUDY_SCORES}  # fmt: skip
+    print(f"\n{len(rows)} study models (seeds x epochs): Spearman vs val acc / test acc [95% CI]")
+    for k, label in STUDY_SCORES.items():
+        v, t = out["val_acc"][k], out["test_acc"][k]
+        print(f"{label:<34} {v['spearman']:+.2f} [{v['spearman_ci95'][0]:+.2f}, {v['spearman_ci95'][1]:+.2f}]   "
+              f"{t['spearman']:+.2f} [{t['spearman_ci95'][0]:+.2f}, {t['spearman_ci95'][1]:+.2f}]")  # fmt: skip
+    payload = {
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "threads": torch.get_num_threads(),
+                    "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "quiet": False},
+        "protocol": {"models": "benchmarks/early_stopping.py: MiniLM fine-tuned on 800 sentences, every seed x epoch",
+                     "val_acc": "on the seed's 600-sentence validation subset", "test_acc": "600-sentence test subset",
+                     "weightwatcher": "weightwatcher 0.7.7 analyze() defaults, get_summary alpha / alpha_weighted",
+                     "rankme": "lightning_topo.scores.rankme on the val [CLS] vectors of the last layer",
+                     "statistics": f"bootstrap over models ({args.bootstrap} draws); epochs of one seed are not "
+                                   "independent models, so the CIs are optimistic"},
+        "models": rows, "statistics": out,
+    }  # fmt: skip
+    write_text_atomic(args.results, json.dumps(_json_ready(payload), indent=1, allow_nan=False) + "\n",
+                      overwrite=True)  # fmt: skip
+    draw_scoreboard(rows, out, args.figure)
+    print(f"\nwrote {args.results} and {args.figure}")
+    return 0
+
+
+def draw_scoreboard(rows: list[dict[str, Any]], stats: dict[str, Any], path: Path) -> Path:
+    """Scores x models (models sorted by val acc; each score's values as ranks 0..1) and the
+    Spearman of each score with val acc and test acc, with 95 % CIs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = sorted(rows, key=lambda r: r["scores"]["val_acc"])
+    keys = list(STUDY_SCORES)
+    grid = np.array([[r["scores"][k] for r in rows] for k in keys], dtype=float)
+    ranks = grid.argsort(axis=1).argsort(axis=1) / max(1, len(rows) - 1)
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(14, 5.2), gridspec_kw={"width_ratios": [2.2, 1]})
+    im = ax.imshow(ranks, aspect="auto", cmap="viridis")
+    ax.set_yticks(range(len(keys)), [STUDY_SCORES[k] for k in keys], fontsize=8)
+    ax.set_xticks(range(len(rows)), [f"{r['scores']['val_acc']:.2f}" for r in rows], fontsize=6, rotation=90)
+    ax.set_xlabel("models, sorted by val acc (tick = val acc)", fontsize=8)
+    ax.set_title("each score's rank across models (0 = lowest, 1 = highest)", fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.025)
+    y = np.arange(len(keys))
+    for off, target, colour in ((-0.18, "val_acc", "tab:blue"), (0.18, "test_acc", "tab:orange")):
+        rho = np.array([stats[target][k]["spearman"] for k in keys])
+        ci = np.array([stats[target][k]["spearman_ci95"] for k in keys])
+        bx.errorbar(rho, y + off, xerr=[rho - ci[:, 0], ci[:, 1] - rho], fmt="o", color=colour, ms=4,
+                    capsize=2, label=f"vs {target.replace('_', ' ')}")  # fmt: skip
+    bx.axvline(0, color="grey", lw=0.8)
+    bx.set_yticks(y, [""] * len(keys))
+    bx.set_ylim(ax.get_ylim())
+    bx.set_xlim(-1, 1)
+    bx.set_xlabel("Spearman [95 % CI]", fontsize=8)
+    bx.legend(fontsize=7, loc="lower left")
+    fig.suptitle(
+        f"{len(rows)} fine-tuned MiniLM classifiers (benchmarks/early_stopping.py, seeds x epochs)",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -456,7 +642,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--report-only", action="store_true", help="statistics of the models already scored")
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 tiny models, temp dir, 128 val")
     parser.add_argument("--list", action="store_true", help="print the grid and exit")
+    parser.add_argument(
+        "--from-study", action="store_true", help="score benchmarks/early_stopping.py's saved models"
+    )
     args = parser.parse_args(argv)
+    if args.from_study:
+        args.results, args.figure = args.results or RESULTS_STUDY, args.figure or FIGURE_STUDY
+        return args
     for name in ("threads", "max_models", "val_limit", "train_score_size", "bootstrap"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -613,6 +805,10 @@ def cached_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.from_study:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        return study_report(args)
     grid = selected_grid(args)
     if args.list:
         print("\n".join(f"{s.name}: {s.n_train} sentences, {s.epochs} epochs, seed {s.seed}" for s in grid))
