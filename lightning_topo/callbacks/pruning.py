@@ -42,7 +42,16 @@ from lightning_topo.pruning.distill import DISTILL_DEFAULTS, check_distill_setti
 from lightning_topo.pruning.importance import resolve_method
 from lightning_topo.pruning.structured import count_encoder_parameters, layer_widths
 
-__all__ = ["TopologicalPruning", "CompressedSaveError", "check_writable"]
+__all__ = [
+    "TopologicalPruning",
+    "CompressedSaveError",
+    "NotEnoughSpaceError",
+    "SAVE_MARGIN",
+    "check_writable",
+    "model_sizes",
+    "save_or_rescue",
+    "weight_bytes",
+]
 
 #: Name of the folder, inside the run's versioned log folder, that receives the compressed checkpoint.
 DEFAULT_FOLDER = "pruned"
@@ -332,7 +341,7 @@ class TopologicalPruning(Callback):
                 "Nothing was changed"
             )
         if self.save:
-            needed = _weight_bytes(model) + _SAVE_MARGIN
+            needed = weight_bytes(model) + SAVE_MARGIN
             self._target = _on_rank_zero(trainer, lambda: self._resolve_target(trainer, needed))
             self._tokenizer = self._resolve_tokenizer(trainer, pl_module, model)
             if not _is_classifier(model):
@@ -583,14 +592,7 @@ class TopologicalPruning(Callback):
         return float(counts[0] / counts[1])
 
     def _dense_summary(self, model: nn.Module, trainer: pl.Trainer) -> dict[str, Any]:
-        return {
-            "dense": {
-                "params": sum(p.numel() for p in model.parameters()),
-                "encoder_params": count_encoder_parameters(model),
-                "weight_bytes": _weight_bytes(model),
-            },
-            "world_size": _world_size(trainer),
-        }
+        return {"dense": model_sizes(model), "world_size": _world_size(trainer)}
 
     def _finish_summary(self, trainer: pl.Trainer, model: nn.Module) -> None:
         """Fill :attr:`summary` at the end of ``fit`` (keys: ``docs/pruning.md``, "Summary")."""
@@ -600,11 +602,7 @@ class TopologicalPruning(Callback):
         recovered = not last.get("at_fit_end", False)
         after_recovery = self._accuracy(trainer, model) if recovered else None
         dense = self.summary.get("dense", {})
-        compressed = {
-            "params": sum(p.numel() for p in model.parameters()),
-            "encoder_params": count_encoder_parameters(model),
-            "weight_bytes": _weight_bytes(model),
-        }
+        compressed = model_sizes(model)
         self.summary.update(
             method=self.method_name,
             scored_with=self._scored_with(),
@@ -729,31 +727,23 @@ class TopologicalPruning(Callback):
                 "TopologicalPruning did not prune (no step ran), so no compressed checkpoint was written"
             )
             return
-        from lightning_topo.pruning.export import save_compressed
 
         extra_files: dict[str, str | dict] = {"pruning_history.json": self.state_dict()}
         for k, table in enumerate(self._tables, start=1):
             extra_files[f"importance_step{k}.csv"] = _csv(table.rows())
         model = self._hf_model(pl_module)
         was_training = model.training
-        kwargs = {"tokenizer": self._tokenizer, "extra_files": extra_files}
         try:
-            path = save_compressed(model.eval(), self._target, overwrite=self.overwrite, **kwargs)
-        except Exception as err:  # noqa: BLE001 - any failed write: keep the trained model, then say where
-            rescued = _rescue(model, self._target, kwargs)
-            model.train(was_training)
-            kept = (
-                f"the pruned model was kept at {rescued} (a complete compressed folder: move it into place)"
-                if rescued is not None
-                else "no other folder (temp dir, working folder, home) could hold the pruned model either"
+            path = save_or_rescue(
+                model.eval(),
+                self._target,
+                overwrite=self.overwrite,
+                tokenizer=self._tokenizer,
+                extra_files=extra_files,
+                who="TopologicalPruning",
             )
-            raise CompressedSaveError(
-                f"TopologicalPruning could not write the compressed checkpoint to {self._target} "
-                f"({type(err).__name__}: {' '.join(str(err).split())}); {kept}",
-                target=self._target,
-                rescued=rescued,
-            ) from err
-        model.train(was_training)
+        finally:
+            model.train(was_training)
         self.saved_path = path
         rank_zero_info(f"TopologicalPruning saved the compressed checkpoint to {path}")
 
@@ -893,7 +883,7 @@ def _is_classifier(model: nn.Module) -> bool:
     return type(model).__name__.endswith("ForSequenceClassification")
 
 
-def _weight_bytes(model: nn.Module) -> int:
+def weight_bytes(model: nn.Module) -> int:
     """Bytes of the model's weights and buffers (its ``state_dict``; shared tensors once; no optimizer state)."""
     seen: dict[tuple[int, int], int] = {}
     for t in model.state_dict().values():
@@ -902,7 +892,7 @@ def _weight_bytes(model: nn.Module) -> int:
 
 
 #: Room needed besides the weights: config, tokenizer files, history and importance tables.
-_SAVE_MARGIN = 64 * 2**20
+SAVE_MARGIN = 64 * 2**20
 
 
 def check_writable(path: str | Path, needed: int = 0, *, what: str = "output") -> None:
@@ -920,7 +910,8 @@ def check_writable(path: str | Path, needed: int = 0, *, what: str = "output") -
 
     Raises:
         PermissionError: the file cannot be created (names the folder and the OS error).
-        OSError: fewer than ``needed`` bytes are free there (names both figures).
+        NotEnoughSpaceError: (an ``OSError``) fewer than ``needed`` bytes are free there (names both
+            figures).
     """
     ancestor = Path(path).parent
     while not ancestor.exists() and ancestor != ancestor.parent:
@@ -943,10 +934,14 @@ def check_writable(path: str | Path, needed: int = 0, *, what: str = "output") -
     if needed > 0:
         free = shutil.disk_usage(ancestor).free
         if free < needed:
-            raise OSError(
+            raise NotEnoughSpaceError(
                 f"{what} {path}: {ancestor} has {free / 2**20:.1f} MiB free, the compressed checkpoint needs up to "
                 f"{needed / 2**20:.1f} MiB; free some space or choose another folder. Nothing was trained"
             )
+
+
+class NotEnoughSpaceError(OSError):
+    """Refused before any training: the disk cannot hold the compressed checkpoint (:func:`check_writable`)."""
 
 
 class CompressedSaveError(OSError):
@@ -962,19 +957,52 @@ class CompressedSaveError(OSError):
         self.target, self.rescued = target, rescued
 
 
-def _rescue(model: nn.Module, target: Path | None, kwargs: Mapping[str, Any]) -> Path | None:
-    """Save the trained model into the first folder that takes it (temp dir, working folder, home)."""
+def save_or_rescue(model: nn.Module, target: Path, *, overwrite: bool, who: str, **kwargs: Any) -> Path:
+    """:func:`~lightning_topo.pruning.export.save_compressed` to ``target``; if that write fails (a full
+    disk, a vanished mount), the same complete folder goes to the first place that takes it (the temp
+    dir, the working folder, home) and :class:`CompressedSaveError` names it in one line.
+
+    Args:
+        model: the (trained, pruned) Hugging Face model.
+        target: the folder that was checked at setup.
+        overwrite: passed on.
+        who: how the message starts (``"TopologicalPruning"``, ``"--output"``).
+        kwargs: ``tokenizer``, ``extra_files`` (passed on).
+    """
     from lightning_topo.pruning.export import save_compressed
 
-    name = f"lightning-topo-rescued-{(target or Path('pruned')).name}-{os.getpid()}-{os.urandom(3).hex()}"
+    try:
+        return save_compressed(model, target, overwrite=overwrite, **kwargs)
+    except Exception as err:  # noqa: BLE001 - any failed write: keep the trained model, then say where
+        first = err
+    name = f"lightning-topo-rescued-{target.name}-{os.getpid()}-{os.urandom(3).hex()}"
+    rescued = None
     for base in (Path(tempfile.gettempdir()), Path.cwd(), Path.home()):
-        candidate = base / name
         try:
-            return save_compressed(model, candidate, **kwargs)
+            rescued = save_compressed(model, base / name, **kwargs)
+            break
         except Exception:  # noqa: BLE001, S112 - try the next place
-            shutil.rmtree(candidate, ignore_errors=True)
-            continue
-    return None
+            shutil.rmtree(base / name, ignore_errors=True)
+    kept = (
+        f"the pruned model was kept at {rescued} (a complete compressed folder: move it into place)"
+        if rescued is not None
+        else "no other folder (temp dir, working folder, home) could hold the pruned model either"
+    )
+    raise CompressedSaveError(
+        f"{who} could not write the compressed checkpoint to {target} ({type(first).__name__}: "
+        f"{' '.join(str(first).split())}); {kept}",
+        target=target,
+        rescued=rescued,
+    ) from first
+
+
+def model_sizes(model: nn.Module) -> dict[str, int]:
+    """``{"params", "encoder_params", "weight_bytes"}`` of a Hugging Face model (for the summary)."""
+    return {
+        "params": sum(p.numel() for p in model.parameters()),
+        "encoder_params": count_encoder_parameters(model),
+        "weight_bytes": weight_bytes(model),
+    }
 
 
 def _check_tokenizer(tokenizer: object) -> Any:
@@ -992,8 +1020,10 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "voc
 
 
 def _load_tokenizer(path: Path, what: str) -> Any:
-    """The tokenizer in the local folder ``path`` (or a locally cached Hub id), never running its code."""
-    from transformers import AutoTokenizer
+    """The tokenizer in the local folder ``path`` (or a locally cached Hub id), through
+    :func:`lightning_topo.loading.load_tokenizer` (``trust_remote_code=False``; a folder with code of
+    its own is refused)."""
+    from lightning_topo.loading import load_tokenizer
 
     if path.is_dir():
         if not any((path / f).is_file() for f in _TOKENIZER_FILES):
@@ -1001,9 +1031,11 @@ def _load_tokenizer(path: Path, what: str) -> Any:
     elif path.exists():
         raise OSError(f"{what} {path} is a file, not a tokenizer folder")
     try:
-        return AutoTokenizer.from_pretrained(str(path), trust_remote_code=False, local_files_only=True)
+        return load_tokenizer(path, local_files_only=True)
     except Exception as err:  # noqa: BLE001 - whatever transformers raises: one line
-        raise OSError(f"{what} {path} could not be loaded as a tokenizer ({type(err).__name__})") from None
+        raise OSError(
+            f"{what} {path} could not be loaded as a tokenizer ({' '.join(str(err).split())})"
+        ) from None
 
 
 def _vocab_rows(model: nn.Module) -> int | None:

@@ -12,7 +12,12 @@ overridable with ``--data-file``, ``--text-column``, ``--label-column`` etc. The
 is only read.
 
 Every argument, the source and the output folder are checked before anything is loaded or trained;
-a bad input prints one line (``lightning-topo prune: error: ...``) and exits with status 2.
+a bad input prints one line (``lightning-topo prune: error: ...``) and exits with status 2. A
+source folder is verified first (:func:`lightning_topo.pruning.export.verify_compressed`: its
+``SHA256SUMS`` when we wrote it, complete weights files, no code of its own), the output folder is
+really written to (a file created and removed) and the disk must hold the dense model's weights
+before the recovery trains. If the final write still fails, the trained model is kept in another
+folder (named in the one line; exit status 1).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import dataclasses
 import itertools
 import pickle
 import re
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -123,11 +129,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``lightning-topo prune``; returns the exit status (2 for bad input, with one line on stderr)."""
+    """Run ``lightning-topo prune``; returns the exit status (2 for bad input, with one line on stderr;
+    1 when the compressed folder could not be written after the work, naming where it was kept)."""
+    from lightning_topo.callbacks.pruning import CompressedSaveError, NotEnoughSpaceError
+
     args = build_parser().parse_args(argv)
     try:
         return _run(args)
-    except USER_ERRORS as err:
+    except CompressedSaveError as err:
+        print(f"lightning-topo prune: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 1
+    except (*USER_ERRORS, NotEnoughSpaceError) as err:
         return report_refusal("prune", err)
 
 
@@ -135,7 +147,7 @@ def _run(args: argparse.Namespace) -> int:
     settings = _settings(args)
     source, output = _check_paths(args)
     stored = _stored_settings(source)
-    dm_kwargs = _datamodule_kwargs(args, stored)  # checks the data file's columns
+    dm_kwargs, from_checkpoint = _datamodule_kwargs(args, stored, source)  # checks the data files' columns
     if args.int8_report:
         from lightning_topo.pruning.quantize import check_int8_available
 
@@ -145,6 +157,7 @@ def _run(args: argparse.Namespace) -> int:
             raise ValueError(f"--int8-report: {err}") from None
     import lightning.pytorch as pl
 
+    from lightning_topo.callbacks.pruning import SAVE_MARGIN, check_writable, weight_bytes
     from lightning_topo.models.datamodule import TextClassificationDataModule
     from lightning_topo.pruning.layout import check_supported
     from lightning_topo.pruning.structured import count_encoder_parameters
@@ -152,13 +165,20 @@ def _run(args: argparse.Namespace) -> int:
     pl.seed_everything(args.seed, workers=True, verbose=False)
     module = _load_module(source, args.learning_rate)
     check_supported(module.model)  # before reading any data
-    dm = TextClassificationDataModule(**dm_kwargs)
-    dm.setup("fit")
+    # the dense weights bound the compressed folder's size: refuse a full disk before any training
+    check_writable(output, weight_bytes(module.model) + SAVE_MARGIN, what="--output")
+    try:
+        dm = TextClassificationDataModule(**dm_kwargs)
+        dm.setup("fit")
+    except USER_ERRORS as err:
+        if from_checkpoint:
+            raise type(err)(f"{err} ({from_checkpoint})") from None
+        raise
     before = count_encoder_parameters(module.model)
     if args.recover_epochs > 0:
-        metrics = _prune_and_recover(args, settings, module, dm, output)
+        metrics, summary = _prune_and_recover(args, settings, module, dm, output)
     else:
-        metrics = _prune_only(args, settings, module, dm, output)
+        metrics, summary = _prune_only(args, settings, module, dm, output)
     after = count_encoder_parameters(module.model)
     acc = metrics[0].get("val/acc") if metrics else None
     acc_s = "n/a" if acc is None else f"{float(acc):.4f}"
@@ -166,6 +186,7 @@ def _run(args: argparse.Namespace) -> int:
         f"pruned {source.name} with {args.method}: encoder parameters {before} -> {after} "
         f"({after / before:.3f}); val/acc {acc_s} after {args.recover_epochs} recovery epoch(s); saved to {output}"
     )
+    print(_summary_line(summary))
     if args.int8_report:
         _int8_report(source, output, dm)
     return 0
@@ -238,6 +259,8 @@ def _check_paths(args: argparse.Namespace) -> tuple[Path, Path]:
         raise FileNotFoundError(
             f"--checkpoint {args.checkpoint} is a folder without config.json: not a Hugging Face model folder"
         )
+    if source.is_dir():
+        _verify_source_folder(source, args.checkpoint)
     if output.resolve() == source or source in output.resolve().parents:
         raise ValueError(
             "--output must not be the source checkpoint or inside it (the source is never modified)"
@@ -252,7 +275,27 @@ def _check_paths(args: argparse.Namespace) -> tuple[Path, Path]:
         raise FileExistsError(f"--output: {err}") from None
     except (NotADirectoryError, PermissionError) as err:
         raise type(err)(f"--output: {err}") from None
+    from lightning_topo.callbacks.pruning import check_writable
+
+    check_writable(output, what="--output")  # really create and remove a file there
     return source, output
+
+
+def _verify_source_folder(source: Path, given: str) -> None:
+    """Refuse a source folder that runs code, is corrupted or is cut short, before anything reads it.
+
+    A folder we wrote (a ``SHA256SUMS``, or a ``pruned_*`` model type) must match its manifest
+    (:func:`~lightning_topo.pruning.export.verify_compressed`); any other Hugging Face folder gets the
+    same structural checks (a known ``model_type``, no foreign ``auto_map``, complete ``.safetensors``).
+    """
+    from lightning_topo.loading import check_model_folder
+    from lightning_topo.pruning.export import verify_compressed
+
+    try:
+        info = check_model_folder(source)
+        verify_compressed(source, verify=info.written_by_us)
+    except (FileNotFoundError, NotADirectoryError, ValueError) as err:
+        raise type(err)(f"--checkpoint {given} was refused before anything was done: {err}") from None
 
 
 # ---------------------------------------------------------------------- loading
@@ -308,18 +351,24 @@ def _load_module(checkpoint: Path, learning_rate: float | None) -> Any:
         return SequenceClassifier.load_from_checkpoint(
             checkpoint, map_location="cpu", weights_only=True, **overrides
         )
-    from transformers import AutoConfig
-
     import lightning_topo.pruning.export  # noqa: F401  (registers the pruned config/model classes)
+    from lightning_topo.loading import load_config
 
-    config = AutoConfig.from_pretrained(checkpoint)
+    config = load_config(checkpoint)  # trust_remote_code=False; the folder was verified in _check_paths
     return SequenceClassifier(
         model_name_or_path=str(checkpoint), num_labels=int(config.num_labels), **overrides
     )
 
 
-def _datamodule_kwargs(args: argparse.Namespace, stored: dict[str, Any]) -> dict[str, Any]:
-    """Datamodule arguments: the source's stored settings, then the command-line overrides."""
+def _datamodule_kwargs(
+    args: argparse.Namespace, stored: dict[str, Any], source: Path
+) -> tuple[dict[str, Any], str | None]:
+    """Datamodule arguments: the source's stored settings, then the command-line overrides.
+
+    Returns ``(kwargs, origin)``: ``origin`` says, for messages, which data files came from the
+    ``.ckpt`` rather than the command line (``None`` when none did). Every data file is checked here
+    (it exists, has the text/label columns), so a file the user never typed is named as such.
+    """
     kwargs = {k: v for k, v in stored.items() if k in _DATAMODULE_KEYS}
     if args.data_file is not None:
         kwargs.pop("train_file", None)
@@ -333,24 +382,41 @@ def _datamodule_kwargs(args: argparse.Namespace, stored: dict[str, Any]) -> dict
         "batch_size": args.batch_size,
     }
     kwargs.update({k: v for k, v in overrides.items() if v is not None})
-    if args.data_file is not None:
-        _check_columns(
-            Path(args.data_file), kwargs.get("text_column", "text"), kwargs.get("label_column", "label")
+    text, label = kwargs.get("text_column", "text"), kwargs.get("label_column", "label")
+    inherited = {
+        k: kwargs[k]
+        for k in ("data_file", "train_file", "val_file")
+        if args.data_file is None and kwargs.get(k)
+    }
+    origin = None
+    if inherited:
+        named = ", ".join(f"{k} {v}" for k, v in inherited.items())
+        origin = (
+            f"not given on the command line: it came from --checkpoint {source.name}, the datamodule settings "
+            "lightning-topo fit saved; --data-file overrides it"
         )
+        print(f"lightning-topo prune note: {named} ({origin})", file=sys.stderr)
+    if args.data_file is not None:
+        _check_columns(Path(args.data_file), text, label, "--data-file")
+    for key, value in inherited.items():
+        try:
+            _check_columns(Path(value), text, label, key)
+        except USER_ERRORS as err:
+            raise type(err)(f"{err} ({origin})") from None
     if args.limit_train is not None:
         kwargs["limit"] = {"train": args.limit_train}
-    return kwargs
+    return kwargs, origin
 
 
-def _check_columns(data_file: Path, text_column: str, label_column: str) -> None:
-    """Refuse a ``--data-file`` without the text/label columns, suggesting the options that name them."""
+def _check_columns(data_file: Path, text_column: str, label_column: str, what: str = "--data-file") -> None:
+    """Refuse a data file without the text/label columns, suggesting the options that name them."""
     from lightning_topo.data.files import read_table
 
-    _, columns = read_table(data_file, "--data-file")
+    _, columns = read_table(data_file, what)
     missing = [c for c in (text_column, label_column) if c not in columns]
     if missing:
         raise ValueError(
-            f"--data-file {data_file} has no column {missing[0]!r} (text column {text_column!r}, label column "
+            f"{what} {data_file} has no column {missing[0]!r} (text column {text_column!r}, label column "
             f"{label_column!r}); its columns are {columns}. Name them with --text-column and --label-column"
         )
 
@@ -393,7 +459,7 @@ def _prune_and_recover(
         default_root_dir=str(output.parent),
     )
     trainer.fit(module, datamodule=dm)
-    return trainer.validate(module, datamodule=dm, verbose=False)
+    return trainer.validate(module, datamodule=dm, verbose=False), callback.summary
 
 
 def _distill_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -403,18 +469,87 @@ def _distill_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return {"distill": True, "temperature": args.temperature, "alpha": args.alpha}
 
 
-def _prune_only(args: argparse.Namespace, settings: PruningConfig, module: Any, dm: Any, output: Path) -> Any:
-    """Prune once on ``--calibration-batches`` training batches, save, then validate."""
+def _prune_only(
+    args: argparse.Namespace, settings: PruningConfig, module: Any, dm: Any, output: Path
+) -> tuple[Any, dict[str, Any]]:
+    """Validate, prune once on ``--calibration-batches`` training batches, validate, save (with
+    ``pruning_history.json`` holding the same summary as the callback's)."""
     import lightning.pytorch as pl
 
+    from lightning_topo.callbacks.pruning import model_sizes, save_or_rescue
     from lightning_topo.pruning.api import prune_model
-    from lightning_topo.pruning.export import save_compressed
+    from lightning_topo.pruning.structured import layer_widths
 
+    def validate() -> Any:
+        trainer = pl.Trainer(accelerator=args.accelerator, devices=1, logger=False, enable_progress_bar=False)
+        return trainer.validate(module, datamodule=dm, verbose=False)
+
+    before = validate()
+    dense = model_sizes(module.model)
     calibration = list(itertools.islice(dm.train_dataloader(), settings.calibration_batches))
     prune_model(module.model, calibration, **settings.prune_kwargs())
-    save_compressed(module.model.eval(), output, tokenizer=dm.tokenizer, overwrite=args.overwrite)
-    trainer = pl.Trainer(accelerator=args.accelerator, devices=1, logger=False, enable_progress_bar=False)
-    return trainer.validate(module, datamodule=dm, verbose=False)
+    metrics = validate()
+    compressed = model_sizes(module.model)
+    summary = {
+        "dense": dense,
+        "world_size": 1,
+        "val_examples": len(dm.val_dataloader().dataset),
+        "method": args.method,
+        "scored_with": None,
+        "val_acc": {
+            "before_pruning": _metric(before, "val/acc"),
+            "after_pruning": _metric(metrics, "val/acc"),
+            "after_recovery": None,
+        },
+        "recovery_epochs": 0,
+        "compressed": compressed,
+        "encoder_ratio": compressed["encoder_params"] / dense["encoder_params"],
+        "weight_bytes_ratio": compressed["weight_bytes"] / dense["weight_bytes"],
+        "cpu_speedup": None,
+    }
+    history = {
+        "method": args.method,
+        "ratio": settings.ratio,
+        "original_params": dense["encoder_params"],
+        "history": [
+            {"step": 1, "params": compressed["encoder_params"], "widths": layer_widths(module.model)}
+        ],
+        "summary": summary,
+    }
+    save_or_rescue(
+        module.model.eval(),
+        output,
+        overwrite=args.overwrite,
+        who="--output",
+        tokenizer=dm.tokenizer,
+        extra_files={"pruning_history.json": history},
+    )
+    return metrics, summary
+
+
+def _metric(results: Any, key: str) -> float | None:
+    value = results[0].get(key) if results else None
+    return None if value is None else float(value)
+
+
+def _summary_line(summary: dict[str, Any]) -> str:
+    """One line of the summary: val acc before/after pruning/after recovery, weights and parameters."""
+    acc = summary.get("val_acc") or {}
+
+    def fmt(value: Any) -> str:
+        return "n/a" if value is None else f"{float(value):.4f}"
+
+    dense, compressed = summary.get("dense") or {}, summary.get("compressed") or {}
+    sizes = ""
+    if dense and compressed:
+        sizes = (
+            f"; weights {dense['weight_bytes'] / 2**20:.2f} -> {compressed['weight_bytes'] / 2**20:.2f} MiB, "
+            f"parameters {dense['params']} -> {compressed['params']}"
+        )
+    return (
+        f"val acc: before pruning {fmt(acc.get('before_pruning'))}, after pruning {fmt(acc.get('after_pruning'))}, "
+        f"after recovery {fmt(acc.get('after_recovery'))}{sizes}"
+    )
 
 
 # ---------------------------------------------------------------------- --int8-report

@@ -826,7 +826,7 @@ def test_too_little_free_space_is_refused_at_setup(tiny_dir, tmp_path, monkeypat
     ):
         trainer.fit(module, train_dataloaders=_loader(_batches(2)))
     assert trainer.global_step == 0
-    needed = pruning_callback._weight_bytes(module.model) + pruning_callback._SAVE_MARGIN
+    needed = pruning_callback.weight_bytes(module.model) + pruning_callback.SAVE_MARGIN
     assert needed > 2**20
 
 

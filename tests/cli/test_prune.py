@@ -195,16 +195,14 @@ def test_bad_options_refused_before_loading(tmp_path, capsys, monkeypatch, extra
     assert not (tmp_path / "out").exists()
 
 
-def test_output_problems_refused_before_loading(tmp_path, capsys, monkeypatch):
+def test_output_problems_refused_before_loading(tiny_hf_folder, tmp_path, capsys, monkeypatch):
     import lightning_topo.cli.prune as prune_cli
 
     def never(*args, **kwargs):
         raise AssertionError("the checkpoint must not be loaded")
 
     monkeypatch.setattr(prune_cli, "_load_module", never)
-    src = tmp_path / "src"
-    src.mkdir()
-    (src / "config.json").write_text("{}")  # looks like a model folder; never read here
+    src = tiny_hf_folder  # a real model folder: it passes the source checks, then the output is refused
     existing = tmp_path / "existing"
     existing.mkdir()
     (existing / "mine.txt").write_text("keep")
@@ -370,3 +368,221 @@ trainer:
     lines = [line for line in err.splitlines() if line.startswith("lightning-topo fit: error:")]
     assert len(lines) == 1 and "XLMRobertaForSequenceClassification" in lines[0], err
     assert not list((tmp_path / "runs").rglob("*.ckpt"))  # nothing was trained
+
+
+# ---------------------------------------------------------------------- source folder verified first
+
+
+def _never_load(monkeypatch):
+    import lightning_topo.cli.prune as prune_cli
+
+    def never(*args, **kwargs):
+        raise AssertionError("the checkpoint must not be loaded")
+
+    monkeypatch.setattr(prune_cli, "_load_module", never)
+
+
+def _compressed_source(tiny_hf_folder, tmp_path):
+    """A compressed folder written by save_compressed (with SHA256SUMS)."""
+    from transformers import AutoModelForSequenceClassification
+
+    from lightning_topo.pruning import save_compressed
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_hf_folder)
+    return save_compressed(model, tmp_path / "compressed")
+
+
+def test_corrupted_compressed_folder_refused_before_anything(tiny_hf_folder, tmp_path, capsys, monkeypatch):
+    src = _compressed_source(tiny_hf_folder, tmp_path)
+    weights = src / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-5] ^= 0xFF  # one flipped byte in the tensor data: the header still parses
+    weights.write_bytes(bytes(data))
+    _never_load(monkeypatch)
+    out = tmp_path / "out"
+    assert topo_main(["prune", "--checkpoint", str(src), "--output", str(out), "--recover-epochs", "0"]) == 2
+    line = _error_line(capsys)
+    assert "--checkpoint" in line and "model.safetensors" in line and "SHA256SUMS" in line
+    assert "before anything was done" in line
+    assert not out.exists()
+    assert "model.safetensors" in (src / "SHA256SUMS").read_text()  # its manifest was not rewritten
+
+
+def test_manifest_leaving_out_the_weights_and_truncated_plain_folder_refused(
+    tiny_hf_folder, tmp_path, capsys, monkeypatch
+):
+    src = _compressed_source(tiny_hf_folder, tmp_path)
+    manifest = src / "SHA256SUMS"
+    manifest.write_text(
+        "".join(f"{line}\n" for line in manifest.read_text().splitlines() if "model.safetensors" not in line)
+    )
+    _never_load(monkeypatch)
+    assert topo_main(["prune", "--checkpoint", str(src), "--output", str(tmp_path / "o1")]) == 2
+    assert "model.safetensors" in _error_line(capsys)
+    # a plain Hugging Face folder (no manifest) whose weights file is cut short
+    weights = tiny_hf_folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    assert topo_main(["prune", "--checkpoint", str(tiny_hf_folder), "--output", str(tmp_path / "o2")]) == 2
+    line = _error_line(capsys)
+    assert "empty or truncated" in line and "model.safetensors" in line
+    assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
+
+
+def test_folder_with_code_of_its_own_refused(tiny_hf_folder, tmp_path, capsys, monkeypatch):
+    config = json.loads((tiny_hf_folder / "config.json").read_text())
+    config["auto_map"] = {"AutoModelForSequenceClassification": "evil.EvilModel"}
+    (tiny_hf_folder / "config.json").write_text(json.dumps(config))
+    (tiny_hf_folder / "evil.py").write_text(f"open({str(tmp_path / 'pwned')!r}, 'w')\n")
+    _never_load(monkeypatch)
+    assert topo_main(["prune", "--checkpoint", str(tiny_hf_folder), "--output", str(tmp_path / "o")]) == 2
+    assert "auto_map" in _error_line(capsys)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_output_that_cannot_really_be_written_refused_before_loading(
+    tiny_hf_folder, tmp_path, capsys, monkeypatch
+):
+    import os
+
+    real_open = os.open
+
+    def refuse_probe(path, *args, **kwargs):
+        if ".lightning-topo-write-probe-" in str(path):
+            raise OSError(13, "Permission denied")
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", refuse_probe)  # os.access still says yes (root, /proc)
+    _never_load(monkeypatch)
+    assert topo_main(["prune", "--checkpoint", str(tiny_hf_folder), "--output", str(tmp_path / "o")]) == 2
+    line = _error_line(capsys)
+    assert "--output" in line and "cannot create a file in" in line
+    assert not (tmp_path / "o").exists()
+
+
+# ---------------------------------------------------------------------- disk full, data file origin, summary
+
+
+def _prune_argv(src, out, data_file, recover="1"):
+    return [
+        "prune", "--checkpoint", str(src), "--output", str(out), "--method", "magnitude", "--ratio", "0.6",
+        "--recover-epochs", recover, "--data-file", str(data_file), "--max-length", "16", "--batch-size", "16",
+        "--calibration-batches", "2", "--accelerator", "cpu",
+    ]  # fmt: skip
+
+
+def test_full_disk_refused_before_the_recovery_trains(
+    tiny_hf_folder, data_file, tmp_path, capsys, monkeypatch
+):
+    import shutil
+    from types import SimpleNamespace
+
+    import lightning.pytorch as pl
+
+    fits = []
+    monkeypatch.setattr(pl.Trainer, "fit", lambda *a, **k: fits.append(1))
+    monkeypatch.setattr(
+        shutil, "disk_usage", lambda path: SimpleNamespace(total=10**9, used=10**9, free=2**20)
+    )
+    out = tmp_path / "out"
+    assert topo_main(_prune_argv(tiny_hf_folder, out, data_file)) == 2
+    line = _error_line(capsys)
+    assert "--output" in line and "1.0 MiB free" in line and "Nothing was trained" in line
+    assert fits == [] and not out.exists()
+
+
+@pytest.mark.parametrize("recover", ["0", "1"])
+def test_failed_final_write_keeps_the_model_and_exits_with_one_line(
+    tiny_hf_folder, data_file, tmp_path, capsys, monkeypatch, recover
+):
+    import tempfile
+
+    from lightning_topo.pruning import export
+
+    out = tmp_path / "out"
+    real = export.save_compressed
+
+    def disk_full_at_output(model, path, **kwargs):
+        if Path(path) == out:
+            raise OSError(28, "No space left on device")
+        return real(model, path, **kwargs)
+
+    monkeypatch.setattr(export, "save_compressed", disk_full_at_output)
+    area = tmp_path / "tmp"
+    area.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(area))
+    assert topo_main(_prune_argv(tiny_hf_folder, out, data_file, recover)) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("lightning-topo prune: error:")]
+    (rescued,) = area.iterdir()
+    assert len(lines) == 1 and "No space left on device" in lines[0] and f"kept at {rescued}" in lines[0], err
+    assert not out.exists()
+    model = load_compressed(rescued)  # complete and verified
+    assert count_encoder_parameters(model) < count_encoder_parameters(
+        load_compressed(_compressed_source(tiny_hf_folder, tmp_path))
+    )
+
+
+def test_data_file_stored_in_the_ckpt_is_named_as_such(tiny_hf_folder, tmp_path, capsys):
+    import lightning.pytorch as pl
+    from conftest import write_review_tsv
+
+    from lightning_topo.models.classifier import SequenceClassifier
+    from lightning_topo.models.datamodule import TextClassificationDataModule
+
+    stored = write_review_tsv(tmp_path / "train-on-the-cluster.tsv")
+    module = SequenceClassifier(model_name_or_path=str(tiny_hf_folder), num_labels=2)
+    dm = TextClassificationDataModule(
+        data_file=str(stored), tokenizer_name_or_path=str(tiny_hf_folder), max_length=16, batch_size=16
+    )
+    trainer = pl.Trainer(
+        max_epochs=1, limit_train_batches=1, limit_val_batches=1, accelerator="cpu", devices=1, logger=False,
+        default_root_dir=tmp_path, enable_progress_bar=False, num_sanity_val_steps=0, enable_checkpointing=False,
+    )  # fmt: skip
+    trainer.fit(module, datamodule=dm)
+    ckpt = tmp_path / "model.ckpt"
+    trainer.save_checkpoint(ckpt)
+    stored.unlink()  # the file the .ckpt names is not on this machine
+    out = tmp_path / "out"
+    argv = [
+        "prune",
+        "--checkpoint",
+        str(ckpt),
+        "--output",
+        str(out),
+        "--recover-epochs",
+        "0",
+        "--accelerator",
+        "cpu",
+    ]
+    capsys.readouterr()
+    assert topo_main(argv) == 2
+    line = _error_line(capsys)
+    assert (
+        str(stored) in line
+        and "came from --checkpoint model.ckpt" in line
+        and "--data-file overrides it" in line
+    )
+    assert not out.exists()
+
+
+def test_summary_in_pruning_history_and_on_stdout(tiny_hf_folder, data_file, tmp_path, capsys):
+    for recover in ("0", "1"):
+        out = tmp_path / f"out{recover}"
+        assert topo_main(_prune_argv(tiny_hf_folder, out, data_file, recover)) == 0
+        summary = json.loads((out / "pruning_history.json").read_text())["summary"]
+        acc = summary["val_acc"]
+        assert 0 <= acc["before_pruning"] <= 1 and 0 <= acc["after_pruning"] <= 1
+        assert (acc["after_recovery"] is None) == (recover == "0")
+        reloaded = load_compressed(out)
+        assert summary["compressed"]["weight_bytes"] == sum(
+            t.numel() * t.element_size() for t in reloaded.state_dict().values()
+        )
+        assert summary["compressed"]["encoder_params"] == count_encoder_parameters(reloaded)
+        assert summary["compressed"]["params"] < summary["dense"]["params"]
+        assert summary["val_examples"] > 0 and summary["recovery_epochs"] == int(recover)
+        stdout = capsys.readouterr().out
+        assert (
+            f"val acc: before pruning {acc['before_pruning']:.4f}, after pruning {acc['after_pruning']:.4f}"
+            in stdout
+        )
