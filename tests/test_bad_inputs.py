@@ -192,6 +192,34 @@ def _too_big_for_memory(env: Env) -> Callable[[], Any]:
     return lambda: persistence_diagrams(cloud(50))
 
 
+def _over_rlimit(env: Env) -> Callable[[], Any]:
+    """Only RLIMIT_AS / RLIMIT_DATA is short (MemAvailable and the cgroup are not): the smallest wins."""
+    from lightning_topo.topology import _memory, persistence_diagrams
+
+    env.monkeypatch.setattr(_memory, "meminfo_available_bytes", lambda: 1 << 40)
+    env.monkeypatch.setattr(_memory, "cgroup_available_bytes", lambda: None)
+    env.monkeypatch.setattr(_memory, "rlimit_available_bytes", lambda: 100_000)
+    return lambda: persistence_diagrams(cloud(80))
+
+
+def _over_cgroup(env: Env) -> Callable[[], Any]:
+    from lightning_topo.topology import _memory, persistence_diagrams
+
+    env.monkeypatch.setattr(_memory, "meminfo_available_bytes", lambda: 1 << 40)
+    env.monkeypatch.setattr(_memory, "cgroup_available_bytes", lambda: 100_000)
+    env.monkeypatch.setattr(_memory, "rlimit_available_bytes", lambda: None)
+    return lambda: persistence_diagrams(cloud(80))
+
+
+def _psf_diagrams(diagram: torch.Tensor) -> Callable[[Env], Callable[[], Any]]:
+    def build(env: Env) -> Callable[[], Any]:
+        from lightning_topo.scores import psf_from_diagrams
+
+        return lambda: psf_from_diagrams([diagram])
+
+    return build
+
+
 TOPOLOGY = [
     Case("topology-list-points", _topo("h0_diagram", [[0.0, 1.0], [1.0, 0.0]]), TypeError, "points must be a torch.Tensor"),
     Case("topology-int-points", _topo("h1_diagram", torch.ones(4, 2, dtype=torch.long)), TypeError, "points must have a floating-point dtype"),
@@ -204,6 +232,12 @@ TOPOLOGY = [
     Case("topology-max-dim-2", _topo("persistence_diagrams", cloud, max_dim=2), ValueError, "max_dim"),
     Case("topology-n-threads-0", _topo("h1_diagram", cloud, n_threads=0), ValueError, "n_threads must be a positive int"),
     Case("topology-out-of-memory", _too_big_for_memory, MemoryError, "max_points_per_class"),
+    Case("topology-h1-over-rlimit", _over_rlimit, MemoryError, "H1 persistence (distance matrix"),
+    Case("topology-h1-over-cgroup", _over_cgroup, MemoryError, "Use fewer points"),
+    Case("topology-meta-tensor", _topo("persistence_diagrams", lambda: torch.empty(10, 3, device="meta")), ValueError, "points is a tensor on the meta device"),
+    Case("topology-meta-matrix", _topo("h0_diagram", lambda: torch.empty(4, 4, device="meta"), distance_matrix=True), ValueError, "meta device"),
+    Case("topology-diagram-death-before-birth", _topo("total_persistence", torch.tensor([[0.0, 1.0], [0.9, 0.2]])), ValueError, "death < birth, e.g. row 1"),
+    Case("psf-diagram-death-before-birth", _psf_diagrams(torch.tensor([[0.5, 0.1]])), ValueError, "death < birth"),
 ]  # fmt: skip
 
 
@@ -732,6 +766,127 @@ def _forward(ids: torch.Tensor) -> Callable[[Env], Callable[[], Any]]:
     return build
 
 
+def _duplicate_header(env: Env) -> Path:
+    env.file = env.tmp / "reviews.csv"
+    env.file.write_text("text,label,text\n" + "".join(f"good film {i},{i % 2},x\n" for i in range(40)))
+    return env.file
+
+
+def _unquoted_comma(env: Env) -> Path:
+    env.file = env.tmp / "reviews.csv"
+    rows = "".join(f"film {i},{'pos' if i % 2 else 'neg'}\n" for i in range(40))
+    env.file.write_text("text,label\n" + rows + "good, not great,pos\n")
+    return env.file
+
+
+def _extra_tab(env: Env) -> Path:
+    env.file = write_tsv(env.tmp / "reviews.tsv")
+    lines = env.file.read_text().splitlines()
+    lines[4] = lines[4] + "\textra"
+    env.file.write_text("\n".join(lines) + "\n")
+    return env.file
+
+
+def _short_row(env: Env) -> Path:
+    env.file = env.tmp / "reviews.csv"
+    env.file.write_text("text,label,source\na film,1,web\nno label here\n")
+    return env.file
+
+
+def _jsonl_duplicate_key(env: Env) -> Path:
+    env.file = env.tmp / "reviews.jsonl"
+    env.file.write_text('{"text": "fine", "label": 1}\n{"text": "good", "label": 0, "text": "x"}\n')
+    return env.file
+
+
+def _label_typo(env: Env) -> Path:
+    env.file = env.tmp / "reviews.csv"
+    rows = "".join(f"film {i},{'pos' if i % 2 else 'neg'}\n" for i in range(40))
+    env.file.write_text("text,label\n" + rows + "bad film,Pos\n")
+    return env.file
+
+
+def _rare_int_class(env: Env) -> Path:
+    env.file = env.tmp / "reviews.csv"
+    rows = "".join(f"film {i},{i % 2}\n" for i in range(40)) + "".join(f"odd {i},2\n" for i in range(3))
+    env.file.write_text("text,label\n" + rows)
+    return env.file
+
+
+EVIL_PY = "import pathlib\npathlib.Path(__file__).with_name('pwned').write_text('ran')\n"
+
+
+def _with_code(env: Env, model_type: str, name: str = "evil_model") -> Path:
+    import json
+
+    folder = copy_hf(env, name)
+    config = json.loads((folder / "config.json").read_text())
+    config["model_type"] = model_type
+    config["auto_map"] = {"AutoConfig": "evil.EvilConfig", "AutoModelForSequenceClassification": "evil.EvilModel"}
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "evil.py").write_text(EVIL_PY)
+    return folder
+
+
+def _folder_with_code(model_type: str) -> Callable[[Env], Callable[[], Any]]:
+    def build(env: Env) -> Callable[[], Any]:
+        from lightning_topo.models import SequenceClassifier
+
+        folder = _with_code(env, model_type)
+        env.file = folder / "config.json"
+        return lambda: SequenceClassifier(model_name_or_path=str(folder))
+
+    return build
+
+
+def _dm_tokenizer_with_code(env: Env) -> Callable[[], Any]:
+    from lightning_topo.models import TextClassificationDataModule
+
+    folder = _with_code(env, "evilbert")
+    dm = TextClassificationDataModule(tokenizer_name_or_path=str(folder))
+    return lambda: dm.tokenizer
+
+
+def _config_not_json(env: Env) -> Callable[[], Any]:
+    from lightning_topo.models import SequenceClassifier
+
+    folder = copy_hf(env, "broken")
+    env.file = folder / "config.json"
+    env.file.write_bytes(b"\x80\x81 not json")
+    return lambda: SequenceClassifier(model_name_or_path=str(folder))
+
+
+def _hf_classifier(**kwargs: Any) -> Callable[[Env], Callable[[], Any]]:
+    def build(env: Env) -> Callable[[], Any]:
+        from lightning_topo.models import SequenceClassifier
+
+        return lambda: SequenceClassifier(model_name_or_path=str(SHARED["hf"]), **kwargs)
+
+    return build
+
+
+def _ckpt_of_another_architecture(env: Env) -> Callable[[], Any]:
+    """What ``fit --ckpt_path`` hands to the module: a checkpoint of a wider BERT."""
+    from lightning_topo.models import SequenceClassifier
+
+    module = env.watch(SequenceClassifier(model_name_or_path=str(SHARED["hf"]), num_labels=2))
+    other = tiny_model(hidden_size=48, num_attention_heads=4)
+    checkpoint = {
+        "state_dict": {f"model.{k}": v for k, v in other.state_dict().items()},
+        "hf_config": other.config.to_dict(),
+    }
+    return lambda: module.on_load_checkpoint(checkpoint)
+
+
+def _ckpt_other_shapes_without_config(env: Env) -> Callable[[], Any]:
+    from lightning_topo.models import SequenceClassifier
+
+    module = env.watch(SequenceClassifier(model_name_or_path=str(SHARED["hf"]), num_labels=2))
+    other = tiny_model(num_labels=5)
+    checkpoint = {"state_dict": {f"model.{k}": v for k, v in other.state_dict().items()}}
+    return lambda: module.on_load_checkpoint(checkpoint)
+
+
 DATA = [
     Case("read-non-utf8", _read(_latin1), ValueError, "is not UTF-8 text: byte 0xe9"),
     Case("read-gz-non-utf8", _read(_gz_latin1), ValueError, "is not UTF-8"),
@@ -758,6 +913,26 @@ DATA = [
     Case("model-learning-rate-nan", _classifier(learning_rate=math.nan), TypeError, "learning_rate"),
     Case("model-token-id-out-of-vocab", _forward(torch.tensor([[2, 500, 3]])), ValueError, "token id 500"),
     Case("model-sequence-too-long", _forward(torch.full((1, 80), 6)), ValueError, "data.max_length <= 64"),
+    Case("read-duplicate-header", _read(_duplicate_header), ValueError, "line 1 (the header) names column(s) ['text'] more than once"),
+    Case("read-unquoted-comma", _read(_unquoted_comma), ValueError, "line 42 has 3 fields but the header has 2"),
+    Case("read-tsv-extra-tab", _read(_extra_tab), ValueError, "line 5 has 3 fields"),
+    Case("read-short-row", _read(_short_row), ValueError, "line 3 has 1 fields but the header has 3"),
+    Case("read-jsonl-duplicate-key", _read(_jsonl_duplicate_key), ValueError, "reviews.jsonl:2: the record names key 'text' twice"),
+    Case("dm-duplicate-header", _dm(_duplicate_header, touch=True), ValueError, "more than once"),
+    Case("dm-unquoted-comma", _dm(_unquoted_comma, touch=True), ValueError, "line 42 has 3 fields"),
+    Case("dm-label-typo-class", _dm(_label_typo, touch=True), ValueError, "class(es) 'Pos' (1 rows, like 'pos') have fewer than min_class_examples=5"),
+    Case("dm-rare-int-class", _dm(_rare_int_class, touch=True), ValueError, "class(es) 2 (3 rows)"),
+    Case("dm-min-class-examples-0", _dm(min_class_examples=0), ValueError, "min_class_examples must be >= 1"),
+    Case("dm-tokenizer-folder-with-code", _dm_tokenizer_with_code, ValueError, "never runs code from a model folder"),
+    Case("model-weight-decay-negative", _classifier(weight_decay=-0.5), ValueError, "weight_decay must be >= 0"),
+    Case("model-adam-epsilon-0", _classifier(adam_epsilon=0.0), ValueError, "adam_epsilon must be > 0"),
+    Case("model-ignore-mismatched-str", _classifier(ignore_mismatched_sizes="yes"), TypeError, "ignore_mismatched_sizes must be True, False or None"),
+    Case("model-head-of-another-size", _hf_classifier(num_labels=3, ignore_mismatched_sizes=False), ValueError, "classification head of 2 classes but num_labels=3"),
+    Case("model-folder-unknown-model-type", _folder_with_code("evilbert"), ValueError, "has model_type 'evilbert', which transformers does not know"),
+    Case("model-folder-foreign-auto-map", _folder_with_code("bert"), ValueError, "has an auto_map naming code in the folder ('evil.EvilConfig')"),
+    Case("model-folder-config-not-json", _config_not_json, ValueError, "is not valid UTF-8 JSON"),
+    Case("model-ckpt-other-architecture", _ckpt_of_another_architecture, ValueError, "the checkpoint (ckpt_path) holds a bert (hidden_size=48"),
+    Case("model-ckpt-other-shapes-no-config", _ckpt_other_shapes_without_config, ValueError, "of shape (5, 32) but the model built from the config has (2, 32)"),
 ]  # fmt: skip
 
 CASES = [*TOPOLOGY, *SCORES, *CALLBACKS, *PRUNING, *EXPORT, *DATA]
@@ -882,6 +1057,37 @@ def _fit(*extra: str, prepare: Callable[[Env], Any] | None = None, callbacks: tu
     return argv
 
 
+def _binary_config(env: Env) -> None:
+    (env.tmp / "weights.yaml").write_bytes(bytes(range(256)) * 4)
+
+
+def _broken_yaml(env: Env) -> None:
+    (env.tmp / "notes.yaml").write_text("trainer:\n  max_epochs: [1\n")
+
+
+def _other_ckpt(env: Env) -> None:
+    """A Lightning checkpoint of a SequenceClassifier over a BERT of hidden size 48."""
+    import lightning
+
+    other = tiny_model(hidden_size=48, num_attention_heads=4)
+    torch.save(
+        {
+            "state_dict": {f"model.{k}": v for k, v in other.state_dict().items()},
+            "hf_config": other.config.to_dict(),
+            "hf_model_class": type(other).__name__,
+            "pytorch-lightning_version": lightning.__version__,
+            "epoch": 0,
+            "global_step": 0,
+            "loops": {},
+            "optimizer_states": [],
+            "lr_schedulers": [],
+            "callbacks": {},
+            "hyper_parameters": {},
+        },
+        env.tmp / "other.ckpt",
+    )
+
+
 def _small_vocab(env: Env) -> None:
     from transformers import BertTokenizer
 
@@ -911,6 +1117,18 @@ FIT_CASES = [
     CliCase("fit-monitor-every-n-epochs", _fit(callbacks=(PSM_EVERY,)), "fit: error: ValueError: every_n_epochs must be an int >= 1"),
     CliCase("fit-pruning-output-exists", _fit(prepare=_existing_output, callbacks=(TP,)), "output_dir 'pruned' already exists"),
     CliCase("fit-unknown-subcommand", lambda env: ["fitt", "--config", "x.yaml"], "unknown subcommand 'fitt'"),
+    CliCase("fit-max-epochs-negative", _fit("--trainer.max_epochs", "-5"), "fit: error: ValueError: trainer.max_epochs must be an int >= -1"),
+    CliCase("fit-gradient-clip-nan", _fit("--trainer.gradient_clip_val", ".nan"), "trainer.gradient_clip_val must be a finite number; got nan"),
+    CliCase("fit-gradient-clip-negative", _fit("--trainer.gradient_clip_val", "-1.0"), "trainer.gradient_clip_val must be >= 0"),
+    CliCase("fit-config-binary", _fit("--config", "{tmp}/weights.yaml", prepare=_binary_config), "weights.yaml' is not a YAML text file: byte 0x80 at offset 128"),
+    CliCase("fit-config-not-yaml", _fit("--config", "{tmp}/notes.yaml", prepare=_broken_yaml), "notes.yaml' is not valid YAML at line 3"),
+    CliCase("fit-weight-decay-negative", _fit("--model.weight_decay", "-0.5"), "weight_decay must be >= 0"),
+    CliCase("fit-model-folder-with-code", _fit("--model.model_name_or_path", "{tmp}/evil_model", prepare=lambda env: _with_code(env, "evilbert")), "model_type 'evilbert', which transformers does not know"),
+    CliCase("fit-data-duplicate-header", _fit("--data.data_file", "{tmp}/reviews.csv", prepare=_duplicate_header), "names column(s) ['text'] more than once"),
+    CliCase("fit-data-unquoted-comma", _fit("--data.data_file", "{tmp}/reviews.csv", prepare=_unquoted_comma), "reviews.csv': line 42 has 3 fields"),
+    CliCase("fit-data-label-typo", _fit("--data.data_file", "{tmp}/reviews.csv", prepare=_label_typo), "class(es) 'Pos' (1 rows, like 'pos')"),
+    CliCase("fit-logger-folder-unwritable", _fit("--trainer.logger.init_args.save_dir", "/proc/lightning-topo-runs"), "save_dir '/proc/lightning-topo-runs' is not writable"),
+    CliCase("fit-ckpt-other-architecture", _fit("--ckpt_path", "{tmp}/other.ckpt", prepare=_other_ckpt), "the checkpoint (ckpt_path) holds a bert (hidden_size=48"),
 ]  # fmt: skip
 
 
@@ -932,7 +1150,8 @@ def test_fit_cli_refuses(case: CliCase, tmp_path, monkeypatch, capsys):
     assert not new_entries(before, snapshot(tmp_path), tmp_path, run_folder="runs"), (
         "written before the refusal"
     )
-    assert not list(tmp_path.rglob("*.ckpt")) and not list(tmp_path.rglob("metrics.csv"))  # nothing trained
+    new_ckpts = [p for p in tmp_path.rglob("*.ckpt") if str(p.relative_to(tmp_path)) not in before]
+    assert not new_ckpts and not list(tmp_path.rglob("metrics.csv"))  # nothing trained
 
 
 def _prune(*extra: str, prepare: Callable[[Env], Any] | None = None, source: str = "src"):
