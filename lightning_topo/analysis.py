@@ -24,52 +24,35 @@ Example::
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
-import re
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
+from lightning_topo.encoding import model_inputs, module_device
+from lightning_topo.metrics import LENSES, LensMetric, LensResult
 from lightning_topo.plots import plot_class_diagrams
 from lightning_topo.plots.analysis import plot_layer_profiles
-from lightning_topo.representations import collect_representations, resolve_layers
-from lightning_topo.representations.geometry import (
-    ATTENTION_SOURCES,
-    GeometryAccumulator,
-    GeometryCapture,
-    weight_geometry,
-)
-from lightning_topo.scores import get_preset, metric_names, persistence_metrics
+from lightning_topo.representations import resolve_layers
+from lightning_topo.representations.capture import HiddenStateCapture, batch_labels, num_hidden_layers
+from lightning_topo.representations.modules import find_hf_model
 from lightning_topo.scores.checks import check_bool, check_choice, check_int, check_seed
-from lightning_topo.scores.geometry import geometry_metrics
+from lightning_topo.scores.names import parse_metric_name
 from lightning_topo.scores.presets import POOLINGS, PSFPreset
-from lightning_topo.scores.sampling import check_resamples
-from lightning_topo.topology.diagrams import BACKENDS
 
 __all__ = ["SCORE_FAMILIES", "AnalysisResult", "analyze", "check_score_families", "write_text_atomic"]
 
-#: Score families :func:`analyze` can measure (each the lens of one monitor).
-SCORE_FAMILIES: tuple[str, ...] = ("psf", "geometry")
-
-_LAYER_NAME = re.compile(r"^(?P<head>.+?)/layer_(?P<layer>\d+)(?P<tail>.*)$")
-
-
-def check_score_families(scores: str | Sequence[str]) -> tuple[str, ...]:
-    """A non-empty subset of :data:`SCORE_FAMILIES` (a string is one family, or comma-separated)."""
-    items = [s.strip() for s in scores.split(",")] if isinstance(scores, str) else list(scores)
-    bad = [s for s in items if s not in SCORE_FAMILIES]
-    if not items or bad:
-        raise ValueError(
-            f"scores: unknown score family {bad[0] if bad else scores!r}; accepted: {', '.join(SCORE_FAMILIES)}"
-        )
-    return tuple(dict.fromkeys(items))
+#: Lenses :func:`analyze` can measure by name (each the lens of one monitor).
+SCORE_FAMILIES: tuple[str, ...] = tuple(LENSES)
 
 
 def write_text_atomic(path: str | Path, text: str, *, overwrite: bool = False) -> Path:
@@ -236,168 +219,128 @@ def _clean(value: Any) -> Any:
 
 
 def _split_layer_name(name: str) -> tuple[int, str] | None:
-    """``"cone/layer_3/input"`` -> ``(3, "cone/input")``; ``None`` for a name without a layer."""
-    match = _LAYER_NAME.match(name)
-    return None if match is None else (int(match["layer"]), match["head"] + match["tail"])
+    """``"geometry/cone/layer_3/input"`` -> ``(3, "geometry/cone/input")``; ``None`` without a layer."""
+    parsed = parse_metric_name(name)
+    return None if parsed is None or parsed.layer is None else (parsed.layer, str(parsed.series))
 
 
-# ----------------------------------------------------------------------------- score families
+# ----------------------------------------------------------------------------- lenses
 
 
-@dataclass
-class _Settings:
-    """The checked arguments of :func:`analyze` shared by every family."""
-
-    preset: PSFPreset
-    seed: int
-    backend: str
-    attention: str
-    normalize: bool
-    resamples: int = 1
+def _lens_classes() -> dict[str, type[LensMetric]]:
+    """Lens name -> metric class, for every lens :mod:`lightning_topo.metrics` provides."""
+    return {name: cls for name, cls in LENSES.items()}
 
 
-class _PersistenceFamily:
-    """PSF and H0/H1 statistics per layer, as :class:`PersistenceScoreMonitor` computes them."""
-
-    prefix = "topo"
-
-    def __init__(self, settings: _Settings) -> None:
-        self.settings = settings
-
-    def attach(self, model: nn.Module, layers: Sequence[int]) -> None:
-        """Nothing to hook: the hidden states come from the shared pass."""
-
-    def detach(self) -> None:
-        """Nothing to remove."""
-
-    def compute(self, model: nn.Module, reps: Any, progress: bool) -> tuple[dict[str, float], dict]:
-        """``(metrics, diagrams)``: one :func:`persistence_metrics` call per layer (same seed)."""
-        s, values, diagrams = self.settings, {}, {}
-        per_layer: dict[int, dict[str, Tensor]] = {}
-        for layer in _progress(list(reps.points), progress, "persistence", total=len(reps.points)):
-            if _identical_class(reps.points[layer], reps.labels, layer):
-                classes = [int(c) for c in torch.unique(reps.labels)]
-                names = metric_names([layer], classes, resamples=s.resamples)
-                per_layer[layer] = {n: torch.tensor(math.nan) for n in names}
-                diagrams[layer] = {}
-                continue
-            result = persistence_metrics(
-                {layer: reps.points[layer]},
-                reps.labels,
-                preset=s.preset,
-                seed=s.seed,
-                backend=s.backend,
-                resamples=s.resamples,
-            )
-            per_layer[layer] = result.values
-            diagrams[layer] = {c: [d.detach().cpu() for d in dg] for c, dg in result.diagrams.items()}
-        deepest = max(per_layer)
-        for layer, layer_values in per_layer.items():
-            values[f"psf/layer_{layer}"] = float(layer_values["psf"])
-            values.update(
-                {
-                    f"{n}/layer_{layer}": float(v)
-                    for n, v in layer_values.items()
-                    if _split_layer_name(n) is None
-                }
-            )
-        # the names PersistenceScoreMonitor logs: headline values of the deepest layer
-        headline = {n: float(v) for n, v in per_layer[deepest].items()}
-        names = metric_names(list(per_layer), list(diagrams[deepest]), resamples=s.resamples)
-        values = {**{n: headline.get(n, values.get(n)) for n in names}, **values}
-        return {f"{self.prefix}/{n}": v for n, v in values.items()}, diagrams
-
-
-class _GeometryFamily:
-    """Cone index, attention entropy, directionality per encoder layer, as :class:`GeometryMonitor`."""
-
-    prefix = "geometry"
-
-    def __init__(self, settings: _Settings) -> None:
-        self.settings = settings
-        self.capture: GeometryCapture | None = None
-        self.acc: GeometryAccumulator | None = None
-
-    def attach(self, model: nn.Module, layers: Sequence[int]) -> None:
-        """Hook the selected encoder layers (1-based; the embeddings, layer 0, have no attention)."""
-        encoder = [i for i in layers if i > 0]
-        if not encoder:
-            raise ValueError(
-                "scores: 'geometry' needs at least one encoder layer (1 or more); layers has only 0"
-            )
-        s = self.settings
-        self.capture = GeometryCapture(model, layers=encoder, attention=s.attention, on_layer=self._on_layer)
-        heads = [int(self.capture.encoder_layers[i - 1].attention.self.num_attention_heads) for i in encoder]
-        self.acc = GeometryAccumulator(
-            self.capture.layers, heads, normalize=s.normalize, attention=s.attention != "none"
+def check_score_families(scores: str | Sequence[str | LensMetric]) -> tuple[str | LensMetric, ...]:
+    """Lens names from :data:`SCORE_FAMILIES` (a string is one, or comma-separated) or lens metric objects."""
+    items = [s.strip() for s in scores.split(",")] if isinstance(scores, str) else list(scores)
+    bad = [s for s in items if not isinstance(s, LensMetric) and s not in _lens_classes()]
+    if not items or bad:
+        raise ValueError(
+            f"scores: unknown lens {bad[0] if bad else scores!r}; accepted: {', '.join(_lens_classes())} "
+            "or lightning_topo.metrics objects"
         )
-        self.capture.attach()
-
-    def _on_layer(self, layer: int, cap: Any) -> None:
-        if self.acc is not None:
-            self.acc.add(layer, cap)
-
-    def detach(self) -> None:
-        """Remove the hooks."""
-        if self.capture is not None:
-            self.capture.detach()
-
-    def compute(self, model: nn.Module, reps: Any, progress: bool) -> tuple[dict[str, float], dict]:
-        """``(metrics, {})`` from :func:`geometry_metrics`, names prefixed ``geometry/``."""
-        assert self.capture is not None and self.acc is not None
-        result = geometry_metrics(self.acc.result(), weight_geometry(model, self.capture.layers))
-        return {f"{self.prefix}/{n}": float(v) for n, v in result.values.items()}, {}
+    return tuple(dict.fromkeys(items))
 
 
-_FAMILIES: dict[str, type] = {"psf": _PersistenceFamily, "geometry": _GeometryFamily}
+def _build(
+    family: str | LensMetric, selected: list[int], num_layers: int, options: dict[str, Any]
+) -> list[LensMetric]:
+    """The lens metrics of one family: PSF one per layer (per-layer H0/H1 statistics), others one."""
+    if isinstance(family, LensMetric):
+        return [family]
+    cls = _lens_classes()[family]
+    own = {k: v for k, v in options.items() if k in inspect.signature(cls.__init__).parameters and v is not None}
+    if family == "psf":
+        return [cls(layers=[i], **own) for i in selected]
+    if family == "geometry":
+        encoder = [i for i in selected if i > 0]
+        if not encoder:
+            raise ValueError("scores: 'geometry' needs at least one encoder layer (1 or more); layers has only 0")
+        return [cls(layers=encoder, **own)]
+    return [cls(layers=selected, **own)]
 
 
-def _identical_class(points: Tensor, labels: Tensor, layer: int) -> bool:
-    """Whether some class's points are all identical (e.g. ``[CLS]`` of the embeddings, layer 0).
+def _hidden_capture_shared(metric: LensMetric) -> bool:
+    return type(metric).make_capture is LensMetric.make_capture
 
-    PSF is undefined there; the layer is recorded as NaN with a warning naming it.
-    """
-    for c in torch.unique(labels):
-        cloud = points[labels == c]
-        if cloud.shape[0] > 0 and bool((cloud == cloud[0]).all()):
-            warnings.warn(
-                f"layer {layer}: every point of class {int(c)} is the same vector (with pooling='cls' the "
-                "embeddings' [CLS] vector does not depend on the input), so PSF and the persistence "
-                "statistics are undefined there and recorded as NaN; use pooling='mean' or leave the "
-                "layer out",
-                stacklevel=4,
-            )
-            return True
-    return False
+
+def _read(
+    hf: nn.Module,
+    dataloader: Iterable[Any],
+    metrics: Sequence[LensMetric],
+    *,
+    max_samples: int | None,
+    labels_fn: Any,
+    progress: bool,
+) -> int:
+    """One pass over the data: every lens's capture attached, the encoder run once per batch."""
+    shared = [m for m in metrics if _hidden_capture_shared(m)]
+    own = [(m, m.make_capture(hf)) for m in metrics if not _hidden_capture_shared(m)]
+    keep = sorted({i for m in shared for i in m.selected_layers})
+    hidden = HiddenStateCapture(hf, keep=keep) if shared else None
+    captures = [c for _, c in own] + ([hidden] if hidden is not None else [])
+    needs_labels = any(m.needs_labels for m in metrics)
+    device = module_device(hf)
+    seen = 0
+    for capture in captures:
+        capture.attach()
+    try:
+        total = _loader_length(dataloader)
+        for batch in _progress(dataloader, progress, "batches", total=total):
+            labels = batch_labels(batch, labels_fn)
+            if labels is None and needs_labels:
+                raise ValueError(
+                    "analyze needs the class label of every example: the batches have no 'labels' or 'label' "
+                    "key; add one, or pass labels_fn=lambda batch: <(batch,) int tensor>"
+                )
+            for capture in captures:
+                capture.pop()
+            hf(**{k: v.to(device) for k, v in model_inputs(batch).items()})
+            if hidden is not None:
+                call = hidden.pop()[-1]
+                for m in shared:
+                    m.update_from(call, labels)
+            for m, capture in own:
+                m.update_from(capture.pop()[-1], labels)
+            seen += int(model_inputs(batch)["input_ids"].shape[0])
+            if max_samples is not None and seen >= max_samples:
+                break
+    finally:
+        for capture in captures:
+            capture.detach()
+    return seen
+
+
+def _loader_length(dataloader: Iterable[Any]) -> int | None:
+    try:
+        return len(dataloader)  # type: ignore[arg-type]
+    except TypeError:
+        return None
 
 
 def _progress(items: Iterable[Any], enabled: bool, desc: str, total: int | None = None) -> Iterable[Any]:
     """``items`` wrapped in a tqdm bar on stderr when ``enabled``."""
-    if not enabled:
-        return items
-    from tqdm.auto import tqdm
-
-    return tqdm(items, desc=desc, total=total, leave=False)
+    return tqdm(items, desc=desc, total=total, leave=False) if enabled else items
 
 
-def _num_layers(model: nn.Module) -> int:
-    """Encoder layers of a Hugging Face model or of a module holding one as ``.model``."""
-    hf = model.model if isinstance(getattr(model, "model", None), nn.Module) else model
-    n = getattr(getattr(hf, "config", None), "num_hidden_layers", None)
-    if not isinstance(n, int) or n < 1:
-        raise TypeError(
-            "model must be a Hugging Face encoder (a config with num_hidden_layers) or a LightningModule "
-            f"holding one as .model; got {type(model).__name__}"
-        )
-    return n
-
-
-def _loader_length(dataloader: Iterable[Any], max_batches: int | None) -> int | None:
-    try:
-        n = len(dataloader)  # type: ignore[arg-type]
-    except TypeError:
-        return max_batches
-    return n if max_batches is None else min(n, max_batches)
+def _persistence_metrics(results: dict[int, LensResult]) -> tuple[dict[str, float], dict]:
+    """The PSF monitor's names from one result per layer: headline values of the deepest layer,
+    ``psf/layer_{i}`` for every layer and every other statistic also as ``.../layer_{i}``."""
+    deepest = max(results)
+    prefix = results[deepest].prefix
+    out: dict[str, float] = {}
+    for name, value in results[deepest].values.items():
+        out[f"{prefix}/{name}"] = float(value)
+    diagrams: dict[int, dict] = {}
+    for layer, res in sorted(results.items()):
+        diagrams[layer] = res.extras.get("diagrams", {})
+        for name, value in res.values.items():
+            parsed = parse_metric_name(f"{prefix}/{name}")
+            if parsed is not None and parsed.layer is None:
+                out[str(replace(parsed, layer=layer))] = float(value)
+    return out, diagrams
 
 
 # ----------------------------------------------------------------------------- analyze
@@ -405,88 +348,128 @@ def _loader_length(dataloader: Iterable[Any], max_batches: int | None) -> int | 
 
 def analyze(
     model: nn.Module,
-    dataloader: Iterable[Mapping[str, Any]],
+    dataloader: Iterable[Any],
     *,
-    scores: str | Sequence[str] = ("psf",),
+    scores: str | Sequence[str | LensMetric] = ("psf",),
     layers: int | Sequence[int] | str = "all",
     pooling: str | None = None,
     preset: str | PSFPreset = "default",
     max_points_per_class: int | None = None,
-    max_batches: int | None = None,
+    max_samples: int | None = None,
     seed: int = 0,
     resamples: int = 5,
     backend: str = "torch",
     attention: str = "auto",
     normalize: bool = True,
+    model_attr: str | None = None,
+    labels_fn: Any = None,
+    tokenizer: Any = None,
     progress: bool = True,
 ) -> AnalysisResult:
-    """Measure score families per layer of ``model`` on ``dataloader``, outside any Trainer.
+    """Measure lenses per layer of ``model`` on ``dataloader``, outside any Trainer.
+
+    The lenses are the :mod:`lightning_topo.metrics` objects the monitors drive: each is fed
+    by its forward hooks while the encoder runs once per batch (eval mode, no gradients), then
+    computed. So ``analyze`` at the weights and data of a validation run gives the numbers the
+    monitors logged.
 
     Args:
-        model: a Hugging Face encoder (``BertForSequenceClassification``, a folder loaded with
-            :func:`~lightning_topo.pruning.load_compressed`, ...) or a LightningModule with
-            ``encode`` / ``.model`` (our ``SequenceClassifier``). Its train/eval mode is restored.
-        dataloader: dict batches with ``input_ids``, ``attention_mask`` and ``labels`` ``(batch,)``.
-        scores: families from :data:`SCORE_FAMILIES` (``"psf"``: PSF + H0/H1 statistics;
-            ``"geometry"``: the geometry lens), a sequence or a comma-separated string.
+        model: a Hugging Face encoder (``BertForSequenceClassification``, ``DistilBertModel``, a
+            folder loaded with :func:`~lightning_topo.pruning.load_compressed`, ...) or any
+            LightningModule holding one (found at any attribute; ``model_attr`` when several).
+            Its train/eval mode is restored.
+        dataloader: tokenised batches (``input_ids``, ``attention_mask``, optional
+            ``token_type_ids`` -- sentence pairs are read whole --, ``labels``/``label``).
+        scores: lens names from :data:`SCORE_FAMILIES` (``"psf"``, ``"geometry"``, ...), a
+            comma-separated string, or lens metric objects (used as they are).
         layers: hidden-state indices, ``"all"`` (default: embeddings 0 .. last) or an int;
             negative from the end. Geometry measures the encoder layers among them (>= 1).
-        pooling, preset, max_points_per_class, seed, backend: as
-            :class:`~lightning_topo.callbacks.PersistenceScoreMonitor` (defaults: the preset's
-            ``"cls"`` and 512 per class, seed 0).
-        resamples: int >= 1 (default 5, as the monitor): PSF and the H0/H1 statistics are the
-            mean over this many seeded re-draws of the per-class sample, with ``.../std``
-            columns holding their standard errors (see :func:`~lightning_topo.scores.persistence_metrics`).
-        max_batches: read at most this many batches (``None``: all).
-        attention, normalize: as :class:`~lightning_topo.callbacks.GeometryMonitor`.
-        progress: show a progress bar over batches and layers (tqdm, on stderr).
+        pooling, preset, max_points_per_class, resamples, backend: PSF's, as
+            :class:`~lightning_topo.metrics.PersistenceScore`.
+        attention, normalize: the geometry lens's.
+        max_samples: read at most this many examples (``None``: all); the monitors' name.
+        seed: every lens's seed (default 0).
+        labels_fn: ``labels_fn(batch) -> (batch,)`` labels for batches without ``labels``/``label``.
+        tokenizer: for the lenses that read words (concepts, tree probe); ``None``: the model's.
+        progress: show a progress bar over batches (tqdm, on stderr).
 
     Returns:
         :class:`AnalysisResult`.
 
     Raises:
-        TypeError / ValueError: a bad argument (an unknown score family, a layer out of range for
-            the model, ...) -- before any batch is read; NaN/inf hidden states (names the layer).
+        TypeError / ValueError: a bad argument (an unknown lens, a layer out of range for the
+            model, ...) -- before any batch is read.
     """
     families = check_score_families(scores)
-    settings = _Settings(
-        preset=get_preset(preset).override(
-            pooling=None if pooling is None else check_choice(pooling, "pooling", POOLINGS),
-            max_points_per_class=max_points_per_class,
-        ),
-        seed=check_seed(seed),
-        backend=check_choice(backend, "backend", BACKENDS),
-        attention=check_choice(attention, "attention", ATTENTION_SOURCES),
-        normalize=check_bool(normalize, "normalize"),
-        resamples=check_resamples(resamples),
-    )
-    max_batches = check_int(max_batches, "max_batches", minimum=1, allow_none=True)
     progress = check_bool(progress, "progress")
-    selected = resolve_layers(layers, _num_layers(model))
-    lenses = [_FAMILIES[f](settings) for f in families]
-    reps = _one_pass(model, dataloader, lenses, selected, settings, max_batches, progress)
+    max_samples = check_int(max_samples, "max_samples", minimum=1, allow_none=True)
+    seed = check_seed(seed)
+    hf = model if _is_encoder(model) else find_hf_model(model, model_attr)[1]
+    num_layers = num_hidden_layers(hf)
+    selected = resolve_layers(layers, num_layers)
+    options = {
+        "pooling": None if pooling is None else check_choice(pooling, "pooling", POOLINGS),
+        "preset": preset,
+        "max_points_per_class": max_points_per_class,
+        "resamples": resamples,
+        "backend": backend,
+        "attention": attention,
+        "normalize": normalize,
+        "tokenizer": tokenizer,
+        "max_samples": max_samples,
+        "seed": seed,
+    }
+    lenses = {f if isinstance(f, str) else type(f).__name__: _build(f, selected, num_layers, options) for f in families}
+    every = [m for ms in lenses.values() for m in ms]
+    for m in every:
+        m.check_model(hf)
+    was_training = hf.training
+    hf.eval()
+    try:
+        with torch.no_grad():
+            n = _read(hf, dataloader, every, max_samples=max_samples, labels_fn=labels_fn, progress=progress)
+    finally:
+        hf.train(was_training)
     metrics: dict[str, float] = {}
     diagrams: dict[int, dict[int, list[Tensor]]] = {}
-    for lens in lenses:
-        values, dgms = lens.compute(model, reps, progress)
+    counts: dict[int, int] = {}
+    for family, ms in lenses.items():
+        results = {m.selected_layers[-1]: _compute(m) for m in ms}
+        if family == "psf":
+            values, dgms = _persistence_metrics(results)
+            diagrams.update(dgms)
+            counts = ms[-1].representations().class_counts()
+        else:
+            values = {k: v for r in results.values() for k, v in r.metrics().items()}
         metrics.update(values)
-        diagrams.update(dgms)
     described = {
-        "scores": list(families),
+        "scores": [f if isinstance(f, str) else type(f).__name__ for f in families],
         "layers": selected,
-        "num_layers": reps.num_layers,
+        "num_layers": num_layers,
         "preset": preset if isinstance(preset, str) else "custom",
-        "max_batches": max_batches,
+        "max_samples": max_samples,
+        "examples": n,
     }
-    return _assemble(metrics, diagrams, selected, settings, described, reps.class_counts())
+    return _assemble(metrics, diagrams, selected, described, lenses, counts)
+
+
+def _is_encoder(model: nn.Module) -> bool:
+    """A Hugging Face model itself (a config and a base model), not a module holding one."""
+    return getattr(model, "config", None) is not None and isinstance(getattr(model, "base_model", None), nn.Module)
+
+
+def _compute(metric: LensMetric) -> LensResult:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*compute.*called before.*update.*")
+        return metric.compute()
 
 
 def _assemble(
     metrics: dict[str, float],
     diagrams: dict[int, dict[int, list[Tensor]]],
     layers: list[int],
-    settings: _Settings,
     described: dict[str, Any],
+    lenses: Mapping[str, Sequence[LensMetric]],
     counts: dict[int, int],
 ) -> AnalysisResult:
     """The per-layer table from the flat metric names (``.../layer_{i}...`` -> row ``i``)."""
@@ -495,55 +478,17 @@ def _assemble(
         split = _split_layer_name(name)
         if split is not None and split[0] in rows:
             rows[split[0]][split[1]] = value
-    preset = settings.preset
-    return AnalysisResult(
-        rows=rows,
-        metrics=metrics,
-        diagrams=diagrams,
-        settings={
-            **described,
-            "pooling": preset.pooling,
-            "sampling": preset.sampling,
-            "max_points_per_class": preset.max_points_per_class,
-            "seed": settings.seed,
-            "resamples": settings.resamples,
-            "backend": settings.backend,
-            "points_per_class": {str(c): n for c, n in counts.items()},
-        },
-    )
-
-
-def _one_pass(
-    model: nn.Module,
-    dataloader: Iterable[Mapping[str, Any]],
-    lenses: Sequence[Any],
-    layers: list[int],
-    settings: _Settings,
-    max_batches: int | None,
-    progress: bool,
-) -> Any:
-    """Read the data once with every lens's hooks attached; pooled, sampled hidden states."""
-    preset = settings.preset
-    # with re-draws, persistence_metrics draws the per-class samples from every example (as the monitor)
-    random_once = preset.sampling == "random" and settings.resamples == 1
-    cap = preset.max_points_per_class if random_once else None
-    attached = []
-    try:
-        for lens in lenses:
-            lens.attach(model, layers)
-            attached.append(lens)
-        batches = _progress(dataloader, progress, "batches", total=_loader_length(dataloader, max_batches))
-        reps = collect_representations(
-            model,
-            batches,
-            layers=layers,
-            pooling=preset.pooling,
-            max_points_per_class=cap,
-            max_batches=max_batches,
-            seed=settings.seed,
-            check_finite=True,
+    settings = dict(described)
+    psf = lenses.get("psf")
+    if psf:
+        p = psf[-1]
+        settings.update(
+            pooling=p.pooling,
+            sampling=p.preset.sampling,
+            max_points_per_class=p.preset.max_points_per_class,
+            seed=p.seed,
+            resamples=p.resamples,
+            backend=p.backend,
         )
-    finally:
-        for lens in attached:
-            lens.detach()
-    return reps
+    settings["points_per_class"] = {str(c): n for c, n in counts.items()}
+    return AnalysisResult(rows=rows, metrics=metrics, diagrams=diagrams, settings=settings)

@@ -309,7 +309,9 @@ class LensMonitor(Callback):
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         correlations, self._pending_correlations = self._pending_correlations, {}
-        self._log_values(trainer, pl_module, correlations, sync_dist=False)
+        # sync_dist=True: no Lightning warning under DDP, and one value on every rank even when the
+        # monitored metric was logged per rank (the ranks' correlations are averaged)
+        self._log_values(trainer, pl_module, correlations, sync_dist=True)
 
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -440,6 +442,26 @@ class MetricMonitor(LensMonitor):
     def state_key(self) -> str:
         return self._generate_state_key(**{k: repr(v) for k, v in self._settings().items()})
 
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """The one rule for a checkpoint with other settings: its history is not restored.
+
+        The ``state_key`` is built from every setting, so Lightning hands a monitor only the state
+        of a monitor measuring the same series; a state loaded by hand with other settings warns,
+        names them and leaves this monitor's history empty rather than mixing two series.
+        """
+        current = self._settings()
+        changed = [
+            f"{k}={state_dict[k]!r} (now {v!r})" for k, v in current.items() if k in state_dict and state_dict[k] != v
+        ]
+        if changed:
+            rank_zero_warn(
+                f"{type(self).__name__}: the checkpoint's history was measured with {', '.join(changed)}; "
+                "it is not restored, so that one series is never measured two ways"
+            )
+            return
+        self.history = [{"step": None, **record} for record in deepcopy(state_dict.get("history", []))]
+
     # ------------------------------------------------------------------ setup and checks
 
     @override
@@ -467,7 +489,20 @@ class MetricMonitor(LensMonitor):
             return
         with torch.random.fork_rng(devices=[]):  # a shuffled loader draws from the global RNG
             counts, first = self._scan_labels(loader)
+        if trainer.world_size > 1:  # each process reads its shard: the checks are on the whole split
+            counts = self._sum_counts(trainer, counts)
         self._check_data(trainer, pl_module, counts, first)
+
+    @staticmethod
+    def _sum_counts(trainer: pl.Trainer, counts: dict[int, int]) -> dict[int, int]:
+        """Per-class counts summed over processes (``trainer.strategy.reduce``)."""
+        strategy = trainer.strategy
+        top = int(strategy.reduce(torch.tensor(max(counts, default=-1), device=strategy.root_device), reduce_op="max"))
+        local = torch.zeros(top + 1, dtype=torch.long, device=strategy.root_device)
+        for c, n in counts.items():
+            local[c] = n
+        total = strategy.reduce(local, reduce_op="sum")
+        return {c: int(n) for c, n in enumerate(total.tolist()) if n > 0}
 
     def _scan_labels(self, loader: Any) -> tuple[dict[int, int], Any]:
         """Class counts of the split (up to ``max_samples`` examples) and its first batch."""
@@ -502,7 +537,7 @@ class MetricMonitor(LensMonitor):
             if len(counts) < 2:
                 raise ValueError(
                     f"{name}: the {self.split} split has a single class ({next(iter(counts))}); the lens "
-                    "compares classes and needs at least 2"
+                    "compares classes and needs at least 2 classes"
                 )
             single = sorted(c for c, n in counts.items() if n < 2)
             if single:

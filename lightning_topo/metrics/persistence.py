@@ -10,6 +10,8 @@ and computes every value). Every process computes the same values from the same 
 
 from __future__ import annotations
 
+import math
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -162,13 +164,29 @@ class PersistenceScore(LensMetric):
         if single:
             raise ValueError(f"PSF needs at least 2 examples of every class; class {single[0]} has 1")
         headline = self.headline_score
-        if not all(bool(torch.isfinite(p).all()) for p in reps.points.values()):
-            names = metric_names(
-                layers, list(counts), scores=self.scores, homology_dims=self.homology_dims, resamples=self.resamples
+        names = metric_names(
+            layers, list(counts), scores=self.scores, homology_dims=self.homology_dims, resamples=self.resamples
+        )
+        bad = [layer for layer, p in reps.points.items() if not bool(torch.isfinite(p).all())]
+        if bad:
+            warnings.warn(
+                f"PersistenceScore logs NaN: hidden state {bad[0]} has NaN/inf values (the model has diverged: "
+                "lower the learning rate or clip gradients); EarlyStopping(check_finite=True) stops on it",
+                stacklevel=2,
             )
             return LensResult.nan(names, headline, layers, self.prefix)
+        degenerate = [layer for layer in layers if _identical_class(reps.points[layer], reps.labels)]
+        for layer in degenerate:
+            warnings.warn(
+                f"layer {layer}: every pooled vector of some class is the same (with pooling='cls' the "
+                "embeddings' [CLS] vector does not depend on the input), so PSF and the persistence statistics "
+                "are undefined there and recorded as NaN; use pooling='mean' or leave the layer out",
+                stacklevel=2,
+            )
+        if max(layers) in degenerate:
+            return LensResult.nan(names, headline, layers, self.prefix)
         result = persistence_metrics(
-            reps.points,
+            {layer: p for layer, p in reps.points.items() if layer not in degenerate},
             reps.labels,
             scores=self.scores,
             homology_dims=self.homology_dims,
@@ -183,4 +201,15 @@ class PersistenceScore(LensMetric):
             "layer": result.layer,
             "pooling": self.pooling,
         }
-        return LensResult(dict(result.values), headline, layers, self.prefix, extras)
+        values = dict(result.values)
+        values.update({f"psf/layer_{layer}": torch.tensor(math.nan) for layer in degenerate if "psf" in self.scores})
+        return LensResult({n: values[n] for n in names}, headline, layers, self.prefix, extras)
+
+
+def _identical_class(points: Tensor, labels: Tensor) -> bool:
+    """Whether the points of some class are all one vector (PSF is undefined there)."""
+    for c in torch.unique(labels):
+        cloud = points[labels == c]
+        if cloud.shape[0] > 0 and bool((cloud == cloud[0]).all()):
+            return True
+    return False

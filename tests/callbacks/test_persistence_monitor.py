@@ -167,8 +167,8 @@ def test_reuses_validation_forward_when_validation_step_returns_encoded(tmp_path
     # 3 validation batches per epoch, each encoded once by validation_step, never again by the monitor
     assert model.encode_calls == 2 * 3
     _history_close(monitor.history, reread.callbacks[0].history)
-    # max_batches applies to the reused batches too
-    monitor = PersistenceScoreMonitor(plots=False, max_batches=2, max_points_per_class=4)
+    # max_samples applies to the hooked batches too
+    monitor = PersistenceScoreMonitor(plots=False, max_samples=16, max_points_per_class=4)
     trainer = make_trainer(tmp_path / "c", [monitor], max_epochs=1, num_sanity_val_steps=0)
     trainer.fit(TinyClassifier(tiny_config, return_encoded=True), *loaders())
     assert monitor.history[0]["scores"].keys() >= {"topo/psf", "topo/psf/class_0"}
@@ -194,7 +194,7 @@ def test_monitor_does_not_change_training(tmp_path, tiny_config):
 
 
 def test_every_n_epochs_and_train_split(tmp_path, tiny_config):
-    monitor = PersistenceScoreMonitor(every_n_epochs=2, split="train", plots=False, max_batches=2)
+    monitor = PersistenceScoreMonitor(every_n_epochs=2, split="train", plots=False, max_samples=16)
     fit(tmp_path, tiny_config, monitor=monitor, max_epochs=4)
     assert [r["epoch"] for r in monitor.history] == [1, 3]
 
@@ -293,14 +293,27 @@ def test_state_dict_roundtrip_and_state_key():
     assert b.history == [{"epoch": 3, "step": None, "scores": {"topo/psf": 0.2}, "monitor": None}]
 
 
-def test_state_dict_restores_monitor_against():
+def test_state_of_other_settings_is_not_restored():
+    # the one rule: a history measured with other settings never joins this monitor's series
     saved = PersistenceScoreMonitor(monitor_against="val/f1")
     saved.history = [{"epoch": 0, "step": 4, "scores": {"topo/psf": 0.1}, "monitor": 0.7}]
     fresh = PersistenceScoreMonitor(monitor_against="val/acc")
-    with pytest.warns(UserWarning, match="monitor_against='val/f1'"):
+    assert saved.state_key != fresh.state_key  # so Lightning never hands it over
+    with pytest.warns(UserWarning, match="monitor_against='val/f1'.*not restored"):
         fresh.load_state_dict(saved.state_dict())
-    assert fresh.monitor_against == "val/f1"  # the history's monitor values belong to val/f1
-    assert fresh.state_dict() == saved.state_dict()
+    assert fresh.monitor_against == "val/acc" and fresh.history == []
+    same = PersistenceScoreMonitor(monitor_against="val/f1")
+    same.load_state_dict(saved.state_dict())
+    assert same.history == saved.history
+
+
+@pytest.mark.parametrize(
+    "other",
+    [{"log_prefix": "psf2"}, {"scores": ("psf",)}, {"layers": "all"}, {"max_samples": 8}, {"resamples": 1},
+     {"split": "train"}, {"seed": 1}],
+)
+def test_state_key_tells_every_setting_apart(other):
+    assert PersistenceScoreMonitor().state_key != PersistenceScoreMonitor(**other).state_key
 
 
 def test_every_hook_is_marked_override():
@@ -329,7 +342,7 @@ def test_every_hook_is_marked_override():
         ({"layers": "last"}, "layers"),
         ({"layers": []}, "layers"),
         ({"preset": "paper"}, "preset"),
-        ({"max_batches": 0}, "max_batches"),
+        ({"max_samples": 0}, "max_samples"),
         ({"homology_dims": ()}, "homology_dims"),
         ({"homology_dims": (0.5,)}, "homology_dims"),
         ({"monitor_against": ""}, "monitor_against"),
@@ -351,7 +364,7 @@ def test_bad_arguments(kwargs, match):
         ({"layers": 1.0}, "layers must be an int, a list of ints or 'all'"),
         ({"seed": None}, "seed must be an int >= 0; got None"),
         ({"every_n_epochs": 1.5}, "every_n_epochs"),
-        ({"max_batches": 2.5}, "max_batches"),
+        ({"max_samples": 2.5}, "max_samples"),
         ({"plots": "yes"}, "plots must be True or False"),
         ({"prog_bar": 1}, "prog_bar"),
     ],
@@ -390,7 +403,28 @@ def test_missing_monitor_against_warns(tmp_path, tiny_config):
     assert "topo/psf/pearson_val_f1" not in trainer.callback_metrics
 
 
+class _Diverge(pl.Callback):
+    """Puts NaN into the embeddings after the last training step of epoch 0, before its validation."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if batch_idx != trainer.num_training_batches - 1:
+            return
+        with torch.no_grad():
+            pl_module.model.bert.embeddings.word_embeddings.weight.fill_(float("nan"))
+
+
+def test_nan_weights_before_training_are_refused(tmp_path, tiny_config):
+    model = TinyClassifier(tiny_config)
+    with torch.no_grad():
+        model.model.bert.embeddings.word_embeddings.weight.fill_(float("nan"))
+    trainer = make_trainer(tmp_path, [PersistenceScoreMonitor(plots=False)], max_epochs=1)
+    with pytest.raises(ValueError, match="NaN/inf"):
+        trainer.fit(model, *loaders())
+    assert trainer.global_step == 0  # refused in on_train_start, before any training step
+
+
 def test_nan_hidden_states_warn_and_log_nan(tmp_path, tiny_config):
+    # a model that diverges during training: every name is logged as NaN, EarlyStopping stops
     early = EarlyStopping(monitor="topo/psf", mode="min", check_finite=True)
     with pytest.warns(UserWarning, match="NaN"):
         trainer, monitor = fit(
@@ -398,8 +432,7 @@ def test_nan_hidden_states_warn_and_log_nan(tmp_path, tiny_config):
             tiny_config,
             monitor=PersistenceScoreMonitor(plots=False),
             max_epochs=5,
-            model_kwargs={"nan_hidden": True},
-            extra_callbacks=[early],
+            extra_callbacks=[early, _Diverge()],
         )
     # every name of a healthy run is logged, as NaN: headline, per layer, per class, H0/H1, stds
     names = {k for k in trainer.callback_metrics if k.startswith("topo/")}
