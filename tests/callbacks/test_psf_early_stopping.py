@@ -236,3 +236,31 @@ def test_mode_is_required_and_hooks_are_marked_override():
         assert getattr(fn, "__override__", False), name
         assert name in PSFEarlyStopping.__dict__
     assert "Example::" in inspect.getdoc(PSFEarlyStopping) and "Args:" in inspect.getdoc(PSFEarlyStopping)
+
+
+def test_with_the_monitor_on_a_60_example_validation_set_the_std_is_read_and_positive(tmp_path):
+    # issue 26: at or below the cap the old std (re-draw spread) was exactly 0, so the rule was
+    # plain EarlyStopping; now the monitor's std comes from the examples and the stopper uses it
+    from conftest import labelled_token_dataset, save_tiny_hf_folder, sequence_classifier
+
+    from lightning_topo.callbacks import PersistenceScoreMonitor
+
+    folder = save_tiny_hf_folder(tmp_path / "tiny")
+    train = DataLoader(labelled_token_dataset(32, seed=0), batch_size=8)
+    val = DataLoader(labelled_token_dataset(60, seed=1), batch_size=20)  # 30 per class, cap 512
+    stopper = PSFEarlyStopping(mode="min", patience=5)
+    trainer = pl.Trainer(
+        max_epochs=2,
+        callbacks=[PersistenceScoreMonitor(plots=False, resamples=5), stopper],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(sequence_classifier(folder), train, val)
+    std = float(trainer.callback_metrics["topo/psf/std"])
+    assert std > 0
+    assert stopper.current_std == pytest.approx(std)
+    assert stopper.best_std > 0
