@@ -48,6 +48,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -328,8 +329,9 @@ def distribution_scores(values: Tensor, *, stat: str = "max") -> Tensor:
     """Reading B for FFN units: the finite H0 bars of each unit's own 1-D cloud of output values.
 
     In 1-D the Vietoris-Rips H0 bars are exactly the gaps between consecutive sorted values, so the
-    longest finite bar is the largest gap and the sum of bars is the range (``sort`` + ``diff`` over
-    all units at once, no loop).
+    longest finite bar is the largest gap and the sum of bars is the range. ``"total"`` is computed
+    as ``max - min`` (no sort: the gaps telescope); ``"max"`` sorts each unit's values (rows of the
+    transposed, contiguous matrix: one ``sort`` over all units, no loop).
 
     Args:
         values: ``(N, n)`` -- column ``u`` holds unit ``u``'s outputs at ``N`` positions.
@@ -340,27 +342,104 @@ def distribution_scores(values: Tensor, *, stat: str = "max") -> Tensor:
     """
     check_stat(stat)
     v = values.detach().double()
-    gaps = torch.diff(torch.sort(v, dim=0).values, dim=0)  # (N-1, n) = the H0 deaths
-    return gaps.amax(dim=0) if stat == "max" else gaps.sum(dim=0)
+    if stat == "total":
+        return v.amax(dim=0) - v.amin(dim=0)
+    ordered = torch.sort(v.T.contiguous(), dim=1).values  # (n, N)
+    return torch.diff(ordered, dim=1).amax(dim=1)  # the H0 deaths are the gaps
+
+
+#: Memory (bytes) for one chunk of heads' ``(heads, N, N)`` float64 distance terms in
+#: :func:`cloud_h0_scores`; clouds too large for one head per chunk take the per-head path of
+#: :func:`~lightning_topo.topology.pairwise_distances`, which checks the memory.
+HEAD_CHUNK_BYTES = 256 * 2**20
+
+
+def _batched_row_terms(x: Tensor) -> tuple[Tensor, Tensor]:
+    """For ``b`` clouds ``(b, N, k)`` (centred first, as
+    :func:`lightning_topo.topology.distances.squared_distances` does): ``w = |x_u|^2 - 2 x_u . x_v``
+    ``(b, N, N)`` (one batched GEMM) and ``sq = |x_v|^2`` ``(b, N)``, so that the squared distance
+    is ``w[u, v] + sq[v]``. Prim compares ``d(u, v)`` only with ``d(u', v)`` of the same ``v``, so
+    it can run on ``w`` and add ``sq`` only where it picks the next vertex: one ``N x N`` pass less."""
+    x = x - x.mean(dim=1, keepdim=True)
+    sq = (x * x).sum(dim=2)
+    w = torch.baddbmm(sq.unsqueeze(2), x, x.transpose(1, 2), beta=1.0, alpha=-2.0)
+    return w, sq
+
+
+def _batched_prim(w: np.ndarray, sq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Dense Prim from vertex 0 on ``b`` matrices at once: ``(parents, new)``, each ``(b, N - 1)``.
+
+    The squared distance of ``u`` and ``v`` in matrix ``i`` is ``w[i, u, v] + sq[i, v]``
+    (:func:`_batched_row_terms`). The same steps and tie-breaking as
+    :func:`lightning_topo.topology.minimum_spanning_tree` (next vertex: lowest index at minimal
+    distance; parent: the earliest tree vertex at that distance), vectorised across the ``b``
+    matrices so that the Python loop runs ``N - 1`` times per chunk of heads, not per head. (Exact
+    ties in the distances may be broken differently, as the two round ``w + sq`` differently;
+    every minimum spanning tree has the same edge lengths.)
+    """
+    b, n, _ = w.shape
+    rows = np.arange(b)
+    best = w[:, 0, :].copy()  # minus sq: the smallest w[u, v] over tree vertices u
+    parent = np.zeros((b, n), dtype=np.int64)
+    blocked = np.full((b, n), -np.inf, dtype=w.dtype)  # +inf once a vertex is in the tree
+    blocked[:, 0] = np.inf
+    best[:, 0] = np.inf
+    closer = np.empty((b, n), dtype=bool)
+    dist = np.empty((b, n), dtype=w.dtype)
+    new = np.empty((b, n - 1), dtype=np.int64)
+    par = np.empty((b, n - 1), dtype=np.int64)
+    for k in range(n - 1):
+        np.add(best, sq, out=dist)
+        j = dist.argmin(axis=1)
+        new[:, k] = j
+        par[:, k] = parent[rows, j]
+        blocked[rows, j] = np.inf
+        row = w[rows, j]
+        np.less(row, best, out=closer)  # strict: an earlier tree vertex keeps a tie
+        np.copyto(parent, j[:, None], where=closer)
+        np.minimum(best, row, out=best)
+        np.maximum(best, blocked, out=best)
+    return par, new
 
 
 def cloud_h0_scores(clouds: Tensor, *, stat: str = "max") -> Tensor:
     """Reading B for heads: the finite H0 bars of each head's own cloud of context vectors.
 
-    The bars of a Vietoris-Rips H0 diagram are the edge lengths of the cloud's minimum spanning tree.
+    The bars of a Vietoris-Rips H0 diagram are the edge lengths of the cloud's minimum spanning
+    tree. Heads are done in chunks (:data:`HEAD_CHUNK_BYTES`): one batched GEMM gives their squared
+    distances (:func:`_batched_row_terms`), one batched Prim their trees (a tree of the squared
+    distances is a tree of the distances: the square root keeps the order), and the bars are the
+    square roots of the tree's entries. The longest bar and the total length do not depend on which minimum spanning tree
+    is found, so the scores equal those of a per-head ``minimum_spanning_tree(pairwise_distances)``
+    up to the rounding of the sum.
 
     Args:
         clouds: ``(N, n, k)`` -- ``N`` positions, ``n`` heads, head size ``k``.
         stat: ``"max"`` (longest bar = longest MST edge) or ``"total"`` (sum of MST edge lengths).
 
     Returns:
-        ``(n,)`` float64. One MST per head (a loop over heads, not over neurons).
+        ``(n,)`` float64.
     """
     check_stat(stat)
-    out = torch.empty(clouds.shape[1], dtype=torch.float64)
-    for h in range(clouds.shape[1]):
-        _, lengths = minimum_spanning_tree(pairwise_distances(clouds[:, h].detach().double()))
-        out[h] = lengths.max() if stat == "max" else lengths.sum()
+    x = clouds.detach().double().permute(1, 0, 2).contiguous()  # (n, N, k)
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("cloud_h0_scores: the heads' context vectors have NaN or inf entries")
+    heads, n_points = x.shape[0], x.shape[1]
+    out = torch.empty(heads, dtype=torch.float64)
+    per_head = n_points * n_points * 8
+    if per_head > HEAD_CHUNK_BYTES:
+        for h in range(heads):
+            _, lengths = minimum_spanning_tree(pairwise_distances(x[h]))
+            out[h] = lengths.max() if stat == "max" else lengths.sum()
+        return out
+    chunk = max(1, min(heads, HEAD_CHUNK_BYTES // per_head))
+    for start in range(0, heads, chunk):
+        w_t, sq_t = _batched_row_terms(x[start : start + chunk])
+        w, sq = w_t.numpy(), sq_t.numpy()
+        par, new = _batched_prim(w, sq)
+        picked = w[np.arange(w.shape[0])[:, None], par, new] + np.take_along_axis(sq, new, axis=1)
+        lengths = np.sqrt(np.maximum(picked, 0.0))
+        out[start : start + chunk] = torch.from_numpy(lengths.max(axis=1) if stat == "max" else lengths.sum(axis=1))
     return out
 
 
