@@ -1,222 +1,250 @@
-"""ConceptAlignmentMonitor on a tiny BERT fit: metrics, JSON, figures, triggers, resume, bad inputs."""
+"""ConceptAlignmentMonitor on users' own LightningModules with plain DataLoaders: metrics, JSON,
+figures, triggers, resume, a second run in the same folder, bad inputs."""
 
 from __future__ import annotations
 
 import csv
 import json
-import random
+import math
 from pathlib import Path
 
 import pytest
 import torch
-from lightning.pytorch import Callback
+from lightning.pytorch import Callback, Trainer
 
-POSITIVE = ["good", "great", "superb", "nice", "lovely", "fine"]
-NEGATIVE = ["bad", "awful", "poor", "dull", "boring", "worse"]
-FILLER = ["the", "movie", "film", "was", "a", "plot", "story", "and", "it", "is", "this", "actors", ",", "."]
-VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *POSITIVE, *NEGATIVE, *FILLER]
+from user_modules import USER_MODULES, loaders, trainer
 
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
-
-    path = tmp_path_factory.mktemp("tiny_bert")
-    BertTokenizer(vocab={w: i for i, w in enumerate(VOCAB)}).save_pretrained(path)
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=len(VOCAB), hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-        max_position_embeddings=64, num_labels=2, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-    )  # fmt: skip
-    BertForSequenceClassification(config).save_pretrained(path)
-    return path
+WORDS = ["good", "bad", "the", "film", "movie", "plot", "was", "is", "a", "and", "it", "great", "awful", "dull",
+         "nice", "story", ".", ",", "!", "1990", "3"]  # fmt: skip
+#: A WordPiece vocabulary of exactly the tiny configs' 100 ids (0-4 special, as user_modules' data uses them).
+VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, *(f"w{i}" for i in range(100 - 5 - len(WORDS)))]
 
 
 @pytest.fixture(scope="module")
-def data_file(tmp_path_factory) -> Path:
-    rng = random.Random(0)
-    path = tmp_path_factory.mktemp("data") / "toy.csv"
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=["sentence", "target"])
-        writer.writeheader()
-        for i in range(240):
-            words = rng.sample(FILLER, 5) + rng.sample(POSITIVE if i % 2 else NEGATIVE, 2)
-            rng.shuffle(words)
-            writer.writerow({"sentence": " ".join(words), "target": str(i % 2)})
-    return path
+def tok():
+    from transformers import BertTokenizer
+
+    return BertTokenizer(vocab={w: i for i, w in enumerate(VOCAB)})
 
 
-def _fit(
-    tmp_path, model_dir, data_file, monitor, max_epochs=2, ckpt_path=None, checkpoint=False, logger=None
-):
-    from lightning.pytorch import Trainer
-    from lightning.pytorch.callbacks import ModelCheckpoint
-    from lightning.pytorch.loggers import CSVLogger
-
-    from lightning_topo.models import SequenceClassifier, TextClassificationDataModule
-
-    dm = TextClassificationDataModule(
-        data_file=str(data_file), text_column="sentence", label_column="target",
-        tokenizer_name_or_path=str(model_dir), max_length=16, batch_size=16, eval_batch_size=32, val_fraction=0.25,
-    )  # fmt: skip
-    model = SequenceClassifier(model_name_or_path=str(model_dir), num_labels=2, learning_rate=1e-3)
-    callbacks = [monitor]
-    if checkpoint:
-        callbacks.append(ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_top_k=0))
-    trainer = Trainer(
-        max_epochs=max_epochs, accelerator="cpu", devices=1, logger=logger or CSVLogger(tmp_path, name="run", version=0),
-        callbacks=callbacks, enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=1,
-        log_every_n_steps=1, enable_checkpointing=checkpoint,
-    )  # fmt: skip
-    trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
-    return trainer
-
-
-def _monitor(**kwargs):
+def _monitor(tok, **kwargs):
     from lightning_topo.callbacks.concept_monitor import ConceptAlignmentMonitor
 
-    kwargs.setdefault("max_tokens", 200)
-    kwargs.setdefault("trigger_sentences", 16)
-    return ConceptAlignmentMonitor(**kwargs)
+    kwargs.setdefault("max_tokens", 100)
+    return ConceptAlignmentMonitor(tokenizer=tok, **kwargs)
 
 
-def _count_forward_passes(monkeypatch):
-    import lightning_topo.callbacks.concept_monitor as mod
-
-    calls = []
-    real = mod.token_activations
-
-    def counted(*args, **kwargs):
-        calls.append(1)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(mod, "token_activations", counted)
-    return calls
+def _files(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
 
 
-def test_fit_logs_every_metric_writes_json_figures_and_triggers(tmp_path, model_dir, data_file, monkeypatch):
-    calls = _count_forward_passes(monkeypatch)
-    monitor = _monitor()
-    trainer = _fit(tmp_path, model_dir, data_file, monitor, max_epochs=3)
-    sets = ("lexical", "suffix", "casing", "punctuation", "number")
+@pytest.mark.parametrize("shape", list(USER_MODULES))
+def test_user_modules_train_two_epochs_and_log_the_headline(tmp_path, tok, shape):
+    monitor = _monitor(tok)
+    fit = trainer(tmp_path, [monitor])
+    fit.fit(USER_MODULES[shape]("bert"), *loaders())
+    assert monitor.headline_name == "concepts/polar"
+    value = float(fit.callback_metrics["concepts/polar"])
+    assert 0.0 <= value <= 1.0
+    assert {"concepts/matched/layer_0", "concepts/matched/layer_2", "concepts/polar/layer_2"} <= set(fit.callback_metrics)
+    assert [r["epoch"] for r in monitor.history] == [0, 1]
+    out = monitor.files_dir(fit)
+    assert out == Path(fit.log_dir) / "concepts"
+    steps = [r["step"] for r in monitor.history]
+    assert _files(out) == sorted(["concepts_matched.png", "concepts_polar.png", "concepts_reference.json",
+                                  *(f"concepts_epoch{e}_step{s}.json" for e, s in enumerate(steps))])  # fmt: skip
+    metrics = list(csv.DictReader(open(Path(fit.log_dir) / "metrics.csv")))
+    assert sum(1 for r in metrics if r.get("concepts/polar")) == 2
+
+
+@pytest.mark.parametrize("family", ["distilbert", "electra", "deberta"])
+def test_other_families(tmp_path, tok, family):
+    monitor = _monitor(tok, layers="all")
+    fit = trainer(tmp_path, [monitor], max_epochs=1)
+    fit.fit(USER_MODULES["net"](family), *loaders())
+    assert {f"concepts/polar/layer_{i}" for i in range(3)} <= set(fit.callback_metrics)
+    assert 0.0 <= float(fit.callback_metrics["concepts/matched/layer_2"]) <= 1.0
+
+
+def test_every_metric_json_figures_triggers_and_correlations(tmp_path, tok):
+    monitor = _monitor(tok, layers="all", triggers=True, trigger_sentences=8)
+    fit = trainer(tmp_path, [monitor], max_epochs=3)
+    fit.fit(USER_MODULES["net"]("bert"), *loaders())
+    sets = ("lexical", "suffix", "punctuation", "number")  # casing left out: the tokenizer lower-cases
     families = ("matched", "matched_chance", "polar", "polar_chance")
     expected = {f"concepts/{f}/layer_{i}" for f in families for i in range(3)}
     expected |= {f"concepts/aligned/{s}/layer_{i}" for s in sets for i in range(3)}
-    assert expected <= set(trainer.callback_metrics)
+    assert expected <= set(fit.callback_metrics) and "concepts/aligned/casing/layer_0" not in fit.callback_metrics
     for name in expected:
-        assert 0.0 <= float(trainer.callback_metrics[name]) <= 1.0
-    assert len(calls) == 1  # the reference; the epochs reuse the validation forward
-    out = Path(trainer.log_dir) / "concepts"
-    files = sorted(p.name for p in out.glob("concepts_*.json"))
+        assert 0.0 <= float(fit.callback_metrics[name]) <= 1.0
+    out = monitor.files_dir(fit)
     steps = [r["step"] for r in monitor.history]
-    assert files == sorted(
-        [
-            "concepts_reference.json",
-            "concepts_triggers.json",
-            *[f"concepts_epoch{e}_step{s}.json" for e, s in enumerate(steps)],
-        ]
-    )
     payload = json.loads((out / f"concepts_epoch1_step{steps[1]}.json").read_text())
-    assert payload["model"] == "fine-tuned" and payload["n_tokens"] == 200 and payload["n_concepts"] == 10
+    assert payload["model"] == "fine-tuned" and payload["n_tokens"] == 100 and payload["n_concepts"] == 5
     concepts = payload["layers"]["2"]["concepts"]
-    assert sum(c["size"] for c in concepts) == 200
-    assert all(c["words"] and c["words"][0][1] >= 1 for c in concepts)
+    assert sum(c["size"] for c in concepts) == 100
+    assert all(c["words"] and c["words"][0][0] in VOCAB and c["words"][0][1] >= 1 for c in concepts)
     assert {"aligned", "matched", "polar_class", "class_share"} <= set(concepts[0])
-    assert (out / "concepts_matched.png").stat().st_size > 0 and (
-        out / "concepts_polar.png"
-    ).stat().st_size > 0
-    metrics = list(csv.DictReader(open(Path(trainer.log_dir) / "metrics.csv")))
+    reference = json.loads((out / "concepts_reference.json").read_text())
+    assert reference["model"].startswith("starting") and reference["layers"]["0"]["matched"] is None
+    trig = json.loads((out / "concepts_triggers.json").read_text())
+    assert trig["layer"] == 2 and set(trig["per_class"]) == {"0", "1"}
+    assert all(r["n"] == 8 and len(r["words"]) <= 5 for r in trig["per_class"].values())
+    metrics = list(csv.DictReader(open(Path(fit.log_dir) / "metrics.csv")))
     drops = [r for r in metrics if r.get("concepts/trigger_drop")]
     assert len(drops) == 1 and drops[0]["concepts/random_drop"] != ""
-    assert monitor.trigger_result["layer"] == 2
     assert [r["epoch"] for r in monitor.history] == [0, 1, 2]
-    assert all(r["monitor"] == pytest.approx(r["monitor"]) for r in monitor.history)  # val/acc recorded
-    assert {
-        f"concepts/{f}/layer_{i}/{c}_val_acc"
-        for f in ("matched", "polar")
-        for i in range(3)
-        for c in ("pearson", "spearman")
-    } <= set(trainer.callback_metrics)
-    assert set(monitor.reference_scores) == {n for n in expected if "/matched" not in n}
+    assert all(r["monitor"] is not None for r in monitor.history)  # val/acc recorded
+    assert {f"concepts/{f}/layer_{i}/{c}_val_acc" for f in ("matched", "polar") for i in range(3)
+            for c in ("pearson", "spearman")} <= set(fit.callback_metrics)  # fmt: skip
+    assert set(monitor.reference_scores) == {n for n in expected if "/matched" not in n} | {"concepts/polar"}
 
 
-def test_model_unchanged_between_reference_and_itself(tmp_path, model_dir, data_file):
-    """With a negligible learning rate the fine-tuned concepts are the pre-trained ones: 100% matched."""
-    from lightning.pytorch import Trainer
+class _Frozen(USER_MODULES["net"]):
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.0)
 
-    from lightning_topo.models import SequenceClassifier, TextClassificationDataModule
 
-    dm = TextClassificationDataModule(
-        data_file=str(data_file), text_column="sentence", label_column="target",
-        tokenizer_name_or_path=str(model_dir), max_length=16, batch_size=16, val_fraction=0.25,
-    )  # fmt: skip
-    model = SequenceClassifier(model_name_or_path=str(model_dir), num_labels=2, learning_rate=1e-12)
-    monitor = _monitor(triggers=False, plots=False)
-    trainer = Trainer(
-        max_epochs=1, limit_train_batches=2, accelerator="cpu", logger=False, callbacks=[monitor],
-        enable_progress_bar=False, enable_checkpointing=False, default_root_dir=tmp_path,
-    )  # fmt: skip
-    trainer.fit(model, datamodule=dm)
-    assert [r["epoch"] for r in monitor.history] == [0]
+def test_unchanged_model_matches_its_reference_fully(tmp_path, tok):
+    monitor = _monitor(tok, layers="all", plots=False)
+    trainer(tmp_path, [monitor], max_epochs=1).fit(_Frozen("bert"), *loaders())
     matched = {n: v for n, v in monitor.history[-1]["scores"].items() if "/matched/" in n}
     assert len(matched) == 3 and set(matched.values()) == {1.0}
 
 
-def test_resume_restores_reference_and_history(tmp_path, model_dir, data_file, monkeypatch):
-    first = _monitor(triggers=False)
-    _fit(tmp_path / "a", model_dir, data_file, first, max_epochs=1, checkpoint=True)
-    calls = _count_forward_passes(monkeypatch)
-    second = _monitor(triggers=False, overwrite=False)
-    _fit(
-        tmp_path / "a",
-        model_dir,
-        data_file,
-        second,
-        max_epochs=2,
-        ckpt_path=str(tmp_path / "a" / "ckpt" / "last.ckpt"),
-    )
-    assert not calls  # the reference was restored, not recomputed from the fine-tuned weights
-    assert all(torch.equal(first.reference[k], second.reference[k]) for k in first.reference)
-    assert [r["epoch"] for r in second.history] == [0, 1]
-    assert second.history[:1] == first.history
+def test_own_head_without_logits_skips_triggers_with_a_warning(tmp_path, tok):
+    monitor = _monitor(tok, triggers=True, plots=False)
+    with pytest.warns(UserWarning, match="trigger experiment is skipped"):
+        trainer(tmp_path, [monitor], max_epochs=1).fit(USER_MODULES["own_head"]("bert"), *loaders())
+    assert monitor.trigger_result is None and monitor.history
 
 
-def test_n_concepts_larger_than_token_set_fails_before_training(tmp_path, model_dir, data_file):
-    monitor = _monitor(max_tokens=50, n_concepts=50, max_per_word=1)
-    with pytest.raises(ValueError, match="n_concepts=50 is larger than the token set"):
-        _fit(tmp_path, model_dir, data_file, monitor)
-    assert not list(tmp_path.rglob("concepts_*.json"))
+def test_second_run_in_the_same_folder_writes_beside_the_first(tmp_path, tok):
+    from lightning.pytorch.loggers import CSVLogger
+
+    def run():
+        monitor = _monitor(tok, plots=False)
+        fit = trainer(tmp_path, [monitor], max_epochs=1, logger=CSVLogger(str(tmp_path), name="run", version=0))
+        fit.fit(USER_MODULES["net"]("bert"), *loaders())
+        return monitor.files_dir(fit)
+
+    first = run()
+    before = {p.name: p.read_bytes() for p in first.glob("concepts_*.json")}
+    second = run()
+    assert second == first / "run_1" and _files(second) == sorted(before)
+    assert {p.name: p.read_bytes() for p in first.glob("concepts_*.json")} == before  # not overwritten
 
 
-def test_conllu_that_does_not_match_the_text_fails_at_fit_start(tmp_path, model_dir, data_file):
-    path = tmp_path / "other.conllu"
-    path.write_text("1\tHello\thello\tINTJ\t_\t_\t0\t_\t_\t_\n\n", encoding="utf-8")
-    monitor = _monitor(conllu_file=str(path))
-    assert monitor.label_sets[-1] == "upos"
-    with pytest.raises(ValueError, match="conllu_file .* none of its 1 sentences match"):
-        _fit(tmp_path, model_dir, data_file, monitor)
+def test_resume_restores_reference_and_history(tmp_path, tok):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    def fit(monitor, epochs, ckpt_path=None):
+        t = Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                    enable_model_summary=False, default_root_dir=str(tmp_path),
+                    callbacks=[monitor, ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_top_k=0)])  # fmt: skip
+        t.fit(USER_MODULES["net"]("bert"), *loaders(), ckpt_path=ckpt_path)
+
+    first = _monitor(tok, plots=False)
+    fit(first, 1)
+    second = _monitor(tok, plots=False)
+    fit(second, 2, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    # the reference is the checkpoint's (the resumed weights differ from the starting ones)
+    assert second.metric.reference_state() == first.metric.reference_state()
+    assert second.reference_scores == first.reference_scores
+    assert [r["epoch"] for r in second.history] == [0, 1] and second.history[:1] == first.history
 
 
-def test_existing_concept_files_are_not_overwritten(tmp_path, model_dir, data_file):
-    out = tmp_path / "run" / "version_0" / "concepts"
-    out.mkdir(parents=True)
-    (out / "concepts_reference.json").write_text("{}")
-    with pytest.raises(FileExistsError, match="overwrite=True"):
-        _fit(tmp_path, model_dir, data_file, _monitor())
-    assert (out / "concepts_reference.json").read_text() == "{}"
+def test_resume_with_other_data_is_refused_before_training(tmp_path, tok):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    first = _monitor(tok, plots=False)
+    Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_progress_bar=False, default_root_dir=str(tmp_path),
+            callbacks=[first, ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_top_k=0)],
+            ).fit(USER_MODULES["net"]("bert"), *loaders())  # fmt: skip
+    train, _ = loaders()
+    _, other_val = loaders(n_val=40)
+    second = _monitor(tok, plots=False)
+    t = Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_progress_bar=False, default_root_dir=str(tmp_path),
+                enable_checkpointing=False, callbacks=[second])  # fmt: skip
+    with pytest.raises(ValueError, match="token set differs"):
+        t.fit(USER_MODULES["net"]("bert"), train, other_val, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    assert second.history == first.history  # nothing measured
 
 
-def test_datamodule_without_texts_is_refused(tmp_path, model_dir):
-    from lightning.pytorch import LightningDataModule, Trainer
+class _Count(Callback):
+    def __init__(self):
+        self.steps = 0
 
-    from lightning_topo.models import SequenceClassifier
+    def on_train_batch_start(self, *args):
+        self.steps += 1
 
-    class Bare(LightningDataModule):
-        pass
 
-    trainer = Trainer(max_epochs=1, logger=False, callbacks=[_monitor()], enable_progress_bar=False)
-    with pytest.raises(ValueError, match="split_texts"):
-        trainer.fit(SequenceClassifier(model_name_or_path=str(model_dir), num_labels=2), datamodule=Bare())
+def _refused(tmp_path, monitor, count=None, val=None):
+    t = trainer(tmp_path, [monitor, count or _Count()], max_epochs=1, num_sanity_val_steps=0)
+    tr, va = loaders()
+    t.fit(USER_MODULES["net"]("bert"), tr, val or va)
+
+
+def test_n_concepts_above_the_token_set_is_refused_before_training(tmp_path, tok):
+    monitor, count = _monitor(tok, max_tokens=100, n_concepts=100, max_per_word=1), _Count()
+    with pytest.raises(ValueError, match="n_concepts=100 is larger than the token set"):
+        _refused(tmp_path, monitor, count)
+    assert count.steps == 0 and not list(tmp_path.rglob("concepts_*.json"))
+
+
+def test_batches_without_input_ids_or_labels_are_refused_before_training(tmp_path, tok):
+    _, val = loaders()
+    def as_loader(batches):
+        return torch.utils.data.DataLoader(batches, batch_size=None)  # each dict is one batch
+
+    embeds = as_loader([{"inputs_embeds": torch.zeros(8, 4, 32), "labels": torch.zeros(8, dtype=torch.long)}])
+    count = _Count()
+    with pytest.raises(ValueError, match=r"reads words from batch\['input_ids'\]"):
+        _refused(tmp_path, _monitor(tok), count, val=embeds)
+    unlabelled = as_loader([{k: v for k, v in b.items() if k != "labels"} for b in val])
+    with pytest.raises(ValueError, match="labels_fn"):
+        _refused(tmp_path, _monitor(tok), count, val=unlabelled)
+    assert count.steps == 0
+
+
+def test_no_tokenizer_is_refused_at_setup(tmp_path):
+    from lightning_topo.callbacks.concept_monitor import ConceptAlignmentMonitor
+
+    with pytest.raises(ValueError, match="pass tokenizer="):
+        _refused(tmp_path, ConceptAlignmentMonitor())  # the tiny models are built from configs: no name_or_path
+
+
+def test_train_split_with_max_samples_is_refused(tmp_path, tok):
+    with pytest.raises(ValueError, match="split='train', max_samples=8"):
+        _refused(tmp_path, _monitor(tok, split="train", max_samples=8))
+
+
+def test_tokenizer_is_found_at_the_model_folder(tmp_path):
+    """An HF model loaded from a folder: its tokenizer comes from name_or_path (trust_remote_code=False)."""
+    from transformers import AutoModelForSequenceClassification
+
+    from conftest import save_tiny_hf_folder
+    from lightning_topo.callbacks.concept_monitor import ConceptAlignmentMonitor
+    from lightning_topo.loading import load_tokenizer
+
+    folder = save_tiny_hf_folder(tmp_path / "model")
+    tok = load_tokenizer(str(folder))
+
+    class Module(USER_MODULES["no_forward"]):
+        def __init__(self):
+            super().__init__()
+            self.classifier = AutoModelForSequenceClassification.from_pretrained(str(folder), trust_remote_code=False)
+
+    texts = [f"{'a good' if i % 2 else 'a bad'} film number {i}" for i in range(32)]
+    enc = tok(texts, [f"second part {i}" for i in range(32)], padding=True, return_tensors="pt")
+    rows = [{**{k: v[i] for k, v in enc.items()}, "labels": torch.tensor(i % 2)} for i in range(32)]
+    loader = torch.utils.data.DataLoader(rows, batch_size=8)
+    monitor = ConceptAlignmentMonitor(max_tokens=60, plots=False)
+    fit = trainer(tmp_path, [monitor], max_epochs=1)
+    fit.fit(Module(), loader, loader)
+    ex = monitor.last_result.extras
+    assert set(ex["segments"].tolist()) == {0, 1} and {"good", "bad", "film", "second"} <= set(ex["words"])
+    assert 0.0 <= float(fit.callback_metrics["concepts/polar"]) <= 1.0
 
 
 @pytest.mark.parametrize(
@@ -226,122 +254,63 @@ def test_datamodule_without_texts_is_refused(tmp_path, model_dir):
         ({"layers": "top"}, ValueError, "layers"),
         ({"layers": []}, ValueError, "layers"),
         ({"max_tokens": 1}, ValueError, "max_tokens"),
+        ({"max_tokens": 2.5}, TypeError, "max_tokens"),
         ({"n_concepts": 300}, ValueError, "n_concepts"),
         ({"theta": 0}, ValueError, "theta"),
-        ({"label_sets": ["sentiment"]}, ValueError, "label_sets"),
-        ({"label_sets": ["upos"]}, ValueError, "conllu_file"),
-        ({"conllu_file": "missing.conllu"}, FileNotFoundError, "conllu_file"),
         ({"theta": 1.5}, ValueError, "theta"),
-        ({"max_tokens": 2.5}, TypeError, "max_tokens"),
+        ({"label_sets": ["sentiment"]}, ValueError, "label_sets"),
         ({"seed": None}, TypeError, "seed"),
         ({"triggers": "yes"}, TypeError, "triggers"),
+        ({"trigger_sentences": 0}, ValueError, "trigger_sentences"),
         ({"monitor_against": ""}, ValueError, "monitor_against"),
         ({"split": "validation"}, ValueError, "split"),
         ({"log_prefix": "/"}, ValueError, "log_prefix"),
+        ({"max_samples": 0}, ValueError, "max_samples"),
     ],
 )
-def test_bad_arguments(kwargs, error, match):
+def test_bad_arguments(tok, kwargs, error, match):
     with pytest.raises(error, match=match):
-        _monitor(**kwargs)
+        _monitor(tok, **kwargs)
 
 
-def test_state_dict_roundtrip():
-    a = _monitor()
-    a.reference = {0: torch.tensor([0, 1, 1])}
-    a.history = [
-        {"epoch": -1, "global_step": 0, "layers": {0: {"matched": None, "polar": 0.5, "aligned": {}}}}
-    ]
-    b = _monitor()
+def test_state_dict_roundtrip_and_state_key(tok):
+    a = _monitor(tok)
+    a.history = [{"epoch": 0, "step": 3, "scores": {"concepts/polar": 0.5}, "monitor": 0.7}]
+    a._template.set_reference({"keys": [0.1, 0.1], "positions": [1, 2], "ids": {0: [0, 1], 2: [0, 0]}})
+    b = _monitor(tok)
     b.load_state_dict(a.state_dict())
-    assert torch.equal(b.reference[0], a.reference[0]) and b.history == a.history
-    assert a.state_key == b.state_key and a.state_key != _monitor(layers=[1]).state_key
-
-
-class _RecordConcepts(Callback):
-    """Writes every rank's logged ``concepts/*`` values after each validation to JSON."""
-
-    def __init__(self, out_dir: str):
-        self.out_dir = out_dir
-
-    def on_validation_end(self, trainer, pl_module):
-        if trainer.sanity_checking:
-            return
-        values = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("concepts/")}
-        path = Path(self.out_dir) / f"rank{trainer.global_rank}_epoch{trainer.current_epoch}.json"
-        path.write_text(json.dumps(values))
-
-
-@pytest.mark.slow
-def test_ddp_two_processes_log_what_one_process_logs(tmp_path, model_dir, data_file):
-    torch.distributed.is_available() or pytest.skip("torch.distributed not available")
-    from lightning.pytorch import Trainer
-
-    from lightning_topo.models import SequenceClassifier, TextClassificationDataModule
-
-    results = {}
-    for devices in (1, 2):
-        out = tmp_path / f"d{devices}"
-        out.mkdir()
-        dm = TextClassificationDataModule(
-            data_file=str(data_file), text_column="sentence", label_column="target",
-            tokenizer_name_or_path=str(model_dir), max_length=16, batch_size=16, val_fraction=0.25,
-        )  # fmt: skip
-        model = SequenceClassifier(model_name_or_path=str(model_dir), num_labels=2, learning_rate=1e-12)
-        trainer = Trainer(
-            max_epochs=1, accelerator="cpu", devices=devices, strategy="ddp_spawn" if devices == 2 else "auto",
-            logger=False, enable_progress_bar=False, enable_checkpointing=False, num_sanity_val_steps=0,
-            default_root_dir=tmp_path / f"root{devices}",
-            callbacks=[_monitor(triggers=False, plots=False), _RecordConcepts(str(out))],
-        )  # fmt: skip
-        trainer.fit(model, datamodule=dm)
-        results[devices] = [json.loads(p.read_text()) for p in sorted(out.glob("rank*_epoch0.json"))]
-    (one,), (rank0, rank1) = results[1], results[2]
-    assert len(one) == 3 * 9 and rank0 == rank1  # every rank logs the same values
-    assert one.keys() == rank0.keys()
-    for name, value in one.items():
-        assert rank0[name] == pytest.approx(value, abs=1e-6), name
+    assert b.history == a.history and b._template.reference_state() == a._template.reference_state()
+    assert a.state_key == b.state_key
+    assert a.state_key != _monitor(tok, layers=[1]).state_key != _monitor(tok, log_prefix="c2").state_key
+    assert a.state_key != _monitor(tok, max_tokens=200).state_key != _monitor(tok, theta=0.8).state_key
+    with pytest.warns(UserWarning, match="saved settings are restored"):
+        c = _monitor(tok, max_tokens=200)
+        c.load_state_dict(a.state_dict())
+    assert c.max_tokens == 100 and c._template.max_tokens == 100
 
 
 def test_hooks_are_marked_override():
-    from lightning.pytorch.callbacks import Callback
+    from lightning.pytorch.callbacks import Callback as Base
 
     from lightning_topo.callbacks.concept_monitor import ConceptAlignmentMonitor
 
-    names = [
-        n
-        for n in dir(ConceptAlignmentMonitor)
-        if n.startswith("on_") and getattr(ConceptAlignmentMonitor, n) is not getattr(Callback, n, None)
-    ]
-    names += ["state_dict", "load_state_dict"]
-    assert "on_train_start" in names and "on_validation_batch_end" in names
+    names = [n for n in dir(ConceptAlignmentMonitor)
+             if n.startswith("on_") and getattr(ConceptAlignmentMonitor, n) is not getattr(Base, n, None)]  # fmt: skip
+    names += ["state_dict", "load_state_dict", "setup"]
+    assert "on_train_start" in names and "on_fit_end" in names
     for name in names:
         assert getattr(getattr(ConceptAlignmentMonitor, name), "__override__", False), name
-    assert getattr(ConceptAlignmentMonitor.state_key.fget, "__override__", False)
 
 
-def test_mid_epoch_validations_get_their_own_records_and_log_prefix(tmp_path, model_dir, data_file):
-    from lightning.pytorch import Trainer
-    from lightning.pytorch.loggers import CSVLogger
-
-    from lightning_topo.models import SequenceClassifier, TextClassificationDataModule
-
-    dm = TextClassificationDataModule(
-        data_file=str(data_file), text_column="sentence", label_column="target",
-        tokenizer_name_or_path=str(model_dir), max_length=16, batch_size=16, val_fraction=0.25,
-    )  # fmt: skip
-    monitor = _monitor(triggers=False, log_prefix="lens")
-    trainer = Trainer(
-        max_epochs=1, limit_train_batches=4, val_check_interval=0.5, accelerator="cpu",
-        logger=CSVLogger(tmp_path, name="run", version=0), callbacks=[monitor], enable_progress_bar=False,
-        enable_checkpointing=False, num_sanity_val_steps=0,
-    )  # fmt: skip
-    trainer.fit(SequenceClassifier(model_name_or_path=str(model_dir), num_labels=2), datamodule=dm)
-    assert [(r["epoch"], r["step"]) for r in monitor.history] == [(0, 2), (0, 4)]
-    assert "lens/polar/layer_2" in trainer.callback_metrics and not any(
-        k.startswith("concepts/") for k in trainer.callback_metrics
-    )
-    out = tmp_path / "run" / "version_0" / "lens"
-    assert (out / "concepts_epoch0_step2.json").exists() and (out / "concepts_epoch0_step4.json").exists()
+def test_mid_epoch_validations_get_their_own_records_and_log_prefix(tmp_path, tok):
+    monitor = _monitor(tok, log_prefix="lens")
+    fit = trainer(tmp_path, [monitor], max_epochs=1, val_check_interval=0.5, num_sanity_val_steps=0)
+    fit.fit(USER_MODULES["net"]("bert"), *loaders())
+    assert [(r["epoch"], r["step"]) for r in monitor.history] == [(0, 3), (0, 6)]
+    assert "lens/polar/layer_2" in fit.callback_metrics and "lens/polar" in fit.callback_metrics
+    assert not any(k.startswith("concepts/") for k in fit.callback_metrics)
+    out = Path(fit.log_dir) / "lens"
+    assert (out / "concepts_epoch0_step3.json").exists() and (out / "concepts_epoch0_step6.json").exists()
     assert (out / "concepts_polar.png").exists()
 
 
@@ -350,64 +319,38 @@ class _BreakWeights(Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         with torch.no_grad():
-            pl_module.model.bert.embeddings.LayerNorm.weight.fill_(float("nan"))
+            pl_module.net.bert.embeddings.LayerNorm.weight.fill_(float("nan"))
 
 
-def test_nan_hidden_states_log_nan_for_every_name(tmp_path, model_dir, data_file):
-    import math
-
-    from lightning.pytorch import Trainer
-
-    from lightning_topo.models import SequenceClassifier, TextClassificationDataModule
-    from lightning_topo.scores.concepts import concept_metric_names
-
-    dm = TextClassificationDataModule(
-        data_file=str(data_file), text_column="sentence", label_column="target",
-        tokenizer_name_or_path=str(model_dir), max_length=16, batch_size=16, val_fraction=0.25,
-    )  # fmt: skip
-    monitor = _monitor(plots=False)
-    trainer = Trainer(
-        max_epochs=1, limit_train_batches=1, accelerator="cpu", logger=False, enable_progress_bar=False,
-        callbacks=[monitor, _BreakWeights()], enable_checkpointing=False, default_root_dir=tmp_path,
-    )  # fmt: skip
+def test_nan_hidden_states_log_nan_for_every_name(tmp_path, tok):
+    monitor = _monitor(tok, plots=False)
+    fit = trainer(tmp_path, [monitor, _BreakWeights()], max_epochs=1, limit_train_batches=1)
     with pytest.warns(UserWarning, match="logs NaN"):
-        trainer.fit(SequenceClassifier(model_name_or_path=str(model_dir), num_labels=2), datamodule=dm)
-    names = {f"concepts/{n}" for n in concept_metric_names([0, 1, 2], monitor.label_sets)}
-    logged = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("concepts/")}
+        fit.fit(USER_MODULES["net"]("bert"), *loaders())
+    names = {f"concepts/{n}" for n in monitor.metric.metric_names(matched=True)}
+    logged = {k: float(v) for k, v in fit.callback_metrics.items() if k.startswith("concepts/")}
     assert names <= set(logged) and all(math.isnan(logged[n]) for n in names)
     assert monitor.history[-1]["scores"].keys() == names
 
 
-def test_wandb_offline_run_holds_scalars_images_and_table(tmp_path, model_dir, data_file, monkeypatch):
-
+def test_wandb_offline_run_holds_scalars_images_and_table(tmp_path, tok, monkeypatch):
     pytest.importorskip("wandb")
     from lightning.pytorch.loggers import WandbLogger
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     logger = WandbLogger(save_dir=str(tmp_path), project="lightning-topo-test", offline=True)
-    monitor = _monitor()
+    monitor = _monitor(tok)
     try:
-        _fit(tmp_path, model_dir, data_file, monitor, max_epochs=1, logger=logger)
+        trainer(tmp_path, [monitor], max_epochs=1, logger=logger).fit(USER_MODULES["net"]("bert"), *loaders())
         run_dir = Path(logger.experiment.dir).parent
     finally:
         import wandb
 
         wandb.finish()
-    keys = (
-        "concepts/polar/layer_2",
-        "concepts/matched/layer_0",
-        "concepts/trigger_drop",
-        "concepts/random_drop",
-    )
     from conftest import wandb_scalars_missing
 
-    missing = wandb_scalars_missing(run_dir, keys)
+    missing = wandb_scalars_missing(run_dir, ("concepts/polar", "concepts/polar/layer_2", "concepts/matched/layer_0"))
     assert not missing, f"scalars missing from the offline run file: {missing}"
     images = sorted(p.name for p in (run_dir / "files" / "media" / "images").rglob("*.png"))
     assert any("concepts_polar" in n for n in images) and any("concepts_matched" in n for n in images), images
-    table = json.loads(next((run_dir / "files" / "media" / "table").rglob("*.table.json")).read_text())
-    col = table["columns"].index("concepts/polar/layer_2")
-    assert [row[col] for row in table["data"]] == pytest.approx(
-        [r["scores"]["concepts/polar/layer_2"] for r in monitor.history]
-    )
