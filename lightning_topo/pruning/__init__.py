@@ -21,6 +21,9 @@ until a name is used)::
                                                  weights complete; returns config.json
     quantize_int8(model, *, inplace=False) -> model   dynamic int8 quantisation of nn.Linear (CPU)
     compare_int8(dense, pruned, dataloader, ...) -> dict   accuracy, throughput, latency: fp32/int8
+    export_onnx(model_or_folder, path, *, quantize=None, atol=1e-4) -> Path   torch.onnx (dynamo) graph
+                                                 checked against PyTorch with ONNX Runtime (extra: onnx)
+    onnx_session(path, *, threads=None) -> OnnxClassifier   logits from ONNX Runtime
 
 Data flows config -> layout -> importance -> structured -> api; export reads layout and structured.
 """
@@ -61,6 +64,8 @@ _EXPORTS = {
     "OWN_AUTO_MAPS": "lightning_topo.pruning.export",
     "FAMILIES": "lightning_topo.pruning.layout",
     "quantize_int8": "lightning_topo.pruning.quantize",
+    "export_onnx": "lightning_topo.pruning.onnx_export",
+    "onnx_session": "lightning_topo.pruning.onnx_export",
     "compare_int8": "lightning_topo.pruning.report",
 }
 
