@@ -488,8 +488,6 @@ class TopologicalPruning(Callback):
                 )
                 if trainer.is_global_zero:
                     batches += received
-        if trainer.is_global_zero and not batches:
-            raise ValueError("TopologicalPruning: the calibration dataloader yielded no batch")
         return batches
 
     def _plan(self, model: nn.Module, batches: list[Any], settings: PruningConfig) -> tuple[Any, Any]:
@@ -497,6 +495,8 @@ class TopologicalPruning(Callback):
         from lightning_topo.pruning.importance import compute_importance
         from lightning_topo.pruning.structured import KeepMasks, plan_keep_masks
 
+        if not batches:  # raised on rank 0 inside run_on_rank_zero_and_broadcast: every rank sees it
+            raise ValueError("TopologicalPruning: the calibration dataloader yielded no batch")
         table = compute_importance(model, batches, **settings.importance_kwargs())
         masks = plan_keep_masks(model, table, **settings.plan_kwargs())
         cpu = KeepMasks(
