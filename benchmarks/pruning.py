@@ -33,6 +33,8 @@ Round 1 (one seed, 0.8/0.6/0.55/0.4) is kept in ``benchmarks/results/history/pru
     python benchmarks/pruning.py --stage all --seeds 1 --threads 1 &   # other seeds in parallel
     python benchmarks/pruning.py --stage timing              # quiet machine
     python benchmarks/pruning.py --stage table               # collate + print
+    python benchmarks/pruning.py --speed-only                # BERT-base-shape cost, random weights,
+                                                             # 80 sentences, 1 thread -> pruning_speed.json
 """
 
 from __future__ import annotations
@@ -706,9 +708,131 @@ def stage_table(args) -> None:
     print_table(res)
 
 
+# ----------------------------------------------------------------------------- speed only (issue 24 item 5)
+
+SPEED_RESULTS = ROOT / "benchmarks" / "results" / "pruning_speed.json"
+
+
+def _reference_topological(model, outputs):
+    """``topological`` (contribution reading, ``stat="total"``) as implemented before issue 24: FFN
+    bars from a sort along the positions, one ``minimum_spanning_tree(pairwise_distances)`` per head."""
+    from lightning_topo.pruning import layout
+    from lightning_topo.pruning.importance import ImportanceTable
+    from lightning_topo.topology import minimum_spanning_tree, pairwise_distances
+
+    ffn, heads = [], []
+    for layer, values, context in zip(layout.encoder_layers(model), outputs.ffn, outputs.heads, strict=True):
+        gaps = torch.diff(torch.sort(values.double(), dim=0).values, dim=0)
+        ffn.append(gaps.sum(dim=0) * layout.ffn_output(layer).weight.detach().double().norm(dim=0))
+        h, d = layout.num_heads(layer), layout.head_size(layer)
+        w = layout.attention_output(layer).weight.detach().double().reshape(-1, h, d)
+        mapped = torch.einsum("nhk,hjk->nhj", context.double(), torch.linalg.qr(w.permute(1, 0, 2)).R)
+        scores = torch.empty(h, dtype=torch.float64)
+        for i in range(h):
+            scores[i] = minimum_spanning_tree(pairwise_distances(mapped[:, i]))[1].sum()
+        heads.append(scores)
+    return ImportanceTable(method="topological-contribution", ffn=ffn, heads=heads)
+
+
+def _timed(fn):
+    t = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t
+
+
+def stage_speed(args) -> None:
+    """BERT-base shape (random weights, hidden 768, 12 layers), ``--calib-sentences`` (default 80)
+    embedded train sentences, ``--threads`` (default 1): the cost of every scoring step, the
+    previous topological implementation in the same run, and whether both keep the same units."""
+    import copy as _copy
+    import tempfile
+
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from lightning_topo.models.embedded import embedded_model_path
+    from lightning_topo.pruning import (
+        collect_unit_outputs,
+        compute_importance,
+        plan_keep_masks,
+        prune_model,
+        save_compressed,
+    )
+
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(BertConfig(num_labels=2)).eval()  # 12 x 768, random weights
+    tok = AutoTokenizer.from_pretrained(embedded_model_path())
+    texts, labels = subset(*load_split("train"), args.calib_sentences, seed=1000)
+    calib = [{k: v for k, v in b.items() if k != "labels"} for b in batches(tok, texts, labels, batch_size=16)]
+    positions = int(sum(int(b["attention_mask"].sum()) for b in calib))
+    rows, timings = [], {}
+
+    def record(name, seconds, note=""):
+        timings[name] = round(seconds, 3)
+        rows.append((name, seconds, note))
+        print(f"  {name:<44} {seconds:8.2f} s  {note}", flush=True)
+
+    print(f"BERT-base shape, {len(texts)} sentences ({positions} real tokens), {args.threads} thread(s)")
+    outputs, t = _timed(lambda: collect_unit_outputs(model, calib, max_positions=args.max_positions))
+    record("collect_unit_outputs", t, f"N={outputs.num_positions} positions")
+    for method in ("magnitude", "activation", "topological"):
+        table, t = _timed(lambda m=method: compute_importance(model, calib, method=m, max_positions=args.max_positions))
+        record(f"compute_importance({method})", t, "with the forward passes" if method != "magnitude" else "")
+        if method == "topological":
+            fast = table
+    _, t_act = _timed(lambda: compute_importance(model, None, method="activation", outputs=outputs))
+    record("  activation scoring alone", t_act, "on the outputs collected above")
+    _, t_score = _timed(lambda: compute_importance(model, None, method="topological", outputs=outputs))
+    record("  topological scoring alone (after)", t_score, "on the outputs collected above")
+    timings["ratio_same_collection"] = round(
+        (timings["collect_unit_outputs"] + t_score) / (timings["collect_unit_outputs"] + t_act), 3
+    )
+    if not args.skip_before:
+        ref, t_ref = _timed(lambda: _reference_topological(model, outputs))
+        record("  topological scoring alone (before)", t_ref, "previous per-head implementation")
+        same = True
+        for ratio in (0.8, 0.6, 0.4):
+            a = plan_keep_masks(model, fast, ratio=ratio)
+            b = plan_keep_masks(model, ref, ratio=ratio)
+            same &= all(torch.equal(x, y) for k in ("ffn", "heads") for x, y in zip(getattr(a, k), getattr(b, k), strict=True))
+        timings["same_kept_units_as_before"] = bool(same)
+        timings["topological_before_s"] = round(timings["collect_unit_outputs"] + t_ref, 3)
+        timings["ratio_before_same_collection"] = round(
+            (timings["collect_unit_outputs"] + t_ref) / (timings["collect_unit_outputs"] + t_act), 3
+        )
+        print(f"  same kept units as before at ratios 0.8/0.6/0.4: {same}")
+    pruned, t = _timed(lambda: prune_model(_copy.deepcopy(model), calib, ratio=0.6, max_positions=args.max_positions))
+    record("prune_model(topological, ratio=0.6)", t, "includes a deepcopy of the model")
+    with tempfile.TemporaryDirectory() as tmp:
+        _, t = _timed(lambda: save_compressed(pruned, Path(tmp) / "ckpt"))
+    record("save_compressed", t)
+    ratio = timings["compute_importance(topological)"] / timings["compute_importance(activation)"]
+    res = {
+        "what": "pruning cost at BERT-base shape (random weights), issue 24 item 5",
+        "model": "BertForSequenceClassification(BertConfig()), hidden 768, 12 layers, random weights (seed 0)",
+        "calibration": {"sentences": len(texts), "real_tokens": positions, "positions_sampled": outputs.num_positions},
+        "threads": args.threads,
+        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
+                    "load_average_at_end": os.getloadavg(), "quiet": args.machine_quiet},
+        "seconds": timings,
+        "topological_over_activation": round(ratio, 3),
+        "issue_24_figures_other_run_s": {"collect_unit_outputs": 9.4, "compute_importance(topological)": 74.0,
+                                         "compute_importance(activation)": 9.6, "prune_model": 58.0,
+                                         "save_compressed": 1.8},
+        "torch": torch.__version__,
+    }
+    if "topological_before_s" in timings:
+        res["topological_before_over_activation"] = round(timings["topological_before_s"] / timings["compute_importance(activation)"], 3)
+    _write_json(Path(args.results) if args.results else SPEED_RESULTS, res)
+    print(f"topological / activation = {ratio:.2f}x end to end, {timings['ratio_same_collection']:.2f}x with one "
+          "collection for both (goal <= 2x)")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--stage", choices=["base", "all", "timing", "table"], default="all")
+    p.add_argument("--stage", choices=["base", "all", "timing", "table", "speed"], default="all")
+    p.add_argument("--speed-only", action="store_true", help="= --stage speed: BERT-base-shape cost only (random weights)")
+    p.add_argument("--skip-before", action="store_true", help="speed stage: leave out the previous implementation")
+    p.add_argument("--machine-quiet", action="store_true", help="speed stage: record that nothing else ran")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument(
@@ -736,6 +860,14 @@ def main(argv=None) -> int:
         "--val-limit", type=int, default=None, help="evaluate on the first N val sentences (dry runs)"
     )
     args = p.parse_args(argv)
+    if args.speed_only or args.stage == "speed":
+        if "--calib-sentences" not in (argv if argv is not None else sys.argv):
+            args.calib_sentences = 80
+        if "--threads" not in (argv if argv is not None else sys.argv):
+            args.threads = 1
+        torch.set_num_threads(args.threads)
+        stage_speed(args)
+        return 0
     global OUT, RESULTS, DEVICE
     DEVICE = torch.device(args.device)
     if args.out:

@@ -33,9 +33,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from safetensors import SafetensorError
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
-from safetensors import SafetensorError
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 
 from lightning_topo.pruning import layout
@@ -60,8 +60,16 @@ MANIFEST = "SHA256SUMS"
 #: family -> (config class, bare model class, sequence classifier class)
 _PRUNED_CLASSES: dict[str, tuple[type, type, type]] = {
     "bert": (_code.PrunedBertConfig, _code.PrunedBertModel, _code.PrunedBertForSequenceClassification),
-    "roberta": (_code.PrunedRobertaConfig, _code.PrunedRobertaModel, _code.PrunedRobertaForSequenceClassification),
-    "electra": (_code.PrunedElectraConfig, _code.PrunedElectraModel, _code.PrunedElectraForSequenceClassification),
+    "roberta": (
+        _code.PrunedRobertaConfig,
+        _code.PrunedRobertaModel,
+        _code.PrunedRobertaForSequenceClassification,
+    ),
+    "electra": (
+        _code.PrunedElectraConfig,
+        _code.PrunedElectraModel,
+        _code.PrunedElectraForSequenceClassification,
+    ),
     "distilbert": (
         _code.PrunedDistilBertConfig,
         _code.PrunedDistilBertModel,
@@ -293,7 +301,11 @@ def _check_safetensors(file: Path) -> None:
                     if key == "__metadata__":
                         continue
                     offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
-                    if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)):
+                    if not (
+                        isinstance(offsets, list)
+                        and len(offsets) == 2
+                        and all(isinstance(o, int) for o in offsets)
+                    ):
                         header = None
                         break
                     ends.append(offsets[1])
@@ -310,9 +322,13 @@ def _read_config(path: Path) -> dict[str, Any]:
     try:
         config = json.loads(file.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, ValueError) as err:
-        raise ValueError(f"{file} is not valid JSON ({err}); it is corrupt: save the checkpoint again") from None
+        raise ValueError(
+            f"{file} is not valid JSON ({err}); it is corrupt: save the checkpoint again"
+        ) from None
     if not isinstance(config, dict):
-        raise ValueError(f"{file} holds a JSON {type(config).__name__}, not an object; save the checkpoint again")
+        raise ValueError(
+            f"{file} holds a JSON {type(config).__name__}, not an object; save the checkpoint again"
+        )
     return config
 
 
@@ -667,7 +683,9 @@ def load_compressed(
     verify_compressed(path, verify=verify is not False)
     kwargs.setdefault("local_files_only", True)
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(str(path), trust_remote_code=False, **kwargs)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            str(path), trust_remote_code=False, **kwargs
+        )
     except (OSError, ValueError, KeyError, SafetensorError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(f"could not load the compressed checkpoint {path}: {first}") from None

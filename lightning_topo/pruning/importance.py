@@ -142,7 +142,9 @@ def _record_ffn(captured: dict, i: int, _module: nn.Module, inputs: tuple[Tensor
     captured["ffn", i] = inputs[0][captured["mask"]].detach().float().cpu()
 
 
-def _record_heads(captured: dict, i: int, layer: nn.Module, _module: nn.Module, inputs: tuple[Tensor, ...]) -> None:
+def _record_heads(
+    captured: dict, i: int, layer: nn.Module, _module: nn.Module, inputs: tuple[Tensor, ...]
+) -> None:
     rows = inputs[0][captured["mask"]].detach().float().cpu()
     captured["heads", i] = rows.reshape(rows.shape[0], layout.num_heads(layer), layout.head_size(layer))
 
@@ -439,7 +441,9 @@ def cloud_h0_scores(clouds: Tensor, *, stat: str = "max") -> Tensor:
         par, new = _batched_prim(w, sq)
         picked = w[np.arange(w.shape[0])[:, None], par, new] + np.take_along_axis(sq, new, axis=1)
         lengths = np.sqrt(np.maximum(picked, 0.0))
-        out[start : start + chunk] = torch.from_numpy(lengths.max(axis=1) if stat == "max" else lengths.sum(axis=1))
+        out[start : start + chunk] = torch.from_numpy(
+            lengths.max(axis=1) if stat == "max" else lengths.sum(axis=1)
+        )
     return out
 
 

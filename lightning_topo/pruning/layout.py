@@ -174,7 +174,14 @@ FAMILIES: dict[str, Family] = {
             config_ffn="hidden_dim",
             config_heads="n_heads",
         ),
-        Family("deberta-v2", "DeBERTa-v2/v3", ("deberta-v2",), "pruned_deberta-v2", "encoder.layer", _DEBERTA_LAYER),
+        Family(
+            "deberta-v2",
+            "DeBERTa-v2/v3",
+            ("deberta-v2",),
+            "pruned_deberta-v2",
+            "encoder.layer",
+            _DEBERTA_LAYER,
+        ),
     )
 }
 #: ``config.model_type`` values (stock and pruned) whose pruned models can be exported -> family name.
@@ -233,7 +240,9 @@ def _layer_layout(layer: nn.Module) -> LayerLayout:
         _LAYOUT_CACHE[cls] = found
     found = _LAYOUT_CACHE[cls]
     if found is None:
-        raise TypeError(f"{supported_families_line()}; an encoder layer of class {cls.__name__} has another layout")
+        raise TypeError(
+            f"{supported_families_line()}; an encoder layer of class {cls.__name__} has another layout"
+        )
     return found
 
 

@@ -93,7 +93,9 @@ class OnnxClassifier:
             raise ValueError(f"ONNX Runtime cannot load {path}: {first}") from None
         names = [i.name for i in self.session.get_inputs()]
         if names != list(ONNX_INPUTS):
-            raise ValueError(f"{path} takes inputs {names}; a graph from export_onnx takes {list(ONNX_INPUTS)}")
+            raise ValueError(
+                f"{path} takes inputs {names}; a graph from export_onnx takes {list(ONNX_INPUTS)}"
+            )
         self.path = path
 
     def __call__(self, input_ids: Any, attention_mask: Any) -> Tensor:
@@ -117,7 +119,9 @@ def _check_target(path: Path, overwrite: bool) -> None:
     if path.suffix != ".onnx":
         raise ValueError(f"export_onnx path must end in .onnx; got {str(path)!r}")
     if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it, or choose another path")
+        raise FileExistsError(
+            f"{path} already exists; pass overwrite=True to replace it, or choose another path"
+        )
     if path.exists() and not path.is_file():
         raise FileExistsError(f"{path} exists and is not a file; it is never replaced")
     ancestor = path.parent
@@ -239,7 +243,9 @@ def _quantize_int8(file: Path) -> None:
     os.replace(quantized, file)
 
 
-def _check_against_torch(wrapped: nn.Module, file: Path, vocab: int, length: int, *, atol: float | None) -> None:
+def _check_against_torch(
+    wrapped: nn.Module, file: Path, vocab: int, length: int, *, atol: float | None
+) -> None:
     session = OnnxClassifier(file)
     for batch, seq, seed in ((3, length + 3, 1), (1, max(2, length - 5), 2)):
         ids, mask = _example(vocab, batch, seq, seed)
@@ -247,7 +253,9 @@ def _check_against_torch(wrapped: nn.Module, file: Path, vocab: int, length: int
         with torch.no_grad():
             want = wrapped(ids, mask).float()
         if got.shape != want.shape or not bool(torch.isfinite(got).all()):
-            raise ValueError(f"the ONNX graph gives logits of shape {tuple(got.shape)} or non-finite values; nothing was written")
+            raise ValueError(
+                f"the ONNX graph gives logits of shape {tuple(got.shape)} or non-finite values; nothing was written"
+            )
         diff = float((got - want).abs().max())
         if atol is not None and diff > atol:
             raise ValueError(

@@ -71,7 +71,9 @@ def count_encoder_parameters(model: nn.Module) -> int:
 def _unit_costs(layer: nn.Module) -> tuple[int, int]:
     """Parameters removed with one head and with one FFN unit of ``layer``."""
     d = layout.head_size(layer)
-    head = sum(d * (lin.in_features + (lin.bias is not None)) for _, lin in layout.head_row_projections(layer))
+    head = sum(
+        d * (lin.in_features + (lin.bias is not None)) for _, lin in layout.head_row_projections(layer)
+    )
     head += d * layout.attention_output(layer).out_features
     ffn_in = layout.ffn_input(layer)
     ffn = ffn_in.in_features + (ffn_in.bias is not None) + layout.ffn_output(layer).out_features

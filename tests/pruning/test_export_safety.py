@@ -128,8 +128,14 @@ def test_roberta_per_layer_and_uniform_round_trip(tiny_batch, tmp_path):
 
 
 def test_check_supported_names_the_supported_classes(tiny_classifier):
-    from transformers import BertConfig, BertForMaskedLM, ElectraConfig, ElectraForSequenceClassification
-    from transformers import GPT2Config, GPT2ForSequenceClassification
+    from transformers import (
+        BertConfig,
+        BertForMaskedLM,
+        ElectraConfig,
+        ElectraForSequenceClassification,
+        GPT2Config,
+        GPT2ForSequenceClassification,
+    )
 
     from lightning_topo.pruning.layout import check_supported
 
@@ -142,7 +148,9 @@ def test_check_supported_names_the_supported_classes(tiny_classifier):
     assert check_supported(ElectraForSequenceClassification(ElectraConfig(**small))) == "electra"
     gpt2 = GPT2ForSequenceClassification(GPT2Config(vocab_size=64, n_embd=16, n_layer=1, n_head=2))
     for model in (BertForMaskedLM(BertConfig(**small)), gpt2):
-        with pytest.raises(TypeError, match=r"DistilBERT \(distilbert\).*DeBERTa-v2/v3 \(deberta-v2\)") as err:
+        with pytest.raises(
+            TypeError, match=r"DistilBERT \(distilbert\).*DeBERTa-v2/v3 \(deberta-v2\)"
+        ) as err:
             check_supported(model)
         assert type(model).__name__ in str(err.value)
         assert "\n" not in str(err.value)
@@ -361,7 +369,11 @@ def test_not_a_checkpoint_errors_name_the_path(tiny_classifier, tmp_path):
 def _rewrite_manifest(path, drop=()):
     """SHA256SUMS of the folder as it is now, leaving out the names in ``drop``."""
     export_module._write_manifest(path)
-    lines = [line for line in (path / MANIFEST).read_text().splitlines(keepends=True) if line.split("  ", 1)[1].strip() not in drop]
+    lines = [
+        line
+        for line in (path / MANIFEST).read_text().splitlines(keepends=True)
+        if line.split("  ", 1)[1].strip() not in drop
+    ]
     (path / MANIFEST).write_text("".join(lines))
 
 

@@ -17,12 +17,12 @@ from lightning_topo.pruning import (
     KeepMasks,
     apply_keep_masks,
     layer_widths,
+    layout,
     load_compressed,
     mask_units,
     prune_model,
     save_compressed,
 )
-from lightning_topo.pruning import layout
 from lightning_topo.pruning.remote_code.pruned_bert import LEGACY_BERT_LAYOUT
 
 _SMALL = dict(vocab_size=64, max_position_embeddings=32)
@@ -31,7 +31,9 @@ _SMALL = dict(vocab_size=64, max_position_embeddings=32)
 def _distilbert():
     from transformers import DistilBertConfig, DistilBertForSequenceClassification
 
-    cfg = DistilBertConfig(dim=32, n_layers=2, n_heads=4, hidden_dim=64, dropout=0.0, attention_dropout=0.0, **_SMALL)
+    cfg = DistilBertConfig(
+        dim=32, n_layers=2, n_heads=4, hidden_dim=64, dropout=0.0, attention_dropout=0.0, **_SMALL
+    )
     return DistilBertForSequenceClassification(cfg)
 
 
@@ -136,10 +138,17 @@ def _plain_transformers(path, batch, tmp_path, *, remote, bare=False):
     """Logits from a fresh interpreter where lightning_topo cannot be imported."""
     batch_file, out_file = tmp_path / "batch.pt", tmp_path / "out.pt"
     torch.save(batch, batch_file)
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "mods"))
+    env = dict(
+        os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "mods")
+    )
     args = [str(path), "bare" if bare else "cls", "1" if remote else "0", str(batch_file), str(out_file)]
     proc = subprocess.run(
-        [sys.executable, "-c", _LOADER, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", _LOADER, *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return torch.load(out_file, weights_only=True), json.loads(proc.stdout.strip().splitlines()[-1])
@@ -150,7 +159,9 @@ def _folder_modules(path: Path) -> list[str]:
     out = []
     for name, module in list(sys.modules.items()):
         file = getattr(module, "__file__", None) or ""
-        if name.startswith("transformers_modules") or (file and Path(file).resolve().is_relative_to(path.resolve())):
+        if name.startswith("transformers_modules") or (
+            file and Path(file).resolve().is_relative_to(path.resolve())
+        ):
             out.append(name)
     return out
 
@@ -189,7 +200,9 @@ def test_family_prunes_saves_and_reloads_with_equal_logits(name, batch, tmp_path
     # 3. a reloaded pruned model prunes again (uniform allocation now) and round-trips
     again = prune_model(ours, [batch], method="magnitude", ratio=0.7, ffn_multiple=1)
     path2 = save_compressed(again, tmp_path / "ckpt2")
-    torch.testing.assert_close(_out(load_compressed(path2).eval(), batch), _out(again, batch), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        _out(load_compressed(path2).eval(), batch), _out(again, batch), atol=1e-5, rtol=0
+    )
 
 
 @pytest.mark.parametrize("name", ["distilbert", "deberta-v2"])
@@ -202,7 +215,9 @@ def test_uniform_ffn_keeps_the_stock_config(name, batch, tmp_path):
     assert "auto_map" not in config and not (path / "pruned_bert.py").exists()
     logits, info = _plain_transformers(path, batch, tmp_path, remote=False)
     torch.testing.assert_close(logits, _out(model, batch), atol=1e-5, rtol=0)
-    torch.testing.assert_close(_out(load_compressed(path).eval(), batch), _out(model, batch), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        _out(load_compressed(path).eval(), batch), _out(model, batch), atol=1e-5, rtol=0
+    )
 
 
 def test_bare_deberta_encoder_round_trips(batch, tmp_path):
@@ -217,10 +232,15 @@ def test_bare_deberta_encoder_round_trips(batch, tmp_path):
 def test_deberta_position_projections_follow_the_heads():
     model = _deberta(False)
     pruned = apply_keep_masks(copy.deepcopy(model), _MASKS)
-    for layer, old, keep in zip(pruned.deberta.encoder.layer, model.deberta.encoder.layer, _MASKS.heads, strict=True):
+    for layer, old, keep in zip(
+        pruned.deberta.encoder.layer, model.deberta.encoder.layer, _MASKS.heads, strict=True
+    ):
         rows = (keep.nonzero().squeeze(1)[:, None] * 8 + torch.arange(8)).flatten()
         for proj in ("query_proj", "key_proj", "value_proj", "pos_key_proj", "pos_query_proj"):
-            new_w, old_w = getattr(layer.attention.self, proj).weight, getattr(old.attention.self, proj).weight
+            new_w, old_w = (
+                getattr(layer.attention.self, proj).weight,
+                getattr(old.attention.self, proj).weight,
+            )
             assert torch.equal(new_w, old_w[rows]), proj
         assert layer.attention.self.num_attention_heads == int(keep.sum())
         assert layer.attention.self.all_head_size == int(keep.sum()) * 8

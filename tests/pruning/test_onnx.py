@@ -18,7 +18,7 @@ def _split(seed: int, n_batches: int = 3):
     """A padded 'validation split' of random token batches of varied shapes (none is the tracing example's)."""
     g = torch.Generator().manual_seed(seed)
     out = []
-    for b, (batch, seq) in enumerate([(8, 12), (5, 23), (1, 7)][:n_batches]):
+    for batch, seq in [(8, 12), (5, 23), (1, 7)][:n_batches]:
         ids = torch.randint(5, 128, (batch, seq), generator=g)
         mask = (torch.arange(seq)[None, :] < torch.randint(2, seq + 1, (batch, 1), generator=g)).long()
         mask[0] = 1

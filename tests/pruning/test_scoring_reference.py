@@ -72,7 +72,13 @@ def calibrated(tiny_classifier):
 
 
 @pytest.mark.parametrize(
-    "method,stat", [("topological-contribution", "total"), ("topological-contribution", "max"), ("topological-1d", "max"), ("topological-1d", "total")]
+    "method,stat",
+    [
+        ("topological-contribution", "total"),
+        ("topological-contribution", "max"),
+        ("topological-1d", "max"),
+        ("topological-1d", "total"),
+    ],
 )
 def test_fast_scores_and_kept_units_equal_the_reference(calibrated, method, stat):
     model, batches, outputs = calibrated
@@ -100,14 +106,18 @@ def test_default_prune_model_keeps_the_reference_units(calibrated):
             assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("chunk_bytes", [1, 40 * 40 * 8, 10**9])  # per-head fallback, one head per chunk, all heads
+@pytest.mark.parametrize(
+    "chunk_bytes", [1, 40 * 40 * 8, 10**9]
+)  # per-head fallback, one head per chunk, all heads
 def test_cloud_scores_do_not_depend_on_the_chunking(chunk_bytes, monkeypatch):
     g = torch.Generator().manual_seed(0)
     clouds = torch.randn(40, 5, 3, generator=g, dtype=torch.float64)
     clouds[7] = clouds[3]  # a duplicate point: a zero-length bar
     monkeypatch.setattr(imp, "HEAD_CHUNK_BYTES", chunk_bytes)
     for stat in ("max", "total"):
-        torch.testing.assert_close(cloud_h0_scores(clouds, stat=stat), _ref_cloud(clouds, stat), rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(
+            cloud_h0_scores(clouds, stat=stat), _ref_cloud(clouds, stat), rtol=1e-10, atol=1e-12
+        )
 
 
 def test_batched_prim_builds_the_reference_tree():
@@ -120,7 +130,9 @@ def test_batched_prim_builds_the_reference_tree():
     for i in range(3):
         edges, _ = minimum_spanning_tree(pairwise_distances(x[i]))
         assert np.array_equal(np.stack([par[i], new[i]], axis=1), edges.numpy())
-    grid = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [2.0, 0.0], [0.5, 0.5]], dtype=torch.float64)
+    grid = torch.tensor(
+        [[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [2.0, 0.0], [0.5, 0.5]], dtype=torch.float64
+    )
     w, sq = imp._batched_row_terms(grid[None])
     par, new = imp._batched_prim(w.numpy(), sq.numpy())
     _, lengths = minimum_spanning_tree(pairwise_distances(grid))

@@ -142,7 +142,9 @@ def _shrink_encoder(model: nn.Module, config) -> None:
     """Give every encoder layer of ``model`` the widths in ``config`` (weights are loaded afterwards)."""
     spec = _layout(config)
     layers = _get(model.base_model, spec["layers"])
-    for layer, width, heads in zip(layers, config.intermediate_sizes, config.num_heads_per_layer, strict=True):
+    for layer, width, heads in zip(
+        layers, config.intermediate_sizes, config.num_heads_per_layer, strict=True
+    ):
         if width != _get(layer, spec["ffn_rows"][0]).out_features:
             for path in spec["ffn_rows"]:
                 _set(layer, path, _resized(_get(layer, path), rows=width))
@@ -152,7 +154,9 @@ def _shrink_encoder(model: nn.Module, config) -> None:
         if heads != old_heads:
             size = heads * (_get(layer, spec["head_rows"][0]).out_features // old_heads)
             for path in spec["head_rows"]:
-                if isinstance(old := _find(layer, path), nn.Linear):  # e.g. DeBERTa's pos_key_proj, when present
+                if isinstance(
+                    old := _find(layer, path), nn.Linear
+                ):  # e.g. DeBERTa's pos_key_proj, when present
                     _set(layer, path, _resized(old, rows=size))
             for path in spec["head_cols"]:
                 _set(layer, path, _resized(_get(layer, path), cols=size))
