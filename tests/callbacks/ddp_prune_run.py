@@ -1,7 +1,11 @@
 """One fit with TopologicalPruning on a tiny BERT, run by tests/callbacks/test_pruning_ddp.py as a
 script (Lightning's strategy="ddp" launcher starts the other rank by running this file again).
 
-    python ddp_prune_run.py MODEL_DIR OUT_DIR DEVICES
+    python ddp_prune_run.py MODEL_DIR OUT_DIR DEVICES [MODE]
+
+MODE ``epoch1`` (default): prune at the start of epoch 1 on the training shards, then recover.
+MODE ``fit-end``: prune at the end of fit (``prune_epoch=None``) on an explicit calibration
+``dataloader=`` (the same on every rank), no recovery.
 
 Same data in both modes: 64 training and 32 validation examples, global batch 16 (16 // DEVICES per
 rank), no dropout and no shuffling (Lightning's own DistributedSampler would shuffle the training
@@ -76,13 +80,19 @@ class UserModule(pl.LightningModule):
 
 def main() -> None:
     model_dir, out_dir, devices = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
+    mode = sys.argv[4] if len(sys.argv) > 4 else "epoch1"
     from lightning_topo.callbacks import TopologicalPruning
 
     torch.set_num_threads(1)
     pl.seed_everything(0, verbose=False)
-    cb = TopologicalPruning(ratio=0.6, prune_epoch=1, calibration_batches=2, output_dir=out_dir / "pruned")
+    if mode == "fit-end":
+        calibration = torch.utils.data.DataLoader(examples(32, 2), batch_size=8, shuffle=False)
+        kwargs = {"prune_epoch": None, "dataloader": calibration, "calibration_batches": 4}
+    else:
+        kwargs = {"prune_epoch": 1, "calibration_batches": 2}
+    cb = TopologicalPruning(ratio=0.6, output_dir=out_dir / "pruned", **kwargs)
     trainer = pl.Trainer(
-        max_epochs=3, accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto",
+        max_epochs=3 if mode == "epoch1" else 1, accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto",
         callbacks=[cb], logger=False, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False, num_sanity_val_steps=0, deterministic=True, use_distributed_sampler=False,
     )  # fmt: skip

@@ -21,11 +21,11 @@ from conftest import tiny_bert_config
 SCRIPT = Path(__file__).with_name("ddp_prune_run.py")
 
 
-def _run(model_dir: Path, out: Path, devices: int) -> dict:
+def _run(model_dir: Path, out: Path, devices: int, mode: str = "epoch1") -> dict:
     out.mkdir()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), str(model_dir), str(out), str(devices)],
+        [sys.executable, str(SCRIPT), str(model_dir), str(out), str(devices), mode],
         capture_output=True, text=True, timeout=600, env=env, cwd=out,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -75,3 +75,31 @@ def test_two_process_ddp_writes_the_single_process_checkpoint(tmp_path, tiny_bat
         assert two["summary"]["val_acc"][key] == pytest.approx(one["summary"]["val_acc"][key], abs=1e-9), key
     assert one["summary"]["val_examples"] == two["summary"]["val_examples"] == 32
     assert one["summary"]["world_size"] == 1 and two["summary"]["world_size"] == 2
+
+
+@pytest.mark.slow
+def test_two_process_ddp_pruning_at_fit_end_with_an_explicit_calibration_dataloader(tmp_path, tiny_batch):
+    """prune_epoch=None under DDP (no re-wrap: training is over) with dataloader= (rank 0 draws it alone)."""
+    torch.distributed.is_available() or pytest.skip("torch.distributed not available")
+    from transformers import BertForSequenceClassification
+
+    from lightning_topo.pruning import load_compressed
+
+    torch.manual_seed(0)
+    model_dir = tmp_path / "tiny"
+    BertForSequenceClassification(tiny_bert_config()).save_pretrained(model_dir)
+    one = _run(model_dir, tmp_path / "one", 1, "fit-end")
+    two = _run(model_dir, tmp_path / "two", 2, "fit-end")
+    assert two["history"][0]["at_fit_end"] is True
+    assert [h["widths"] for h in two["history"]] == [h["widths"] for h in one["history"]]
+    assert (tmp_path / "two" / "pruned" / "importance_step1.csv").read_text().splitlines()[
+        0
+    ] == "layer,kind,unit,score"
+    m1 = load_compressed(tmp_path / "one" / "pruned").eval()
+    m2 = load_compressed(tmp_path / "two" / "pruned").eval()
+    s1, s2 = m1.state_dict(), m2.state_dict()
+    assert max(float((s1[k].float() - s2[k].float()).abs().max()) for k in s1) <= 1e-5
+    assert two["summary"]["val_acc"]["after_recovery"] is None and two["summary"]["recovery_epochs"] == 0
+    assert two["summary"]["val_acc"]["after_pruning"] == pytest.approx(
+        one["summary"]["val_acc"]["after_pruning"]
+    )
