@@ -22,19 +22,24 @@ import csv
 import html
 import json
 import math
-import re
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from lightning_topo.analysis import write_text_atomic
+from lightning_topo.plots import plot_kept_units
+from lightning_topo.plots.report import plot_headlines, plot_lens_panels, plot_score_vs_monitor_scatter
 from lightning_topo.plots.wandb import offline_run
+from lightning_topo.scores.names import MetricName, parse_metric_name, target_suffix
 
 __all__ = ["FAMILIES", "SECTIONS", "RunLog", "build_report", "read_run", "write_report"]
 
-#: Metric prefixes drawn against the monitored metric, one figure each.
-FAMILIES = ("topo", "geometry", "concepts", "probe", "prune")
+#: The default lens prefixes, in page order (a run's own prefixes are read from the run).
+FAMILIES = ("topo", "geometry", "concepts", "probe")
 #: ``id`` of every ``<section>`` of the page, in order.
 SECTIONS = ("summary", "series", "correlations", "figures", "pruning")
 MONITOR = "val/acc"
@@ -45,8 +50,6 @@ RUN_POINTER = "lightning_topo_run.json"
 RUN_SETTINGS = "lightning_topo_settings.json"
 #: Value of the ``format`` key of :data:`RUN_POINTER`.
 RUN_POINTER_FORMAT = "lightning-topo run folder 1"
-_CORRELATION = re.compile(r"^(?P<metric>.+)/(?P<kind>pearson|spearman)_(?P<target>[^/]+)$")
-_LAYER = re.compile(r"^(?P<base>.+)/layer_(?P<layer>\d+)$")
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _ACCEPTED = (
     "a run's folder: its run folder or a logger folder holding CSVLogger's metrics.csv "
@@ -311,122 +314,348 @@ def _read_wandb(path: Path) -> RunLog:
     return log
 
 
-# ----------------------------------------------------------------------------- page parts
+# ----------------------------------------------------------------------------- what the run measured
+
+#: First components of metric names that are not a lens (training curves, Lightning's own).
+NOT_LENSES = ("train", "val", "test", "trainer", "epoch", "step", "prune")
+#: Each default lens prefix's headline metric (a lens's settings may name another).
+HEADLINES = {"topo": "topo/psf", "geometry": "geometry/cone", "concepts": "concepts/polar"}
+#: Without a layer-free headline, the deepest layer of this score stands in (older runs).
+DEEPEST = {
+    "concepts": "concepts/polar",
+    "probe": "probe/ssp",
+    "geometry": "geometry/cone",
+    "topo": "topo/psf",
+}
+#: Fewer (score, monitored metric) pairs than this get "too few points" instead of a correlation.
+MIN_POINTS = 5
+#: Bootstrap resamples of a correlation's 95% interval (percentile bootstrap, seed 0).
+BOOTSTRAP = 2000
 
 
-def _xy(points: Sequence[tuple[int | None, int, float]], by_epoch: bool) -> list[tuple[float, float]]:
-    return [(float(e if by_epoch else s), v) for e, s, v in points if not by_epoch or e is not None]
+@dataclass
+class Lens:
+    """One lens of the run: its ``prefix``, ``headline`` metric (``None`` if none was logged),
+    the ``monitor`` it was compared with, and where that was read (``"settings"`` or ``"names"``)."""
+
+    prefix: str
+    headline: str | None
+    monitor: str | None
+    source: str
+
+
+def run_settings(run_dir: Path) -> dict[str, dict[str, Any]]:
+    """The callbacks' settings recorded in ``run_dir/lightning_topo_settings.json`` (``{}`` without it)."""
+    path = run_dir / RUN_SETTINGS
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path} is not readable JSON ({err}); it is written by record_settings") from None
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        raise ValueError(f"{path} must map each callback's name to its settings (a JSON object of objects)")
+    return data
+
+
+def _parsed(log: RunLog) -> dict[str, MetricName]:
+    out = {}
+    for name in log.series:
+        parsed = parse_metric_name(name)
+        if parsed is not None:
+            out[name] = parsed
+    return out
+
+
+def _infer_headline(log: RunLog, prefix: str) -> str | None:
+    """The lens's headline metric: the default lens's own (``topo/psf``), else the deepest layer
+    of its main score (runs logged before every lens had a layer-free headline), else its
+    shortest layer-free name."""
+    parsed = _parsed(log)
+    known = HEADLINES.get(prefix)
+    if known in log.series:
+        return known
+    family = DEEPEST.get(prefix)
+    layered = [
+        (m.layer, n)
+        for n, m in parsed.items()
+        if m.family == family and m.layer is not None and m.klass is None and not m.detail
+        and not m.std and m.correlation is None
+    ]  # fmt: skip
+    if layered:
+        return max(layered)[1]
+    plain = [
+        n
+        for n, m in parsed.items()
+        if m.prefix == prefix and m.layer is None and m.klass is None and not m.detail
+        and not m.std and m.correlation is None
+    ]  # fmt: skip
+    return min(plain, key=lambda n: (n.count("/"), n)) if plain else None
+
+
+def _infer_monitor(log: RunLog, prefix: str) -> str | None:
+    """The metric the lens's logged correlations name (``.../pearson_val_acc`` -> ``val/acc``)."""
+    suffixes = {m.correlation[1] for m in _parsed(log).values() if m.prefix == prefix and m.correlation}
+    for name in sorted(log.series):
+        if target_suffix(name) in suffixes and not name.startswith(prefix + "/"):
+            return name
+    return MONITOR if MONITOR in log.series else None
+
+
+def run_lenses(log: RunLog, run_dir: Path) -> list[Lens]:
+    """The lenses of the run, from the settings the run folder records (``log_prefix``,
+    ``monitor_against``, ``headline``), else from the metric names logged."""
+    lenses: dict[str, Lens] = {}
+    for settings in run_settings(run_dir).values():
+        prefix = settings.get("log_prefix")
+        if not isinstance(prefix, str) or not prefix or prefix == "prune" or prefix in lenses:
+            continue
+        headline = settings.get("headline")
+        if not isinstance(headline, str) or headline not in log.series:
+            headline = _infer_headline(log, prefix)
+        monitor = (
+            settings.get("monitor_against") if "monitor_against" in settings else _infer_monitor(log, prefix)
+        )
+        lenses[prefix] = Lens(prefix, headline, monitor if isinstance(monitor, str) else None, "settings")
+    parsed = _parsed(log)
+    found = {
+        m.prefix
+        for m in parsed.values()
+        if m.prefix not in NOT_LENSES and not m.prefix.startswith("lr-")
+        and (m.prefix in FAMILIES or m.layer is not None or m.std or m.correlation is not None)
+    }  # fmt: skip
+    order = [p for p in FAMILIES if p in found] + sorted(found - set(FAMILIES))
+    for prefix in order:
+        if prefix not in lenses:
+            lenses[prefix] = Lens(prefix, _infer_headline(log, prefix), _infer_monitor(log, prefix), "names")
+    return list(lenses.values())
+
+
+def _per_epoch(points: Sequence[tuple[int | None, int, float]]) -> dict[int, float]:
+    """The last value logged in each epoch."""
+    return {e: v for e, _, v in points if e is not None}
 
 
 def _by_epoch(log: RunLog, names: Sequence[str]) -> bool:
-    """Epoch on the x axis when every series has at most one value per epoch, else the global step."""
+    """Epoch on the x axis, unless a series has several values in most of its epochs
+    (``val_check_interval < 1``): then the global step. Points without an epoch are not drawn
+    against epochs; a single repeated epoch (a value logged again at fit end) keeps its last value."""
     for name in names:
-        epochs = [e for e, _, _ in log.series[name]]
-        if None in epochs or len(set(epochs)) != len(epochs):
+        epochs = [e for e, _, _ in log.series.get(name, []) if e is not None]
+        if not epochs:
+            return False
+        repeated = sum(1 for e in set(epochs) if epochs.count(e) > 1)
+        if repeated > len(set(epochs)) / 2:
             return False
     return True
 
 
-def family_panels(log: RunLog, family: str) -> dict[str, dict[str, list[tuple[int | None, int, float]]]]:
-    """``{panel: {line: points}}`` of one family; correlations excluded, ``base/layer_{i}`` series
-    share the panel ``base/layer_*`` (one line per layer)."""
-    panels: dict[str, dict[str, list]] = {}
-    for name in sorted(log.series):
-        if not name.startswith(family + "/") or _CORRELATION.match(name):
+def _line(log: RunLog, name: str, by_epoch: bool) -> list[tuple[float, float, float | None]]:
+    """``[(x, value, standard error)]`` of ``name``, the error from ``{name}/std`` at the same step;
+    against epochs, the last value of each epoch."""
+    std = {s: v for _, s, v in log.series.get(f"{name}/std", [])}
+    points = [
+        (e, s, v) for e, s, v in log.series[name] if math.isfinite(v) and (e is not None or not by_epoch)
+    ]
+    if not by_epoch:
+        return [(float(s), v, std.get(s)) for _, s, v in points]
+    last = {e: (s, v) for e, s, v in points}
+    return [(float(e), v, std.get(s)) for e, (s, v) in sorted(last.items())]
+
+
+def _prune_x(log: RunLog, epochs: Sequence[int], by_epoch: bool) -> list[float]:
+    if by_epoch:
+        return [float(e) for e in epochs]
+    steps = []
+    for epoch in epochs:
+        at = [s for points in log.series.values() for e, s, _ in points if e == epoch]
+        if at:
+            steps.append(float(min(at)))
+    return steps
+
+
+def lens_panels(log: RunLog, prefix: str) -> dict[str, dict[int | str | None, str]]:
+    """``{panel title: {line key: metric name}}`` of one lens.
+
+    One panel per score and detail (``geometry/cone``, ``geometry/cone/heads``), its lines keyed by
+    the hidden-state index of every ``layer_{i}`` (``None``: the score without a layer, e.g. the
+    headline); classes get their own panel (``topo/psf/class_*``, keys ``"class 0"``, ...).
+    ``/std`` series are error bars of their score and correlations go to the correlation table, so
+    neither is a panel.
+    """
+    panels: dict[str, dict[int | str | None, str]] = {}
+    for name, m in sorted(_parsed(log).items()):
+        if m.prefix != prefix or m.std or m.correlation is not None:
             continue
-        layer = _LAYER.match(name)
-        if layer:
-            panels.setdefault(f"{layer['base']}/layer_*", {})[f"layer {layer['layer']}"] = log.series[name]
+        if m.klass is not None:
+            layer = f"/layer_{m.layer}" if m.layer is not None else ""
+            title = "/".join([m.family + layer + "/class_*", *m.detail])
+            panels.setdefault(title, {})[f"class {m.klass}"] = name
         else:
-            panels.setdefault(name, {})[name] = log.series[name]
+            panels.setdefault("/".join([m.family, *m.detail]), {})[m.layer] = name
     return panels
 
 
-def series_figures(log: RunLog) -> list[tuple[str, bytes]]:
-    """One PNG per family that was logged: ``[(family, png bytes), ...]``."""
-    from lightning_topo.plots.report import plot_family_vs_monitor
-
-    figures = []
-    for family in FAMILIES:
-        panels = family_panels(log, family)
-        if not panels:
+def correlation(log: RunLog, score: str, monitor: str, exclude_epochs: Sequence[int] = ()) -> dict[str, Any]:
+    """Pearson and Spearman of ``score`` with ``monitor`` over the epochs where both were logged
+    (``exclude_epochs`` left out), with ``n`` and 95% percentile-bootstrap intervals
+    (:data:`BOOTSTRAP` resamples, seed 0). Below :data:`MIN_POINTS` pairs, or with a constant
+    series, ``note`` says why there is no value."""
+    xs_by, ys_by = _per_epoch(log.series.get(score, [])), _per_epoch(log.series.get(monitor, []))
+    epochs = sorted(e for e in xs_by.keys() & ys_by.keys() if e not in set(exclude_epochs))
+    pairs = [(xs_by[e], ys_by[e]) for e in epochs if math.isfinite(xs_by[e]) and math.isfinite(ys_by[e])]
+    row: dict[str, Any] = {"score": score, "monitor": monitor, "n": len(pairs), "epochs": epochs}
+    if len(pairs) < MIN_POINTS:
+        row["note"] = f"too few points (n={len(pairs)}; a correlation needs {MIN_POINTS})"
+        return row
+    x, y = np.array(pairs, dtype=float).T
+    if x.std() == 0 or y.std() == 0:
+        row["note"] = "undefined: a series is constant"
+        return row
+    row["pearson"], row["spearman"] = _pearson(x, y), _pearson(_ranks(x), _ranks(y))
+    rng = np.random.default_rng(0)
+    draws = rng.integers(0, len(x), size=(BOOTSTRAP, len(x)))
+    boot = {"pearson": [], "spearman": []}
+    for idx in draws:
+        bx, by = x[idx], y[idx]
+        if bx.std() == 0 or by.std() == 0:
             continue
-        names = [n for n in log.series if n.startswith(family + "/")]
-        monitor = log.series.get(MONITOR)
-        by_epoch = _by_epoch(log, names + ([MONITOR] if monitor else []))
-        png = plot_family_vs_monitor(
-            {p: {k: _xy(v, by_epoch) for k, v in lines.items()} for p, lines in panels.items()},
-            (MONITOR, _xy(monitor, by_epoch)) if monitor else None,
-            title=f"{family}/ series",
-            xlabel="epoch" if by_epoch else "global step",
+        boot["pearson"].append(_pearson(bx, by))
+        boot["spearman"].append(_pearson(_ranks(bx), _ranks(by)))
+    for kind, values in boot.items():
+        row[f"{kind}_ci"] = (
+            tuple(np.clip(np.percentile(values, [2.5, 97.5]), -1, 1).tolist()) if values else None
         )
-        figures.append((family, png))
-    return figures
+    return row
 
 
-def correlation_rows(log: RunLog) -> list[dict[str, Any]]:
-    """``[{metric, target, pearson, spearman, epoch}]`` from the last value of each correlation."""
+def _pearson(x: np.ndarray, y: np.ndarray) -> float:
+    x, y = x - x.mean(), y - y.mean()
+    return float((x @ y) / math.sqrt(float(x @ x) * float(y @ y)))
+
+
+def _ranks(values: np.ndarray) -> np.ndarray:
+    """Ranks with ties averaged (Spearman's)."""
+    order = np.argsort(values, kind="mergesort")
+    ranks = np.empty(len(values), dtype=float)
+    ranks[order] = np.arange(len(values), dtype=float)
+    for value in np.unique(values):
+        tied = values == value
+        if tied.sum() > 1:
+            ranks[tied] = ranks[tied].mean()
+    return ranks
+
+
+def logged_correlations(log: RunLog) -> list[dict[str, Any]]:
+    """``[{metric, target, pearson, spearman, epoch, n}]``: the last logged value of every
+    ``*/pearson_*``/``*/spearman_*`` metric (the monitors log it over the epochs so far), with
+    ``n`` the epochs where the metric was logged up to then."""
     rows: dict[tuple[str, str], dict[str, Any]] = {}
     for name, points in log.series.items():
-        m = _CORRELATION.match(name)
-        if m and points:
-            row = rows.setdefault((m["metric"], m["target"]), {"metric": m["metric"], "target": m["target"]})
-            row[m["kind"]] = points[-1][2]
-            row["epoch"] = points[-1][0]
+        m = parse_metric_name(name)
+        if m is None or m.correlation is None or not points:
+            continue
+        metric = str(m.base)
+        row = rows.setdefault((metric, m.correlation[1]), {"metric": metric, "target": m.correlation[1]})
+        row[m.correlation[0]] = points[-1][2]
+        row["epoch"] = points[-1][0]
+        row["n"] = len(
+            [p for p in log.series.get(metric, []) if p[0] is not None and p[0] <= (points[-1][0] or 0)]
+        )
     return [rows[k] for k in sorted(rows)]
 
 
 def run_images(run_dir: Path) -> list[tuple[str, bytes | None]]:
-    """Every ``*.png`` under ``run_dir`` (hidden files skipped): ``[(relative path, bytes or None)]``,
-    ``None`` for a file that is not a PNG."""
+    """Every ``*.png`` under ``run_dir`` (hidden files and W&B's own folders skipped):
+    ``[(relative path, bytes or None)]``, ``None`` for a file that is not a PNG."""
     images = []
     for path in sorted(run_dir.rglob("*.png")):
         rel = path.relative_to(run_dir)
-        if any(part.startswith(".") for part in rel.parts):
+        if any(part.startswith(".") or part == "wandb" for part in rel.parts):
             continue
         data = path.read_bytes()
         images.append((rel.as_posix(), data if data.startswith(_PNG_SIGNATURE) else None))
     return images
 
 
-def pruning_summary(run_dir: Path) -> dict[str, Any] | None:
-    """The last pruning step of ``pruned/pruning_history.json`` under ``run_dir``, with the sizes of
-    the compressed weights and of the dense Lightning checkpoints; ``None`` without that file."""
-    found = sorted(run_dir.rglob("pruning_history.json"))
+def pruning_summary(run_dir: Path, log: RunLog | None = None) -> dict[str, Any] | None:
+    """The pruning of the run, from ``pruning_history.json`` under ``run_dir`` (its ``summary``
+    and any ``pruning_summary.json`` beside it); ``None`` when the run was not pruned.
+
+    Sizes are weights only: the dense model's weight bytes as the callback measured them, the
+    compressed ``*.safetensors`` files; a Lightning ``.ckpt`` (weights plus optimizer state) is
+    never compared.
+    """
+    found = sorted(p for p in run_dir.rglob("pruning_history.json") if not any(
+        part.startswith(".") for part in p.relative_to(run_dir).parts))  # fmt: skip
     if not found:
         return None
-    path = found[0]
+    path = found[-1]
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        last = data["history"][-1]
+        history = list(data["history"])
+        last = history[-1]
         widths = last["widths"]
     except (OSError, ValueError, KeyError, IndexError, TypeError) as err:
         raise ValueError(f"{path} is not a pruning history written by TopologicalPruning ({err})") from None
-    weights = sum(p.stat().st_size for p in path.parent.glob("*.safetensors"))
-    dense = {p.relative_to(run_dir).as_posix(): p.stat().st_size for p in sorted(run_dir.rglob("*.ckpt"))}
+    summary = dict(data.get("summary") or {})
+    side = path.parent / "pruning_summary.json"
+    if side.is_file():
+        try:
+            extra = json.loads(side.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            raise ValueError(f"{side} is not readable JSON ({err})") from None
+        if isinstance(extra, dict):
+            summary.update(extra)
+    files = sorted(path.parent.glob("*.safetensors"))
+    dense, compressed = dict(summary.get("dense") or {}), dict(summary.get("compressed") or {})
+    acc = dict(summary.get("val_acc") or {})
+    acc.setdefault("before_pruning", history[0].get("val_acc_before"))
+    acc.setdefault("after_pruning", last.get("val_acc_after"))
+    epochs = [int(r["epoch"]) for r in history if r.get("epoch") is not None and not r.get("at_fit_end")]
     return {
         "path": path.relative_to(run_dir).as_posix(),
-        "method": data.get("method"),
-        "original_params": data.get("original_params"),
-        "last": last,
+        "method": summary.get("method", data.get("method")),
+        "ratio": data.get("ratio"),
+        "history": history,
+        "epochs": epochs,
+        "at_fit_end": bool(last.get("at_fit_end")),
+        "encoder_params": (
+            dense.get("encoder_params", data.get("original_params")),
+            compressed.get("encoder_params", last.get("params")),
+        ),  # fmt: skip
+        "params": (dense.get("params"), compressed.get("params", last.get("total_params"))),
+        "weight_bytes": (dense.get("weight_bytes"), compressed.get("weight_bytes")),
+        "file_bytes": sum(p.stat().st_size for p in files),
+        "files": [p.name for p in files],
+        "val_acc": acc,
+        "cpu_speedup": summary.get("cpu_speedup"),
         "layers": list(zip(widths.get("heads", []), widths.get("ffn", []), strict=False)),
-        "weights_bytes": weights,
-        "checkpoints": dense,
-        "history": data["history"],
     }
+
+
+def _pruning_epochs(info: Mapping[str, Any] | None, log: RunLog) -> list[int]:
+    if info is not None:
+        return list(info["epochs"])
+    points = log.series.get("prune/params", [])
+    return sorted({e for e, _, _ in points if e is not None})[:1]
 
 
 # ----------------------------------------------------------------------------- HTML
 
 _CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1200px;
-color:#222;padding:0 1em}
-h1{font-size:1.6em;margin-bottom:.2em}h2{border-bottom:2px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
-table{border-collapse:collapse;margin:.6em 0;font-size:.9em}th,td{border:1px solid #ccc;padding:.25em .6em;text-align:right}
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:.6em auto;max-width:1380px;
+color:#222;padding:0 .8em;font-size:14px}
+h1{font-size:1.35em;margin:.1em 0}h2{font-size:1.1em;border-bottom:2px solid #ddd;padding-bottom:.1em;margin:.5em 0 .3em}
+.facts{margin:.1em 0 .3em;color:#444}.facts b{color:#111}nav a{margin-right:1em;font-size:.9em}
+table{border-collapse:collapse;margin:.3em 0;font-size:.88em}th,td{border:1px solid #ccc;padding:.15em .5em;text-align:right}
 th{background:#f3f3f3}td.name,th.name{text-align:left;font-family:monospace}
-figure{margin:1em 0;display:inline-block;vertical-align:top;max-width:100%}
-figure img{max-width:100%;border:1px solid #eee}figcaption{font-size:.85em;color:#555;font-family:monospace}
-.note{color:#666;font-style:italic}nav a{margin-right:1em}
+.row{display:flex;gap:1.2em;align-items:flex-start}.row>section{flex:1;min-width:0}
+figure{margin:.3em 0;display:inline-block;vertical-align:top;max-width:100%}
+figure img{max-width:100%;border:1px solid #eee}figcaption{font-size:.8em;color:#555;font-family:monospace}
+details{margin:.3em 0;border:1px solid #e4e4e4;border-radius:4px;padding:.2em .6em}
+summary{cursor:pointer;font-weight:600}.note{color:#666;font-style:italic;margin:.2em 0}
+.half figure{max-width:49%}
 """
 
 
@@ -442,9 +671,10 @@ def _num(value: Any) -> str:
     return f"{value:,}" if isinstance(value, int) else _esc(value)
 
 
-def _img(png: bytes, alt: str, caption: str) -> str:
+def _img(png: bytes, alt: str, caption: str | None = None) -> str:
     uri = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
-    return f'<figure><img src="{uri}" alt="{_esc(alt)}"><figcaption>{_esc(caption)}</figcaption></figure>'
+    cap = f"<figcaption>{_esc(caption)}</figcaption>" if caption else ""
+    return f'<figure><img src="{uri}" alt="{_esc(alt)}">{cap}</figure>'
 
 
 def _table(columns: Sequence[str], rows: Sequence[Sequence[Any]], names: int = 1) -> str:
@@ -465,121 +695,250 @@ def _section(sid: str, title: str, body: str) -> str:
     return f'<section id="{sid}"><h2>{_esc(title)}</h2>\n{body}\n</section>'
 
 
-def _summary_html(log: RunLog, run_dir: Path) -> str:
+def _details(summary: str, body: str, *, open_: bool = False) -> str:
+    return f"<details{' open' if open_ else ''}><summary>{_esc(summary)}</summary>\n{body}\n</details>"
+
+
+def _mib(n: Any) -> str:
+    return f"{n / 2**20:.2f} MiB" if isinstance(n, (int, float)) else "not recorded"
+
+
+def _acc(v: Any) -> str:
+    return f"{v:.4f}" if isinstance(v, (int, float)) else "not measured"
+
+
+def _main_monitor(lenses: Sequence[Lens], log: RunLog) -> str | None:
+    named = [lens.monitor for lens in lenses if lens.monitor and lens.monitor in log.series]
+    if named:
+        return max(set(named), key=named.count)
+    return MONITOR if MONITOR in log.series else None
+
+
+def _facts_html(log: RunLog, run: RunFolder, monitor: str | None) -> str:
     epochs = [e for points in log.series.values() for e, _, _ in points if e is not None]
-    acc = [v for _, _, v in log.series.get(MONITOR, [])]
-    rows = [
-        ("run folder", str(run_dir.resolve())),
-        ("log", f"{log.source}: {log.path}"),
-        ("epochs logged", max(epochs) + 1 if epochs else "none"),
-        ("series logged", len(log.series)),
-        (f"last {MONITOR}", f"{acc[-1]:.4f}" if acc else "not logged"),
-        (f"best {MONITOR}", f"{max(acc):.4f}" if acc else "not logged"),
+    facts = [
+        ("run folder", str(run.run_dir)),
+        ("log", f"{log.source} ({log.path.name})"),
+        ("epochs", max(epochs) + 1 if epochs else "none"),
+        ("series", len(log.series)),
     ]
-    return _table(("", "value"), rows, names=2)
+    if monitor is not None:
+        values = [v for _, _, v in log.series[monitor]]
+        facts += [(f"last {monitor}", f"{values[-1]:.4f}"), (f"best {monitor}", f"{max(values):.4f}")]
+    return '<p class="facts">' + " · ".join(f"{_esc(k)}: <b>{_esc(v)}</b>" for k, v in facts) + "</p>"
 
 
-def _series_html(log: RunLog) -> str:
-    figures = series_figures(log)
-    if not figures:
-        return f'<p class="note">No {", ".join(f + "/" for f in FAMILIES)} series in this log.</p>'
-    note = "" if MONITOR in log.series else f'<p class="note">{MONITOR} was not logged.</p>'
-    return note + "\n".join(_img(png, f"{family} series", f"{family}/ series") for family, png in figures)
+def _summary_html(log: RunLog, lenses: Sequence[Lens], monitor: str | None, prune_epochs: list[int]) -> str:
+    headlines = [lens.headline for lens in lenses if lens.headline]
+    if not headlines:
+        return (
+            '<p class="note">No lens headline metric in this log (no lens callback ran, or none logged).</p>'
+        )
+    by_epoch = _by_epoch(log, headlines + ([monitor] if monitor else []))
+    lines = {h: _line(log, h, by_epoch) for h in headlines}
+    mon = None
+    if monitor is not None:
+        mon = (monitor, [(x, v) for x, v, _ in _line(log, monitor, by_epoch)])
+    png = plot_headlines(lines, mon, prune_epochs=_prune_x(log, prune_epochs, by_epoch),
+                         xlabel="epoch" if by_epoch else "global step")  # fmt: skip
+    note = "" if monitor else '<p class="note">No monitored metric was logged.</p>'
+    return note + _img(png, "headline score per lens", None)
 
 
-def _correlations_html(log: RunLog) -> str:
-    rows = correlation_rows(log)
-    if not rows:
-        return '<p class="note">No */pearson_* or */spearman_* metric in this log.</p>'
-    return "<p>Last logged value of each correlation (over the epochs measured so far).</p>" + _table(
-        ("metric", "against", "pearson", "spearman", "epoch"),
-        [(r["metric"], r["target"], r.get("pearson"), r.get("spearman"), r.get("epoch")) for r in rows],
-        names=2,
+def _ci(row: Mapping[str, Any], kind: str) -> str:
+    ci = row.get(f"{kind}_ci")
+    value = row.get(kind)
+    if value is None:
+        return ""
+    return f"{value:+.2f} [{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else f"{value:+.2f}"
+
+
+def _correlations_html(log: RunLog, lenses: Sequence[Lens], prune_epochs: list[int]) -> str:
+    rows = []
+    for lens in lenses:
+        if lens.headline is None or lens.monitor is None or lens.monitor not in log.series:
+            rows.append((lens.headline or f"{lens.prefix}/ (no headline)", lens.monitor or "none", "", "", "",
+                         "no monitored metric logged" if lens.headline else "no headline metric"))  # fmt: skip
+            continue
+        row = correlation(log, lens.headline, lens.monitor, prune_epochs)
+        rows.append((lens.headline, lens.monitor, row["n"], _ci(row, "pearson"), _ci(row, "spearman"),
+                     row.get("note", "")))  # fmt: skip
+    excluded = f"; pruning epoch {', '.join(map(str, prune_epochs))} left out" if prune_epochs else ""
+    head = (
+        f'<p class="note">Over the epochs where both were logged{excluded}; 95% bootstrap interval '
+        f"({BOOTSTRAP} resamples) in brackets; at least {MIN_POINTS} points.</p>"
     )
+    table = _table(("headline", "against", "n", "Pearson r [95% CI]", "Spearman ρ [95% CI]", "note"), rows, 2)
+    logged = logged_correlations(log)
+    details = ""
+    if logged:
+        details = _details(
+            f"every correlation the monitors logged ({len(logged)}; last value, over the epochs so far)",
+            _table(
+                ("metric", "against", "pearson", "spearman", "epoch", "n"),
+                [
+                    (
+                        r["metric"],
+                        r["target"],
+                        r.get("pearson"),
+                        r.get("spearman"),
+                        r.get("epoch"),
+                        r.get("n"),
+                    )
+                    for r in logged
+                ],
+                2,
+            ),  # fmt: skip
+        )
+    return head + table + details if lenses else '<p class="note">No lens in this log.</p>' + details
+
+
+def _pruning_html(info: Mapping[str, Any] | None, run: RunFolder) -> str:
+    if info is None:
+        return (
+            f'<p class="note">No pruning_history.json under {_esc(run.run_dir)}: this run was not pruned.</p>'
+        )
+    enc, params, weights = info["encoder_params"], info["params"], info["weight_bytes"]
+    dense_w, comp_w = weights
+    comp_w = comp_w if comp_w is not None else (info["file_bytes"] or None)
+    ratio = f" ({comp_w / dense_w:.2f}×)" if isinstance(dense_w, (int, float)) and comp_w and dense_w else ""
+    acc = info["val_acc"]
+    when = (
+        "at the end of fit (no recovery)"
+        if info["at_fit_end"]
+        else f"at epoch {', '.join(map(str, info['epochs']))}"
+    )
+    speed = info["cpu_speedup"]
+    speed_text = (
+        (f"{speed:.2f}×" if isinstance(speed, (int, float)) else _esc(json.dumps(speed)))
+        if speed
+        else "not measured"
+    )
+    rows = [
+        ("method", f"{info['method']} {when}"),
+        ("weights, dense → compressed", f"{_mib(dense_w)} → {_mib(comp_w)}{ratio}"),
+        ("parameters, dense → compressed", f"{_num(params[0]) or 'not recorded'} → {_num(params[1]) or 'not recorded'}"),
+        ("encoder parameters", f"{_num(enc[0])} → {_num(enc[1])}"
+         + (f" ({enc[1] / enc[0]:.2f})" if enc[0] and enc[1] else "")),
+        ("val acc before pruning", _acc(acc.get("before_pruning"))),
+        ("val acc after pruning", _acc(acc.get("after_pruning"))),
+        ("val acc after recovery", _acc(acc.get("after_recovery")) if not info["at_fit_end"] else "no recovery"),
+        ("CPU speed-up", speed_text),
+    ]  # fmt: skip
+    layers = [(i + 1, heads, ffn) for i, (heads, ffn) in enumerate(info["layers"])]
+    detail = _details(
+        f"kept per layer, files ({info['path']})",
+        _table(("layer (hidden-state index)", "heads kept", "FFN units kept"), layers, 0)
+        + f'<p class="note">Layer i is the output of encoder layer i (0 = embeddings, never pruned). '
+        f"Compressed files: {_esc(', '.join(info['files']) or 'none')} ({_mib(info['file_bytes'])}).</p>"
+        + _img(_kept_units_png(info["history"]), "kept units", "heads and FFN units kept per layer"),
+    )
+    return _table(("", "value"), rows, names=1) + detail
+
+
+def _kept_units_png(history: Sequence[Mapping[str, Any]]) -> bytes:
+    with tempfile.TemporaryDirectory() as tmp:
+        return plot_kept_units(history, Path(tmp) / "kept.png").read_bytes()
+
+
+def _series_html(log: RunLog, lenses: Sequence[Lens], prune_epochs: list[int]) -> str:
+    parts = []
+    for lens in lenses:
+        panels = lens_panels(log, lens.prefix)
+        if not panels:
+            continue
+        names = [n for lines in panels.values() for n in lines.values()]
+        by_epoch = _by_epoch(log, names)
+        drawn = {
+            title: {layer: _line(log, name, by_epoch) for layer, name in lines.items()}
+            for title, lines in panels.items()
+        }
+        png = plot_lens_panels(drawn, prune_epochs=_prune_x(log, prune_epochs, by_epoch),
+                               xlabel="epoch" if by_epoch else "global step")  # fmt: skip
+        body = _img(png, f"{lens.prefix} series")
+        if lens.headline and lens.monitor and lens.monitor in log.series:
+            xs, ys = _per_epoch(log.series[lens.headline]), _per_epoch(log.series[lens.monitor])
+            points = [(e, ys[e], xs[e]) for e in sorted(xs.keys() & ys.keys()) if e not in prune_epochs]
+            body += _img(plot_score_vs_monitor_scatter(points, lens.headline, lens.monitor), "scatter")
+        stds = sum(1 for n in log.series if n.startswith(lens.prefix + "/") and n.endswith("/std"))
+        label = (f"{lens.prefix}/ — {len(names)} series in {len(panels)} panels"
+                 + (f", {stds} standard errors as bars" if stds else ""))  # fmt: skip
+        parts.append(_details(label, body, open_=True))
+    other = sorted(
+        n
+        for n, m in _parsed(log).items()
+        if m.prefix in ("train", "val", "test") or m.prefix.startswith("lr-")
+    )
+    other += sorted(n for n in log.series if n.startswith("lr-") and n not in other)
+    if other:
+        panels = {n: {None: _line(log, n, _by_epoch(log, [n]))} for n in other}
+        png = plot_lens_panels(panels, prune_epochs=[], xlabel="epoch or global step")
+        parts.append(_details(f"training and validation curves ({len(other)})", _img(png, "training curves")))
+    return "\n".join(parts) or '<p class="note">No series in this log.</p>'
 
 
 def _figures_html(run_dir: Path) -> str:
     images = run_images(run_dir)
     if not images:
         return '<p class="note">No PNG figure under the run folder.</p>'
-    parts = [_img(png, rel, rel) for rel, png in images if png is not None]
-    parts += [
-        f'<p class="note">{_esc(rel)} is not a PNG file; left out.</p>' for rel, png in images if png is None
-    ]
+    groups: dict[str, list[tuple[str, bytes | None]]] = {}
+    for rel, png in images:
+        groups.setdefault(rel.split("/")[0] if "/" in rel else ".", []).append((rel, png))
+    parts = []
+    for folder, items in groups.items():
+        body = "".join(_img(png, rel, rel) for rel, png in items if png is not None)
+        body += "".join(
+            f'<p class="note">{_esc(rel)} is not a PNG file; left out.</p>'
+            for rel, png in items
+            if png is None
+        )
+        parts.append(
+            _details(
+                f"{folder}/ ({len(items)} figure{'s' if len(items) != 1 else ''})",
+                f'<div class="half">{body}</div>',
+            )
+        )
     return "\n".join(parts)
 
 
-def _pruning_html(run_dir: Path) -> str:
-    info = pruning_summary(run_dir)
-    if info is None:
-        return '<p class="note">No pruned/pruning_history.json: this run was not pruned.</p>'
-    last = info["last"]
-    facts = [
-        ("history", info["path"]),
-        ("method", info["method"]),
-        ("pruning steps", len(info["history"])),
-        ("last step at epoch", last.get("epoch")),
-        ("encoder parameters before", info["original_params"]),
-        ("encoder parameters after", last.get("params")),
-        ("kept fraction of encoder", last.get("ratio")),
-        ("model parameters after (total)", last.get("total_params")),
-        ("compressed weights (*.safetensors)", f"{info['weights_bytes'] / 2**20:.1f} MiB"),
-    ]
-    facts += [
-        (f"dense checkpoint {name}", f"{size / 2**20:.1f} MiB") for name, size in info["checkpoints"].items()
-    ]
-    layers = [(i + 1, heads, ffn) for i, (heads, ffn) in enumerate(info["layers"])]
-    parts = [
-        _table(("", "value"), facts, names=2),
-        _table(("encoder layer (1 = first)", "heads kept", "FFN units kept"), layers, 0),
-    ]
-    return "\n".join(
-        parts + [_img(_kept_units_png(info["history"]), "kept units", "heads and FFN units kept per layer")]
-    )
-
-
-def _kept_units_png(history: Sequence[Mapping[str, Any]]) -> bytes:
-    import tempfile
-
-    from lightning_topo.plots import plot_kept_units
-
-    with tempfile.TemporaryDirectory() as tmp:
-        return plot_kept_units(history, Path(tmp) / "kept.png").read_bytes()
-
-
 def build_report(run_dir: str | Path) -> str:
-    """The HTML page of the run under ``run_dir`` (see the module docstring); raises before any work
-    if ``run_dir`` holds no readable log."""
+    """The HTML page of the run behind ``run_dir`` (see the module docstring); raises before any
+    work if no readable log is found (:func:`resolve_run`)."""
     run = resolve_run(run_dir)
     log = read_run(run)
-    run_dir = run.run_dir
-    sections = [
-        _section("summary", "Run", _summary_html(log, run_dir)),
-        _section("series", f"Scores against {MONITOR}", _series_html(log)),
-        _section("correlations", "Logged correlations", _correlations_html(log)),
-        _section("figures", "Figures written by the monitors", _figures_html(run_dir)),
-        _section("pruning", "Pruning", _pruning_html(run_dir)),
-    ]
+    lenses = run_lenses(log, run.run_dir)
+    monitor = _main_monitor(lenses, log)
+    info = pruning_summary(run.run_dir, log)
+    prune_epochs = _pruning_epochs(info, log)
     nav = "".join(f'<a href="#{sid}">{sid}</a>' for sid in SECTIONS)
-    title = f"lightning-topo report: {run_dir.resolve().name}"
+    title = f"lightning-topo report: {run.run_dir.name}"
+    body = [
+        f"<header><h1>{_esc(title)}</h1>{_facts_html(log, run, monitor)}<nav>{nav}</nav></header>",
+        _section("summary", "Headline score per lens" + (f" and {monitor}" if monitor else ""),
+                 _summary_html(log, lenses, monitor, prune_epochs)),
+        '<div class="row">',
+        _section("correlations", "Correlations", _correlations_html(log, lenses, prune_epochs)),
+        _section("pruning", "Pruning", _pruning_html(info, run)),
+        "</div>",
+        _section("series", "Details per lens", _series_html(log, lenses, prune_epochs)),
+        _section("figures", "Figures written during the run", _figures_html(run.run_dir)),
+    ]  # fmt: skip
     return (
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{_esc(title)}</title>'
-        f"<style>{_CSS}</style></head>\n<body><h1>{_esc(title)}</h1><nav>{nav}</nav>\n"
-        + "\n".join(sections)
-        + "\n</body></html>\n"
+        f"<style>{_CSS}</style></head>\n<body>\n" + "\n".join(body) + "\n</body></html>\n"
     )
 
 
 def write_report(run_dir: str | Path, output: str | Path | None = None, *, overwrite: bool = False) -> Path:
-    """Write :func:`build_report` of ``run_dir`` to ``output`` (default ``RUN_DIR/report.html``),
-    atomically.
+    """Write :func:`build_report` of ``run_dir`` to ``output`` (default ``report.html`` in the
+    folder given), atomically.
 
     Raises:
         FileExistsError: ``output`` exists and ``overwrite`` is false (checked before reading the run).
-        FileNotFoundError, NotADirectoryError, ValueError: see :func:`find_log`.
+        FileNotFoundError, NotADirectoryError, ValueError: see :func:`resolve_run`.
     """
     run_dir = Path(run_dir)
-    find_log(run_dir)
+    resolve_run(run_dir)
     path = Path(output) if output is not None else run_dir / "report.html"
     if path.suffix.lower() not in (".html", ".htm"):
         raise ValueError(f"--output {path} must end in .html")

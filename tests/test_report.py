@@ -10,56 +10,96 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 from lightning.pytorch.loggers import CSVLogger
 
 from lightning_topo.cli import main
 from lightning_topo.plots import write_history_figures
-from lightning_topo.report import SECTIONS, build_report, read_run, write_report
+from lightning_topo.report import (
+    RUN_SETTINGS,
+    SECTIONS,
+    _line,
+    build_report,
+    correlation,
+    lens_panels,
+    read_run,
+    run_lenses,
+    write_report,
+)
+from lightning_topo.scores.names import target_suffix
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_URI = re.compile(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
 
 
-def _write_synthetic_run(root: Path, pruned: bool = True) -> tuple[Path, dict]:
-    """A CSVLogger run (3 epochs) with topo/, geometry/ and prune/ series, correlations, the PSF
-    monitor's figures and a pruning history; returns the log folder and what was logged."""
+ACC = [0.61, 0.74, 0.70, 0.78, 0.69, 0.80]
+PSF = [0.031, 0.027, 0.029, 0.024, 0.033, 0.022]
+PRUNE_EPOCH = 4
+
+
+def _write_synthetic_run(root: Path, pruned: bool = True, prefix: str = "topo", monitor: str = "val/acc",
+                         settings: bool = False) -> tuple[Path, dict]:  # fmt: skip
+    """A CSVLogger run (6 epochs) with a lens (``prefix``: headline, 2 layers, ``/std``, a class,
+    correlations), geometry/ (headline and per-layer details), training curves, the PSF monitor's
+    figures and, when ``pruned``, a pruning at epoch 4 with its summary; returns the log folder and
+    what was logged."""
     logger = CSVLogger(root, name="run", version=0)
-    acc = [0.61, 0.74, 0.70]
-    psf = [0.031, 0.027, 0.029]
-    for epoch in range(3):
+    tag = target_suffix(monitor)
+    for epoch in range(6):
         step = 10 * (epoch + 1)
         logger.log_metrics({"train/loss_step": 0.7 - 0.1 * epoch, "epoch": epoch}, step=step - 5)
         metrics = {
-            "val/acc": acc[epoch],
-            "topo/psf": psf[epoch],
-            "topo/psf/layer_1": psf[epoch] * 1.5,
-            "topo/psf/layer_2": psf[epoch],
-            "topo/h0/entropy": 4.0 + epoch,
+            monitor: ACC[epoch],
+            f"{prefix}/psf": PSF[epoch],
+            f"{prefix}/psf/std": 0.002,
+            f"{prefix}/psf/layer_1": PSF[epoch] * 1.5,
+            f"{prefix}/psf/layer_2": PSF[epoch],
+            f"{prefix}/psf/class_0": PSF[epoch] * 0.9,
+            f"{prefix}/h0/entropy": 4.0 + epoch,
             "geometry/cone": 0.2 + 0.01 * epoch,
+            "geometry/cone/layer_1/heads": 0.1 + 0.01 * epoch,
+            "geometry/cone/layer_2/heads": 0.3 - 0.01 * epoch,
             "epoch": epoch,
         }
         if epoch > 0:
-            metrics["topo/psf/pearson_val_acc"] = -0.25 - 0.5 * epoch
-            metrics["topo/psf/spearman_val_acc"] = -1.0
+            metrics[f"{prefix}/psf/pearson_{tag}"] = -0.25 - 0.05 * epoch
+            metrics[f"{prefix}/psf/spearman_{tag}"] = -1.0
         logger.log_metrics(metrics, step=step)
-    logger.log_metrics({"prune/params": 6000.0, "prune/ratio": 0.6, "epoch": 2}, step=30)
+    if pruned:
+        logger.log_metrics({"prune/params": 6000.0, "prune/ratio": 0.6, "epoch": PRUNE_EPOCH}, step=45)
     logger.save()
     run = Path(logger.log_dir)
     history = [
-        {"epoch": e, "step": 10 * (e + 1), "scores": {"topo/psf": psf[e]}, "monitor": acc[e]}
-        for e in range(3)
+        {"epoch": e, "step": 10 * (e + 1), "scores": {f"{prefix}/psf": PSF[e]}, "monitor": ACC[e]}
+        for e in range(6)
     ]
-    write_history_figures(history, run / "topo", score="topo/psf", monitor="val/acc")
+    write_history_figures(history, run / prefix, score=f"{prefix}/psf", monitor=monitor, key_prefix=prefix)
+    if settings:
+        (run / RUN_SETTINGS).write_text(json.dumps({
+            f"PersistenceScoreMonitor/{prefix}": {"log_prefix": prefix, "monitor_against": monitor,
+                                                  "headline": f"{prefix}/psf"}}))  # fmt: skip
     if pruned:
         (run / "pruned").mkdir()
-        record = {"step": 1, "epoch": 2, "params": 6000, "ratio": 0.6, "total_params": 9000}
+        record = {"step": 1, "epoch": PRUNE_EPOCH, "params": 6000, "ratio": 0.6, "total_params": 9000,
+                  "val_acc_before": 0.78, "val_acc_after": 0.55}  # fmt: skip
         record["widths"] = {"heads": [3, 2], "ffn": [40, 24]}
+        summary = {
+            "method": "topological",
+            "dense": {"params": 13000, "encoder_params": 10000, "weight_bytes": 3 * 2**20},
+            "compressed": {"params": 9000, "encoder_params": 6000, "weight_bytes": 2 * 2**20},
+            "val_acc": {"before_pruning": 0.78, "after_pruning": 0.55, "after_recovery": 0.80},
+            "cpu_speedup": 1.37,
+        }
         (run / "pruned" / "pruning_history.json").write_text(
-            json.dumps({"method": "topological", "original_params": 10000, "history": [record]})
+            json.dumps(
+                {"method": "topological", "original_params": 10000, "history": [record], "summary": summary}
+            )
         )
         (run / "pruned" / "model.safetensors").write_bytes(b"\0" * 2048)
-    return run, {"acc": acc, "psf": psf}
+        (run / "checkpoints").mkdir()
+        (run / "checkpoints" / "epoch=5.ckpt").write_bytes(b"\0" * (7 * 2**20 + 12345))  # weights + AdamW
+    return run, {"acc": ACC, "psf": PSF}
 
 
 def _images(page: str) -> list[bytes]:
@@ -74,8 +114,9 @@ def test_report_has_every_section_and_embeds_every_figure(tmp_path):
     images = _images(page)
     monitor_pngs = sorted((run / "topo").glob("*.png"))
     assert len(monitor_pngs) == 2
-    # one figure per logged family (topo, geometry, prune) + the monitor's PNGs + kept units
-    assert len(images) == 3 + len(monitor_pngs) + 1
+    # headlines; per lens its details and its scatter (topo, geometry); training curves; the
+    # monitor's PNGs; kept units
+    assert len(images) == 1 + 2 * 2 + 1 + len(monitor_pngs) + 1
     assert all(png.startswith(b"\x89PNG\r\n\x1a\n") for png in images)
     for path in monitor_pngs:  # embedded byte for byte
         assert path.read_bytes() in images
@@ -83,13 +124,72 @@ def test_report_has_every_section_and_embeds_every_figure(tmp_path):
     # self-contained: no script, no external resource
     assert "<script" not in page
     assert not re.search(r'(src|href)="(?!data:|#)', page)
-    # correlations: the last logged value of each, not an earlier one
-    assert f"{-0.25 - 0.5 * 2:.4g}" in page and f"{-0.25 - 0.5 * 1:.4g}" not in page
+    # logged correlations: the last value of each, not an earlier one, with its n
+    assert f"{-0.25 - 0.05 * 5:.4g}" in page and f"{-0.25 - 0.05 * 4:.4g}" not in page
     assert f"{max(logged['acc']):.4f}" in page and f"{logged['acc'][-1]:.4f}" in page
-    # pruning table: per-layer widths and the compressed weights' size
+    # pruning table: per-layer widths by hidden-state index (encoder layer 1 writes hidden state 1)
     assert re.search(r"<td>1</td><td>3</td><td>40</td>", page)
     assert re.search(r"<td>2</td><td>2</td><td>24</td>", page)
-    assert "10,000" in page and "6,000" in page
+    assert "layer (hidden-state index)" in page
+
+
+def test_first_screen_summary_correlation_with_n_and_ci_pruning_epoch_left_out(tmp_path):
+    run, _ = _write_synthetic_run(tmp_path)
+    page = build_report(run)
+    epochs = [e for e in range(6) if e != PRUNE_EPOCH]
+    x, y = np.array([PSF[e] for e in epochs]), np.array([ACC[e] for e in epochs])
+    pearson = float(np.corrcoef(x, y)[0, 1])
+    row = correlation(read_run(run), "topo/psf", "val/acc", [PRUNE_EPOCH])
+    assert row["n"] == 5 and row["epochs"] == epochs
+    assert row["pearson"] == pytest.approx(pearson)
+    low, high = row["pearson_ci"]
+    assert -1 <= low <= pearson <= high <= 1
+    assert f"{pearson:+.2f} [{low:+.2f}, {high:+.2f}]" in page
+    assert "pruning epoch 4 left out" in page
+    # fewer points than MIN_POINTS: said, not computed
+    short = correlation(read_run(run), "topo/psf", "val/acc", [0, 1, 4])
+    assert "pearson" not in short and "too few points (n=3" in short["note"]
+    # honest sizes: dense vs compressed weights, never the .ckpt with optimizer state
+    assert "3.00 MiB → 2.00 MiB (0.67×)" in page
+    assert "7.01 MiB" not in page and ".ckpt" not in page
+    for value in ("0.7800", "0.5500", "0.8000", "1.37×", "13,000 → 9,000"):
+        assert value in page
+    # the first screen comes before the details
+    assert page.index('id="pruning"') < page.index('id="series"') < page.index('id="figures"')
+
+
+def test_lens_details_one_panel_per_score_std_as_error_bars(tmp_path):
+    run, _ = _write_synthetic_run(tmp_path)
+    log = read_run(run)
+    panels = lens_panels(log, "topo")
+    assert panels["topo/psf"] == {None: "topo/psf", 1: "topo/psf/layer_1", 2: "topo/psf/layer_2"}
+    assert panels["topo/psf/class_*"] == {"class 0": "topo/psf/class_0"}
+    assert not any("std" in title or "pearson" in title for title in panels)
+    geometry = lens_panels(log, "geometry")
+    assert geometry["geometry/cone/heads"] == {
+        1: "geometry/cone/layer_1/heads",
+        2: "geometry/cone/layer_2/heads",
+    }
+    assert _line(log, "topo/psf", True)[0] == (0.0, PSF[0], 0.002)  # the /std is the error bar
+    assert [lens.headline for lens in run_lenses(log, run)] == ["topo/psf", "geometry/cone"]
+
+
+def test_prefixes_and_monitor_are_read_from_the_run(tmp_path):
+    run, _ = _write_synthetic_run(tmp_path, pruned=False, prefix="mytopo", monitor="val/f1", settings=True)
+    lenses = run_lenses(read_run(run), run)
+    assert [(lens.prefix, lens.headline, lens.monitor, lens.source) for lens in lenses][0] == (
+        "mytopo", "mytopo/psf", "val/f1", "settings")  # fmt: skip
+    page = build_report(run)
+    assert "Headline score per lens and val/f1" in page and "<td class=name>mytopo/psf</td>" in page
+    # without the settings file the names tell the same
+    (run / RUN_SETTINGS).unlink()
+    (lens,) = [lens for lens in run_lenses(read_run(run), run) if lens.prefix == "mytopo"]
+    assert (lens.prefix, lens.headline, lens.monitor, lens.source) == (
+        "mytopo",
+        "mytopo/psf",
+        "val/f1",
+        "names",
+    )
 
 
 def test_read_run_keeps_epochs_steps_and_values(tmp_path):
@@ -97,7 +197,7 @@ def test_read_run_keeps_epochs_steps_and_values(tmp_path):
     log = read_run(run.parent.parent)  # the single metrics.csv below is found
     assert log.source == "CSVLogger"
     assert [(e, v) for e, _, v in log.series["val/acc"]] == list(enumerate(logged["acc"]))
-    assert [s for _, s, _ in log.series["topo/psf"]] == [10, 20, 30]
+    assert [s for _, s, _ in log.series["topo/psf"]] == [10, 20, 30, 40, 50, 60]
     assert "topo/psf/pearson_val_acc" in log.series and "train/loss_step" in log.series
 
 
@@ -107,7 +207,7 @@ def test_report_without_pruning_or_figures_says_so(tmp_path):
     page = build_report(run)
     assert "this run was not pruned" in page
     assert "No PNG figure under the run folder" in page
-    assert len(_images(page)) == 3  # topo, geometry, prune families
+    assert len(_images(page)) == 1 + 2 * 2 + 1  # headlines, 2 lenses x (details, scatter), curves
 
 
 def test_cli_writes_default_output_and_never_overwrites(tmp_path, capsys):
@@ -174,52 +274,25 @@ def test_tensorboard_folder_needs_the_package_or_is_read(tmp_path, capsys):
     assert not (folder / "report.html").exists()
 
 
-def test_tensorboard_scalars_become_series_with_epochs(tmp_path, monkeypatch):
-    """The TensorBoard reader maps each scalar to (epoch, step, value), the epoch read from
-    Lightning's ``epoch`` scalar at the same step (EventAccumulator replaced by a stand-in)."""
-    import sys
-    import types
-    from collections import namedtuple
+def test_tensorboard_scalars_become_series_with_epochs(tmp_path):
+    """A real TensorBoardLogger's events, read with TensorBoard's EventAccumulator: each scalar
+    becomes (epoch, step, value), the epoch read from Lightning's ``epoch`` scalar at that step."""
+    pytest.importorskip("tensorboard")
+    from lightning.pytorch.loggers import TensorBoardLogger
 
-    Event = namedtuple("Event", "wall_time step value")
-    scalars = {
-        "epoch": [Event(0, 10, 0.0), Event(0, 20, 1.0)],
-        "val/acc": [Event(0, 10, 0.5), Event(0, 20, 0.75)],
-        "topo/psf": [Event(0, 10, 0.03), Event(0, 20, 0.02)],
-        "topo/psf/pearson_val_acc": [Event(0, 20, -1.0)],
-        "train/loss_step": [Event(0, 15, 0.6)],
-    }
-    seen = {}
-
-    class FakeAccumulator:
-        def __init__(self, path, size_guidance=None):
-            seen["path"] = path
-
-        def Reload(self):  # noqa: N802 (TensorBoard's name)
-            return self
-
-        def Tags(self):  # noqa: N802
-            return {"scalars": list(scalars)}
-
-        def Scalars(self, tag):  # noqa: N802
-            return scalars[tag]
-
-    names = ["tensorboard", "tensorboard.backend", "tensorboard.backend.event_processing"]
-    for name in names:
-        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
-    leaf = types.ModuleType("tensorboard.backend.event_processing.event_accumulator")
-    leaf.EventAccumulator = FakeAccumulator
-    monkeypatch.setitem(sys.modules, leaf.__name__, leaf)
-    folder = tmp_path / "tb" / "version_0"
-    folder.mkdir(parents=True)
-    (folder / "events.out.tfevents.1.host").write_bytes(b"")
+    logger = TensorBoardLogger(tmp_path, name="tb", version=0)
+    logger.log_metrics({"train/loss_step": 0.6}, step=5)
+    for epoch, (acc, psf) in enumerate([(0.5, 0.03), (0.75, 0.02)]):
+        logger.log_metrics({"val/acc": acc, "topo/psf": psf, "epoch": epoch}, step=10 * (epoch + 1))
+    logger.log_metrics({"topo/psf/pearson_val_acc": -1.0, "epoch": 1}, step=20)
+    logger.finalize("success")
     log = read_run(tmp_path / "tb")
-    assert seen["path"] == str(folder) and log.source == "TensorBoard"
-    assert log.series["val/acc"] == [(0, 10, 0.5), (1, 20, 0.75)]
-    assert log.series["train/loss_step"] == [(None, 15, 0.6)]
+    assert log.source == "TensorBoard" and log.path == Path(logger.log_dir)
+    assert [(e, s, pytest.approx(v)) for e, s, v in log.series["val/acc"]] == [(0, 10, 0.5), (1, 20, 0.75)]
+    assert log.series["train/loss_step"] == [(None, 5, pytest.approx(0.6))]
     assert "epoch" not in log.series
-    page = build_report(folder)
-    assert len(_images(page)) == 1 and "TensorBoard" in page and "-1" in page
+    page = build_report(logger.log_dir)
+    assert "TensorBoard" in page and "topo/psf" in page and "too few points (n=2" in page
 
 
 # --------------------------------------------------------------------------- real browser
@@ -303,12 +376,36 @@ def test_report_of_a_tiny_fit_loads_in_headless_chromium(tmp_path, tiny_config):
     report = write_report(run)
     result = checker.check_report(report, tmp_path / "screenshot.png", browser)
     assert checker.problems(result) == []
-    assert result["sections"] == list(SECTIONS)
-    # one topo/ figure, the monitor's PNGs; every one decoded by the browser
-    assert len(result["widths"]) == 1 + len(pngs)
+    assert set(SECTIONS) <= set(result["sections"])
+    # every image of the page (the monitor's PNGs among them) decoded by the browser
+    page = report.read_text(encoding="utf-8")
+    assert len(result["widths"]) == len(_images(page)) >= 1 + len(pngs)
     assert all(w > 0 for w in result["widths"])
     shot = (tmp_path / "screenshot.png").read_bytes()
     assert shot.startswith(b"\x89PNG") and len(shot) > 10_000
+    # the first screen at 1400x900, and the page's height at 1400 px wide: at most 6 screens
+    first = tmp_path / "first_screen.png"
+    checker._run(browser, [f"--screenshot={first}", "--window-size=1400,900", report.resolve().as_uri()], 120)
+    assert first.read_bytes().startswith(b"\x89PNG")
+    assert _page_height(checker, browser, report) <= 6 * 900
+
+
+def _page_height(checker, browser: str, report: Path) -> int:
+    """``document.body.scrollHeight`` of ``report`` at 1400 px wide (a temporary probe copy)."""
+    probe = report.with_name(".height-probe.html")
+    script = (
+        "<script>window.addEventListener('load',function(){var o=document.createElement('pre');"
+        "o.id='height';o.textContent=document.body.scrollHeight;document.body.appendChild(o);});</script>"
+    )
+    probe.write_text(
+        report.read_text(encoding="utf-8").replace("</body>", script + "</body>"), encoding="utf-8"
+    )
+    try:
+        dom = checker._run(browser, ["--dump-dom", "--window-size=1400,900", "--virtual-time-budget=5000",
+                                     probe.resolve().as_uri()], 120)  # fmt: skip
+    finally:
+        probe.unlink()
+    return int(re.search(r'<pre id="height">(\d+)</pre>', dom).group(1))
 
 
 @pytest.mark.slow

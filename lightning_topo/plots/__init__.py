@@ -63,15 +63,31 @@ def _monitor(history: History) -> np.ndarray:
     return np.array([math.nan if r.get("monitor") is None else r["monitor"] for r in history], dtype=float)
 
 
-def plot_score_vs_epoch(history: History, score: str, monitor: str | None, path: Path) -> Path:
+def plot_score_vs_epoch(
+    history: History, score: str, monitor: str | None, path: Path, *, mark_epochs: Iterable[int] = ()
+) -> Path:
     """``score`` (left axis) and the monitored metric (right axis) per measurement.
 
-    The x axis is the epoch, or the global step when an epoch holds several measurements.
+    The x axis is the epoch (integer ticks), or the global step when an epoch holds several
+    measurements. ``{score}/std`` in the records draws error bars; ``mark_epochs`` (e.g. the
+    pruning epoch) get a dotted red line.
     """
+    from matplotlib.ticker import MaxNLocator
+
     fig = _new_figure()
     ax = fig.add_subplot(1, 1, 1)
     x, xlabel = _x_axis(history)
-    ax.plot(x, _values(history, score), "o-", color="tab:blue", label=score)
+    std = _values(history, f"{score}/std")
+    if np.isfinite(std).any():
+        ax.errorbar(
+            x, _values(history, score), yerr=np.nan_to_num(std), fmt="o-", capsize=2, color="tab:blue"
+        )
+    else:
+        ax.plot(x, _values(history, score), "o-", color="tab:blue", label=score)
+    if xlabel == "epoch":
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        for i, epoch in enumerate(sorted({int(e) for e in mark_epochs})):
+            ax.axvline(epoch, color="tab:red", ls=":", label="pruning" if i == 0 else None)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(score, color="tab:blue")
     mon = _monitor(history)
@@ -83,8 +99,16 @@ def plot_score_vs_epoch(history: History, score: str, monitor: str | None, path:
     return _save(fig, path)
 
 
-def plot_score_vs_monitor(history: History, score: str, monitor: str, path: Path) -> Path:
-    """Scatter of ``score`` against the monitored metric, one point per measurement (labelled)."""
+def plot_score_vs_monitor(
+    history: History, score: str, monitor: str, path: Path, *, exclude_epochs: Iterable[int] = ()
+) -> Path:
+    """Scatter of ``score`` against the monitored metric, one point per measurement (labelled).
+
+    ``exclude_epochs`` (e.g. the pruning epoch, whose accuracy change is the pruning's, not the
+    score's) are left out.
+    """
+    skip = {int(e) for e in exclude_epochs}
+    history = [r for r in history if int(r["epoch"]) not in skip]
     fig = _new_figure(5.0, 4.0)
     ax = fig.add_subplot(1, 1, 1)
     x, xlabel = _x_axis(history)
@@ -95,7 +119,8 @@ def plot_score_vs_monitor(history: History, score: str, monitor: str, path: Path
             ax.annotate(str(int(e)), (m, v), fontsize=7, xytext=(3, 3), textcoords="offset points")
     ax.set_xlabel(monitor)
     ax.set_ylabel(score)
-    ax.set_title(f"{score} vs {monitor} (label: {xlabel})")
+    left_out = f"; epoch {', '.join(map(str, sorted(skip)))} left out" if skip else ""
+    ax.set_title(f"{score} vs {monitor} (label: {xlabel}{left_out})", fontsize=9)
     return _save(fig, path)
 
 
@@ -230,15 +255,18 @@ def plot_kept_units(history: Sequence[Mapping[str, Any]], path: Path) -> Path:
     """Bar charts of the attention heads and FFN units each encoder layer keeps after the last pruning step.
 
     ``history`` is ``TopologicalPruning.history`` (records with ``step``, ``ratio`` and
-    ``widths = {"heads": [...], "ffn": [...]}``, one entry per layer).
+    ``widths = {"heads": [...], "ffn": [...]}``, one entry per encoder layer). Layers are numbered
+    as everywhere else, by hidden-state index: encoder layer ``i`` (1-based) writes hidden state ``i``.
     """
     last = history[-1]
     fig = _new_figure(8.0, 3.0)
     for i, kind in enumerate(("heads", "ffn")):
         ax = fig.add_subplot(1, 2, i + 1)
         kept = last["widths"][kind]
-        ax.bar(range(len(kept)), kept)
-        ax.set_xlabel("layer")
+        layers = range(1, len(kept) + 1)  # encoder layer i writes hidden state i (0 = embeddings)
+        ax.bar(layers, kept)
+        ax.set_xticks(list(layers))
+        ax.set_xlabel("layer (hidden-state index)")
         ax.set_ylabel(f"kept {kind}")
         ax.set_title(f"{kind} after step {last['step']} ({last['ratio']:.2f} of encoder)")
     fig.tight_layout()
