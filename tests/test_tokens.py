@@ -243,3 +243,75 @@ def test_triggers_flip_predictions_and_random_words_do_not(tokenizer):
     assert len(out["per_class"][0]["random_words"]) == 2
     with pytest.raises(ValueError, match="words is empty"):
         concept_triggers(_LexiconModel(tokenizer), tokenizer, texts, labels, {}, FILLER)
+
+
+# ----------------------------------------------------------------------- words from token ids alone
+def test_sequence_words_read_back_the_text_words_of_both_segments(minilm_tokenizer):
+    from lightning_topo.representations.tokens import sequence_words
+
+    enc = minilm_tokenizer(["It's 1990s cinema, Running!"], ["A second part."])
+    words, mismatched = sequence_words(minilm_tokenizer, enc["input_ids"])
+    forms = [(w.form, w.segment) for w in words[0]]
+    assert mismatched == 0
+    assert forms == [("it", 0), ("'", 0), ("s", 0), ("1990s", 0), ("cinema", 0), (",", 0), ("running", 0),
+                     ("!", 0), ("a", 1), ("second", 1), ("part", 1), (".", 1)]  # fmt: skip
+    ids = enc["input_ids"][0]
+    running = next(w for w in words[0] if w.form == "running")
+    assert minilm_tokenizer.decode(ids[running.start : running.last + 1]).replace(" ", "") == "running"
+    assert enc.word_ids(0)[running.last] != enc.word_ids(0)[running.last + 1]  # the word's last piece
+
+
+def test_sequence_words_count_segments_that_do_not_round_trip(minilm_tokenizer):
+    from lightning_topo.representations.tokens import sequence_words
+
+    cls, sep = minilm_tokenizer.cls_token_id, minilm_tokenizer.sep_token_id
+    cont = minilm_tokenizer.convert_tokens_to_ids("##ing")  # a continuation piece cannot start a text
+    unk = minilm_tokenizer.unk_token_id
+    words, mismatched = sequence_words(minilm_tokenizer, [[cls, cont, sep], [cls, unk, sep]])
+    assert mismatched == 1 and len(words[0]) >= 1
+    assert words[1] == []  # the unknown token's text is lost: no word
+
+
+def test_select_tokens_streamed_and_pruned_equals_all_at_once():
+    """The stream property: prune with keep_tail after each chunk, in any order, and get the same set."""
+    from lightning_topo.representations.tokens import select_tokens
+
+    g = torch.Generator().manual_seed(0)
+    n_sent = 60
+    keys = torch.rand(n_sent, generator=g, dtype=torch.float64)
+    rows = [(keys[s].item(), p, int(torch.randint(0, 40, (1,), generator=g))) for s in range(n_sent) for p in range(7)]
+    k, p, f = (torch.tensor([r[i] for r in rows]) for i in range(3))
+    full = select_tokens(k.double(), p, f, max_tokens=90, max_per_word=4)
+    assert int(full.sum()) == 90
+    chosen_all = {rows[i][:2] for i in torch.nonzero(full).flatten().tolist()}
+    for order in (torch.arange(len(rows)), torch.randperm(len(rows), generator=g)):
+        kept: list[int] = []
+        for chunk in order.split(37):
+            kept += chunk.tolist()
+            mask = select_tokens(k[kept].double(), p[kept], f[kept], 90, 4, keep_tail=True)
+            kept = [kept[i] for i in torch.nonzero(mask).flatten().tolist()]
+        final = select_tokens(k[kept].double(), p[kept], f[kept], 90, 4)
+        assert {rows[kept[i]][:2] for i in torch.nonzero(final).flatten().tolist()} == chosen_all
+    # the per-form cap and the visiting order: no form over 4, and sentences in key order
+    chosen = torch.nonzero(full).flatten()
+    assert torch.bincount(f[chosen]).max() <= 4
+    last = max(rows[i][:2] for i in chosen.tolist())
+    for i, (key, pos, form) in enumerate(rows):  # an earlier token left out has a full form
+        if (key, pos) < last and not bool(full[i]):
+            before = [j for j in chosen.tolist() if rows[j][2] == form and rows[j][:2] < (key, pos)]
+            assert len(before) == 4
+    # a (key, position) seen twice (a sentence on two processes) counts once
+    twice = select_tokens(torch.cat([k, k]).double(), torch.cat([p, p]), torch.cat([f, f]), 90, 4)
+    assert int(twice.sum()) == 90
+
+
+def test_prepend_tokens_inserts_after_cls_and_keeps_the_last_token():
+    from lightning_topo.representations.tokens import pad_rows, prepend_tokens
+
+    batch = pad_rows([([2, 10, 11, 3], [0, 0, 0, 0]), ([2, 12, 3], [0, 0, 0])], pad_id=0)
+    out = prepend_tokens(batch, [7, 8], max_length=5)
+    assert out["input_ids"].tolist() == [[2, 7, 8, 10, 3], [2, 7, 8, 12, 3]]
+    assert out["attention_mask"].tolist() == [[1] * 5, [1] * 5] and out["token_type_ids"].shape == (2, 5)
+    wide = prepend_tokens(batch, [7], max_length=64)
+    assert wide["input_ids"].tolist() == [[2, 7, 10, 11, 3], [2, 7, 12, 3, 0]]
+    assert wide["attention_mask"].tolist()[1] == [1, 1, 1, 1, 0]

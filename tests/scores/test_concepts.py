@@ -200,3 +200,23 @@ def test_metric_names_agree_with_metrics():
         metrics = concept_metrics(desc)
         assert list(metrics) == concept_metric_names([0, 3], list(sets), matched=ref is not None)
         assert metrics["polar/layer_3"] == pytest.approx(2 / 3)
+
+
+@pytest.mark.parametrize(("n", "d", "k"), [(120, 16, 6), (300, 64, 15), (200, 768, 10)])
+def test_ward_engine_gives_scikit_learns_partition(n, d, k):
+    """discover_concepts (distances from one matrix product + SciPy's Ward) = scikit-learn's Ward cut at k."""
+    from sklearn.cluster import AgglomerativeClustering
+
+    g = torch.Generator().manual_seed(n)
+    x = torch.randn(n, d, generator=g, dtype=torch.float64) + torch.randn(5, d, generator=g, dtype=torch.float64)[
+        torch.arange(n) % 5
+    ] * 3
+    ours = discover_concepts(x, k)
+    ref = AgglomerativeClustering(n_clusters=k, linkage="ward").fit_predict(x.numpy())
+    assert int(ours.max()) + 1 == k and _same_partition(ours, ref)
+
+
+def test_ward_cut_has_exactly_k_clusters_with_tied_heights():
+    points = torch.tensor([[0.0], [1.0], [2.0], [3.0], [10.0], [11.0]], dtype=torch.float64)  # equal gaps: ties
+    for k in range(1, 7):
+        assert int(discover_concepts(points, k).max()) + 1 == k
