@@ -23,6 +23,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from scipy.cluster.hierarchy import linkage
+from scipy.spatial.distance import squareform
+from scipy.stats import binom
 from torch import Tensor
 
 __all__ = [
@@ -105,9 +108,6 @@ def ward_linkage(points: np.ndarray) -> np.ndarray:
     the same algorithm scikit-learn runs (``benchmarks/lenses_concepts.py`` and the tests check
     that the partitions agree).
     """
-    from scipy.cluster.hierarchy import linkage
-    from scipy.spatial.distance import squareform
-
     x = torch.from_numpy(np.ascontiguousarray(points, dtype=np.float64))
     sq = (x * x).sum(1)
     d2 = (sq[:, None] + sq[None, :] - 2.0 * (x @ x.T)).clamp_min_(0.0)
@@ -370,8 +370,6 @@ def chance_polar_share(
         sizes: tokens per concept (zeros are skipped). class_shares: share of each class among
             the tokens. theta: the alignment threshold.
     """
-    from scipy.stats import binom
-
     theta = _check_theta(theta)
     n = np.asarray(sizes.tolist() if isinstance(sizes, Tensor) else sizes, dtype=np.int64)
     n = n[n > 0]
