@@ -563,12 +563,17 @@ class _RecordMetrics(pl.Callback):
         self.out_dir = out_dir
         self.records: list[dict] = []
 
-    def on_validation_end(self, trainer, pl_module):
-        if trainer.sanity_checking:
-            return
+    def _record(self, trainer, when):
         values = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("geometry/")}
-        self.records.append({"epoch": trainer.current_epoch, "values": values})
+        self.records.append({"epoch": trainer.current_epoch, "when": when, "values": values})
         (Path(self.out_dir) / f"rank{trainer.global_rank}.json").write_text(json.dumps(self.records))
+
+    def on_validation_end(self, trainer, pl_module):
+        if not trainer.sanity_checking:
+            self._record(trainer, "validation")
+
+    def on_train_epoch_end(self, trainer, pl_module):  # after the correlations are logged
+        self._record(trainer, "train_epoch_end")
 
 
 def _ddp_main(out_dir: str, devices: int) -> None:
@@ -619,8 +624,10 @@ def test_ddp_early_stops_on_the_headline_without_sync_dist_warnings(tmp_path):
         ours = [w for w in result["warnings"] if "geometry/" in w]
         assert ours == [], ours
     logged = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
-    assert len(logged[0]) == 3 and logged[0] == logged[1]  # every rank holds the same logged values
-    assert {"geometry/cone", "geometry/cone/pearson_val_acc"} <= set(logged[0][-1]["values"])
+    assert len(logged[0]) == 6 and logged[0] == logged[1]  # every rank holds the same logged values
+    assert "geometry/cone" in logged[0][0]["values"]
+    assert logged[0][-1]["when"] == "train_epoch_end"  # from 3 measurements on: the correlations too
+    assert {"geometry/cone/pearson_val_acc", "geometry/cone/spearman_val_acc"} <= set(logged[0][-1]["values"])
 
 
 @pytest.mark.slow
