@@ -586,3 +586,20 @@ def test_summary_in_pruning_history_and_on_stdout(tiny_hf_folder, data_file, tmp
             f"val acc: before pruning {acc['before_pruning']:.4f}, after pruning {acc['after_pruning']:.4f}"
             in stdout
         )
+
+
+def test_int8_report_fills_the_summarys_cpu_speedup(tiny_hf_folder, data_file, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert topo_main([*_prune_argv(tiny_hf_folder, out, data_file, "0"), "--int8-report"]) == 0
+    report = json.loads((out / "int8_report.json").read_text())
+    summary = report["prune_summary"]
+    assert summary["cpu_speedup"] == {
+        name: row["speedup"] for name, row in report["rows"].items() if name != "dense fp32"
+    }
+    inside = json.loads((out / "pruning_history.json").read_text())["summary"]
+    assert inside["cpu_speedup"] is None  # the checksummed folder was written before the timing
+    assert {k: v for k, v in summary.items() if k != "cpu_speedup"} == {
+        k: v for k, v in inside.items() if k != "cpu_speedup"
+    }
+    speed = summary["cpu_speedup"]["pruned fp32"]
+    assert f"CPU speed-up pruned fp32 {speed:.2f}x" in capsys.readouterr().out
