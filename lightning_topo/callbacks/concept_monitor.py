@@ -461,14 +461,12 @@ class ConceptAlignmentMonitor(MetricMonitor):
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        before = self._settings()
-        super().load_state_dict(state_dict)  # restores the saved settings (with a warning) and the history
-        if self._settings() != before:
-            self._template = self._new_metric()
-            if self._hf_model is not None:
-                self._template.check_model(self._hf_model)
-                self._capture = self._template.make_capture(self._hf_model)
-            self.metric = self._template
+        """The history, the reference and the trigger result -- only from a state of the same
+        settings (MetricMonitor's rule: another series is not restored, with a warning)."""
+        same = all(state_dict.get(k, v) == v for k, v in self._settings().items())
+        super().load_state_dict(state_dict)
+        if not same:
+            return
         reference = state_dict.get("reference")
         if reference is not None:
             self._template.set_reference(reference)

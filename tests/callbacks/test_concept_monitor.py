@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 import torch
 from lightning.pytorch import Callback, Trainer
-
 from user_modules import USER_MODULES, loaders, trainer
 
 WORDS = ["good", "bad", "the", "film", "movie", "plot", "was", "is", "a", "and", "it", "great", "awful", "dull",
@@ -221,9 +220,9 @@ def test_train_split_with_max_samples_is_refused(tmp_path, tok):
 
 def test_tokenizer_is_found_at_the_model_folder(tmp_path):
     """An HF model loaded from a folder: its tokenizer comes from name_or_path (trust_remote_code=False)."""
+    from conftest import save_tiny_hf_folder
     from transformers import AutoModelForSequenceClassification
 
-    from conftest import save_tiny_hf_folder
     from lightning_topo.callbacks.concept_monitor import ConceptAlignmentMonitor
     from lightning_topo.loading import load_tokenizer
 
@@ -283,10 +282,10 @@ def test_state_dict_roundtrip_and_state_key(tok):
     assert a.state_key == b.state_key
     assert a.state_key != _monitor(tok, layers=[1]).state_key != _monitor(tok, log_prefix="c2").state_key
     assert a.state_key != _monitor(tok, max_tokens=200).state_key != _monitor(tok, theta=0.8).state_key
-    with pytest.warns(UserWarning, match="saved settings are restored"):
+    with pytest.warns(UserWarning, match="max_tokens=100 .now 200.; it is not restored"):
         c = _monitor(tok, max_tokens=200)
         c.load_state_dict(a.state_dict())
-    assert c.max_tokens == 100 and c._template.max_tokens == 100
+    assert c.history == [] and c._template.reference is None and c.max_tokens == 200
 
 
 def test_hooks_are_marked_override():
