@@ -13,8 +13,8 @@ torchmetrics.
 """
 
 from lightning_topo.metrics.base import LensMetric, LensResult
-from lightning_topo.metrics.geometry import GeometryScore
 from lightning_topo.metrics.concepts import ConceptAlignment
+from lightning_topo.metrics.geometry import GeometryScore
 from lightning_topo.metrics.persistence import PersistenceScore
 from lightning_topo.metrics.tree_probe import TreeProbeScore
 

@@ -160,7 +160,7 @@ class ConceptAlignment(LensMetric):
             raise TypeError(f"tokenizer must be a Hugging Face tokenizer, a folder path or None; got {tokenizer!r}")
         self.tokenizer_arg = tokenizer
         self.tokenizer: Any = None
-        self._special: set[int] = set()
+        self.special_ids: set[int] = set()
         if tokenizer is not None and not isinstance(tokenizer, str | os.PathLike):
             self._use_tokenizer(tokenizer, vocab_size=None)
         self.reference: dict[str, Any] | None = None
@@ -203,7 +203,7 @@ class ConceptAlignment(LensMetric):
                 )
             self.label_sets = tuple(s for s in self.label_sets if s != "casing")
         self.tokenizer = tokenizer
-        self._special = special_token_ids(tokenizer)
+        self.special_ids = special_token_ids(tokenizer)
 
     def check_model(self, model: Any) -> None:
         """Bind the layers and find the tokenizer: ``tokenizer=`` or the model's ``name_or_path``.
@@ -343,7 +343,7 @@ class ConceptAlignment(LensMetric):
             return
         real_pos = [torch.nonzero(mask[r]).flatten() for r in rows]
         real = [ids[r][p].tolist() for r, p in zip(rows, real_pos, strict=True)]
-        words, bad = sequence_words(self.tokenizer, real, self._special)
+        words, bad = sequence_words(self.tokenizer, real, self.special_ids)
         self._mismatched += bad
         rec: dict[str, list] = {k: [] for k in ("row", "col", "key", "pos", "form", "pieces", "cls", "seg")}
         for i, r in enumerate(rows):

@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-
 from conftest import save_tiny_hf_folder
 
 GOOD = ["a good film", "great acting and a lovely story", "the plot is superb", "nice, warm and funny"]
@@ -183,9 +182,8 @@ def test_bad_arguments(kwargs, error, match):
 
 
 def test_bad_models_and_batches_are_refused(model, tokenizer):
-    from transformers import BertForSequenceClassification
-
     from conftest import tiny_bert_config
+    from transformers import BertForSequenceClassification
 
     with pytest.raises(ValueError, match="pass tokenizer="):  # built from a config: no name_or_path
         _metric().check_model(BertForSequenceClassification(tiny_bert_config()))
