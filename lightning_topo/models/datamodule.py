@@ -21,6 +21,7 @@ from lightning_topo.data import (
     stratified_subset,
 )
 from lightning_topo.data.files import (
+    SPLIT_ALIASES,
     check_columns,
     check_file,
     label_ids,
@@ -116,6 +117,11 @@ def _parse_limit(limit: int | Mapping[str, int] | None) -> dict[str, int]:
     return {s: _int_arg("limit", limit, 1) for s in splits}
 
 
+def _is_hf_dataset(value: Any) -> bool:
+    """A Hugging Face ``datasets.Dataset`` or ``DatasetDict`` (by type name, without importing datasets)."""
+    return type(value).__name__ in ("Dataset", "DatasetDict") and hasattr(value, "column_names")
+
+
 # ------------------------------------------------------------------------------------ datamodule
 class TextClassificationDataModule(pl.LightningDataModule):
     """Sentence classification data for :class:`~lightning_topo.models.SequenceClassifier`.
@@ -144,7 +150,10 @@ class TextClassificationDataModule(pl.LightningDataModule):
     ``distributed_sampler_kwargs`` (world size and global rank), which Lightning keeps as is.
 
     Args:
-        data_file: one file to split (see above).
+        data_file: one file to split (see above), or a Hugging Face ``datasets.Dataset`` (split by
+            the same rule) or ``DatasetDict`` (its ``train``, ``validation``/``val``/``dev`` and
+            ``test`` splits; without a validation split ``train`` is split by rule). Install the
+            ``datasets`` extra. A ``ClassLabel`` label column gives the class names.
         train_file: training file; needs ``val_file``.
         val_file: validation file.
         test_file: test file (optional).
@@ -221,7 +230,13 @@ class TextClassificationDataModule(pl.LightningDataModule):
         )
         if isinstance(tokenizer_name_or_path, os.PathLike):
             tokenizer_name_or_path = os.fspath(tokenizer_name_or_path)
-        self.save_hyperparameters()
+        #: A Hugging Face ``datasets.Dataset`` / ``DatasetDict`` given as ``data_file`` (else ``None``).
+        self.dataset: Any = data_file if _is_hf_dataset(data_file) else None
+        if self.dataset is not None:
+            data_file = None
+            self.save_hyperparameters(ignore=["data_file"])  # a Dataset is not a checkpoint value
+        else:
+            self.save_hyperparameters()
         self.max_length = _int_arg("max_length", max_length, 2)
         self.batch_size = _int_arg("batch_size", batch_size, 1)
         self.eval_batch_size = (
@@ -284,7 +299,7 @@ class TextClassificationDataModule(pl.LightningDataModule):
             )
         if files["train_file"] is not None and files["data_file"] is not None:
             raise ValueError("pass either data_file or train_file/val_file/test_file, not both")
-        self.embedded = files["data_file"] is None and files["train_file"] is None
+        self.embedded = files["data_file"] is None and files["train_file"] is None and self.dataset is None
         if self.embedded:
             files["data_file"] = str(rotten_tomatoes_path())
             self.split_column = self.split_column or "split"
@@ -433,7 +448,41 @@ class TextClassificationDataModule(pl.LightningDataModule):
 
     # ------------------------------------------------------------------ reading
     def _where(self) -> str:
+        if self.dataset is not None:
+            return f"data_file ({type(self.dataset).__name__})"
         return "embedded dataset" if self.embedded else f"data_file {self.data_file!r}"
+
+    def _hf_dataset_rows(self) -> tuple[dict[str, list[dict[str, Any]]] | None, list[dict[str, Any]] | None]:
+        """``(rows per split, None)`` of a ``DatasetDict``, or ``(None, rows)`` of one ``Dataset`` (split by rule).
+
+        Split names: ``train``; ``validation``/``val``/``dev`` -> val; ``test``. A ``ClassLabel`` label
+        feature gives ``label_names`` when none were passed.
+        """
+        where = self._where()
+        required = self._required()
+        columns = [c for c in required.values() if c is not None]
+
+        def rows_of(ds: Any, name: str) -> list[dict[str, Any]]:
+            check_columns(list(ds.column_names), required, f"{where} split {name!r}")
+            feature = getattr(ds, "features", {}).get(self.label_column)
+            if self.label_names is None and getattr(feature, "names", None):
+                self.label_names = [str(n) for n in feature.names]
+            return ds.select_columns(columns).to_list()
+
+        if not isinstance(self.dataset, Mapping):
+            return None, rows_of(self.dataset, "(all)")
+        alias = {a: s for s, names in SPLIT_ALIASES.items() for a in names}
+        raw: dict[str, list[dict[str, Any]]] = {}
+        for name, ds in self.dataset.items():
+            split = alias.get(str(name).strip().lower())
+            if split is None:
+                continue  # e.g. "unsupervised": not a labelled split
+            raw[split] = rows_of(ds, name)
+        if "train" not in raw:
+            raise ValueError(f"{where} has no 'train' split; it has {sorted(self.dataset)}")
+        if "val" not in raw:
+            return None, raw["train"] + raw.get("test", [])
+        return raw, None
 
     def _required(self, need_label: bool = True) -> dict[str, str | None]:
         return {
@@ -453,8 +502,14 @@ class TextClassificationDataModule(pl.LightningDataModule):
                     raw[split] = rows
             return raw
         where = self._where()
-        rows, columns = read_table(self.data_file, "data_file")
-        check_columns(columns, self._required(), where)
+        if self.dataset is not None:
+            by_split, rows = self._hf_dataset_rows()
+            if by_split is not None:
+                return by_split
+            columns = list(rows[0]) if rows else []
+        else:
+            rows, columns = read_table(self.data_file, "data_file")
+            check_columns(columns, self._required(), where)
         if not rows:
             raise ValueError(f"{where} has no rows")
         if self.split_column is not None:
