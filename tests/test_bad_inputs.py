@@ -822,7 +822,10 @@ def _with_code(env: Env, model_type: str, name: str = "evil_model") -> Path:
     folder = copy_hf(env, name)
     config = json.loads((folder / "config.json").read_text())
     config["model_type"] = model_type
-    config["auto_map"] = {"AutoConfig": "evil.EvilConfig", "AutoModelForSequenceClassification": "evil.EvilModel"}
+    config["auto_map"] = {
+        "AutoConfig": "evil.EvilConfig",
+        "AutoModelForSequenceClassification": "evil.EvilModel",
+    }
     (folder / "config.json").write_text(json.dumps(config))
     (folder / "evil.py").write_text(EVIL_PY)
     return folder
