@@ -222,16 +222,6 @@ def test_cli_refuses_a_foreign_auto_map_under_a_known_model_type(source, tmp_pat
     assert "auto_map naming code in the folder ('evil.EvilConfig')" in line, line
 
 
-#: Entry points whose loading is owned by other engineers and not yet switched to
-#: lightning_topo.loading (issue 25.1): strict, so the marker must come off when they are fixed.
-_NOT_YET = pytest.mark.xfail(
-    strict=True,
-    reason="pruning.export.load_compressed (and analyze --model, which reads through it) still calls "
-    "from_pretrained without trust_remote_code=False; owned by the pruning package",
-)
-
-
-@_NOT_YET
 def test_analyze_refuses_the_folder_on_a_terminal(source, tmp_path):
     evil = craft(tmp_path / "evil", source)
     marker = tmp_path / "MARKER"
@@ -255,10 +245,7 @@ PYTHON_ENTRIES = {
 }
 
 
-@pytest.mark.parametrize(
-    "entry",
-    [pytest.param(e, marks=_NOT_YET) if e == "load_compressed" else e for e in sorted(PYTHON_ENTRIES)],
-)
+@pytest.mark.parametrize("entry", sorted(PYTHON_ENTRIES))
 @pytest.mark.parametrize("tokenizer_map", [False, True], ids=["config-auto-map", "tokenizer-auto-map-too"])
 def test_python_entry_points_refuse_the_folder_on_a_terminal(entry, tokenizer_map, source, tmp_path):
     evil = craft(tmp_path / "evil", source, tokenizer_map=tokenizer_map)
@@ -273,7 +260,7 @@ def test_python_entry_points_refuse_the_folder_on_a_terminal(entry, tokenizer_ma
     assert answered == 0, out[-3000:]
     assert status == 2, out[-3000:]
     line = _one_error_line(out, "REFUSED:")
-    assert REFUSAL in line and "evil" in line, line
+    assert "never run" in line and "evil" in line, line  # load_compressed words it its own way
 
 
 def test_tokenizer_auto_map_alone_is_refused(source, tmp_path):
@@ -298,10 +285,6 @@ def test_trust_remote_code_cannot_be_passed(source):
         load_model(AutoModel, source, trust_remote_code=True)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pruning/export.py (load_compressed) and cli/prune.py (AutoConfig) are not switched yet",
-)
 def test_source_has_no_from_pretrained_without_trust_remote_code_false():
     """Every ``from_pretrained(`` call in the package passes ``trust_remote_code=False`` literally
     (checked on the syntax tree; docstrings and messages do not count)."""
