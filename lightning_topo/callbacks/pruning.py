@@ -940,8 +940,11 @@ def check_writable(path: str | Path, needed: int = 0, *, what: str = "output") -
             )
 
 
-class NotEnoughSpaceError(OSError):
-    """Refused before any training: the disk cannot hold the compressed checkpoint (:func:`check_writable`)."""
+class NotEnoughSpaceError(OSError, ValueError):
+    """Refused before any training: the disk cannot hold the compressed checkpoint (:func:`check_writable`).
+
+    An ``OSError`` (what it is) and a ``ValueError`` (so every command line reports it as a refused
+    input: one line, exit status 2, like the other setup refusals)."""
 
 
 class CompressedSaveError(OSError):

@@ -924,3 +924,10 @@ def test_summary_at_fit_end_has_no_recovery_and_evaluate_false_measures_nothing(
     _trainer(tmp_path / "b", [off], max_epochs=1).fit(_module(tiny_dir), _loader(_batches(2)), _loader(val))
     assert off.summary["val_acc"] == {"before_pruning": None, "after_pruning": None, "after_recovery": None}
     assert off.summary["compressed"]["encoder_params"] < off.summary["dense"]["encoder_params"]
+
+
+def test_not_enough_space_is_a_refusal_every_command_line_reports_in_one_line():
+    from lightning_topo.callbacks.pruning import NotEnoughSpaceError
+    from lightning_topo.cli.errors import USER_ERRORS
+
+    assert issubclass(NotEnoughSpaceError, OSError) and issubclass(NotEnoughSpaceError, USER_ERRORS)
