@@ -32,7 +32,7 @@ import numpy as np
 
 from lightning_topo.analysis import write_text_atomic
 from lightning_topo.plots import plot_kept_units
-from lightning_topo.plots.report import plot_headlines, plot_lens_panels, plot_score_vs_monitor_scatter
+from lightning_topo.plots.report import plot_headlines, plot_lens_panels
 from lightning_topo.plots.wandb import offline_run
 from lightning_topo.scores.names import MetricName, parse_metric_name, target_suffix
 
@@ -847,22 +847,36 @@ def _series_html(log: RunLog, lenses: Sequence[Lens], prune_epochs: list[int]) -
         panels = lens_panels(log, lens.prefix)
         if not panels:
             continue
+        # values logged once without an epoch (a lens's end-of-fit experiment) are a table, not panels
+        once = {
+            n for lines in panels.values() for n in lines.values()
+            if len(log.series[n]) == 1 and log.series[n][0][0] is None
+        }  # fmt: skip
+        panels = {t: {k: n for k, n in lines.items() if n not in once} for t, lines in panels.items()}
+        panels = {t: lines for t, lines in panels.items() if lines}
         names = [n for lines in panels.values() for n in lines.values()]
         by_epoch = _by_epoch(log, names)
         drawn = {
             title: {layer: _line(log, name, by_epoch) for layer, name in lines.items()}
             for title, lines in panels.items()
         }
-        png = plot_lens_panels(drawn, prune_epochs=_prune_x(log, prune_epochs, by_epoch),
-                               xlabel="epoch" if by_epoch else "global step")  # fmt: skip
-        body = _img(png, f"{lens.prefix} series")
+        scatter = None
         if lens.headline and lens.monitor and lens.monitor in log.series:
             xs, ys = _per_epoch(log.series[lens.headline]), _per_epoch(log.series[lens.monitor])
             points = [(e, ys[e], xs[e]) for e in sorted(xs.keys() & ys.keys()) if e not in prune_epochs]
-            body += _img(plot_score_vs_monitor_scatter(points, lens.headline, lens.monitor), "scatter")
+            scatter = (points, lens.headline, lens.monitor)
+        body = ""
+        if drawn:
+            png = plot_lens_panels(drawn, prune_epochs=_prune_x(log, prune_epochs, by_epoch),
+                                   xlabel="epoch" if by_epoch else "global step", scatter=scatter)  # fmt: skip
+            body = _img(png, f"{lens.prefix} series")
+        if once:
+            rows = [(n, log.series[n][0][2], log.series[n][0][1]) for n in sorted(once)]
+            body += _table(("logged once", "value", "step"), rows, 1)
         stds = sum(1 for n in log.series if n.startswith(lens.prefix + "/") and n.endswith("/std"))
-        label = (f"{lens.prefix}/ — {len(names)} series in {len(panels)} panels"
-                 + (f", {stds} standard errors as bars" if stds else ""))  # fmt: skip
+        label = (f"{lens.prefix}/ — {len(names) + len(once)} series in {len(panels)} panels"
+                 + (f", {stds} standard errors as bars" if stds else "")
+                 + (f", {lens.headline} vs {lens.monitor}" if scatter else ""))  # fmt: skip
         parts.append(_details(label, body, open_=True))
     other = sorted(
         n
@@ -871,8 +885,10 @@ def _series_html(log: RunLog, lenses: Sequence[Lens], prune_epochs: list[int]) -
     )
     other += sorted(n for n in log.series if n.startswith("lr-") and n not in other)
     if other:
-        panels = {n: {None: _line(log, n, _by_epoch(log, [n]))} for n in other}
-        png = plot_lens_panels(panels, prune_epochs=[], xlabel="epoch or global step")
+        axes = {n: _by_epoch(log, [n]) for n in other}
+        panels = {n: {None: _line(log, n, axes[n])} for n in other}
+        xlabels = {n: "epoch" if axes[n] else "global step" for n in other}
+        png = plot_lens_panels(panels, prune_epochs=[], xlabel=xlabels)
         parts.append(_details(f"training and validation curves ({len(other)})", _img(png, "training curves")))
     return "\n".join(parts) or '<p class="note">No series in this log.</p>'
 

@@ -114,9 +114,9 @@ def test_report_has_every_section_and_embeds_every_figure(tmp_path):
     images = _images(page)
     monitor_pngs = sorted((run / "topo").glob("*.png"))
     assert len(monitor_pngs) == 2
-    # headlines; per lens its details and its scatter (topo, geometry); training curves; the
-    # monitor's PNGs; kept units
-    assert len(images) == 1 + 2 * 2 + 1 + len(monitor_pngs) + 1
+    # headlines; per lens one figure (its panels and its scatter; topo, geometry); training
+    # curves; the monitor's PNGs; kept units
+    assert len(images) == 1 + 2 + 1 + len(monitor_pngs) + 1
     assert all(png.startswith(b"\x89PNG\r\n\x1a\n") for png in images)
     for path in monitor_pngs:  # embedded byte for byte
         assert path.read_bytes() in images
@@ -207,7 +207,7 @@ def test_report_without_pruning_or_figures_says_so(tmp_path):
     page = build_report(run)
     assert "this run was not pruned" in page
     assert "No PNG figure under the run folder" in page
-    assert len(_images(page)) == 1 + 2 * 2 + 1  # headlines, 2 lenses x (details, scatter), curves
+    assert len(_images(page)) == 1 + 2 + 1  # headlines, 2 lenses, training curves
 
 
 def test_cli_writes_default_output_and_never_overwrites(tmp_path, capsys):

@@ -139,19 +139,22 @@ def plot_lens_panels(
     panels: Mapping[str, Mapping[int | str | None, Line]],
     *,
     prune_epochs: Sequence[float] = (),
-    xlabel: str = "epoch",
+    xlabel: str | Mapping[str, str] = "epoch",
     columns: int = 4,
+    scatter: tuple[Sequence[tuple[int, float, float]], str, str] | None = None,
 ) -> bytes:
     """The details of one lens: one panel per ``{panel title: {line key: line}}``; PNG bytes.
 
     An ``int`` key is a layer (hidden-state index, 0 = embeddings): one colour in every panel and
     one entry in the legend above the panels; ``None`` is the score without a layer (black); a
-    ``str`` key (``"class 0"``) gets its own colour and a legend below its panel.
+    ``str`` key (``"class 0"``) gets its own colour and a legend to the right of its panel.
+    ``xlabel`` is one label or one per panel title. ``scatter = (points, score, monitor)`` adds a
+    last panel: ``score`` against ``monitor``, one point per ``(epoch, monitor value, score)``.
     """
     from matplotlib.lines import Line2D
 
     layers = sorted({k for lines in panels.values() for k in lines if isinstance(k, int)})
-    n = max(len(panels), 1)
+    n = max(len(panels) + (scatter is not None), 1)
     fig, rows, cols = _grid(n, columns, 3.3, 2.3, 0.35)
     for i, (title, lines) in enumerate(panels.items()):
         ax = fig.add_subplot(rows, cols, i + 1)
@@ -165,9 +168,11 @@ def plot_lens_panels(
             else:
                 _draw(ax, line, _layer_colour(key, layers), None)
         _mark_pruning(ax, prune_epochs)
-        _style(ax, xlabel, title)
+        _style(ax, xlabel if isinstance(xlabel, str) else xlabel.get(title, ""), title)
         if labelled:
-            ax.legend(fontsize=6, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.28), frameon=False)
+            ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False, handlelength=1)
+    if scatter is not None:
+        _scatter(fig.add_subplot(rows, cols, len(panels) + 1), *scatter)
     extra = [(Line2D([], [], color=_layer_colour(k, layers), marker="o", ms=4), f"layer {k}") for k in layers]
     if layers and any(None in lines for lines in panels.values()):
         extra.append((Line2D([], [], color="black", marker="o", ms=4), "no layer (headline)"))
@@ -176,22 +181,25 @@ def plot_lens_panels(
     return _png(fig)
 
 
-def plot_score_vs_monitor_scatter(
-    points: Sequence[tuple[int, float, float]], score: str, monitor: str
-) -> bytes:
-    """``score`` (y) against ``monitor`` (x), one point per ``(epoch, monitor value, score)``,
-    labelled with its epoch; PNG bytes."""
-    fig = _new_figure(3.4, 2.6)
-    ax = fig.add_subplot(1, 1, 1)
+def _scatter(ax, points: Sequence[tuple[int, float, float]], score: str, monitor: str) -> None:
     if points:
         epochs, xs, ys = zip(*points, strict=True)
         ax.scatter(xs, ys, c=epochs, cmap="viridis", s=18)
         for e, x, y in points:
             ax.annotate(str(e), (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
     ax.set_xlabel(monitor, fontsize=8)
-    ax.set_ylabel(score, fontsize=8)
+    ax.set_ylabel(score, fontsize=7)
     ax.tick_params(labelsize=7)
-    ax.set_title(f"{score} vs {monitor} (label: epoch)", fontsize=9)
+    ax.set_title(f"{score} vs {monitor} (label: epoch)", fontsize=8)
     ax.grid(alpha=0.25)
+
+
+def plot_score_vs_monitor_scatter(
+    points: Sequence[tuple[int, float, float]], score: str, monitor: str
+) -> bytes:
+    """``score`` (y) against ``monitor`` (x), one point per ``(epoch, monitor value, score)``,
+    labelled with its epoch; PNG bytes."""
+    fig = _new_figure(3.4, 2.6)
+    _scatter(fig.add_subplot(1, 1, 1), points, score, monitor)
     fig.tight_layout()
     return _png(fig)
