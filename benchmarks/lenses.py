@@ -22,6 +22,7 @@ Usage::
     .venv/bin/python benchmarks/lenses.py --repeats 3               # every lens, full quickstart
     .venv/bin/python benchmarks/lenses.py --lenses geometry --repeats 3
     .venv/bin/python benchmarks/lenses.py --quick --threads 1      # smoke test: tiny fit, 1 round
+    .venv/bin/python benchmarks/lenses.py --geometry-bert-base --repeats 2   # geometry_case: BERT-base shape
 
 Writes ``benchmarks/results/lenses.json`` (``--quick``: ``lenses_quick.json`` in the temp dir), keeping the
 results of lenses not rerun, and prints a table.
@@ -54,6 +55,7 @@ QUICK_ARGS = ["--data.limit={train: 64, val: 64}", "--data.eval_batch_size=32"]
 CALLBACK_HOOKS: tuple[str, ...] = (
     "setup",
     "on_fit_start",
+    "on_train_start",  # the lens core's checks before training (label scan, dry run of the first batch)
     "on_train_epoch_start",
     "on_train_batch_start",
     "on_train_batch_end",
@@ -73,22 +75,24 @@ CALLBACK_HOOKS: tuple[str, ...] = (
 class LensRun:
     """A lens monitor for one fit, and the extra methods of it to time.
 
-    ``extra`` names methods that do the monitor's work outside Lightning's hooks, e.g. the
-    geometry lens's ``_on_layer``, which its forward hooks call inside the validation forward.
+    ``extra`` names methods that do the monitor's work outside Lightning's hooks; ``inner`` pairs
+    other objects with such methods, e.g. the geometry lens's metric and its ``_reduce_layer``,
+    which the forward hooks call inside the validation forward.
     """
 
     callback: Any
     extra: tuple[str, ...] = ()
+    inner: tuple[tuple[Any, tuple[str, ...]], ...] = ()
 
 
-def time_methods(obj: Any, names: tuple[str, ...]) -> dict[str, float]:
+def time_methods(obj: Any, names: tuple[str, ...], depth: list[int] | None = None) -> dict[str, float]:
     """Wrap ``names`` of one instance with wall-clock timers; returns the running totals.
 
-    Nested calls (a hook calling another timed method) are counted once, by the outermost.
-    Nothing in the class is changed.
+    Nested calls (a hook calling another timed method, also of another object sharing ``depth``)
+    are counted once, by the outermost. Nothing in the class is changed.
     """
     totals = dict.fromkeys(names, 0.0)
-    depth = [0]
+    depth = [0] if depth is None else depth
     for name in names:
         original = getattr(obj, name)
 
@@ -107,10 +111,12 @@ def time_methods(obj: Any, names: tuple[str, ...]) -> dict[str, float]:
 
 
 def geometry_lens() -> LensRun:
-    """``GeometryMonitor()`` at its defaults (every layer, every epoch, <= 512 sequences)."""
+    """``GeometryMonitor()`` at its defaults (every layer, every epoch, <= 512 sequences); the
+    per-layer reduction runs in its metric's ``_reduce_layer``, called by the forward hooks."""
     from lightning_topo.callbacks.geometry_monitor import GeometryMonitor
 
-    return LensRun(GeometryMonitor(), extra=("_on_layer",))
+    monitor = GeometryMonitor()
+    return LensRun(monitor, inner=((monitor._template, ("_reduce_layer",)),))
 
 
 def concepts_lens() -> LensRun:
@@ -134,6 +140,112 @@ LENSES: dict[str, Callable[[], LensRun]] = {
     "concepts": concepts_lens,
     "tree_probe": tree_probe_lens,
 }
+
+
+def geometry_case(
+    *,
+    hidden: int = 768,
+    layers: int = 12,
+    heads: int = 12,
+    intermediate: int = 3072,
+    train_sentences: int = 2500,
+    max_length: int = 64,
+    batch_size: int = 32,
+    eval_batch_size: int = 128,
+    limit_train_batches: int | None = None,
+    repeats: int = 1,
+    seed: int = 42,
+) -> dict[str, Any]:
+    """The geometry lens at a real model's size: a BERT-base-shaped classifier with random weights
+    (default hidden 768, 12 layers, 12 heads) in a user's own LightningModule (the HF model at
+    ``self.net``, ``validation_step`` logging ``val/acc``), the embedded tokenizer and data (the
+    quickstart's: ``train_sentences`` training sentences, the full validation split of 1,057,
+    ``max_length`` 64), a 1-epoch fit (``limit_train_batches`` shortens it) without and with
+    ``GeometryMonitor()`` at its defaults, alternately for ``repeats`` rounds.
+
+    The monitor's own time is measured from outside: every hook the callback overrides and its
+    metric's ``_reduce_layer`` (called by the forward hooks inside the validation forward).
+
+    Returns:
+        ``{"settings", "runs": {"baseline": [...], "geometry": [...]}, "summary"}`` (the summary as
+        :func:`summarise`).
+    """
+    import lightning.pytorch as pl
+    from lightning.pytorch import Callback
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from lightning_topo.models.datamodule import TextClassificationDataModule
+
+    class UserModule(pl.LightningModule):
+        def __init__(self, vocab_size: int) -> None:
+            super().__init__()
+            config = BertConfig(
+                vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                intermediate_size=intermediate, num_labels=2,
+            )  # fmt: skip
+            self.net = BertForSequenceClassification(config)
+
+        def _logits(self, batch: dict) -> torch.Tensor:
+            return self.net(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+
+        def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+            return torch.nn.functional.cross_entropy(self._logits(batch), batch["labels"])
+
+        def validation_step(self, batch: dict, batch_idx: int) -> None:
+            self.log("val/acc", (self._logits(batch).argmax(-1) == batch["labels"]).float().mean())
+
+        def configure_optimizers(self) -> Any:
+            return torch.optim.AdamW(self.parameters(), lr=1e-4)
+
+    data = TextClassificationDataModule(
+        max_length=max_length, batch_size=batch_size, eval_batch_size=eval_batch_size,
+        limit={"train": train_sentences}, seed=seed,
+    )  # fmt: skip
+    data.setup("fit")
+    vocab = len(data.tokenizer)
+    settings = {
+        "hidden": hidden, "layers": layers, "heads": heads, "intermediate": intermediate,
+        "train_sentences": train_sentences, "max_length": max_length, "batch_size": batch_size,
+        "eval_batch_size": eval_batch_size, "limit_train_batches": limit_train_batches, "threads": torch.get_num_threads(),
+    }  # fmt: skip
+    runs: dict[str, list[dict]] = {"baseline": [], "geometry": []}
+    for r in range(repeats):
+        for variant in (None, "geometry") if r % 2 == 0 else ("geometry", None):
+            with tempfile.TemporaryDirectory() as tmp:
+                torch.manual_seed(seed)
+                module = UserModule(vocab)
+                timer = _phase_timer()
+                callbacks: list[Any] = [timer]
+                totals: dict[str, float] = {}
+                inner: dict[str, float] = {}
+                if variant is not None:
+                    run = geometry_lens()
+                    cls = type(run.callback)
+                    hooks = tuple(h for h in CALLBACK_HOOKS if getattr(cls, h) is not getattr(Callback, h))
+                    depth = [0]
+                    totals = time_methods(run.callback, hooks, depth)
+                    for obj, names in run.inner:
+                        inner = time_methods(obj, names, depth)
+                    callbacks.append(run.callback)
+                trainer = pl.Trainer(
+                    default_root_dir=tmp, max_epochs=1, callbacks=callbacks, logger=False, accelerator="cpu",
+                    devices=1, enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+                    num_sanity_val_steps=0, limit_train_batches=limit_train_batches,
+                )  # fmt: skip
+                start = time.perf_counter()
+                trainer.fit(module, datamodule=data)
+                end = time.perf_counter()
+            out: dict[str, Any] = {"variant": variant or "baseline", "fit_s": end - start, **timer.phases}
+            if variant is not None:
+                by_method = {**totals, **{f"GeometryScore.{k}": v for k, v in inner.items()}}
+                out["monitor_by_method_s"] = {k: v for k, v in by_method.items() if v > 0}
+                out["monitor_s"] = sum(by_method.values())
+            print(
+                f"  bert-base {out['variant']}: fit {out['fit_s']:.1f} s, monitor {out.get('monitor_s', 0):.2f} s",
+                flush=True,
+            )
+            runs[out["variant"]].append(out)
+    return {"settings": settings, "runs": runs, "summary": summarise(runs["baseline"], runs["geometry"])}
 
 
 def _phase_timer() -> Any:
@@ -191,12 +303,18 @@ def run_fit(lens: str | None, workdir: Path, max_epochs: int, extra_args: list[s
         timer = _phase_timer()
         run = LENSES[lens]() if lens is not None else None
         totals: dict[str, float] = {}
+        inner_totals: list[tuple[dict[str, float], str]] = []
         if run is not None:
             cls = type(run.callback)
             hooks = tuple(
                 h for h in CALLBACK_HOOKS if getattr(cls, h) is not getattr(Callback, h)
             )  # overridden
-            totals = time_methods(run.callback, hooks + run.extra)
+            depth = [0]
+            totals = time_methods(run.callback, hooks + run.extra, depth)
+            for obj, names in run.inner:
+                inner = time_methods(obj, names, depth)
+                totals.update({f"{type(obj).__name__}.{k}": v for k, v in inner.items()})
+                inner_totals.append((inner, type(obj).__name__))
             cli.trainer.callbacks.insert(0, run.callback)
         cli.trainer.callbacks.insert(0, timer)
         torch.manual_seed(42)
@@ -215,6 +333,8 @@ def run_fit(lens: str | None, workdir: Path, max_epochs: int, extra_args: list[s
         **{k: float(v) for k, v in cli.trainer.callback_metrics.items() if k in ("val/acc", "val/loss")},
     }
     if run is not None:
+        for inner, owner in inner_totals:  # running totals, read after the fit
+            totals.update({f"{owner}.{k}": v for k, v in inner.items()})
         out["monitor_by_method_s"] = {k: v for k, v in totals.items() if v > 0}
         out["monitor_s"] = sum(totals.values())
     own_txt = f", monitor {out['monitor_s']:.2f} s" if run is not None else ""
@@ -318,6 +438,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--results", default=None, help="results JSON (default benchmarks/results/lenses.json)"
     )
+    parser.add_argument(
+        "--geometry-bert-base", action="store_true",
+        help="only the geometry lens at BERT-base shape (geometry_case: random weights, 1-epoch fit of 2,500 sentences)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--case-args",
+        default="{}",
+        help="geometry_case keyword arguments as JSON, e.g. '{\"limit_train_batches\": 10}'",
+    )
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.max_epochs < 1:
         parser.error("--repeats and --max-epochs must be >= 1")
@@ -330,6 +459,18 @@ def main(argv: list[str] | None = None) -> int:
     if path.exists():  # keep the lenses not rerun
         result["lenses"] = json.loads(path.read_text()).get("lenses", {})
     result.update(machine=_machine(), date_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    if args.geometry_bert_base:
+        case = geometry_case(repeats=args.repeats if not args.quick else 1, **json.loads(args.case_args))
+        case["machine"] = _machine()
+        result.setdefault("cases", {})["geometry_bert_base"] = case
+        _write(result, path)
+        s = case["summary"]
+        print(
+            f"\ngeometry at BERT-base shape: fit {s['baseline_median_fit_s']:.1f} s without, {s['median_fit_s']:.1f} s "
+            f"with the monitor; its own time {s['median_monitor_s']:.2f} s = {100 * s['median_own_share']:.1f}% "
+            f"(load average at start {case['machine']['load_average_at_start']})\nwrote {path}"
+        )
+        return 0
     for lens in args.lenses:
         print(
             f"{lens}: quickstart fit without and with the monitor ({repeats} rounds, {epochs} epochs)",
