@@ -222,6 +222,28 @@ def test_cli_refuses_a_foreign_auto_map_under_a_known_model_type(source, tmp_pat
     assert "auto_map naming code in the folder ('evil.EvilConfig')" in line, line
 
 
+def test_prune_refuses_the_folder_on_a_terminal(source, tmp_path):
+    evil = craft(tmp_path / "evil", source)
+    marker = tmp_path / "MARKER"
+    data = _review_tsv(tmp_path / "data.tsv")
+    argv = [
+        CLI,
+        "prune",
+        "--checkpoint",
+        str(evil),
+        "--output",
+        str(tmp_path / "out"),
+        "--data-file",
+        str(data),
+    ]
+    status, out, answered = run_in_pty(argv, marker, tmp_path)
+    assert not marker.exists(), out[-3000:]
+    assert answered == 0, out[-3000:]
+    assert status == 2, out[-3000:]
+    _one_error_line(out, "lightning-topo prune: error:")
+    assert not (tmp_path / "out").exists()
+
+
 def test_analyze_refuses_the_folder_on_a_terminal(source, tmp_path):
     evil = craft(tmp_path / "evil", source)
     marker = tmp_path / "MARKER"
@@ -245,8 +267,18 @@ PYTHON_ENTRIES = {
 }
 
 
-@pytest.mark.parametrize("entry", sorted(PYTHON_ENTRIES))
-@pytest.mark.parametrize("tokenizer_map", [False, True], ids=["config-auto-map", "tokenizer-auto-map-too"])
+#: Every entry with a config auto_map; the tokenizer loaders also with a tokenizer auto_map added.
+ENTRY_CASES = [(e, False) for e in sorted(PYTHON_ENTRIES)] + [
+    ("datamodule-tokenizer", True),
+    ("load_tokenizer", True),
+]
+
+
+@pytest.mark.parametrize(
+    ("entry", "tokenizer_map"),
+    ENTRY_CASES,
+    ids=[f"{e}{'-tokenizer-map' if t else ''}" for e, t in ENTRY_CASES],
+)
 def test_python_entry_points_refuse_the_folder_on_a_terminal(entry, tokenizer_map, source, tmp_path):
     evil = craft(tmp_path / "evil", source, tokenizer_map=tokenizer_map)
     marker = tmp_path / "MARKER"
