@@ -15,7 +15,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 from torch.utils.data import DataLoader
 
 from lightning_topo.callbacks.run_dir import run_dir
-from lightning_topo.report import RUN_POINTER, read_run, resolve_run
+from lightning_topo.report import RUN_POINTER, build_report, read_run, resolve_run
 
 
 class _Linear(pl.LightningModule):
@@ -52,6 +52,10 @@ class _Writes(pl.Callback):
         if trainer.is_global_zero:
             (folder / "topo").mkdir()  # exist_ok=False: a folder shared by two runs fails here
             (folder / "topo" / "figure.png").write_text(f"run in {folder}")
+            (folder / "pruned").mkdir()
+            record = {"step": 1, "epoch": 0, "params": 6, "ratio": 0.6, "widths": {"heads": [1], "ffn": [2]}}
+            history = {"method": f"method-of-{folder.name}", "original_params": 10, "history": [record]}
+            (folder / "pruned" / "pruning_history.json").write_text(json.dumps(history))
 
 
 def _fit(root: Path, loggers, **kwargs) -> _Writes:
@@ -133,6 +137,11 @@ def test_wandb_first_then_csv_twice_in_one_folder(tmp_path, monkeypatch):
         assert (folder / "topo" / "figure.png").read_text() == f"run in {folder}"
         kinds = [entry["type"] for entry in _pointer(folder)["loggers"]]
         assert kinds == ["WandbLogger", "CSVLogger"]
+    # report from either logger folder finds that run's figures and pruning, not the other run's
+    for given, own, other in ((wandb_runs[0], folders[0], folders[1]), (csv_dirs[1], folders[1], folders[0])):
+        page = build_report(given)
+        assert "topo/figure.png is not a PNG file" in page and "this run was not pruned" not in page
+        assert f"method-of-{own.name}" in page and f"method-of-{other.name}" not in page
 
 
 def test_wandb_alone_uses_save_dir_project_run_id(tmp_path, monkeypatch):
