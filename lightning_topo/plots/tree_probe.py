@@ -8,24 +8,26 @@ here take the monitor's history
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from lightning_topo.plots import _new_figure, _save
+from lightning_topo.scores.names import parse_metric_name
 
 __all__ = ["log_probe_to_wandb", "plot_probe_by_layer", "probe_table"]
 
-_LAYER = re.compile(r"/layer_(\d+)$")
-
 
 def _layer_series(record: Mapping[str, Any], prefix: str, kind: str) -> tuple[list[int], list[float]]:
+    """``(layers, values)`` of the per-layer ``{prefix}/{kind}/layer_{i}`` scores of one record."""
     points = []
     for name, value in record["scores"].items():
-        match = _LAYER.search(name)
-        if match and name.startswith(f"{prefix}/{kind}/"):
-            points.append((int(match.group(1)), float(value)))
+        m = parse_metric_name(name, (prefix,))
+        if (
+            m is not None and m.score == (kind,) and m.layer is not None and m.klass is None
+            and not m.detail and not m.std and m.correlation is None
+        ):  # fmt: skip
+            points.append((m.layer, float(value)))
     points.sort()
     return [p[0] for p in points], [p[1] for p in points]
 
