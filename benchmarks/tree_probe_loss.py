@@ -85,7 +85,10 @@ def _write_json(path: Path, obj: Any) -> None:
 
 def setting_key(args: argparse.Namespace) -> str:
     """The part of a cell's name fixed by the data and training settings."""
-    return f"n{args.limit_train}-e{args.epochs}-v{args.limit_val}"
+    key = f"n{args.limit_train}-e{args.epochs}-v{args.limit_val}"
+    if (args.corruption, args.strength) != ("shuffle", 3):  # the proxy's default rule has no suffix
+        key += f"-c{args.corruption}{args.strength}"
+    return key
 
 
 def cell_name(task: str, arm: str, lam: float | None, layer: str | None, seed: int, args) -> str:
@@ -106,9 +109,12 @@ def datamodule(task: str, args: argparse.Namespace, data_dir: Path):
                   limit={"train": args.limit_train, "val": args.limit_val})  # fmt: skip
     if task == "sentiment":
         return TextClassificationDataModule(**kwargs)
-    path = data_dir / f"acceptability_s{args.data_seed}.tsv"
+    path = data_dir / f"acceptability_s{args.data_seed}_{args.corruption}{args.strength}.tsv"
     if not path.exists():
-        write_acceptability_file(path, embedded_acceptability_rows(seed=args.data_seed))
+        rows = embedded_acceptability_rows(
+            seed=args.data_seed, corruption=args.corruption, strength=args.strength
+        )
+        write_acceptability_file(path, rows)
     return TextClassificationDataModule(
         data_file=str(path), split_column="split", label_names=list(ACCEPTABILITY_LABEL_NAMES), **kwargs
     )
@@ -172,9 +178,9 @@ def run_cell(task: str, arm: str, lam, layer, seed: int, args, data_dir: Path) -
         max_epochs=args.epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, callbacks=callbacks,
     )  # fmt: skip
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     trainer.fit(model, datamodule=dm)
-    wall = time.perf_counter() - start
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     used = None
     if reg is not None:
         used = int(model.auxiliary_modules["tree_probe"].layer)
@@ -188,7 +194,7 @@ def run_cell(task: str, arm: str, lam, layer, seed: int, args, data_dir: Path) -
         "last_epoch_probe_loss": None if aux is None else float(aux),
         "preparation": None if reg is None or reg.preparation is None
         else {k: v for k, v in reg.preparation.items()},
-        "probe_metric_after": after, "wall_s": wall, "metric_s": time.perf_counter() - metric_start,
+        "probe_metric_after": after, "cpu_s": cpu, "wall_s": wall, "metric_s": time.perf_counter() - metric_start,
         "threads": torch.get_num_threads(), "load_avg_1min_at_end": os.getloadavg()[0],
     }  # fmt: skip
     _write_json(path, cell)
@@ -256,6 +262,9 @@ def summarize(args: argparse.Namespace) -> dict[str, Any]:
                 c["wall_s"] / off[(task, c["seed"])]["wall_s"] for c in group if (task, c["seed"]) in off
             ]
             row["wall_ratio_vs_off"] = _stats(ratios)
+            cpu = [c["cpu_s"] / off[(task, c["seed"])]["cpu_s"] for c in group
+                   if "cpu_s" in c and "cpu_s" in off.get((task, c["seed"]), {})]  # fmt: skip
+            row["cpu_ratio_vs_off"] = _stats(cpu) if cpu else None
             preps = [c["preparation"]["seconds"] for c in group if c.get("preparation")]
             row["preparation_s"] = _stats(preps) if preps else None
         else:
@@ -275,8 +284,8 @@ def summarize(args: argparse.Namespace) -> dict[str, Any]:
             "lr": 1e-4,
             "batch_size": 32,
             "max_length": 64,
-            "acceptability_rule": "lightning_topo.data.acceptability defaults (shuffle, strength 3), data seed "
-            f"{args.data_seed}",
+            "acceptability_rule": f"lightning_topo.data.acceptability, corruption {args.corruption!r}, "
+            f"strength {args.strength}, data seed {args.data_seed}",
             "contributing_labels": CONTRIBUTING,
             "probe_metric": f"held-out ssp probe loss on the first {METRIC_SENTENCES} validation sentences "
             "(acceptability: label 1 only), 10 epochs lr 1e-2, 20% held out",
@@ -330,6 +339,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--limit-val", type=int, default=500)
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--data-seed", type=int, default=0, help="seed of the acceptability proxy")
+    p.add_argument("--corruption", choices=("shuffle", "swap"), default="shuffle", help="proxy rule")
+    p.add_argument(
+        "--strength", type=int, default=3, help="proxy rule: span length (shuffle) or swaps (swap)"
+    )
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 on a shared machine)")
     p.add_argument("--overwrite", action="store_true", help="recompute cells that exist")
     p.add_argument("--summarize", action="store_true", help="only write the JSON from the cells")
