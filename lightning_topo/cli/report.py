@@ -1,10 +1,12 @@
 """``lightning-topo report RUN_DIR``: one self-contained HTML page of a run's logs.
 
     lightning-topo report runs/quickstart/version_0            # writes runs/quickstart/version_0/report.html
+    lightning-topo report runs/wandb/offline-run-<...>          # any logger folder of a run (W&B offline too)
     lightning-topo report runs/quickstart/version_0 --output page.html --overwrite
 
-The page (:mod:`lightning_topo.report`) embeds every figure as a data URI: it opens offline, can
-be mailed or archived as one file. A bad input (missing folder, no log, an existing output
+The page (:mod:`lightning_topo.report`) starts with a summary screen (headline score per lens
+against the monitored metric, correlations with n and a bootstrap interval, the pruning outcome)
+and embeds every figure as a data URI: it opens offline, can be mailed or archived as one file. A bad input (missing folder, no log, an existing output
 without ``--overwrite``) prints one line (``lightning-topo report: error: ...``), exits with
 status 2 and writes nothing.
 """
@@ -27,7 +29,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="One self-contained HTML page from a run's log folder (docs/report.md).",
     )
     p.add_argument(
-        "run_dir", metavar="RUN_DIR", help="folder with metrics.csv (CSVLogger) or TensorBoard events"
+        "run_dir",
+        metavar="RUN_DIR",
+        help="the run folder or any of its logger folders (CSVLogger metrics.csv, TensorBoard events, "
+        "W&B offline-run-*), or a folder above exactly one run",
     )
     p.add_argument("--output", default=None, help="HTML file to write (default RUN_DIR/report.html)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output")
