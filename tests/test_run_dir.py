@@ -14,7 +14,7 @@ import wandb
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 from torch.utils.data import DataLoader
 
-from lightning_topo.callbacks.run_dir import run_dir
+from lightning_topo.callbacks.run_dir import pruning_epochs, run_dir
 from lightning_topo.report import RUN_POINTER, build_report, read_run, resolve_run
 
 
@@ -166,3 +166,20 @@ def test_every_rank_gets_the_folder_of_rank_zero(tmp_path):
     assert folders == {"rank0.txt": expected, "rank1.txt": expected}
     assert len([p for p in (tmp_path / "ddp").iterdir() if p.is_dir()]) == 1  # rank 1 made no folder
     assert os.listdir(tmp_path / "ddp" / "version_0" / "topo") == ["figure.png"]
+
+
+def test_pruning_epochs_come_from_a_pruning_callbacks_history():
+    from types import SimpleNamespace
+
+    class Pruner:
+        history = [
+            {"epoch": 2, "widths": {}},
+            {"epoch": 3, "widths": {}},
+            {"epoch": 5, "widths": {}, "at_fit_end": True},
+        ]
+
+    class Monitor:
+        history = [{"epoch": 1, "scores": {}}]  # a lens history: not pruning
+
+    assert pruning_epochs(SimpleNamespace(callbacks=[Monitor(), Pruner()])) == [2, 3]
+    assert pruning_epochs(SimpleNamespace(callbacks=[Monitor()])) == []

@@ -51,7 +51,7 @@ from lightning_topo.analysis import write_text_atomic
 from lightning_topo.plots.wandb import jsonable, log_settings
 from lightning_topo.report import RUN_POINTER, RUN_POINTER_FORMAT, RUN_SETTINGS
 
-__all__ = ["RUN_POINTER", "RUN_SETTINGS", "logger_folders", "record_settings", "run_dir"]
+__all__ = ["RUN_POINTER", "RUN_SETTINGS", "logger_folders", "pruning_epochs", "record_settings", "run_dir"]
 
 #: Sub-folder of ``default_root_dir`` for runs without a logger that has a local folder.
 FALLBACK = "lightning_topo"
@@ -114,6 +114,26 @@ def record_settings(trainer: pl.Trainer, name: str, settings: dict[str, Any]) ->
     write_text_atomic(path, json.dumps(recorded, indent=2, sort_keys=True), overwrite=True)
     log_settings(trainer.loggers, name, settings)
     return path
+
+
+def pruning_epochs(trainer: pl.Trainer) -> list[int]:
+    """The epochs at which a pruning callback of ``trainer`` pruned during training (not at fit end).
+
+    Any callback whose ``history`` holds pruning records (``{"epoch", "widths", ...}``, as
+    :class:`~lightning_topo.callbacks.TopologicalPruning` keeps) counts. Monitors mark these epochs
+    on their series and leave them out of score-vs-accuracy scatters: the accuracy change there is
+    the pruning's, not the score's.
+    """
+    epochs: set[int] = set()
+    for callback in trainer.callbacks:
+        history = getattr(callback, "history", None)
+        if not isinstance(history, list):
+            continue
+        for record in history:
+            if isinstance(record, dict) and "widths" in record and record.get("epoch") is not None:
+                if not record.get("at_fit_end"):
+                    epochs.add(int(record["epoch"]))
+    return sorted(epochs)
 
 
 def logger_folders(trainer: pl.Trainer) -> list[tuple[str, Path]]:

@@ -210,9 +210,9 @@ def write_history_figures(
     return images
 
 
-def wandb_loggers(loggers: Iterable[Any]) -> list[WandbLogger]:
-    """The Weights & Biases loggers among ``loggers`` (``trainer.loggers``)."""
-    return [logger for logger in loggers if isinstance(logger, WandbLogger)]
+def wandb_loggers(loggers: Iterable[Any] | None) -> list[WandbLogger]:
+    """The Weights & Biases loggers among ``loggers`` (``trainer.loggers``; ``None``: none)."""
+    return [logger for logger in (loggers or []) if isinstance(logger, WandbLogger)]
 
 
 def log_to_wandb(

@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch.loggers import WandbLogger
+from lightning_topo.plots import wandb_loggers
 
 __all__ = [
     "OfflineRun",
@@ -60,11 +60,6 @@ __all__ = [
 
 EPOCH = "epoch"
 GLOBAL_STEP = "trainer/global_step"  # the name WandbLogger gives the global step
-
-
-def wandb_loggers(loggers: Iterable[Any] | None) -> list[WandbLogger]:
-    """The Weights & Biases loggers among ``loggers`` (``trainer.loggers``; ``None``: none)."""
-    return [logger for logger in (loggers or []) if isinstance(logger, WandbLogger)]
 
 
 def jsonable(value: Any) -> Any:
