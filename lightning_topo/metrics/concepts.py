@@ -414,7 +414,9 @@ class ConceptAlignment(LensMetric):
         Raises:
             ValueError: no word token was seen, or ``n_concepts`` above the token count.
         """
-        if not self.keys or sum(k.numel() for k in self.keys) == 0:
+        # "cat" states are lists of tensors, or one tensor once torchmetrics has synced them (DDP)
+        n_seen = self.keys.numel() if isinstance(self.keys, Tensor) else sum(k.numel() for k in self.keys)
+        if n_seen == 0:
             raise ValueError(
                 "ConceptAlignment.compute: no word tokens were added (call update with batches that hold text)"
             )

@@ -353,3 +353,51 @@ def test_wandb_offline_run_holds_scalars_images_and_table(tmp_path, tok, monkeyp
     assert not missing, f"scalars missing from the offline run file: {missing}"
     images = sorted(p.name for p in (run_dir / "files" / "media" / "images").rglob("*.png"))
     assert any("concepts_polar" in n for n in images) and any("concepts_matched" in n for n in images), images
+
+
+class _RecordConcepts(Callback):
+    """Writes every rank's logged ``concepts/*`` values after each validation to JSON."""
+
+    def __init__(self, out_dir: str):
+        self.out_dir = out_dir
+
+    def on_validation_end(self, trainer, pl_module):
+        if trainer.sanity_checking:
+            return
+        values = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("concepts/")}
+        path = Path(self.out_dir) / f"rank{trainer.global_rank}_epoch{trainer.current_epoch}.json"
+        path.write_text(json.dumps(values))
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_log_what_one_process_logs(tmp_path, tok):
+    torch.distributed.is_available() or pytest.skip("torch.distributed not available")
+    # the default "file_descriptor" sharing fails to unpickle the user modules' loaders in the spawned
+    # processes here ("unable to resize file"), with or without this monitor
+    strategy = torch.multiprocessing.get_sharing_strategy()
+    torch.multiprocessing.set_sharing_strategy("file_system")
+    try:
+        results = _ddp_runs(tmp_path, tok)
+    finally:
+        torch.multiprocessing.set_sharing_strategy(strategy)
+    (one,), (rank0, rank1) = results[1], results[2]
+    assert len(one) == 1 + 3 * 8 and rank0 == rank1  # every rank logs the same values
+    assert one.keys() == rank0.keys()
+    for name, value in one.items():
+        assert rank0[name] == pytest.approx(value, abs=1e-6), name
+
+
+def _ddp_runs(tmp_path, tok):
+    results = {}
+    for devices in (1, 2):
+        out = tmp_path / f"d{devices}"
+        out.mkdir()
+        t = Trainer(
+            max_epochs=1, accelerator="cpu", devices=devices, strategy="ddp_spawn" if devices == 2 else "auto",
+            logger=False, enable_progress_bar=False, enable_checkpointing=False, num_sanity_val_steps=0,
+            default_root_dir=str(tmp_path / f"root{devices}"),
+            callbacks=[_monitor(tok, layers="all", plots=False), _RecordConcepts(str(out))],
+        )  # fmt: skip
+        t.fit(_Frozen("bert"), *loaders())  # lr 0: the same weights whatever the number of processes
+        results[devices] = [json.loads(p.read_text()) for p in sorted(out.glob("rank*_epoch0.json"))]
+    return results
