@@ -44,6 +44,7 @@ from lightning_topo.plots import plot_class_diagrams
 from lightning_topo.plots.analysis import plot_layer_profiles
 from lightning_topo.representations import resolve_layers
 from lightning_topo.representations.capture import HiddenStateCapture, batch_labels, num_hidden_layers
+from lightning_topo.representations.geometry import ATTENTION_SOURCES
 from lightning_topo.representations.modules import find_hf_model
 from lightning_topo.scores.checks import check_bool, check_choice, check_int, check_seed
 from lightning_topo.scores.names import parse_metric_name
@@ -404,6 +405,8 @@ def analyze(
     progress = check_bool(progress, "progress")
     max_samples = check_int(max_samples, "max_samples", minimum=1, allow_none=True)
     seed = check_seed(seed)
+    check_choice(attention, "attention", ATTENTION_SOURCES)  # checked even when geometry is not asked for
+    check_bool(normalize, "normalize")
     hf = model if _is_encoder(model) else find_hf_model(model, model_attr)[1]
     num_layers = num_hidden_layers(hf)
     selected = resolve_layers(layers, num_layers)

@@ -160,7 +160,7 @@ class NoIter:
         ({"layers": "last"}, ValueError, "'all'"),
         ({"scores": "geometry", "layers": [0]}, ValueError, "at least one encoder layer"),
         ({"pooling": "max"}, ValueError, "pooling"),
-        ({"max_batches": 0}, ValueError, "max_batches"),
+        ({"max_samples": 0}, ValueError, "max_samples"),
         ({"attention": "x"}, ValueError, "attention"),
     ],
 )

@@ -406,7 +406,7 @@ CALLBACKS = [
     Case("psm-layers-float", _psm(layers=[1.7]), TypeError, "layers[0] must be an int"),
     Case("psm-max-points-2.5", _psm(max_points_per_class=2.5), TypeError, "max_points_per_class must be an int >= 2"),
     Case("psm-every-n-epochs-0", _psm(every_n_epochs=0), ValueError, "every_n_epochs"),
-    Case("psm-max-batches-float", _psm(max_batches=2.5), TypeError, "max_batches"),
+    Case("psm-max-samples-float", _psm(max_samples=2.5), TypeError, "max_samples"),
     Case("psm-homology-dims", _psm(homology_dims=(0.5,)), ValueError, "homology_dims"),
     Case("psm-scores", _psm(scores=("psf", "nope")), ValueError, "scores"),
     Case("psm-plots-str", _psm(plots="yes"), TypeError, "plots"),

@@ -23,22 +23,26 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
-from typing_extensions import override
-
-import torch
 from torch import Tensor
+from typing_extensions import override
 
 from lightning_topo.encoding import EncodedBatch, model_inputs, module_device
 from lightning_topo.metrics.base import LensMetric, LensResult
-from lightning_topo.representations import GatherFn, check_layers, gather_variable, run_on_rank_zero_and_broadcast
+from lightning_topo.representations import (
+    GatherFn,
+    check_layers,
+    gather_variable,
+    run_on_rank_zero_and_broadcast,
+)
 from lightning_topo.representations.capture import CapturedBatch, HiddenStateCapture, batch_labels
 from lightning_topo.representations.modules import find_hf_model
 from lightning_topo.scores.checks import check_bool, check_choice, check_int
-from lightning_topo.scores.presets import SPLITS
 from lightning_topo.scores.correlation import correlation_metrics
+from lightning_topo.scores.presets import SPLITS
 
 __all__ = ["LensMonitor", "MetricMonitor"]
 
@@ -661,9 +665,17 @@ class MetricMonitor(LensMonitor):
                 "hidden states during your validation forward (set model_attr= to the model you run)"
             )
         if getattr(self.metric, "compute_on_rank_zero", False) and trainer.world_size > 1:
-            self.metric.sync()  # every process joins the gather; rank 0 computes
-            result = self._on_rank_zero(trainer, self.metric.compute)
-            self.metric.unsync()
+            if self.metric.sync_on_compute:
+                raise RuntimeError(
+                    f"{type(self).__name__}: a lens computed on rank 0 must be built with sync_on_compute=False "
+                    "(the monitor synchronises its states itself)"
+                )
+            self.metric.sync()  # every process joins the gather (torchmetrics); rank 0 computes
+            try:
+                result = self._on_rank_zero(trainer, self.metric.compute)  # compute() un-syncs rank 0
+            finally:
+                if not trainer.is_global_zero:
+                    self.metric.unsync()
         else:
             result = self.metric.compute()
         self.last_result = result

@@ -133,7 +133,7 @@ class TreeProbeMonitor(MetricMonitor):
         )
         self._template = TreeProbeScore(
             layers=layers, targets=targets, max_samples=max_samples, budget=budget, rank=rank,
-            tokenizer=tokenizer, seed=seed,
+            tokenizer=tokenizer, seed=seed, sync_on_compute=False,  # the monitor syncs, rank 0 computes
         )  # fmt: skip
         super().__init__(
             layers=layers,

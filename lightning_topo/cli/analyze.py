@@ -5,8 +5,11 @@
 
 ``--model`` is a Hugging Face model folder (``config.json`` + ``*.safetensors``), e.g. a
 compressed checkpoint written by ``lightning-topo prune`` / ``TopologicalPruning`` (loaded with
-:func:`~lightning_topo.pruning.load_compressed`, checked against its ``SHA256SUMS``). Give it twice
-to compare two models (pre-trained vs fine-tuned, dense vs pruned). The data come from
+:func:`~lightning_topo.pruning.load_compressed`, checked against its ``SHA256SUMS``), or a Lightning
+``.ckpt`` written while fitting :class:`~lightning_topo.models.SequenceClassifier` (``lightning-topo
+fit``; read with ``weights_only=True``; its tokenizer is the base model's). Give it twice to compare
+two models (pre-trained vs fine-tuned, dense vs pruned). Sentence pairs: ``--text-pair-column``
+tokenises both segments together, and every lens reads both. The data come from
 :class:`~lightning_topo.models.TextClassificationDataModule` (the embedded dataset, or a CSV / TSV
 / JSONL file), tokenised with each model's own tokenizer (or ``--tokenizer``). The numbers come
 from :func:`lightning_topo.analyze`, i.e. from the monitors' own functions.
@@ -54,7 +57,7 @@ SPLITS = ("train", "val", "test")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
 _ACCEPTED_MODEL = (
     "a Hugging Face model folder (config.json and *.safetensors weights), e.g. a compressed checkpoint "
-    "written by lightning-topo prune or TopologicalPruning"
+    "written by lightning-topo prune or TopologicalPruning, or a Lightning .ckpt of lightning-topo fit"
 )
 
 
@@ -76,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-points-per-class", type=int, default=None, help="sampling cap per class (default 512)"
     )
-    p.add_argument("--max-batches", type=int, default=None, help="read at most this many batches")
+    p.add_argument("--max-samples", type=int, default=None, help="read at most this many examples")
     p.add_argument("--pooling", default=None, help="cls (default) or mean")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
@@ -87,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--tokenizer", default=None, help="tokenizer folder (default: each model's folder)")
     p.add_argument("--text-column", default="text")
+    p.add_argument("--text-pair-column", default=None, help="second text column of sentence pairs (e.g. NLI)")
     p.add_argument("--label-column", default="label")
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=32)
@@ -136,7 +140,7 @@ def _check_options(args: argparse.Namespace) -> tuple[str, ...]:
         raise ValueError(f"--pooling must be cls or mean; got {args.pooling!r}")
     for name, value, minimum in (
         ("--max-points-per-class", args.max_points_per_class, 2),
-        ("--max-batches", args.max_batches, 1),
+        ("--max-samples", args.max_samples, 1),
         ("--max-length", args.max_length, 2),
         ("--batch-size", args.batch_size, 1),
         ("--seed", args.seed, 0),
@@ -147,10 +151,40 @@ def _check_options(args: argparse.Namespace) -> tuple[str, ...]:
     return families
 
 
+def _ckpt_hparams(path: Path) -> dict[str, Any]:
+    """The hyper-parameters of a Lightning ``.ckpt`` of ``SequenceClassifier`` (``weights_only`` read)."""
+    import torch
+
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - a truncated or foreign file: one line naming it
+        raise ValueError(f"--model {path} is not a readable Lightning checkpoint ({type(err).__name__}: {err})") from None
+    hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
+    if not isinstance(hparams, dict) or "state_dict" not in ckpt or not hparams.get("model_name_or_path"):
+        raise ValueError(
+            f"--model {path} is a .ckpt without lightning-topo SequenceClassifier hyper-parameters "
+            "(model_name_or_path); for your own LightningModule call lightning_topo.analyze(module, loader) in Python"
+        )
+    return hparams
+
+
+def _model_folder(path: Path) -> Path:
+    """The folder holding the model's config (a ``.ckpt``'s base model folder)."""
+    if path.suffix == ".ckpt":
+        folder = Path(str(_ckpt_hparams(path)["model_name_or_path"]))
+        if not (folder / "config.json").is_file():
+            raise FileNotFoundError(f"--model {path}: its base model folder {folder} (model_name_or_path) is missing")
+        return folder
+    return path
+
+
 def _check_model(path: Path) -> Path:
-    """A folder that :func:`~lightning_topo.pruning.load_compressed` can read; else a one-line error."""
+    """A folder that :func:`~lightning_topo.pruning.load_compressed` can read, or a ``.ckpt``; else one line."""
     if not path.exists():
         raise FileNotFoundError(f"--model {path} does not exist; accepted: {_ACCEPTED_MODEL}")
+    if path.is_file() and path.suffix == ".ckpt":
+        _model_folder(path)
+        return path
     if not path.is_dir():
         raise NotADirectoryError(
             f"--model {path} is a file, not a checkpoint folder; accepted: {_ACCEPTED_MODEL}"
@@ -183,10 +217,10 @@ def _check_layers(spec: str, models: list[Path], diagram_layer: int | None) -> i
             ) from None
     for model in models:
         try:
-            config = json.loads((model / "config.json").read_text(encoding="utf-8"))
+            config = json.loads((_model_folder(model) / "config.json").read_text(encoding="utf-8"))
         except (OSError, ValueError) as err:
             raise ValueError(f"--model {model}: config.json is not readable JSON ({err})") from None
-        depth = config.get("num_hidden_layers")
+        depth = config.get("num_hidden_layers", config.get("n_layers"))
         if not isinstance(depth, int) or depth < 1:
             raise ValueError(
                 f"--model {model}: config.json has no num_hidden_layers; accepted: {_ACCEPTED_MODEL}"
@@ -209,6 +243,7 @@ def _check_tokenizer(model: Path, tokenizer: str | None) -> str:
                 f"--tokenizer {tokenizer} is not a folder; pass a folder saved with tokenizer.save_pretrained"
             )
         return tokenizer
+    model = _model_folder(model)
     if not any((model / name).is_file() for name in _TOKENIZER_FILES):
         raise ValueError(
             f"--model {model} has no tokenizer files ({', '.join(_TOKENIZER_FILES)}); pass --tokenizer FOLDER"
@@ -227,11 +262,11 @@ def _check_data(args: argparse.Namespace) -> None:
             f"--data {args.data} is not a file; accepted: 'embedded' or a CSV/TSV/JSONL file"
         )
     _, columns = read_table(path, "--data")
-    missing = [c for c in (args.text_column, args.label_column) if c not in columns]
+    missing = [c for c in (args.text_column, args.label_column, args.text_pair_column) if c and c not in columns]
     if missing:
         raise ValueError(
             f"--data {path} has no column {missing[0]!r}; its columns are {columns}. "
-            "Name them with --text-column and --label-column"
+            "Name them with --text-column, --label-column and --text-pair-column"
         )
 
 
@@ -262,11 +297,14 @@ def _analyze_one(
     from lightning_topo.models.datamodule import TextClassificationDataModule
     from lightning_topo.pruning.export import MANIFEST, load_compressed
 
-    verify = (model_path / MANIFEST).is_file()
-    model = load_compressed(model_path, verify=verify).eval()
+    if model_path.suffix == ".ckpt":
+        model = _load_ckpt(model_path)
+    else:
+        model = load_compressed(model_path, verify=(model_path / MANIFEST).is_file()).eval()
     dm = TextClassificationDataModule(
         data_file=None if args.data == "embedded" else args.data,
         text_column=args.text_column,
+        text_pair_column=args.text_pair_column,
         label_column=args.label_column,
         tokenizer_name_or_path=tokenizer,
         max_length=args.max_length,
@@ -282,11 +320,28 @@ def _analyze_one(
         layers=layers,
         pooling=args.pooling,
         max_points_per_class=args.max_points_per_class,
-        max_batches=args.max_batches,
+        max_samples=args.max_samples,
         seed=args.seed,
         resamples=args.resamples,
+        tokenizer=tokenizer,
         progress=not args.no_progress,
     )
+
+
+def _load_ckpt(path: Path) -> Any:
+    """A ``SequenceClassifier`` rebuilt from its hyper-parameters, with the checkpoint's weights."""
+    import torch
+
+    from lightning_topo.models.classifier import SequenceClassifier
+
+    hparams = _ckpt_hparams(path)
+    module = SequenceClassifier(**hparams)
+    state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as err:
+        raise ValueError(f"--model {path}: its weights do not fit its own model ({str(err).splitlines()[0]})") from None
+    return module.eval()
 
 
 def _write(

@@ -175,10 +175,11 @@ class PersistenceScore(LensMetric):
                 stacklevel=2,
             )
             return LensResult.nan(names, headline, layers, self.prefix)
-        degenerate = [layer for layer in layers if _identical_class(reps.points[layer], reps.labels)]
+        same = {layer: _identical_class(reps.points[layer], reps.labels) for layer in layers}
+        degenerate = [layer for layer, c in same.items() if c is not None]
         for layer in degenerate:
             warnings.warn(
-                f"layer {layer}: every pooled vector of some class is the same (with pooling='cls' the "
+                f"layer {layer}: every point of class {same[layer]} is the same vector (with pooling='cls' the "
                 "embeddings' [CLS] vector does not depend on the input), so PSF and the persistence statistics "
                 "are undefined there and recorded as NaN; use pooling='mean' or leave the layer out",
                 stacklevel=2,
@@ -206,10 +207,10 @@ class PersistenceScore(LensMetric):
         return LensResult({n: values[n] for n in names}, headline, layers, self.prefix, extras)
 
 
-def _identical_class(points: Tensor, labels: Tensor) -> bool:
-    """Whether the points of some class are all one vector (PSF is undefined there)."""
+def _identical_class(points: Tensor, labels: Tensor) -> int | None:
+    """The first class whose points are all one vector (PSF is undefined there), else ``None``."""
     for c in torch.unique(labels):
         cloud = points[labels == c]
         if cloud.shape[0] > 0 and bool((cloud == cloud[0]).all()):
-            return True
-    return False
+            return int(c)
+    return None
