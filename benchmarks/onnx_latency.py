@@ -70,13 +70,16 @@ def build(args) -> tuple[Path, Path]:
     dense_dir, pruned_dir = work / "dense", work / f"pruned_{args.ratio}"
     tok = AutoTokenizer.from_pretrained(embedded_model_path())
     texts, labels = bench.subset(*bench.load_split("train"), args.train_sentences, seed=0)
+    if args.no_train:
+        dense_dir, pruned_dir = work / "dense_untrained", work / f"pruned_{args.ratio}_untrained"
     if not (dense_dir / "config.json").is_file():
         torch.manual_seed(0)
         model = AutoModelForSequenceClassification.from_pretrained(
             embedded_model_path(), num_labels=2, trust_remote_code=False
         )
-        print(f"fine-tuning the dense model on {len(texts)} sentences", flush=True)
-        bench.train_epochs(model, tok, texts, labels, epochs=1, seed=0)
+        if not args.no_train:
+            print(f"fine-tuning the dense model on {len(texts)} sentences", flush=True)
+            bench.train_epochs(model, tok, texts, labels, epochs=1, seed=0)
         model.save_pretrained(dense_dir)
         tok.save_pretrained(dense_dir)
     if not (pruned_dir / "config.json").is_file():
@@ -84,8 +87,9 @@ def build(args) -> tuple[Path, Path]:
         ctexts, clabels = bench.subset(*bench.load_split("train"), 256, seed=1000)
         calib = [{k: v for k, v in b.items() if k != "labels"} for b in bench.batches(tok, ctexts, clabels)]
         prune_model(model, calib, method="topological", ratio=args.ratio)
-        print(f"recovering the pruned model on {len(texts)} sentences", flush=True)
-        bench.train_epochs(model, tok, texts, labels, epochs=1, seed=0)
+        if not args.no_train:
+            print(f"recovering the pruned model on {len(texts)} sentences", flush=True)
+            bench.train_epochs(model, tok, texts, labels, epochs=1, seed=0)
         save_compressed(model, pruned_dir, tokenizer=tok)
     return dense_dir, pruned_dir
 
@@ -103,6 +107,12 @@ def main(argv=None) -> int:
     p.add_argument("--latency-reps", type=int, default=30)
     p.add_argument("--val-limit", type=int, default=None)
     p.add_argument("--machine-quiet", action="store_true")
+    p.add_argument(
+        "--no-train",
+        action="store_true",
+        help="with --build: speed only (no fine-tuning or recovery; accuracy is not measured, the "
+        "ONNX-vs-PyTorch logit check still runs on the validation sentences)",
+    )
     p.add_argument("--output", type=Path, default=RESULTS)
     args = p.parse_args(argv)
     if args.build == bool(args.dense or args.pruned) or (not args.build and not (args.dense and args.pruned)):
@@ -154,7 +164,9 @@ def main(argv=None) -> int:
         "pruned fp32 (ONNX Runtime)": OrtModel(sessions["pruned"], pruned.config, files["pruned"]),
         "pruned int8 (ONNX Runtime)": OrtModel(sessions["pruned int8"], pruned.config, files["pruned int8"]),
     }
-    report = measure(models, val, reps=args.reps, latency_reps=args.latency_reps, threads=args.threads)
+    report = measure(
+        models, None if args.no_train else val, reps=args.reps, latency_reps=args.latency_reps, threads=args.threads
+    )
     for name, model in models.items():
         if isinstance(model, OrtModel):
             report["rows"][name]["state_dict_mb"] = model.file.stat().st_size / 2**20  # the .onnx file
@@ -165,6 +177,7 @@ def main(argv=None) -> int:
         "dense": str(dense_dir),
         "pruned": str(pruned_dir),
         "built": bool(args.build),
+        "trained": not args.no_train,
         "build_settings": {"train_sentences": args.train_sentences, "ratio": args.ratio}
         if args.build
         else None,
