@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from lightning_topo.representations.geometry import (
-    GeometryAccumulator,
     GeometryCapture,
     bert_family_layers,
     resolve_encoder_layers,
@@ -16,6 +15,7 @@ from lightning_topo.representations.geometry import (
 )
 from lightning_topo.scores.geometry import attention_entropy, cone_index, directionality
 from tests.conftest import tiny_bert_config
+from tests.metrics.test_geometry_metric import GeometryAccumulator  # the pre-port reference
 
 
 def _inputs(batch):

@@ -67,11 +67,9 @@ from lightning_topo.scores.geometry import (
 
 __all__ = [
     "ATTENTION_SOURCES",
-    "CONE_SITES",
     "SUPPORTED_FAMILIES",
     "AttentionSites",
     "CapturedForward",
-    "GeometryAccumulator",
     "GeometryCapture",
     "LayerCapture",
     "LayerStatistics",
@@ -581,123 +579,6 @@ def _rows(cap: LayerCapture, n: int) -> LayerCapture:
         cap.num_heads, None if cap.probs is None else cap.probs[:n],
         None if cap.query is None else cap.query[:n], None if cap.key is None else cap.key[:n], cap.scaling,
     )  # fmt: skip
-
-
-# ---------------------------------------------------------------------------------- reductions
-
-#: Per-sequence cone indices kept by :class:`GeometryAccumulator` (``"heads"`` is per head).
-CONE_SITES: tuple[str, ...] = ("input", "heads", "attention_output", "output")
-
-
-class GeometryAccumulator:
-    """Running means over sequences of the geometry of each layer, fed batch by batch.
-
-    Each :class:`LayerCapture` is reduced at once to per-sequence numbers (cone index at the
-    four sites, per-head cone index and attention entropy), so only sums stay in memory.
-    :class:`lightning_topo.metrics.GeometryScore` is the same reduction as a torchmetrics
-    ``Metric`` (states synchronised over DDP processes by torchmetrics); this single-process
-    accumulator remains for ``analyze`` until it runs the metric, and the tests check the two agree.
-
-    Args:
-        layers: encoder layers to expect (hidden-state indices ``1..L``).
-        num_heads: heads per layer: one int for all, or one per layer (pruned models differ).
-        normalize: cone indices divided by the number of tokens (``[0, 1]``). Default ``True``.
-        attention: also accumulate the attention entropy. Default ``True``.
-    """
-
-    def __init__(
-        self,
-        layers: Sequence[int],
-        num_heads: int | Sequence[int],
-        normalize: bool = True,
-        attention: bool = True,
-    ) -> None:
-        self.layers = list(layers)
-        heads = [num_heads] * len(self.layers) if isinstance(num_heads, int) else list(num_heads)
-        if len(heads) != len(self.layers) or any(isinstance(h, bool) or int(h) < 1 for h in heads):
-            raise ValueError(f"num_heads must be a positive int or one per layer; got {num_heads!r}")
-        self.num_heads = [int(h) for h in heads]
-        self.normalize = normalize
-        self.attention = attention
-        self.reset()
-
-    def reset(self) -> None:
-        """Forget everything added."""
-        # columns: input, attention_output, output, heads' cones (max H), heads' entropies (max H)
-        self._width = max(self.num_heads)
-        self._sums = torch.zeros(len(self.layers), 3 + 2 * self._width, dtype=torch.float64)
-        self._counts = torch.zeros(len(self.layers), dtype=torch.float64)
-
-    @property
-    def num_sequences(self) -> int:
-        """Sequences added so far to the first layer (this process)."""
-        return int(self._counts[0].item()) if len(self.layers) else 0
-
-    def add(self, layer: int, cap: LayerCapture) -> None:
-        """Reduce one layer's capture of one batch.
-
-        Raises:
-            ValueError: a sequence whose mask has no valid position (from the score functions),
-                or a layer with another head count than declared.
-        """
-        row = self.layers.index(layer)
-        h = self.num_heads[row]
-        if cap.num_heads != h:
-            raise ValueError(f"layer {layer} has {cap.num_heads} heads but the accumulator expects {h}")
-        mask, norm = cap.mask, self.normalize
-        if self._sums.device != mask.device:  # sums live where the model runs: no sync per batch
-            self._sums, self._counts = self._sums.to(mask.device), self._counts.to(mask.device)
-        sums = self._sums[row]
-        sums[0] += cone_index(cap.layer_input.float(), mask, norm).double().sum()
-        sums[1] += cone_index(cap.attention_output.float(), mask, norm).double().sum()
-        sums[2] += cone_index(cap.layer_output.float(), mask, norm).double().sum()
-        sums[3 : 3 + h] += cone_index_per_head(cap.context.float(), h, mask, norm).double().sum(0)
-        if self.attention:
-            if cap.probs is None:  # recomputed: straight from the scores, no probabilities formed
-                entropy = attention_entropy_from_logits(cap.attention_logits().float(), mask)
-            else:
-                entropy = attention_entropy(cap.probs.float(), mask)
-            entropy = entropy.double().sum(0)
-            sums[3 + self._width : 3 + self._width + h] += entropy
-        self._counts[row] += mask.shape[0]
-
-    def result(self, reduce: Callable[[Tensor], Tensor] | None = None) -> dict[int, dict[str, Tensor]]:
-        """Means over all sequences added: ``{layer: {"cone/input": 0-d, "cone/heads": (H,), ...}}``.
-
-        Keys per layer: ``sequences`` (the count), ``cone/input``, ``cone/attention_output``, ``cone/output`` (0-d),
-        ``cone/heads`` and (with ``attention``) ``attention_entropy`` (``(heads,)``).
-
-        Args:
-            reduce: applied to the stacked sums and counts before dividing (e.g. a sum over
-                DDP ranks: ``lambda t: trainer.strategy.reduce(t, reduce_op="sum")``).
-
-        Raises:
-            ValueError: nothing was added for some layer.
-        """
-        packed = torch.cat([self._sums, self._counts[:, None]], dim=1)
-        if reduce is not None:
-            packed = reduce(packed)
-        packed = packed.to("cpu", torch.float64)
-        sums, counts = packed[:, :-1], packed[:, -1:]
-        if not bool((counts > 0).all()):
-            raise ValueError(
-                "no sequence was captured for some layers; run a forward with the hooks attached first"
-            )
-        means = sums / counts
-        w = self._width
-        out = {}
-        for row, layer in enumerate(self.layers):
-            m, h = means[row], self.num_heads[row]
-            out[layer] = {
-                "sequences": counts[row, 0],
-                "cone/input": m[0],
-                "cone/attention_output": m[1],
-                "cone/output": m[2],
-                "cone/heads": m[3 : 3 + h],
-            }
-            if self.attention:
-                out[layer]["attention_entropy"] = m[3 + w : 3 + w + h]
-        return out
 
 
 def weight_geometry(model: nn.Module, layers: Sequence[int]) -> dict[int, dict[str, Tensor]]:

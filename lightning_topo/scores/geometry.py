@@ -435,7 +435,7 @@ def geometry_metrics(
         activations: ``{layer: {"cone/input", "cone/attention_output", "cone/output": 0-d,
             "cone/heads": (heads,), optional "attention_entropy": (heads,)}}`` -- means over
             sequences of :func:`cone_index`, :func:`cone_index_per_head` and the attention
-            entropy (e.g. ``GeometryAccumulator.result()``).
+            entropy (as :class:`lightning_topo.metrics.GeometryScore` accumulates them).
         weights: ``{layer: {"directionality": (heads,), "qk_spectral_entropy": (heads,)}}``.
 
     Returns:

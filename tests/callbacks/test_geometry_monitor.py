@@ -30,8 +30,9 @@ from conftest import labelled_token_dataset as make_dataset  # noqa: E402
 
 from lightning_topo.callbacks.geometry_monitor import GeometryMonitor  # noqa: E402
 from lightning_topo.encoding import EncodedBatch, encode_batch  # noqa: E402
-from lightning_topo.representations.geometry import GeometryAccumulator, GeometryCapture  # noqa: E402
+from lightning_topo.representations.geometry import GeometryCapture  # noqa: E402
 from lightning_topo.scores.geometry import metric_names  # noqa: E402
+from tests.metrics.test_geometry_metric import GeometryAccumulator  # noqa: E402 - the pre-port reference
 
 
 class TinyClassifier(pl.LightningModule):
@@ -224,6 +225,19 @@ def test_validation_step_without_the_model_is_refused_naming_model_attr(tmp_path
     with pytest.raises(RuntimeError, match="did not run.*model_attr"):
         run_fit(tmp_path, tiny_config, GeometryMonitor(plots=False), max_epochs=1, model=model)
     assert _geometry_hooks(model.model) == 0
+
+
+def test_an_error_during_a_measured_validation_leaves_no_hooks(tmp_path, tiny_config):
+    class FailsInValidation(TinyClassifier):
+        def validation_step(self, batch, batch_idx):
+            super().validation_step(batch, batch_idx)
+            if batch_idx == 1:
+                raise KeyError("the user's bug")
+
+    model = FailsInValidation(tiny_config)
+    with pytest.raises(KeyError, match="the user's bug"):
+        run_fit(tmp_path, tiny_config, GeometryMonitor(plots=False), max_epochs=1, model=model)
+    assert model.forwards["val"] == 2 and _geometry_hooks(model.model) == 0
 
 
 def test_split_train_rereads_the_training_data_in_eval_mode(tmp_path, tiny_config):
