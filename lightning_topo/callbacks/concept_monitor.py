@@ -245,13 +245,17 @@ class ConceptAlignmentMonitor(MetricMonitor):
         self._warned: set[str] = set()
 
     def _new_metric(self, tokenizer: Any = None) -> ConceptAlignment:
-        # sync_on_compute=False: MetricMonitor syncs the states itself before rank 0 computes
-        return ConceptAlignment(
+        # MetricMonitor (and _compute_on_rank_zero) sync the states on every process, compute on
+        # rank 0 alone, then unsync: compute must neither sync again (sync_on_compute=False) nor
+        # unsync itself (torchmetrics' compute unsyncs a synced metric unless _should_unsync is off)
+        metric = ConceptAlignment(
             layers=self.layers, max_tokens=self.max_tokens, max_per_word=self.max_per_word,
             n_concepts=self.n_concepts, theta=self.theta, label_sets=self.label_sets,
             tokenizer=self.tokenizer if tokenizer is None else tokenizer, top_words=self.top_words,
             max_samples=self.max_samples, seed=self.seed, sync_on_compute=False,
         )  # fmt: skip
+        metric._should_unsync = False
+        return metric
 
     @override
     def _build_metric(self, hf_model: Any) -> ConceptAlignment:
