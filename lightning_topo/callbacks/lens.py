@@ -30,8 +30,11 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
+from lightning_topo.callbacks.run_dir import pruning_epochs, record_settings, run_dir
 from lightning_topo.encoding import EncodedBatch, model_inputs, module_device
 from lightning_topo.metrics.base import LensMetric, LensResult
+from lightning_topo.plots import wandb_loggers
+from lightning_topo.plots.wandb import define_lens_metrics, log_score_vs_monitor
 from lightning_topo.representations import (
     GatherFn,
     check_layers,
@@ -207,12 +210,36 @@ class LensMonitor(Callback):
         return "/".join([self.log_prefix, *parts])
 
     def plot_dir(self, trainer: pl.Trainer) -> Path:
-        """Where the figures go: ``<trainer.log_dir or default_root_dir>/<log_prefix>``."""
-        try:
-            root = trainer.log_dir
-        except Exception:  # noqa: BLE001 - some loggers have no local directory
-            root = None
-        return Path(root or trainer.default_root_dir) / self.log_prefix
+        """Where the figures go: ``<run folder>/<log_prefix>`` (:func:`~lightning_topo.callbacks.run_dir.run_dir`:
+        one versioned folder per run whatever the loggers, never shared with an earlier run)."""
+        return run_dir(trainer) / self.log_prefix
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        # on every process: the run folder is chosen on rank 0 and broadcast
+        run_dir(trainer)
+        define_lens_metrics(trainer.loggers, [self.log_prefix])
+        record_settings(
+            trainer,
+            f"{type(self).__name__}/{self.log_prefix}",
+            {**self._settings(), "log_prefix": self.log_prefix, "headline": self._headline_for_report()},
+        )
+
+    def _headline_for_report(self) -> str | None:
+        """The headline metric's full name (the report reads it); ``None`` when the lens has none."""
+        return None
+
+    def _publish_live(self, trainer: pl.Trainer) -> None:
+        """With a W&B logger: this measurement's figures and the headline-vs-monitor chart, now."""
+        if not trainer.is_global_zero or not wandb_loggers(trainer.loggers) or not self.history:
+            return
+        if self.plots:
+            self._write_figures(trainer, self.plot_dir(trainer))  # also logs them to W&B at this step
+        headline = self._headline_for_report()
+        if headline and self.monitor_against:
+            log_score_vs_monitor(
+                trainer.loggers, self.history, headline, self.monitor_against, exclude_epochs=pruning_epochs(trainer)
+            )
 
     @staticmethod
     def _gather(trainer: pl.Trainer) -> GatherFn | None:
@@ -309,6 +336,7 @@ class LensMonitor(Callback):
         key = (record["epoch"], record["step"])  # a resumed run repeating a validation replaces it
         self.history = [r for r in self.history if (r["epoch"], r.get("step")) != key] + [record]
         self._pending_correlations = self._correlations()
+        self._publish_live(trainer)
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -471,13 +499,35 @@ class MetricMonitor(LensMonitor):
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if self._hf_model is None or self.metric is None:
-            self._hf_path, self._hf_model = find_hf_model(pl_module, self.model_attr)
-            self.metric = self._build_metric(self._hf_model)
-            try:
-                self.metric.check_model(self._hf_model)
-            except (TypeError, ValueError) as err:
-                raise type(err)(f"{type(self).__name__}: {err}") from None
-            self._capture = self.metric.make_capture(self._hf_model)
+            self._find_model(pl_module)
+        super().setup(trainer, pl_module, stage)
+
+    @override
+    def _headline_for_report(self) -> str | None:
+        return self.headline_name
+
+    def _find_model(self, pl_module: pl.LightningModule) -> None:
+        """Find the Hugging Face model, build the lens, check the model and make the capture."""
+        self._hf_path, self._hf_model = find_hf_model(pl_module, self.model_attr)
+        self.metric = self._build_metric(self._hf_model)
+        try:
+            self.metric.check_model(self._hf_model)
+        except (TypeError, ValueError) as err:
+            raise type(err)(f"{type(self).__name__}: {err}") from None
+        self._capture = self.metric.make_capture(self._hf_model)
+
+    def _refresh_model(self, pl_module: pl.LightningModule) -> None:
+        """Follow a model that was replaced since ``setup`` (structured pruning swaps it): the hooks
+        move to the module now at the same path."""
+        current = pl_module.get_submodule(self._hf_path) if self._hf_path else self._hf_model
+        if current is self._hf_model:
+            return
+        assert self.metric is not None
+        if self._capture is not None:
+            self._capture.detach()
+        self._hf_model = current
+        self.metric.check_model(current)
+        self._capture = self.metric.make_capture(current)
 
     def _split_loader(self, trainer: pl.Trainer) -> Any:
         return _first_loader(trainer.val_dataloaders if self.split == "val" else trainer.train_dataloader)
@@ -605,6 +655,7 @@ class MetricMonitor(LensMonitor):
         self._batches_seen = 0
         if not self._measuring:
             return
+        self._refresh_model(pl_module)
         assert self.metric is not None and self._capture is not None
         self.metric.reset()
         if self.split == "val":
