@@ -144,6 +144,11 @@ class GeometryScore(LensMetric):
         **kwargs: Any,
     ) -> None:
         super().__init__(layers=layers, max_samples=max_samples, seed=0, **kwargs)
+        if self.layers == 0 or (isinstance(self.layers, list) and 0 in self.layers):
+            raise ValueError(
+                f"layers: 0 (hidden state 0, the embeddings) has no attention; the geometry lens reads "
+                f"encoder layers 1..L (or -L..-1 from the end, or 'all'); got {layers!r}"
+            )
         self.attention = check_choice(attention, "attention", ATTENTION_SOURCES)
         self.normalize = check_bool(normalize, "normalize")
         self._model_ref: weakref.ref[nn.Module] | None = None
