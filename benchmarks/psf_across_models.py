@@ -358,7 +358,7 @@ STUDY_SCORES: dict[str, str] = {
 }
 
 
-def study_row(seed_dir: Path, epoch: int, row: dict[str, float]) -> dict[str, Any]:
+def study_row(seed_dir: Path, epoch: int, row: dict[str, float], with_ww: bool = True) -> dict[str, Any]:
     """Every score of one saved study model (cached in ``outputs/psf_across_models_study``)."""
     from transformers import AutoModelForSequenceClassification
 
@@ -379,12 +379,13 @@ def study_row(seed_dir: Path, epoch: int, row: dict[str, float]) -> dict[str, An
                    "psf_train_split": row["psf_train"], "psf_train_split/std": row["psf_train/std"],
                    "geometry/cone": row["cone"], "rankme": float(rankme(x))})  # fmt: skip
     timings = {"persistence_rankme_s": time.perf_counter() - start}
-    start = time.perf_counter()
-    model = AutoModelForSequenceClassification.from_pretrained(
-        seed_dir / f"epoch{epoch}_model", trust_remote_code=False
-    ).eval()
-    scores.update(weight_scores(model))
-    timings["weightwatcher_s"] = time.perf_counter() - start
+    if with_ww:
+        start = time.perf_counter()
+        model = AutoModelForSequenceClassification.from_pretrained(
+            seed_dir / f"epoch{epoch}_model", trust_remote_code=False
+        ).eval()
+        scores.update(weight_scores(model))
+        timings["weightwatcher_s"] = time.perf_counter() - start
     seed = int(seed_dir.name[len("seed") :])
     out = {
         "name": name,
@@ -396,7 +397,7 @@ def study_row(seed_dir: Path, epoch: int, row: dict[str, float]) -> dict[str, An
     tmp = cache.with_name(f".{cache.name}.tmp{os.getpid()}")
     tmp.write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
     os.replace(tmp, cache)
-    print(f"{name}: val acc {scores['val_acc']:.3f}, alpha {scores['ww/alpha']:.2f}, RankMe {scores['rankme']:.1f} "
+    print(f"{name}: val acc {scores['val_acc']:.3f}, alpha {scores.get('ww/alpha', math.nan):.2f}, RankMe {scores['rankme']:.1f} "
           f"({sum(timings.values()):.0f} s)", flush=True)  # fmt: skip
     return out
 
@@ -406,24 +407,24 @@ def study_report(args: argparse.Namespace) -> int:
     from lightning_topo.analysis import write_text_atomic
 
     rows = []
-    for seed_dir in sorted(STUDY.glob("seed*")):
-        scored = seed_dir / "scores.json"
-        if not scored.exists():
-            continue
-        for r in json.loads(scored.read_text(encoding="utf-8")):
+    for seed_dir in sorted(p for p in STUDY.glob("seed*") if p.is_dir()):
+        for scored in sorted(seed_dir.glob("epoch*_scores.json")):
+            r = json.loads(scored.read_text(encoding="utf-8"))
             if (seed_dir / f"epoch{int(r['epoch'])}_model").exists():
-                rows.append(study_row(seed_dir, int(r["epoch"]), r))
+                rows.append(study_row(seed_dir, int(r["epoch"]), r, args.weightwatcher))
     if len(rows) < 3:
         print(f"{len(rows)} study models scored; run benchmarks/early_stopping.py (--record, --analyze) first",
               file=sys.stderr)  # fmt: skip
         return 1
     out: dict[str, Any] = {}
+    keys = [k for k in STUDY_SCORES if all(k in r["scores"] for r in rows)]
     for target in ("val_acc", "test_acc"):
         acc = np.array([r["scores"][target] for r in rows])
         out[target] = {k: score_statistics(np.array([r["scores"][k] for r in rows]), acc, args.bootstrap, args.seed)
-                       for k in STUDY_SCORES}  # fmt: skip
+                       for k in keys}  # fmt: skip
     print(f"\n{len(rows)} study models (seeds x epochs): Spearman vs val acc / test acc [95% CI]")
-    for k, label in STUDY_SCORES.items():
+    for k in keys:
+        label = STUDY_SCORES[k]
         v, t = out["val_acc"][k], out["test_acc"][k]
         print(f"{label:<34} {v['spearman']:+.2f} [{v['spearman_ci95'][0]:+.2f}, {v['spearman_ci95'][1]:+.2f}]   "
               f"{t['spearman']:+.2f} [{t['spearman_ci95'][0]:+.2f}, {t['spearman_ci95'][1]:+.2f}]")  # fmt: skip
@@ -454,7 +455,7 @@ def draw_scoreboard(rows: list[dict[str, Any]], stats: dict[str, Any], path: Pat
     import matplotlib.pyplot as plt
 
     rows = sorted(rows, key=lambda r: r["scores"]["val_acc"])
-    keys = list(STUDY_SCORES)
+    keys = list(stats["val_acc"])
     grid = np.array([[r["scores"][k] for r in rows] for k in keys], dtype=float)
     ranks = grid.argsort(axis=1).argsort(axis=1) / max(1, len(rows) - 1)
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(14, 5.2), gridspec_kw={"width_ratios": [2.2, 1]})
