@@ -37,6 +37,8 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from typing_extensions import override
 
+from lightning_topo.callbacks.run_dir import record_settings, run_dir
+from lightning_topo.plots.wandb import log_model_artifact
 from lightning_topo.pruning.config import DEFAULTS, PruningConfig, check_int, resolve_stat
 from lightning_topo.pruning.distill import DISTILL_DEFAULTS, check_distill_settings, distillation_loss
 from lightning_topo.pruning.importance import resolve_method
@@ -326,6 +328,11 @@ class TopologicalPruning(Callback):
         if stage != "fit":
             return
         _check_strategy(trainer)
+        record_settings(  # with the run: W&B config and lightning_topo_settings.json (the report reads it)
+            trainer,
+            "TopologicalPruning",
+            {"method": self.method_name, "ratio": self.ratio, "prune_epoch": self.prune_epoch, "steps": self.steps},
+        )
         model = self._find_model(pl_module)
         _check_supported(model)
         if self.distill and not callable(getattr(pl_module, "set_training_loss", None)):
@@ -381,7 +388,7 @@ class TopologicalPruning(Callback):
         if self.output_dir is not None:
             target = _check_output_path(self.output_dir, self.overwrite)
         else:
-            base = _run_folder(trainer)
+            base = run_dir(trainer)  # one versioned folder per run, whatever the loggers (setup: every rank)
             target, n = base / DEFAULT_FOLDER, 0
             while target.exists():
                 n += 1
@@ -746,6 +753,8 @@ class TopologicalPruning(Callback):
             model.train(was_training)
         self.saved_path = path
         rank_zero_info(f"TopologicalPruning saved the compressed checkpoint to {path}")
+        if trainer.is_global_zero:  # Lightning's log_model convention: a W&B artifact of type "model"
+            log_model_artifact(trainer.loggers, path, metadata=self.summary)
 
     # ------------------------------------------------------------------ state
     @override
@@ -1111,17 +1120,6 @@ def _csv(rows: Sequence[Mapping[str, Any]]) -> str:
     writer.writeheader()
     writer.writerows(rows)
     return out.getvalue()
-
-
-def _run_folder(trainer: pl.Trainer) -> Path:
-    """The run's versioned folder: ``<save_dir>/<name>/<version>`` of the first logger, else ``default_root_dir``."""
-    if not trainer.loggers:
-        return Path(trainer.default_root_dir)
-    logger = trainer.loggers[0]
-    save_dir = logger.save_dir if logger.save_dir is not None else trainer.default_root_dir
-    version = logger.version
-    version = version if isinstance(version, str) else f"version_{version}"
-    return Path(save_dir) / str(logger.name or "") / version
 
 
 def _take(loader: Iterable[Any], n: int) -> list[Any]:
