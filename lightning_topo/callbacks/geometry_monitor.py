@@ -165,20 +165,6 @@ class GeometryMonitor(MetricMonitor):
             self._capture = self.metric.make_capture(self._hf_model)
         super().on_validation_epoch_start(trainer, pl_module)
 
-    def _release(self) -> None:
-        if self._capture is not None:
-            self._capture.detach()
-
-    @override
-    def on_exception(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
-    ) -> None:
-        self._release()  # an error inside a measured validation must not leave hooks on the user's model
-
-    @override
-    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self._release()
-
     @override
     def _scan_labels(self, loader: Any) -> tuple[dict[int, int], Any]:
         """No labels needed; refuses a sequence without any valid position (its cone index and

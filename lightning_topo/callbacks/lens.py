@@ -738,6 +738,18 @@ class MetricMonitor(LensMonitor):
             self._capture.detach()
         super().on_validation_epoch_end(trainer, pl_module)
 
+    @override
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        # never leave hooks on the user's model after an error
+        if self._capture is not None:
+            self._capture.detach()
+        self._measuring = False
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self._capture is not None:
+            self._capture.detach()
+
     @property
     def headline_name(self) -> str:
         """The lens's headline metric, without a layer in its name (``topo/psf``, ``geometry/cone``)."""
