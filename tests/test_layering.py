@@ -22,7 +22,10 @@ PACKAGE = Path(lightning_topo.__file__).parent
 
 #: Top-level parts of the package that library code must never import.
 APPLICATION = ("lightning_topo.callbacks", "lightning_topo.models", "lightning_topo.cli")
-LIBRARY = ("topology", "scores", "representations", "data", "pruning", "encoding", "analysis", "plots", "report")
+LIBRARY = (
+    "topology", "scores", "representations", "metrics", "data", "pruning", "encoding", "loading", "analysis", "plots",
+    "report",
+)
 
 
 def _imports(path: Path) -> list[tuple[int, str]]:
