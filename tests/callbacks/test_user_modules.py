@@ -1,0 +1,111 @@
+"""Every callback on LightningModules written the way users write them (tests/user_modules.py): the
+Hugging Face model at ``self.net``, ``forward(batch)`` with the model nested in a ModuleDict, no
+``forward`` at all, ``AutoModel`` + the user's own head; plain DataLoaders; ``validation_step``
+logging only ``val/acc``. Each shape trains 2 epochs with the callbacks and logs every lens's headline."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from user_modules import FAMILIES, USER_MODULES, loaders, trainer  # noqa: E402
+
+from lightning_topo.callbacks import (  # noqa: E402
+    GeometryMonitor,
+    PersistenceScoreMonitor,
+    PSFEarlyStopping,
+    TopologicalPruning,
+    TreeProbeMonitor,
+)
+
+HEADLINES = ("topo/psf", "topo/psf/std", "geometry/cone", "probe/ssp")
+
+
+def _callbacks(tmp_path):
+    return [
+        PersistenceScoreMonitor(max_points_per_class=8, plots=False),
+        PSFEarlyStopping(mode="min", patience=5),
+        GeometryMonitor(plots=False),
+        TreeProbeMonitor(plots=False, max_samples=16, probe_epochs=1),
+        TopologicalPruning(method="magnitude", ratio=0.8, prune_epoch=0, output_dir=tmp_path / "pruned",
+                           calibration_batches=2, evaluate=False),
+    ]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shape", sorted(USER_MODULES))
+def test_every_callback_on_a_user_module(tmp_path, shape):
+    module = USER_MODULES[shape]("bert")
+    before = sum(p.numel() for p in module.parameters())
+    tr = trainer(tmp_path, _callbacks(tmp_path), max_epochs=2)
+    tr.fit(module, *loaders())
+    logged = set(tr.callback_metrics)
+    assert set(HEADLINES) <= logged, sorted(logged)
+    assert tr.current_epoch == 2
+    assert sum(p.numel() for p in module.parameters()) < before  # pruned in place, in the user's module
+    assert (tmp_path / "pruned" / "config.json").is_file()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_hidden_state_lenses_on_every_family(tmp_path, family):
+    mon = PersistenceScoreMonitor(max_points_per_class=8, plots=False, layers="all", pooling="mean")
+    probe = TreeProbeMonitor(plots=False, max_samples=16, probe_epochs=1, layers=[-1])
+    tr = trainer(tmp_path, [mon, probe], max_epochs=1)
+    tr.fit(USER_MODULES["net"](family), *loaders())
+    assert {"topo/psf", "topo/psf/layer_0", "topo/psf/layer_2", "probe/ssp"} <= set(tr.callback_metrics)
+    assert torch.isfinite(tr.callback_metrics["topo/psf"])
+
+
+def test_no_labels_are_refused_before_training(tmp_path):
+    train, val = loaders()
+    unlabelled = torch.utils.data.DataLoader(
+        [{k: v for k, v in row.items() if k != "labels"} for row in val.dataset], batch_size=8
+    )
+    tr = trainer(tmp_path, [PersistenceScoreMonitor(plots=False)], max_epochs=1, num_sanity_val_steps=0)
+
+    class NoValLabels(USER_MODULES["net"]):
+        def validation_step(self, batch, batch_idx):
+            self(batch["input_ids"], batch["attention_mask"])
+
+    with pytest.raises(ValueError, match="labels_fn"):
+        tr.fit(NoValLabels("bert"), train, unlabelled)
+    assert tr.global_step == 0
+
+
+def test_labels_fn_reads_any_batch_layout(tmp_path):
+    class TupleBatches(USER_MODULES["net"]):
+        def training_step(self, batch, batch_idx):
+            inputs, labels = batch
+            return torch.nn.functional.cross_entropy(self(**inputs), labels)
+
+        def validation_step(self, batch, batch_idx):
+            inputs, labels = batch
+            self.log("val/acc", (self(**inputs).argmax(-1) == labels).float().mean())
+
+    def as_tuples(loader):
+        rows = [({"input_ids": r["input_ids"], "attention_mask": r["attention_mask"]}, r["labels"]) for r in loader.dataset]
+        return torch.utils.data.DataLoader(rows, batch_size=8)
+
+    train, val = loaders()
+    mon = PersistenceScoreMonitor(plots=False, max_points_per_class=8, labels_fn=lambda batch: batch[1])
+    tr = trainer(tmp_path, [mon], max_epochs=1)
+    tr.fit(TupleBatches("bert"), as_tuples(train), as_tuples(val))
+    assert "topo/psf" in tr.callback_metrics and mon.history[0]["scores"]["topo/psf/class_1"] > 0
+
+
+def test_two_hf_models_need_model_attr(tmp_path):
+    class TeacherStudent(USER_MODULES["net"]):
+        def __init__(self):
+            super().__init__("bert")
+            self.teacher = USER_MODULES["net"]("bert").net
+
+    with pytest.raises(ValueError, match="model_attr"):
+        trainer(tmp_path, [PersistenceScoreMonitor(plots=False)], max_epochs=1).fit(TeacherStudent(), *loaders())
+    mon = PersistenceScoreMonitor(plots=False, max_points_per_class=8, model_attr="net")
+    tr = trainer(tmp_path, [mon], max_epochs=1)
+    tr.fit(TeacherStudent(), *loaders())
+    assert "topo/psf" in tr.callback_metrics
