@@ -204,9 +204,11 @@ def main(argv=None) -> int:
     tmp = args.output.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(res, indent=2, sort_keys=True, default=str))
     tmp.replace(args.output)
+    delta = ok["accuracy_delta_points"]
     print(
-        f"pruned int8 (ONNX Runtime): {ok['speedup']:.2f}x throughput, {ok['latency_speedup']:.2f}x latency, "
-        f"{ok['accuracy_delta_points']:+.2f} points vs dense fp32 PyTorch"
+        f"pruned int8 (ONNX Runtime): {ok['speedup']:.2f}x throughput, {ok['latency_speedup']:.2f}x latency"
+        + ("" if delta is None else f", {delta:+.2f} points")
+        + " vs dense fp32 PyTorch"
     )
     return 0
 
