@@ -646,6 +646,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--from-study", action="store_true", help="score benchmarks/early_stopping.py's saved models"
     )
+    parser.add_argument(
+        "--no-weightwatcher", dest="weightwatcher", action="store_false",
+        help="--from-study without WeightWatcher (its cost on a loaded machine)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if args.from_study:
         args.results, args.figure = args.results or RESULTS_STUDY, args.figure or FIGURE_STUDY
