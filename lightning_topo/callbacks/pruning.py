@@ -328,11 +328,6 @@ class TopologicalPruning(Callback):
         if stage != "fit":
             return
         _check_strategy(trainer)
-        record_settings(  # with the run: W&B config and lightning_topo_settings.json (the report reads it)
-            trainer,
-            "TopologicalPruning",
-            {"method": self.method_name, "ratio": self.ratio, "prune_epoch": self.prune_epoch, "steps": self.steps},
-        )
         model = self._find_model(pl_module)
         _check_supported(model)
         if self.distill and not callable(getattr(pl_module, "set_training_loss", None)):
@@ -357,6 +352,11 @@ class TopologicalPruning(Callback):
                     f"classifier, so the compressed folder will hold the pruned encoder only; the rest of "
                     f"{type(pl_module).__name__} (your own head) is in its Lightning checkpoint, not in that folder"
                 )
+        record_settings(  # with the run: W&B config and lightning_topo_settings.json (the report reads it)
+            trainer,
+            "TopologicalPruning",
+            {"method": self.method_name, "ratio": self.ratio, "prune_epoch": self.prune_epoch, "steps": self.steps},
+        )
         if trainer.ckpt_path and getattr(pl_module, "restores_shapes_on_load", False) is not True:
             rank_zero_warn(
                 "TopologicalPruning: resuming from a checkpoint saved after pruning needs the LightningModule "
