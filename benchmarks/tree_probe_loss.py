@@ -274,8 +274,16 @@ def summarize(args: argparse.Namespace) -> dict[str, Any]:
             }
         row["wall_s"] = _stats([c["wall_s"] for c in group])
         table.append(row)
+    tuning = [json.loads(p.read_text()) for p in sorted(CELLS.glob(f"{key}-c*_acceptability_off_*.json"))]
     return {
         "benchmark": "tree_probe_loss",
+        "proxy_tuning": [
+            {
+                k: c[k]
+                for k in ("setting", "seed", "final_val_acc", "best_val_acc", "val_acc_per_epoch", "wall_s")
+            }
+            for c in tuning
+        ],
         "setting": {
             "limit_train": args.limit_train,
             "epochs": args.epochs,
