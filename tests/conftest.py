@@ -94,11 +94,16 @@ def sequence_classifier(path):
 
 
 class _RecordingRun:
+    id = "recorded"  # the run folder of a W&B-only run is named by the run id
+
     def __init__(self):
         self.payloads = []
 
     def log(self, payload):
         self.payloads.append(payload)
+
+    def define_metric(self, name, **kwargs):
+        self.payloads.append({"define_metric": (name, kwargs)})
 
 
 def recording_wandb_logger(tmp_path):

@@ -37,7 +37,6 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from typing_extensions import override
 
-from lightning_topo.callbacks.run_dir import record_settings, run_dir
 from lightning_topo.plots.wandb import log_model_artifact
 from lightning_topo.pruning.config import DEFAULTS, PruningConfig, check_int, resolve_stat
 from lightning_topo.pruning.distill import DISTILL_DEFAULTS, check_distill_settings, distillation_loss
@@ -352,11 +351,6 @@ class TopologicalPruning(Callback):
                     f"classifier, so the compressed folder will hold the pruned encoder only; the rest of "
                     f"{type(pl_module).__name__} (your own head) is in its Lightning checkpoint, not in that folder"
                 )
-        record_settings(  # with the run: W&B config and lightning_topo_settings.json (the report reads it)
-            trainer,
-            "TopologicalPruning",
-            {"method": self.method_name, "ratio": self.ratio, "prune_epoch": self.prune_epoch, "steps": self.steps},
-        )
         if trainer.ckpt_path and getattr(pl_module, "restores_shapes_on_load", False) is not True:
             rank_zero_warn(
                 "TopologicalPruning: resuming from a checkpoint saved after pruning needs the LightningModule "
@@ -388,7 +382,7 @@ class TopologicalPruning(Callback):
         if self.output_dir is not None:
             target = _check_output_path(self.output_dir, self.overwrite)
         else:
-            base = run_dir(trainer)  # one versioned folder per run, whatever the loggers (setup: every rank)
+            base = _run_folder(trainer)
             target, n = base / DEFAULT_FOLDER, 0
             while target.exists():
                 n += 1
@@ -1120,6 +1114,17 @@ def _csv(rows: Sequence[Mapping[str, Any]]) -> str:
     writer.writeheader()
     writer.writerows(rows)
     return out.getvalue()
+
+
+def _run_folder(trainer: pl.Trainer) -> Path:
+    """The run's versioned folder: ``<save_dir>/<name>/<version>`` of the first logger, else ``default_root_dir``."""
+    if not trainer.loggers:
+        return Path(trainer.default_root_dir)
+    logger = trainer.loggers[0]
+    save_dir = logger.save_dir if logger.save_dir is not None else trainer.default_root_dir
+    version = logger.version
+    version = version if isinstance(version, str) else f"version_{version}"
+    return Path(save_dir) / str(logger.name or "") / version
 
 
 def _take(loader: Iterable[Any], n: int) -> list[Any]:

@@ -153,8 +153,9 @@ def test_layers_all_mean_pooling_and_no_logger(tmp_path, tiny_config):
     names = set(trainer.callback_metrics)
     assert {"topo/psf/layer_0", "topo/psf/layer_1", "topo/psf/layer_2", "topo/h1/entropy"} <= names
     assert "topo/h0/entropy" not in names and "topo/h1/total_persistence" not in names
-    # no logger: figures go under default_root_dir
-    assert (tmp_path / "topo" / "topo_psf_vs_epoch.png").exists()
+    # no logger: figures go to a versioned run folder under default_root_dir
+    assert monitor.plot_dir(trainer) == tmp_path.resolve() / "lightning_topo" / "version_0" / "topo"
+    assert (monitor.plot_dir(trainer) / "topo_psf_vs_epoch.png").exists()
 
 
 def test_reuses_validation_forward_when_validation_step_returns_encoded(tmp_path, tiny_config):
@@ -493,7 +494,7 @@ def test_wandb_offline_run_holds_scalars_and_images(tmp_path, tiny_config, monke
     assert [row[col] for row in table["data"]] == pytest.approx(
         [r["scores"]["topo/psf"] for r in monitor.history]
     )
-    assert (tmp_path / "topo" / "topo_psf_vs_epoch.png").exists()
+    assert (monitor.plot_dir(trainer) / "topo_psf_vs_epoch.png").exists()
 
 
 # ------------------------------------------------------------------------------------- DDP
