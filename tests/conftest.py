@@ -93,17 +93,24 @@ def sequence_classifier(path):
     )
 
 
+class _RecordingConfig(dict):
+    def update(self, values=(), allow_val_change=False, **kwargs):
+        super().update(values, **kwargs)
+
+
 class _RecordingRun:
     id = "recorded"  # the run folder of a W&B-only run is named by the run id
 
     def __init__(self):
         self.payloads = []
+        self.defined = []  # define_metric calls
+        self.config = _RecordingConfig()
 
     def log(self, payload):
         self.payloads.append(payload)
 
     def define_metric(self, name, **kwargs):
-        self.payloads.append({"define_metric": (name, kwargs)})
+        self.defined.append((name, kwargs))
 
 
 def recording_wandb_logger(tmp_path):
