@@ -99,8 +99,8 @@ def test_tensorboard_logger_gets_the_run_and_report_reads_its_events(tmp_path):
 def test_no_logger_gets_versioned_folders_under_default_root_dir(tmp_path):
     first = _fit(tmp_path, False).folders[0]
     second = _fit(tmp_path, False).folders[0]
-    assert first == (tmp_path / "lightning_topo" / "version_0").resolve()
-    assert second == (tmp_path / "lightning_topo" / "version_1").resolve()
+    assert first == (tmp_path / "lightning_topo_runs" / "version_0").resolve()
+    assert second == (tmp_path / "lightning_topo_runs" / "version_1").resolve()
     assert _pointer(first)["loggers"] == [] and (first / "topo" / "figure.png").is_file()
 
 
@@ -108,12 +108,12 @@ def test_explicit_version_reused_never_overwrites_the_earlier_run(tmp_path):
     first = _fit(tmp_path, CSVLogger(tmp_path, name="runs", version=0)).folders[0]
     second = _fit(tmp_path, CSVLogger(tmp_path, name="runs", version=0)).folders[0]
     assert first == (tmp_path / "runs" / "version_0").resolve()
-    assert second == first / "lightning_topo" / "run_0"
+    assert second == first / "lightning_topo_runs" / "run_0"
     assert (first / "topo" / "figure.png").read_text() == f"run in {first}"
     # the CSV folder (whose metrics.csv is now the second run's) points at the second run
     assert resolve_run(first).run_dir == second
     third = _fit(tmp_path, CSVLogger(tmp_path, name="runs", version=0)).folders[0]
-    assert third == first / "lightning_topo" / "run_1"
+    assert third == first / "lightning_topo_runs" / "run_1"
 
 
 def test_wandb_first_then_csv_twice_in_one_folder(tmp_path, monkeypatch):

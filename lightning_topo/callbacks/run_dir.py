@@ -13,13 +13,13 @@ a ``CSVLogger`` or ``TensorBoardLogger``         the first such logger's ``log_d
 (anywhere in the list, W&B first included)       (``runs/quickstart/version_3``)
 ``WandbLogger`` only                             ``<save_dir>/<project>/<run id>`` (where
                                                  Lightning's ``ModelCheckpoint`` puts it too)
-none (``logger=False``) or no local folder       ``<default_root_dir>/lightning_topo/version_N``
+none (``logger=False``) or no local folder       ``<default_root_dir>/lightning_topo_runs/version_N``
 ===============================================  =================================================
 
 A folder belongs to the first run that claims it: the claim is the file
 ``lightning_topo_run.json`` (:data:`~lightning_topo.report.RUN_POINTER`) created there exclusively.
 When the preferred folder was claimed by an earlier run (a logger with an explicit ``version``
-re-used), the run takes the next free ``<folder>/lightning_topo/run_N`` instead, so running the
+re-used), the run takes the next free ``<folder>/lightning_topo_runs/run_N`` instead, so running the
 same script twice in one folder never fails and never overwrites an earlier run's outputs.
 
 Every logger's own folder (the CSV/TensorBoard ``log_dir``, the W&B ``offline-run-*`` / ``run-*``
@@ -54,7 +54,7 @@ from lightning_topo.report import RUN_POINTER, RUN_POINTER_FORMAT, RUN_SETTINGS
 __all__ = ["RUN_POINTER", "RUN_SETTINGS", "logger_folders", "pruning_epochs", "record_settings", "run_dir"]
 
 #: Sub-folder of ``default_root_dir`` for runs without a logger that has a local folder.
-FALLBACK = "lightning_topo"
+FALLBACK = "lightning_topo_runs"  # not "lightning_topo": run from the repo root it would land in the package
 
 _CACHE: weakref.WeakKeyDictionary[pl.Trainer, Path] = weakref.WeakKeyDictionary()
 

@@ -154,7 +154,7 @@ def test_layers_all_mean_pooling_and_no_logger(tmp_path, tiny_config):
     assert {"topo/psf/layer_0", "topo/psf/layer_1", "topo/psf/layer_2", "topo/h1/entropy"} <= names
     assert "topo/h0/entropy" not in names and "topo/h1/total_persistence" not in names
     # no logger: figures go to a versioned run folder under default_root_dir
-    assert monitor.plot_dir(trainer) == tmp_path.resolve() / "lightning_topo" / "version_0" / "topo"
+    assert monitor.plot_dir(trainer) == tmp_path.resolve() / "lightning_topo_runs" / "version_0" / "topo"
     assert (monitor.plot_dir(trainer) / "topo_psf_vs_epoch.png").exists()
 
 
