@@ -151,7 +151,9 @@ class PersistenceScore(LensMetric):
         Raises:
             ValueError: no examples, fewer than 2 classes, or a class with a single example.
         """
-        if not self.pooled or (isinstance(self.pooled, list) and sum(p.shape[0] for p in self.pooled) == 0):
+        # A list of per-batch tensors before a DDP sync, one concatenated tensor after it.
+        rows = self.pooled.shape[0] if isinstance(self.pooled, Tensor) else sum(p.shape[0] for p in self.pooled)
+        if rows == 0:
             raise ValueError("PersistenceScore.compute: no examples were added (call update first)")
         reps = self.representations()
         layers = reps.layers
