@@ -27,7 +27,6 @@ from __future__ import annotations
 import inspect
 import json
 import math
-import os
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -38,6 +37,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from lightning_topo.data.files import write_text_atomic
 from lightning_topo.encoding import model_inputs, module_device
 from lightning_topo.metrics import LENSES, LensMetric, LensResult
 from lightning_topo.plots import plot_class_diagrams
@@ -54,22 +54,6 @@ __all__ = ["SCORE_FAMILIES", "AnalysisResult", "analyze", "check_score_families"
 
 #: Lenses :func:`analyze` can measure by name (each the lens of one monitor).
 SCORE_FAMILIES: tuple[str, ...] = tuple(LENSES)
-
-
-def write_text_atomic(path: str | Path, text: str, *, overwrite: bool = False) -> Path:
-    """Write ``text`` to a temporary sibling and move it to ``path``.
-
-    Raises:
-        FileExistsError: ``path`` exists and ``overwrite`` is false.
-    """
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
 
 
 # ----------------------------------------------------------------------------- result

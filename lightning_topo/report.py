@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from lightning_topo.analysis import write_text_atomic
+from lightning_topo.data.files import write_text_atomic
 from lightning_topo.plots import plot_kept_units
 from lightning_topo.plots.report import plot_headlines, plot_lens_panels
 from lightning_topo.plots.wandb import offline_run

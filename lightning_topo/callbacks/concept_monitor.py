@@ -30,8 +30,8 @@ from torch import Tensor
 from typing_extensions import override
 
 from lightning_topo import plots
-from lightning_topo.analysis import write_text_atomic
 from lightning_topo.callbacks.lens import MetricMonitor
+from lightning_topo.data.files import write_text_atomic
 from lightning_topo.encoding import module_device
 from lightning_topo.metrics import ConceptAlignment, LensResult
 from lightning_topo.metrics.concepts import DEFAULT_CONCEPT_LAYERS

@@ -47,7 +47,7 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
 
-from lightning_topo.analysis import write_text_atomic
+from lightning_topo.data.files import write_text_atomic
 from lightning_topo.plots.wandb import jsonable, log_settings
 from lightning_topo.report import RUN_POINTER, RUN_POINTER_FORMAT, RUN_SETTINGS
 

@@ -46,9 +46,9 @@ from lightning_topo.analysis import (
     check_score_families,
     plot_results,
     records_to_csv,
-    write_text_atomic,
 )
 from lightning_topo.cli.errors import USER_ERRORS, report_refusal
+from lightning_topo.data.files import write_text_atomic
 from lightning_topo.representations import resolve_layers
 
 __all__ = ["build_parser", "main"]

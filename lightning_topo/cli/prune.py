@@ -565,8 +565,8 @@ def _int8_report(source: Path, output: Path, dm: Any, summary: dict[str, Any]) -
     with the prune ``summary`` under ``prune_summary``, its ``cpu_speedup`` now measured (throughput
     at 32 x 64 of each variant against dense fp32)."""
     import json
-    import os
 
+    from lightning_topo.data.files import write_text_atomic
     from lightning_topo.pruning.export import load_compressed
     from lightning_topo.pruning.report import compare_int8, format_table
 
@@ -585,9 +585,7 @@ def _int8_report(source: Path, output: Path, dm: Any, summary: dict[str, Any]) -
         "cpu_speedup": {name: row["speedup"] for name, row in rows.items() if name != reference},
     }
     target = output / "int8_report.json"
-    staged = output / f".int8_report.json.tmp-{os.getpid()}"
-    staged.write_text(json.dumps(report, indent=1) + "\n")
-    os.replace(staged, target)
+    write_text_atomic(target, json.dumps(report, indent=1) + "\n", overwrite=True)
     print(f"int8 report: {target}")
     return report
 

@@ -48,13 +48,12 @@ import csv
 import os
 import random
 import re
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from lightning_topo.data import SPLIT_NAMES, rotten_tomatoes_path
-from lightning_topo.data.files import read_table
+from lightning_topo.data.files import read_table, write_text_atomic
 
 __all__ = [
     "ACCEPTABILITY_LABEL_NAMES",
@@ -306,14 +305,12 @@ def write_acceptability_file(
     if not rows:
         raise ValueError("rows is empty; nothing to write")
     columns = ["text", "label", "split", "source"]
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+
+    def write(tmp: Path) -> None:
+        with tmp.open("w", encoding="utf-8", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=columns, delimiter="\t", extrasaction="ignore")
             writer.writeheader()
             writer.writerows(rows)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    write_text_atomic(path, write, overwrite=True)
     return path

@@ -11,8 +11,10 @@ import gzip
 import io
 import json
 import math
+import os
 import re
-from collections.abc import Mapping, Sequence
+import secrets
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,41 @@ __all__ = [
     "normalise_labels",
     "read_table",
     "rows_by_split",
+    "write_text_atomic",
 ]
+
+def write_text_atomic(
+    path: str | os.PathLike[str], content: str | bytes | Callable[[Path], None], *, overwrite: bool = False
+) -> Path:
+    """The one atomic writer of the package: ``content`` goes to a temporary sibling, then is renamed
+    onto ``path``, so ``path`` is never seen half-written and a failed write leaves nothing behind.
+
+    Args:
+        path: the file to write (its folder is created).
+        content: text (UTF-8), bytes, or ``write(tmp_path)`` that writes the file itself (a figure,
+            a CSV writer, an ONNX export); the temporary file keeps ``path``'s suffix.
+        overwrite: replace an existing ``path``.
+
+    Raises:
+        FileExistsError: ``path`` exists and ``overwrite`` is false.
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}-{secrets.token_hex(4)}{path.suffix}")
+    try:
+        if callable(content):
+            content(tmp)
+        elif isinstance(content, bytes):
+            tmp.write_bytes(content)
+        else:
+            tmp.write_text(content, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
 
 #: Values of a ``split_column`` accepted for each split (compared case-insensitively).
 SPLIT_ALIASES: dict[str, tuple[str, ...]] = {

@@ -12,13 +12,14 @@ A lens callback keeps a *history*: one record per measurement,
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from lightning.pytorch.loggers import WandbLogger
+
+from lightning_topo.data.files import write_text_atomic
 
 History = Sequence[Mapping[str, Any]]
 
@@ -33,17 +34,8 @@ def _new_figure(width: float = 6.0, height: float = 4.0) -> Any:
 
 
 def _save(fig: Any, path: str | Path) -> Path:
-    """Write ``fig`` as PNG to a temporary sibling, then rename it to ``path`` (no partial file left)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
-    try:
-        fig.savefig(tmp, format="png", bbox_inches="tight")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    """Write ``fig`` as PNG to ``path`` atomically (no partial file left)."""
+    return write_text_atomic(path, lambda tmp: fig.savefig(tmp, format="png", bbox_inches="tight"), overwrite=True)
 
 
 def _x_axis(history: History) -> tuple[np.ndarray, str]:

@@ -52,6 +52,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from lightning_topo.data.files import write_text_atomic
 from lightning_topo.encoding import model_inputs
 from lightning_topo.pruning import layout
 from lightning_topo.pruning.config import (
@@ -661,12 +662,17 @@ class ImportanceTable:
                     out.append({"layer": layer, "kind": kind, "unit": unit, "score": v})
         return out
 
-    def to_csv(self, path: str | Path) -> None:
-        """Write ``layer,kind,unit,score`` rows (``inf`` written as ``inf``)."""
-        with open(path, "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=["layer", "kind", "unit", "score"])
-            w.writeheader()
-            w.writerows(self.rows())
+    def to_csv(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        """Write ``layer,kind,unit,score`` rows (``inf`` written as ``inf``; atomic, refuses an
+        existing file unless ``overwrite``)."""
+
+        def write(tmp: Path) -> None:
+            with tmp.open("w", newline="") as fh:
+                w = csv.DictWriter(fh, fieldnames=["layer", "kind", "unit", "score"])
+                w.writeheader()
+                w.writerows(self.rows())
+
+        return write_text_atomic(path, write, overwrite=overwrite)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe dict: ``method``, ``info``, ``ffn``/``heads`` as lists of lists (``inf`` -> ``None``)."""
@@ -678,9 +684,9 @@ class ImportanceTable:
 
         return {"method": self.method, "info": self.info, "ffn": clean(self.ffn), "heads": clean(self.heads)}
 
-    def to_json(self, path: str | Path) -> None:
-        """Write :meth:`to_dict` as JSON."""
-        Path(path).write_text(json.dumps(self.to_dict(), indent=1))
+    def to_json(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        """Write :meth:`to_dict` as JSON (atomic; refuses an existing file unless ``overwrite``)."""
+        return write_text_atomic(path, json.dumps(self.to_dict(), indent=1), overwrite=overwrite)
 
     def plot(self, kind: str = "ffn"):
         """A matplotlib figure with one box of scores per layer (``inf`` dropped); returns the figure."""

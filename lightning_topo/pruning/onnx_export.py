@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import secrets
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from lightning_topo.data.files import write_text_atomic
 from lightning_topo.pruning.export import load_compressed
 
 __all__ = ["ONNX_INPUTS", "export_onnx", "OnnxClassifier", "onnx_session"]
@@ -201,17 +201,14 @@ def export_onnx(
         wrapped = _Logits(model)
         vocab = int(model.config.vocab_size)
         example = _example(vocab, 2, example_length, seed=0)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        staged = path.parent / f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}.onnx"
-        try:
+
+        def write(staged: Path) -> None:
             _trace(wrapped, example, staged, opset)
             if quantize == "int8":
                 _quantize_int8(staged)
             _check_against_torch(wrapped, staged, vocab, example_length, atol=None if quantize else atol)
-            os.replace(staged, path)
-        finally:
-            for leftover in staged.parent.glob(f"{staged.name}*"):
-                leftover.unlink(missing_ok=True)
+
+        write_text_atomic(path, write, overwrite=True)  # _check_target refused an unwanted overwrite
     finally:
         model.train(was_training)
     return path
@@ -239,8 +236,11 @@ def _trace(wrapped: nn.Module, example: tuple[Tensor, Tensor], file: Path, opset
 def _quantize_int8(file: Path) -> None:
     (quantization,) = _require("onnxruntime.quantization")
     quantized = file.with_name(file.name + ".int8.onnx")
-    quantization.quantize_dynamic(str(file), str(quantized), weight_type=quantization.QuantType.QInt8)
-    os.replace(quantized, file)
+    try:
+        quantization.quantize_dynamic(str(file), str(quantized), weight_type=quantization.QuantType.QInt8)
+        os.replace(quantized, file)
+    finally:
+        quantized.unlink(missing_ok=True)
 
 
 def _check_against_torch(
