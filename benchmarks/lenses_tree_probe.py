@@ -43,24 +43,21 @@ sys.path.insert(0, str(ROOT))
 
 def _val_sample(max_sentences: int, seed: int, limit_val: int | None) -> tuple[dict[int, Any], float]:
     """The monitor's sentence sample of the embedded validation split through the pre-trained MiniLM."""
-    from lightning_topo.encoding import encode_batch
+    from lightning_topo.metrics import TreeProbeScore
     from lightning_topo.models import SequenceClassifier, TextClassificationDataModule
-    from lightning_topo.representations.words import WordVectorSample
-    from lightning_topo.scores.tree_probe import vocab_tables
 
     dm = TextClassificationDataModule(
         max_length=64, eval_batch_size=128, limit={"val": limit_val} if limit_val else None
     )
     dm.setup("fit")
     model = SequenceClassifier(num_labels=dm.num_classes).eval()
-    continuation, special = vocab_tables(dm.tokenizer)
-    layers = list(range(model.model.config.num_hidden_layers + 1))
-    sample = WordVectorSample(layers, max_sentences, seed=seed, continuation=continuation, special=special)
+    lens = TreeProbeScore(layers="all", max_samples=max_sentences, seed=seed, tokenizer=dm.tokenizer)
     start = time.perf_counter()
     with torch.no_grad():
         for batch in dm.val_dataloader():
-            sample.add(encode_batch(model, batch), batch)
-    return sample.finalize(), time.perf_counter() - start
+            enc = model.encode(batch)
+            lens.update(enc.hidden_states, enc.attention_mask, None, batch["input_ids"], batch.get("token_type_ids"))
+    return lens.word_sample(), time.perf_counter() - start
 
 
 def stability(args: argparse.Namespace) -> dict[str, Any]:

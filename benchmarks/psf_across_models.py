@@ -202,7 +202,7 @@ class ScoringData:
     token_set: Any
     label_sets: dict[str, list]
     reference_ids: Any
-    tables: tuple[Any, Any]
+    tokenizer: Any
     settings: dict[str, Any]
 
 
@@ -211,7 +211,6 @@ def scoring_data(val_limit: int | None, train_size: int) -> ScoringData:
     set (``ConceptAlignmentMonitor`` defaults) and the pre-trained model's concepts on it."""
     from lightning_topo.models import SequenceClassifier
     from lightning_topo.representations.tokens import LABEL_SETS, build_token_set, token_labels
-    from lightning_topo.scores.tree_probe import vocab_tables
 
     limits = {"train": train_size, **({"val": val_limit} if val_limit else {})}
     dm = datamodule(42, limits)
@@ -232,7 +231,7 @@ def scoring_data(val_limit: int | None, train_size: int) -> ScoringData:
         token_set=ts,
         label_sets=label_sets,
         reference_ids=reference,
-        tables=vocab_tables(dm.tokenizer),
+        tokenizer=dm.tokenizer,
         settings=settings,
     )
 
@@ -265,12 +264,11 @@ def weight_scores(model: Any, data: ScoringData | None = None) -> dict[str, floa
 def accuracy_and_probe(model: Any, data: ScoringData) -> dict[str, float]:
     """Val acc, and the tree-probe lens of the last layer, from one pass over the validation split."""
     from lightning_topo.encoding import encode_batch
-    from lightning_topo.representations.words import WordVectorSample
+    from lightning_topo.metrics import TreeProbeScore
     from lightning_topo.scores.rankme import rankme
     from lightning_topo.scores.tree_probe import MONITOR_BUDGET, fit_probe
 
-    continuation, special = data.tables
-    sample = WordVectorSample([LAST_LAYER], 256, seed=0, continuation=continuation, special=special)
+    sample = TreeProbeScore(layers=[LAST_LAYER], max_samples=256, seed=0, tokenizer=data.tokenizer)
     correct = total = 0
     cls = []
     with torch.no_grad():
@@ -278,9 +276,10 @@ def accuracy_and_probe(model: Any, data: ScoringData) -> dict[str, float]:
             encoded = encode_batch(model, batch)
             correct += int((encoded.logits.argmax(-1) == batch["labels"]).sum())
             total += int(batch["labels"].numel())
-            sample.add(encoded, batch)
+            sample.update(encoded.hidden_states, encoded.attention_mask, None, batch["input_ids"],
+                          batch.get("token_type_ids"))
             cls.append(encoded.hidden_states[-1][:, 0].double())
-    hidden, mask = sample.finalize()[LAST_LAYER]
+    hidden, mask = sample.word_sample()[LAST_LAYER]
     out = {"val_acc": correct / total, "rankme": float(rankme(torch.cat(cls)))}
     for kind in ("ssp", "essp"):
         out[f"probe/{kind}"] = fit_probe(hidden, mask, kind, budget=MONITOR_BUDGET, seed=0).val_loss

@@ -62,18 +62,20 @@ def pool_vectors(args: argparse.Namespace) -> dict[str, torch.Tensor]:
     if args.cache.exists():
         return torch.load(args.cache, weights_only=True)
     from lightning_topo.models import SequenceClassifier, TextClassificationDataModule
-    from lightning_topo.representations import collect_representations
 
     limit = {"train": args.quick_limit, "val": args.quick_limit} if args.quick else {"train": args.pool_train}
     dm = TextClassificationDataModule(max_length=64, batch_size=32, eval_batch_size=128, limit=limit, seed=42)
     dm.setup("fit")
     torch.manual_seed(0)
-    model = SequenceClassifier(num_labels=2)
+    model = SequenceClassifier(num_labels=2).eval()
     out: dict[str, torch.Tensor] = {}
     for split in ("train", "val"):
-        reps = collect_representations(model, dm.dataloader(split, batch_size=128), layers=-1, pooling="cls")
-        out[f"{split}_x"] = next(iter(reps.points.values())).float()
-        out[f"{split}_y"] = reps.labels.long()
+        cls, labels = [], []
+        with torch.no_grad():
+            for batch in dm.dataloader(split, batch_size=128):
+                cls.append(model.encode(batch).hidden_states[-1][:, 0].float())
+                labels.append(batch["labels"].long())
+        out[f"{split}_x"], out[f"{split}_y"] = torch.cat(cls), torch.cat(labels)
     args.cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.cache.with_name(f".{args.cache.name}.tmp{os.getpid()}")
     torch.save(out, tmp)

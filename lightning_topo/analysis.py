@@ -1,17 +1,11 @@
 """``analyze``: every score a monitor logs, for a model outside any Trainer, one row per layer.
 
-:func:`analyze` reads a dataloader once (eval mode, no gradients) and measures the selected
-layers with exactly the functions the callbacks call: hidden states pooled and sampled by
-:func:`~lightning_topo.representations.collect_representations` (what
-:class:`~lightning_topo.callbacks.PersistenceScoreMonitor` does), PSF and H0/H1 statistics by
-:func:`~lightning_topo.scores.persistence_metrics`, the geometry lens by the forward hooks of
-:mod:`lightning_topo.representations.geometry` and
-:func:`~lightning_topo.scores.geometry.geometry_metrics`. Nothing is computed a second way, so
-``analyze`` at the weights and data of a validation run gives the numbers the monitors logged.
-
-Score families (:data:`SCORE_FAMILIES`) are small objects with ``attach`` / ``detach`` (hooks
-around the one pass) and ``compute``; a new lens (concepts, tree probe) adds one class to
-:data:`_FAMILIES`.
+:func:`analyze` reads a dataloader once (eval mode, no gradients) and feeds the lens metrics of
+:mod:`lightning_topo.metrics` -- the objects the monitors drive -- from their forward hooks
+(:class:`~lightning_topo.representations.capture.HiddenStateCapture`, the geometry lens's own
+capture), then computes them. Nothing is computed a second way, so ``analyze`` at the weights
+and data of a validation run gives the numbers the monitors logged. A lens is named from
+:data:`SCORE_FAMILIES` or passed as a metric object.
 
 Example::
 

@@ -18,7 +18,6 @@ import inspect
 import math
 from collections.abc import Callable, Mapping
 from copy import deepcopy
-from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -35,12 +34,7 @@ from lightning_topo.encoding import EncodedBatch, model_inputs, module_device
 from lightning_topo.metrics.base import LensMetric, LensResult
 from lightning_topo.plots import wandb_loggers
 from lightning_topo.plots.wandb import define_lens_metrics, log_score_vs_monitor
-from lightning_topo.representations import (
-    GatherFn,
-    check_layers,
-    gather_variable,
-    run_on_rank_zero_and_broadcast,
-)
+from lightning_topo.representations import check_layers, run_on_rank_zero_and_broadcast
 from lightning_topo.representations.capture import CapturedBatch, HiddenStateCapture, batch_labels
 from lightning_topo.representations.modules import find_hf_model
 from lightning_topo.scores.checks import check_bool, check_choice, check_int
@@ -50,6 +44,9 @@ from lightning_topo.scores.presets import SPLITS
 __all__ = ["LensMonitor", "MetricMonitor"]
 
 T = TypeVar("T")
+
+#: Rows of the first batch the pre-training dry run forwards (checks NaN / identical hidden states).
+DRY_RUN_ROWS = 4
 
 #: The hooks and state methods :class:`LensMonitor` implements for every lens.
 _SHARED = (
@@ -91,9 +88,8 @@ class LensMonitor(Callback):
     * ``state_dict`` / ``load_state_dict``: the history and :meth:`_settings` (default
       ``monitor_against``); a checkpoint with other settings warns and restores the saved ones,
       so that the history stays one series.
-    * helpers: :meth:`_name` (``{log_prefix}/...``), :meth:`_gather` (built from
-      ``trainer.strategy.all_gather``), :meth:`_on_rank_zero` (compute on global rank 0,
-      ``trainer.strategy.broadcast`` the result), :meth:`_log_values`.
+    * helpers: :meth:`_name` (``{log_prefix}/...``), :meth:`_on_rank_zero` (compute on global
+      rank 0, ``trainer.strategy.broadcast`` the result), :meth:`_log_values`.
 
     What a subclass **implements**:
 
@@ -240,13 +236,6 @@ class LensMonitor(Callback):
             log_score_vs_monitor(
                 trainer.loggers, self.history, headline, self.monitor_against, exclude_epochs=pruning_epochs(trainer)
             )
-
-    @staticmethod
-    def _gather(trainer: pl.Trainer) -> GatherFn | None:
-        """Gather of variable-length tensors over processes (``None`` with one process)."""
-        if trainer.world_size <= 1:
-            return None
-        return partial(gather_variable, all_gather=trainer.strategy.all_gather)
 
     @staticmethod
     def _on_rank_zero(trainer: pl.Trainer, fn: Callable[[], T]) -> T:
@@ -613,7 +602,9 @@ class MetricMonitor(LensMonitor):
                 self._check_hidden(captured)
 
     def _dry_run(self, batch: Mapping[str, Any]) -> CapturedBatch | None:
-        """Run the encoder alone on one batch under a hidden-state capture (eval mode, no grad)."""
+        """Run the encoder alone on the first :data:`DRY_RUN_ROWS` rows of one batch under a
+        hidden-state capture (eval mode, no grad): enough to see NaN or identical hidden states at a
+        small fraction of one validation batch's cost."""
         assert self.metric is not None
         capture = HiddenStateCapture(self._hf_model, keep=self.metric.selected_layers)
         model = self._hf_model
@@ -621,7 +612,7 @@ class MetricMonitor(LensMonitor):
         model.eval()
         try:
             device = module_device(model)
-            inputs = {k: v.to(device) for k, v in model_inputs(batch).items()}
+            inputs = {k: v[:DRY_RUN_ROWS].to(device) for k, v in model_inputs(batch).items()}
             with capture, torch.no_grad():
                 model(**inputs)
             captured = capture.pop()

@@ -207,21 +207,15 @@ class TreeProbeScore(LensMetric):
         self.keys, self.lengths = [keys[keep]], [lengths[keep]]
         self.words = [torch.cat([flat[offsets[s] : offsets[s + 1]] for s in keep.tolist()])]
 
-    def compute(self) -> LensResult:
-        """Fit the probes on the ``max_samples`` sentences with the smallest keys.
-
-        NaN under every name with NaN/inf hidden states or fewer than 4 sentences (with a warning).
-        """
-        layers = self.selected_layers
-        names = probe_metric_names(layers, self.targets)
-        headline = self.headline_score
-        keys = dim_zero_cat(self.keys) if len(self.keys) else torch.empty(0, dtype=torch.float64)
-        if keys.numel() < 4:
-            warnings.warn(f"TreeProbeScore logs NaN: only {keys.numel()} sentences of >= 2 words (need 4)", stacklevel=2)
-            return self._with_headline(LensResult.nan(names, headline, layers, self.prefix))
+    def word_sample(self) -> dict[int, tuple[Tensor, Tensor]]:
+        """The sentences the probes are fitted on: the ``max_samples`` smallest keys (a sentence
+        seen twice counts once), ``{layer: (words (sentences, max_words, hidden), mask
+        (sentences, max_words))}`` for every selected layer; ``{}`` before any sentence."""
+        keys = dim_zero_cat(self.keys).cpu() if len(self.keys) else torch.empty(0, dtype=torch.float64)
+        if keys.numel() == 0:
+            return {}
         lengths = dim_zero_cat(self.lengths).long().cpu()
         offsets = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
-        keys = keys.cpu()
         order = torch.sort(keys, stable=True).indices
         first = torch.ones(len(order), dtype=torch.bool)
         first[1:] = keys[order][1:] != keys[order][:-1]  # a sentence seen twice counts once
@@ -229,20 +223,36 @@ class TreeProbeScore(LensMetric):
         width = int(lengths[order].max())
         mask = torch.arange(width)[None, :] < lengths[order][:, None]
         flat = dim_zero_cat(self.words).cpu()
-        values: dict[str, Tensor] = {}
-        for j, layer in enumerate(layers):
+        sample = {}
+        for j, layer in enumerate(self.selected_layers):
             words = torch.zeros(len(order), width, flat.shape[-1])
             for i, s in enumerate(order.tolist()):
                 words[i, : int(lengths[s])] = flat[offsets[s] : offsets[s + 1], j]
+            sample[layer] = (words, mask)
+        return sample
+
+    def compute(self) -> LensResult:
+        """Fit the probes on :meth:`word_sample`.
+
+        NaN under every name with NaN/inf hidden states or fewer than 4 sentences (with a warning).
+        """
+        layers = self.selected_layers
+        names = probe_metric_names(layers, self.targets)
+        headline = self.headline_score
+        sample = self.word_sample()
+        sentences = next(iter(sample.values()))[0].shape[0] if sample else 0
+        if sentences < 4:
+            warnings.warn(f"TreeProbeScore logs NaN: only {sentences} sentences of >= 2 words (need 4)", stacklevel=2)
+            return self._with_headline(LensResult.nan(names, headline, layers, self.prefix))
+        values: dict[str, Tensor] = {}
+        for layer, (words, mask) in sample.items():
             if not bool(torch.isfinite(words).all()):
                 warnings.warn("TreeProbeScore logs NaN: the hidden states have NaN/inf entries", stacklevel=2)
                 return self._with_headline(LensResult.nan(names, headline, layers, self.prefix))
             for kind in self.targets:
                 result = fit_probe(words, mask, kind, budget=self.budget, rank=self.rank, seed=self.seed)
                 values[f"{kind}/layer_{layer}"] = torch.tensor(result.val_loss)
-        return self._with_headline(
-            LensResult(values, headline, layers, self.prefix, {"sentences": len(order)})
-        )
+        return self._with_headline(LensResult(values, headline, layers, self.prefix, {"sentences": sentences}))
 
     def _with_headline(self, result: LensResult) -> LensResult:
         deepest = max(result.layers)

@@ -641,7 +641,6 @@ def test_resamples_log_standard_errors_and_one_draw_is_todays(tmp_path, tiny_con
 
 
 def test_resamples_one_logs_exactly_the_single_draw(tmp_path, tiny_config):
-    from lightning_topo.representations import collect_representations
     from lightning_topo.scores import persistence_metrics
 
     monitor = PersistenceScoreMonitor(max_points_per_class=8, resamples=1, plots=False)
@@ -649,8 +648,10 @@ def test_resamples_one_logs_exactly_the_single_draw(tmp_path, tiny_config):
     trainer = make_trainer(tmp_path, [monitor], max_epochs=1)
     train, val = loaders()
     trainer.validate(model, val)
-    reps = collect_representations(model, val, layers=-1, max_points_per_class=8, seed=0)
-    ref = persistence_metrics(reps.points, reps.labels, preset=monitor.preset, seed=0)
+    with torch.no_grad():  # the last layer's [CLS] vectors by a plain forward (the preset caps each class at 8)
+        encoded = [encode_batch(model.model.eval(), batch) for batch in val]
+    points = {2: torch.cat([e.hidden_states[-1][:, 0] for e in encoded])}
+    ref = persistence_metrics(points, torch.cat([e.labels for e in encoded]), preset=monitor.preset, seed=0)
     assert float(trainer.callback_metrics["topo/psf"]) == pytest.approx(float(ref.values["psf"]), rel=1e-6)
     assert "topo/psf/std" not in trainer.callback_metrics
 

@@ -315,32 +315,34 @@ def test_tree_probe_loss_checks():
 
 # ------------------------------------------------------------------------ sentence sample
 def _sample_inputs(n=30, seq=8):
-    from lightning_topo.encoding import EncodedBatch
-
     g = torch.Generator().manual_seed(0)
     hidden = tuple(torch.randn(n, seq, 4, generator=g) for _ in range(3))
     lengths = torch.randint(1, seq + 1, (n,), generator=g)
     mask = (torch.arange(seq)[None] < lengths[:, None]).long()
     ids = torch.randint(5, 100, (n, seq), generator=g) * mask
 
-    def batch(rows):
-        enc = EncodedBatch(tuple(h[rows] for h in hidden), mask[rows])
-        return enc, {"input_ids": ids[rows]}
+    def feed(metric, rows):
+        metric.update(tuple(h[rows] for h in hidden), mask[rows], None, ids[rows])
 
-    return hidden, lengths, batch
+    return hidden, lengths, feed
 
 
-def test_word_vector_sample_is_capped_seeded_and_batch_size_free():
-    from lightning_topo.representations.words import WordVectorSample
+def _probe_sample(layers, max_samples, seed):
+    from lightning_topo.metrics import TreeProbeScore
 
-    hidden, lengths, batch = _sample_inputs()
+    return TreeProbeScore(layers=layers, targets=("ssp",), max_samples=max_samples, seed=seed)
+
+
+@pytest.mark.filterwarnings("ignore:TreeProbeScore. no tokenizer")
+def test_word_sample_is_capped_seeded_and_batch_size_free():
+    hidden, lengths, feed = _sample_inputs()
 
     def run(batch_size, seed=0, order=None):
-        sample = WordVectorSample([0, 2], max_sentences=10, seed=seed)
+        metric = _probe_sample([0, 2], 10, seed)
         rows = torch.arange(30) if order is None else order
         for s in range(0, 30, batch_size):
-            sample.add(*batch(rows[s : s + batch_size]))
-        return sample.finalize()
+            feed(metric, rows[s : s + batch_size])
+        return metric.word_sample()
 
     a, b, c = run(7), run(30), run(7, seed=1)
     d = run(4, order=torch.randperm(30, generator=torch.Generator().manual_seed(5)))
@@ -354,46 +356,18 @@ def test_word_vector_sample_is_capped_seeded_and_batch_size_free():
         assert any(torch.equal(words[i, :k], hidden[2][j, :k]) and int(lengths[j]) == k for j in range(30))
 
 
-def test_word_vector_sample_merges_shards_like_one_process():
-    """Two threads stand in for two processes; ``gather`` is a barrier-synchronised all-gather."""
-    import threading
-
-    from lightning_topo.representations.words import WordVectorSample
-
-    _, _, batch = _sample_inputs()
-    single = WordVectorSample([1], max_sentences=12, seed=3)
-    single.add(*batch(torch.arange(30)))
-    expected = single.finalize()[1]
-
-    slots: dict[int, torch.Tensor] = {}
-    barrier = threading.Barrier(2)
-    results: dict[int, tuple] = {}
-
-    def make_gather(rank):
-        def gather(t):
-            barrier.wait()
-            slots[rank] = t
-            barrier.wait()
-            out = torch.cat([slots[0], slots[1]])
-            barrier.wait()
-            return out
-
-        return gather
-
-    def worker(rank):
-        sample = WordVectorSample([1], max_sentences=12, seed=3)
+@pytest.mark.filterwarnings("ignore:TreeProbeScore. no tokenizer")
+def test_word_sample_of_merged_shards_is_the_single_process_sample():
+    """Under DDP the states are concatenated (torchmetrics' ``cat``): feeding both shards, with the
+    rows a DistributedSampler repeats, gives the one-process sample (a repeated sentence counts once)."""
+    _, _, feed = _sample_inputs()
+    single = _probe_sample([1], 12, 3)
+    feed(single, torch.arange(30))
+    expected = single.word_sample()[1]
+    merged = _probe_sample([1], 12, 3)
+    for rank in range(2):
         rows = torch.arange(rank, 32, 2) % 30  # DistributedSampler-like shards; rows 0 and 1 repeated
         for s in range(0, len(rows), 5):
-            sample.add(*batch(rows[s : s + 5]))
-        results[rank] = sample.finalize(gather=make_gather(rank))[1]
-
-    threads = [threading.Thread(target=worker, args=(r,)) for r in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    for rank in range(2):
-        words, mask = results[rank]
-        width = expected[0].shape[1]
-        assert torch.equal(mask[:, :width], expected[1]) and not mask[:, width:].any()
-        assert torch.equal(words[:, :width], expected[0])
+            feed(merged, rows[s : s + 5])
+    words, mask = merged.word_sample()[1]
+    assert torch.equal(mask, expected[1]) and torch.equal(words, expected[0])
