@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
-from lightning_topo.encoding import EncodedBatch
 from lightning_topo.representations.tokens import (
     build_token_set,
-    concept_triggers,
+    concept_triggers_on_ids,
     conllu_upos,
     token_activations,
     token_labels,
@@ -217,14 +218,10 @@ class _LexiconModel(torch.nn.Module):
         self.bad = torch.tensor(tokenizer.convert_tokens_to_ids(BAD))
         self.dummy = torch.nn.Linear(1, 1)
 
-    def encode(self, batch):
-        ids = batch["input_ids"]
-        pos = torch.isin(ids, self.good).sum(1).float()
-        neg = torch.isin(ids, self.bad).sum(1).float()
-        logits = torch.stack([neg + 0.5, pos], dim=1)
-        return EncodedBatch(
-            hidden_states=(ids.float()[..., None],), attention_mask=batch["attention_mask"], logits=logits
-        )
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None):
+        pos = torch.isin(input_ids, self.good).sum(1).float()
+        neg = torch.isin(input_ids, self.bad).sum(1).float()
+        return SimpleNamespace(logits=torch.stack([neg + 0.5, pos], dim=1))
 
 
 def test_triggers_flip_predictions_and_random_words_do_not(tokenizer):
@@ -234,15 +231,16 @@ def test_triggers_flip_predictions_and_random_words_do_not(tokenizer):
     ids = torch.tensor([0 if w in BAD else 1 if w in GOOD else 2 for w in ts.words])
     words = trigger_words(ids, ts.words, ts.token_classes, num_classes=2, n_words=2)
     assert set(words[0]) <= set(BAD) and set(words[1]) <= set(GOOD)
-    out = concept_triggers(
-        _LexiconModel(tokenizer), tokenizer, texts, labels, {0: ["bad", "awful"]}, FILLER, max_sentences=8
+    rows = [(tokenizer(t)["input_ids"], None) for t in texts]
+    out = concept_triggers_on_ids(
+        _LexiconModel(tokenizer), tokenizer, rows, labels, {0: ["bad", "awful"]}, FILLER, max_sentences=8
     )
     assert out["per_class"][0]["n"] == 8 and out["per_class"][0]["acc"] == 1.0
     assert out["trigger_drop"] == pytest.approx(1.0)
     assert out["random_drop"] == 0.0
     assert len(out["per_class"][0]["random_words"]) == 2
     with pytest.raises(ValueError, match="words is empty"):
-        concept_triggers(_LexiconModel(tokenizer), tokenizer, texts, labels, {}, FILLER)
+        concept_triggers_on_ids(_LexiconModel(tokenizer), tokenizer, rows, labels, {}, FILLER)
 
 
 # ----------------------------------------------------------------------- words from token ids alone

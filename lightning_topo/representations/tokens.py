@@ -7,8 +7,7 @@
   pooled to words by one rule (:data:`WORD_POOLING`);
 * :func:`token_labels` -- offline label sets (output class, lexical, suffix, casing,
   punctuation, number) and UPOS from a user's CoNLL-U file;
-* :func:`concept_triggers` -- accuracy drop when a polar concept's words are prepended to
-  sentences of another class, against random words (Durrani et al. 2022's adversarial triggers).
+* :func:`trigger_words` -- the words of each class's most polar concept.
 
 For tokenised batches without their text (plain DataLoaders, the lens metric
 :class:`~lightning_topo.metrics.ConceptAlignment`):
@@ -18,7 +17,9 @@ For tokenised batches without their text (plain DataLoaders, the lens metric
 * :func:`select_tokens` -- the same seeded, capped choice of word tokens as
   :func:`build_token_set`, over sentences identified by a key of their tokens, so that it does
   not depend on batching, order or sharding;
-* :func:`prepend_tokens` -- a batch with trigger word pieces inserted after its first special token.
+* :func:`prepend_tokens` -- a batch with trigger word pieces inserted after its first special token;
+* :func:`concept_triggers_on_ids` -- accuracy drop when a polar concept's words are prepended to
+  sentences of another class, against random words (Durrani et al. 2022's adversarial triggers).
 
 **Words.** A word is what the tokenizer's pre-tokenizer splits (for BERT's WordPiece:
 whitespace and punctuation; ``"it's"`` is ``it``, ``'``, ``s``), read from a *fast*
@@ -54,7 +55,6 @@ __all__ = [
     "TokenSet",
     "WORD_POOLING",
     "build_token_set",
-    "concept_triggers",
     "concept_triggers_on_ids",
     "conllu_upos",
     "form_hashes",
@@ -646,113 +646,6 @@ def trigger_words(
     return out
 
 
-@torch.no_grad()
-def _accuracy(
-    model, tokenizer, texts: list[str], labels: list[int], max_length: int, batch_size: int
-) -> float:
-    order = sorted(
-        range(len(texts)), key=lambda i: len(texts[i])
-    )  # similar lengths share a batch: less padding
-    texts, labels = [texts[i] for i in order], [labels[i] for i in order]
-    correct = 0
-    for start in range(0, len(texts), batch_size):
-        enc = tokenizer(
-            texts[start : start + batch_size], truncation=True, max_length=max_length, padding=True,
-            return_tensors="pt",
-        )  # fmt: skip
-        logits = encode_batch(model, dict(enc)).logits
-        if logits is None:
-            raise TypeError(
-                f"concept_triggers needs a classifier with logits; {type(model).__name__} gave none"
-            )
-        target = torch.tensor(labels[start : start + batch_size], device=logits.device)
-        correct += int((logits.argmax(-1) == target).sum())
-    return correct / len(texts)
-
-
-def concept_triggers(
-    model: torch.nn.Module,
-    tokenizer: Any,
-    texts: Sequence[str],
-    labels: Sequence[int],
-    words: dict[int, list[str]],
-    vocabulary: Sequence[str],
-    max_length: int = 64,
-    max_sentences: int = 128,
-    seed: int = 0,
-    batch_size: int = 64,
-) -> dict[str, Any]:
-    """Accuracy drop when a class's trigger words are prepended to sentences of the other classes.
-
-    For each class ``c`` with words ``W_c``: up to ``max_sentences`` sentences whose label is
-    not ``c`` (seeded sample) are classified as they are, with ``" ".join(W_c) + " "``
-    prepended, and with as many random words of ``vocabulary`` (not in ``W_c``) prepended.
-    The drops (accuracy as is minus accuracy with the prefix) are averaged over classes,
-    weighted by their sentence counts. The model runs in eval mode without gradients; its mode
-    is restored.
-
-    Returns:
-        dict: ``{"trigger_drop", "random_drop", "per_class": {c: {"words", "random_words", "n",
-        "acc", "trigger_acc", "random_acc"}}}``.
-
-    Raises:
-        ValueError: empty ``words``/``vocabulary``, or no sentence of another class.
-    """
-    if not words or not any(words.values()):
-        raise ValueError("words is empty: give at least one trigger word for one class")
-    vocab = sorted({v.lower() for v in vocabulary})
-    rng = np.random.default_rng(seed)
-    was_training = model.training
-    model.eval()
-    per_class: dict[int, dict[str, Any]] = {}
-    try:
-        for c, trig in sorted(words.items()):
-            per_class[c] = _trigger_class(
-                model,
-                tokenizer,
-                texts,
-                labels,
-                c,
-                list(trig),
-                vocab,
-                rng,
-                max_length,
-                max_sentences,
-                batch_size,
-            )
-    finally:
-        model.train(was_training)
-    total = sum(r["n"] for r in per_class.values())
-    return {
-        "trigger_drop": sum(r["n"] * (r["acc"] - r["trigger_acc"]) for r in per_class.values()) / total,
-        "random_drop": sum(r["n"] * (r["acc"] - r["random_acc"]) for r in per_class.values()) / total,
-        "per_class": per_class,
-    }
-
-
-def _trigger_class(
-    model, tokenizer, texts, labels, c, trig, vocab, rng, max_length, max_sentences, batch_size
-):
-    """Accuracy on sentences not of class ``c``: as they are, with ``trig`` and with random words."""
-    others = [i for i, y in enumerate(labels) if int(y) != c]
-    pool = [v for v in vocab if v not in set(trig)]
-    if not others or len(pool) < len(trig):
-        raise ValueError(
-            f"class {c}: needs sentences of another class and >= {len(trig)} vocabulary words not in "
-            f"its trigger words; got {len(others)} sentences and {len(pool)} words"
-        )
-    pick = sorted(rng.choice(len(others), min(max_sentences, len(others)), replace=False).tolist())
-    sents, ys = [texts[others[i]] for i in pick], [int(labels[others[i]]) for i in pick]
-    rand = [pool[i] for i in rng.choice(len(pool), len(trig), replace=False).tolist()]
-
-    def acc(prefix: list[str]) -> float:
-        pre = " ".join(prefix) + " " if prefix else ""
-        return _accuracy(model, tokenizer, [pre + s for s in sents], ys, max_length, batch_size)
-
-    return {"words": trig, "random_words": rand, "n": len(sents), "acc": acc([]), "trigger_acc": acc(trig),
-            "random_acc": acc(rand)}  # fmt: skip
-
-
 def pad_rows(rows: Sequence[tuple[list[int], list[int] | None]], pad_id: int) -> dict[str, Tensor]:
     """A right-padded batch (``input_ids``, ``attention_mask``, and ``token_type_ids`` when every row
     has them) of ``(ids, token_type_ids or None)`` rows."""
@@ -795,7 +688,13 @@ def concept_triggers_on_ids(
     seed: int = 0,
     batch_size: int = 64,
 ) -> dict[str, Any]:
-    """:func:`concept_triggers` for tokenised sentences: the trigger pieces go after ``[CLS]``.
+    """Accuracy drop when a class's trigger words are prepended to sentences of the other classes.
+
+    For each class ``c`` with words ``W_c``: up to ``max_sentences`` sentences whose label is not
+    ``c`` (seeded sample) are classified as they are, with the word pieces of ``W_c`` inserted
+    after ``[CLS]``, and with as many random words of ``vocabulary`` (not in ``W_c``). The drops
+    (accuracy as is minus accuracy with the prefix) are averaged over classes, weighted by their
+    sentence counts. The model runs in eval mode without gradients; its mode is restored.
 
     Args:
         model: a Hugging Face classifier (its output has ``logits``).
@@ -806,7 +705,8 @@ def concept_triggers_on_ids(
         max_sentences: sentences of the other classes per class (seeded sample).
 
     Returns:
-        dict: as :func:`concept_triggers`.
+        dict: ``{"trigger_drop", "random_drop", "per_class": {c: {"words", "random_words", "n",
+        "acc", "trigger_acc", "random_acc"}}}``.
 
     Raises:
         ValueError: empty ``words``, or no sentence of another class. TypeError: no logits.
