@@ -12,8 +12,7 @@ is built by ``scripts/make_rotten_tomatoes.py`` from the VADER resources (MIT li
 ``README.md`` in this folder for attribution).
 
 This module and :mod:`~lightning_topo.data.files` only use the standard library; the sampler
-(torch) is imported on first use. A library layer: nothing here imports ``models``,
-``callbacks`` or the CLI.
+uses torch. A library layer: nothing here imports ``models``, ``callbacks`` or the CLI.
 """
 
 from __future__ import annotations
@@ -22,9 +21,9 @@ import random
 from collections.abc import Hashable, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from lightning_topo.data.files import normalise_labels, read_table
+from lightning_topo.data.sampling import LengthGroupedSampler
 
 __all__ = [
     "ROTTEN_TOMATOES_FILE",
@@ -37,18 +36,6 @@ __all__ = [
     "stratified_split",
     "stratified_subset",
 ]
-
-if TYPE_CHECKING:  # pragma: no cover
-    from lightning_topo.data.sampling import LengthGroupedSampler
-
-
-def __getattr__(name: str) -> Any:
-    if name == "LengthGroupedSampler":  # imports torch; loaded on first use
-        from lightning_topo.data.sampling import LengthGroupedSampler
-
-        return LengthGroupedSampler
-    raise AttributeError(f"module 'lightning_topo.data' has no attribute {name!r}")
-
 
 #: File name of the embedded dataset inside this package.
 ROTTEN_TOMATOES_FILE = "rotten_tomatoes.tsv.gz"
