@@ -220,3 +220,22 @@ def _lightning_logs_to_this_tests_stderr():
     for handler in handlers:
         handler.stream = sys.stderr  # not setStream(): it would flush the old, closed stream
     yield
+
+
+_REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+_RUN_FOLDERS = ("lightning_topo_runs", "lightning_logs")  # what a Trainer without default_root_dir writes
+
+
+@pytest.fixture(autouse=True)
+def _nothing_written_into_the_repository():
+    """A test whose Trainer has no ``default_root_dir`` writes its run folder into the working folder
+    (the repository): fail that test, so that every test writes under its ``tmp_path``."""
+    before = {name for name in _RUN_FOLDERS if (_REPO / name).exists()}
+    yield
+    new = [name for name in _RUN_FOLDERS if name not in before and (_REPO / name).exists()]
+    if new:
+        import shutil
+
+        for name in new:
+            shutil.rmtree(_REPO / name, ignore_errors=True)
+        pytest.fail(f"the test wrote {new} into the repository; give its Trainer default_root_dir=tmp_path")

@@ -138,7 +138,14 @@ def test_wandb_first_then_csv_twice_in_one_folder(tmp_path, monkeypatch):
         kinds = [entry["type"] for entry in _pointer(folder)["loggers"]]
         assert kinds == ["WandbLogger", "CSVLogger"]
     # report from either logger folder finds that run's figures and pruning, not the other run's
-    for given, own, other in ((wandb_runs[0], folders[0], folders[1]), (csv_dirs[1], folders[1], folders[0])):
+    # which W&B run is whose, from the run folder's own list of its loggers (two offline runs started
+    # in the same second are not ordered by their folder names)
+    wandb_of = {
+        folder: Path(next(e["folder_absolute"] for e in _pointer(folder)["loggers"] if e["type"] == "WandbLogger"))
+        for folder in folders
+    }
+    assert sorted(wandb_of.values()) == wandb_runs
+    for given, own, other in ((wandb_of[folders[0]], folders[0], folders[1]), (csv_dirs[1], folders[1], folders[0])):
         page = build_report(given)
         assert "topo/figure.png is not a PNG file" in page and "this run was not pruned" not in page
         assert f"method-of-{own.name}" in page and f"method-of-{other.name}" not in page

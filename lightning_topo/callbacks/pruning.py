@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import csv
 import io
 import itertools
@@ -37,6 +38,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from typing_extensions import override
 
+from lightning_topo.callbacks.run_dir import record_settings, run_dir
 from lightning_topo.plots.wandb import log_model_artifact
 from lightning_topo.pruning.config import DEFAULTS, PruningConfig, check_int, resolve_stat
 from lightning_topo.pruning.distill import DISTILL_DEFAULTS, check_distill_settings, distillation_loss
@@ -70,12 +72,16 @@ class TopologicalPruning(Callback):
     the geometric intermediate budget ``ratio ** (k / steps)`` of the original encoder parameters.
     With ``prune_epoch=None`` it prunes once at the end of ``fit`` (no recovery).
 
-    Where the compressed checkpoint goes (at the end of ``fit``, on rank zero): by default into the
-    run's own versioned folder, ``<save_dir>/<name>/<version>/pruned`` of the first logger (e.g.
-    ``runs/quickstart/version_3/pruned``, next to ``ModelCheckpoint``'s ``checkpoints/``), or
-    ``<default_root_dir>/pruned`` without a logger; an existing folder there is never replaced, the
-    next free name ``pruned-v1``, ``pruned-v2``, ... is taken instead, so the same command can run
-    twice in a row. An explicit ``output_dir`` is used as given and is never overwritten unless
+    Where the compressed checkpoint goes (at the end of ``fit``, on rank zero): by default into
+    ``pruned/`` of the run folder that every monitor of the run shares
+    (:func:`lightning_topo.callbacks.run_dir.run_dir`: the first CSV/TensorBoard logger's
+    ``log_dir`` whatever the logger order, e.g. ``runs/quickstart/version_3/pruned`` next to
+    ``ModelCheckpoint``'s ``checkpoints/``; ``<save_dir>/<project>/<run id>`` with W&B alone;
+    ``<default_root_dir>/lightning_topo_runs/version_N`` without a logger). Each run has its own
+    folder, so the same command can run twice in a row; an existing ``pruned`` there is never
+    replaced (the next free name ``pruned-v1``, ... is taken). The settings are recorded with the
+    run (``lightning_topo_settings.json`` and the W&B config) at ``on_fit_start``, unless
+    ``save=False`` without a logger, which writes nothing at all. An explicit ``output_dir`` is used as given and is never overwritten unless
     ``overwrite=True`` (checked at ``setup``, before any training). ``save=False`` writes nothing.
     The folder holds the Hugging Face model (with the tokenizer of ``trainer.datamodule.tokenizer``
     when there is one), ``pruning_history.json`` (this callback's :meth:`state_dict`) and
@@ -343,6 +349,8 @@ class TopologicalPruning(Callback):
             )
         if self.save:
             needed = weight_bytes(model) + SAVE_MARGIN
+            if self.output_dir is None:
+                run_dir(trainer)  # a collective on its first call: every rank, before rank zero alone
             self._target = _on_rank_zero(trainer, lambda: self._resolve_target(trainer, needed))
             self._tokenizer = self._resolve_tokenizer(trainer, pl_module, model)
             if not _is_classifier(model):
@@ -382,7 +390,7 @@ class TopologicalPruning(Callback):
         if self.output_dir is not None:
             target = _check_output_path(self.output_dir, self.overwrite)
         else:
-            base = _run_folder(trainer)
+            base = run_dir(trainer)
             target, n = base / DEFAULT_FOLDER, 0
             while target.exists():
                 n += 1
@@ -430,6 +438,30 @@ class TopologicalPruning(Callback):
         if self.prune_epoch is None or len(self.history) >= self.steps:
             return False
         return epoch >= self.prune_epoch + len(self.history)
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # with save=False and no logger the run has no folder of its own: write nothing then
+        if self.save or trainer.loggers:
+            record_settings(trainer, f"{type(self).__name__}/{self.method_name}", self._settings())
+
+    def _settings(self) -> dict[str, Any]:
+        """Every setting of this callback (recorded with the run; JSON-compatible)."""
+        config = dataclasses.asdict(self.config)
+        config["method"] = self.method_name
+        return {
+            **config,
+            "prune_epoch": self.prune_epoch,
+            "steps": self.steps,
+            "save": self.save,
+            "output_dir": None if self.output_dir is None else str(self.output_dir),
+            "overwrite": self.overwrite,
+            "distill": self.distill,
+            "temperature": self.temperature,
+            "alpha": self.alpha,
+            "model_attr": self.model_attr,
+            "evaluate": self.evaluate,
+        }
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -1114,17 +1146,6 @@ def _csv(rows: Sequence[Mapping[str, Any]]) -> str:
     writer.writeheader()
     writer.writerows(rows)
     return out.getvalue()
-
-
-def _run_folder(trainer: pl.Trainer) -> Path:
-    """The run's versioned folder: ``<save_dir>/<name>/<version>`` of the first logger, else ``default_root_dir``."""
-    if not trainer.loggers:
-        return Path(trainer.default_root_dir)
-    logger = trainer.loggers[0]
-    save_dir = logger.save_dir if logger.save_dir is not None else trainer.default_root_dir
-    version = logger.version
-    version = version if isinstance(version, str) else f"version_{version}"
-    return Path(save_dir) / str(logger.name or "") / version
 
 
 def _take(loader: Iterable[Any], n: int) -> list[Any]:

@@ -39,7 +39,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run ``lightning-topo``; returns the exit status.
 
     0 on success; 2 for an unknown subcommand or a value refused before anything ran (one line on
-    stderr, no traceback). Lightning's subcommands parse with LightningCLI (``--help`` per
+    stderr, no traceback); 1 when the compressed checkpoint could not be written after the training
+    (one line naming where the pruned model was kept). Lightning's subcommands parse with LightningCLI (``--help`` per
     subcommand); ``prune`` returns its own status.
     """
     args = list(sys.argv[1:] if argv is None else argv)
@@ -48,6 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     command = args[0]
     if command in LIGHTNING_SUBCOMMANDS:
+        from lightning_topo.callbacks.pruning import CompressedSaveError
         from lightning_topo.cli.fit import InputError, run_lightning_cli
 
         try:
@@ -58,6 +60,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             from lightning_topo.cli.errors import report_refusal
 
             return report_refusal(command, err)
+        except CompressedSaveError as err:  # after the training: one line naming where the model was kept
+            print(f"lightning-topo {command}: error: {' '.join(str(err).split())}", file=sys.stderr)
+            return 1
         return 0
     if command in OWN_SUBCOMMANDS:
         import importlib

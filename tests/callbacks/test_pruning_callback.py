@@ -472,13 +472,18 @@ def test_default_output_is_the_runs_versioned_folder_twice_in_a_row(tiny_dir, tm
     assert paths == [runs / "version_0" / "pruned", runs / "version_1" / "pruned"]
 
 
-def test_default_output_without_logger_takes_the_next_free_name(tiny_dir, tmp_path):
+def test_default_output_without_logger_goes_to_each_runs_own_folder(tiny_dir, tmp_path):
     first, _ = _fit_default(tiny_dir, tmp_path, False)
-    (tmp_path / "pruned" / "note.txt").write_text("kept")
+    runs = tmp_path / "lightning_topo_runs"
+    assert first.saved_path == runs / "version_0" / "pruned"
+    (first.saved_path / "note.txt").write_text("kept")
     second, _ = _fit_default(tiny_dir, tmp_path, False)
-    assert first.saved_path == tmp_path / "pruned" and second.saved_path == tmp_path / "pruned-v1"
-    assert (tmp_path / "pruned" / "note.txt").read_text() == "kept"  # never overwritten
+    assert second.saved_path == runs / "version_1" / "pruned"
+    assert (first.saved_path / "note.txt").read_text() == "kept"  # never overwritten
     assert (second.saved_path / "config.json").exists()
+    settings = json.loads((runs / "version_1" / "lightning_topo_settings.json").read_text())
+    (recorded,) = [v for k, v in settings.items() if k.startswith("TopologicalPruning/")]
+    assert recorded["ratio"] == second.ratio and recorded["prune_epoch"] == second.prune_epoch
 
 
 def test_save_false_writes_nothing(tiny_dir, tmp_path):

@@ -312,7 +312,7 @@ def test_ddp_two_processes_match_one(tiny_dir, toy_csv, tmp_path):
         trainer = pl.Trainer(
             max_epochs=1, accelerator="cpu", devices=devices, strategy="ddp_spawn" if devices == 2 else "auto",
             callbacks=[_monitor(layers=[0, -1], plots=False), _RecordProbeMetrics(str(out))], logger=False,
-            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+            default_root_dir=str(out), enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
         )  # fmt: skip
         trainer.fit(model, datamodule=dm)
         results[devices] = [json.loads(p.read_text()) for p in sorted(out.glob("rank*.json"))]

@@ -5,6 +5,7 @@ logging only ``val/acc``. Each shape trains 2 epochs with the callbacks and logs
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -109,3 +110,43 @@ def test_two_hf_models_need_model_attr(tmp_path):
     tr = trainer(tmp_path, [mon], max_epochs=1)
     tr.fit(TeacherStudent(), *loaders())
     assert "topo/psf" in tr.callback_metrics
+
+
+@pytest.mark.slow
+def test_wandb_first_then_csv_twice_with_real_callbacks_and_report_from_either_folder(tmp_path, monkeypatch):
+    """The issue-23 acceptance run: the same script twice in one folder with ``[WandbLogger, CSVLogger]``,
+    a lens with figures and the pruning callback with its default output; each run keeps its own
+    outputs and ``report`` from either logger folder finds that run's figures and pruning."""
+    import wandb
+    from lightning.pytorch.loggers import CSVLogger, WandbLogger
+
+    from lightning_topo.report import build_report
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    pruned = []
+    for _ in range(2):
+        loggers = [WandbLogger(save_dir=str(tmp_path), project="proj", offline=True), CSVLogger(str(tmp_path))]
+        prune = TopologicalPruning(method="magnitude", ratio=0.8, prune_epoch=1, calibration_batches=2, evaluate=False)
+        callbacks = [PersistenceScoreMonitor(max_points_per_class=8), prune]
+        tr = trainer(tmp_path, callbacks, max_epochs=2, logger=loggers)
+        tr.fit(USER_MODULES["net"]("bert"), *loaders())
+        wandb.finish()
+        pruned.append(prune.saved_path)
+    csv_dirs = [(tmp_path / "lightning_logs" / f"version_{i}").resolve() for i in range(2)]
+    assert pruned == [folder / "pruned" for folder in csv_dirs]
+    for folder in csv_dirs:
+        assert (folder / "pruned" / "config.json").is_file()
+        assert (folder / "topo" / "topo_psf_vs_epoch.png").is_file()
+        assert (folder / "metrics.csv").is_file()
+    wandb_runs = sorted((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(wandb_runs) == 2
+    # each run folder lists its own W&B run folder (not ordered by name within one second)
+    pointers = [json.loads((folder / "lightning_topo_run.json").read_text()) for folder in csv_dirs]
+    own_wandb = [Path(next(e["folder_absolute"] for e in p["loggers"] if e["type"] == "WandbLogger")) for p in pointers]
+    assert sorted(own_wandb) == wandb_runs
+    for given, own in zip((*own_wandb, *csv_dirs), (*csv_dirs, *csv_dirs)):
+        page = build_report(given)
+        assert f"lightning-topo report: {own.name}</title>" in page  # that run's folder, not the other
+        assert "this run was not pruned" not in page and "No PNG figure" not in page
+        assert "topo_psf_vs_epoch.png" in page and "topo/psf" in page

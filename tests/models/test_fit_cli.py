@@ -129,3 +129,38 @@ def test_shipped_configs_parse(path):
     assert any(p.endswith("ModelCheckpoint") for p in listed)
     for key, value in raw["data"].items():
         assert cfg.data[key] == value, key
+
+
+def test_failed_compressed_save_after_fit_is_one_line_with_exit_1(
+    tiny_model_dir, toy_csv, tmp_path, capsys, monkeypatch
+):
+    import tempfile
+
+    from lightning_topo.cli import main as topo_main
+    from lightning_topo.pruning import export
+
+    out = tmp_path / "pruned"
+    real = export.save_compressed
+
+    def disk_full_at_output(model, path, **kwargs):
+        if Path(path) == out:
+            raise OSError(28, "No space left on device")
+        return real(model, path, **kwargs)
+
+    monkeypatch.setattr(export, "save_compressed", disk_full_at_output)
+    area = tmp_path / "tmp"
+    area.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(area))
+    cfg = _config(tmp_path, tiny_model_dir, toy_csv, epochs=1)
+    prune = (
+        "    - class_path: lightning_topo.callbacks.TopologicalPruning\n"
+        f"      init_args: {{method: magnitude, ratio: 0.8, prune_epoch: null, evaluate: false, output_dir: {out}}}\n"
+    )
+    cfg.write_text(cfg.read_text() + prune)
+    assert topo_main(["fit", "--config", str(cfg)]) == 1
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("lightning-topo fit: error:")]
+    (rescued,) = area.iterdir()
+    assert "Traceback" not in err and len(lines) == 1, err
+    assert "No space left on device" in lines[0] and f"kept at {rescued}" in lines[0]
+    assert (rescued / "config.json").is_file() and not out.exists()
