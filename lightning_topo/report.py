@@ -235,12 +235,6 @@ def resolve_run(run_dir: str | Path) -> RunFolder:
     return RunFolder(given, folder.resolve(), members[0][0], members[0][1], None)
 
 
-def find_log(run_dir: str | Path) -> tuple[str, Path]:
-    """``(kind, path)`` of the log :func:`resolve_run` reads for ``run_dir``."""
-    run = resolve_run(run_dir)
-    return run.log_kind, run.log_path
-
-
 def read_run(run_dir: str | Path | RunFolder) -> RunLog:
     """Every logged scalar of the run behind ``run_dir`` (see :func:`resolve_run`)."""
     run = run_dir if isinstance(run_dir, RunFolder) else resolve_run(run_dir)

@@ -9,7 +9,7 @@ import torch
 
 from lightning_topo.representations.geometry import (
     GeometryCapture,
-    bert_family_layers,
+    attention_sites,
     resolve_encoder_layers,
     weight_geometry,
 )
@@ -219,7 +219,7 @@ def test_wrapped_model_and_roberta_are_accepted(tiny_classifier):
 
     holder = torch.nn.Module()
     holder.model = tiny_classifier  # like SequenceClassifier.model
-    base, layers = bert_family_layers(holder)
+    base, layers, _ = attention_sites(holder)
     assert base is tiny_classifier.bert and len(layers) == 2
     roberta = RobertaModel(
         RobertaConfig(

@@ -74,7 +74,6 @@ __all__ = [
     "LayerCapture",
     "LayerStatistics",
     "attention_sites",
-    "bert_family_layers",
     "layer_statistics",
     "resolve_encoder_layers",
     "weight_geometry",
@@ -264,12 +263,6 @@ def attention_sites(model: nn.Module) -> tuple[nn.Module, nn.ModuleList, list[At
             "layer; the geometry lens supports DeBERTa-v2/v3 without it (conv_kernel_size=0)"
         )
     return base, layers, sites  # type: ignore[return-value]
-
-
-def bert_family_layers(model: nn.Module) -> tuple[nn.Module, nn.ModuleList]:
-    """The base model and its encoder layers, checking a supported layout (:func:`attention_sites`)."""
-    base, layers, _ = attention_sites(model)
-    return base, layers
 
 
 def resolve_encoder_layers(layers: int | Sequence[int] | str, num_layers: int) -> list[int]:
