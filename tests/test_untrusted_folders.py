@@ -171,89 +171,63 @@ def _one_error_line(out: str, prefix: str) -> str:
     return lines[0]
 
 
-@pytest.mark.parametrize("subcommand", ["fit", "test"])
-def test_cli_refuses_the_folder_on_a_terminal(subcommand, source, tmp_path):
+#: Every command line, with the folder it is handed: (name, argv after ``lightning-topo``, folder kind).
+def _cli_cases(evil: Path, foreign: Path, data: Path, out: Path) -> dict[str, list[str]]:
+    fit_args = ["--data.data_file", str(data), "--data.test_fraction", "0.2", "--trainer.max_epochs", "1",
+                "--trainer.accelerator", "cpu", "--trainer.logger", "false"]  # fmt: skip
+    return {
+        "fit": ["fit", "--model.model_name_or_path", str(evil), *fit_args],
+        "test": ["test", "--model.model_name_or_path", str(evil), *fit_args],
+        "fit-foreign-auto-map": ["fit", "--model.model_name_or_path", str(foreign), *fit_args],
+        "prune": ["prune", "--checkpoint", str(evil), "--output", str(out), "--data-file", str(data)],
+        "analyze": ["analyze", "--model", str(evil), "--data", str(data), "--output", str(out)],
+    }
+
+
+#: Runs each command line of argv[1] (JSON) through ``lightning_topo.cli.main`` in this one process
+#: (one interpreter start for all of them), printing ``CASE <name> STATUS <n>`` after each.
+_CLI_DRIVER = """
+import json, sys
+from lightning_topo.cli import main
+for name, args in json.loads(sys.argv[1]).items():
+    print(f"CASE {name} START", flush=True)
+    try:
+        status = main(args)
+    except SystemExit as exc:
+        status = exc.code
+    print(f"CASE {name} STATUS {status}", flush=True)
+"""
+
+
+def _case_output(out: str, name: str) -> tuple[str, int]:
+    """The output between ``CASE name START`` and its status line, and that status."""
+    start = out.index(f"CASE {name} START\n") + len(f"CASE {name} START\n")
+    end = out.index(f"CASE {name} STATUS ", start)
+    status = int(out[end:].split("\n", 1)[0].rsplit(" ", 1)[1])
+    return out[start:end], status
+
+
+def test_every_command_line_refuses_the_folder_on_a_terminal(source, tmp_path):
+    """fit, test, prune and analyze on the crafted folder (and fit on a stock ``model_type`` with a
+    foreign ``auto_map``), on a terminal that answers ``y``: each refuses with one line and exit
+    status 2, no prompt, no marker, nothing written."""
     evil = craft(tmp_path / "evil", source)
+    foreign = craft(tmp_path / "foreign", source, model_type="bert")
     marker = tmp_path / "MARKER"
     data = _review_tsv(tmp_path / "data.tsv")
-    argv = [
-        CLI,
-        subcommand,
-        "--model.model_name_or_path",
-        str(evil),
-        "--data.data_file",
-        str(data),
-        "--data.test_fraction",
-        "0.2",
-        "--trainer.max_epochs",
-        "1",
-        "--trainer.accelerator",
-        "cpu",
-        "--trainer.logger",
-        "false",
-    ]
-    status, out, answered = run_in_pty(argv, marker, tmp_path)
-    assert not marker.exists(), out[-3000:]
-    assert answered == 0, out[-3000:]
-    assert status == 2, out[-3000:]
-    line = _one_error_line(out, f"lightning-topo {subcommand}: error:")
-    assert "model_type 'evilbert'" in line and REFUSAL in line, line
-
-
-def test_cli_refuses_a_foreign_auto_map_under_a_known_model_type(source, tmp_path):
-    """``model_type: bert`` with an ``auto_map`` to the folder's code is refused too."""
-    evil = craft(tmp_path / "evil", source, model_type="bert")
-    marker = tmp_path / "MARKER"
-    data = _review_tsv(tmp_path / "data.tsv")
-    argv = [
-        CLI,
-        "fit",
-        "--model.model_name_or_path",
-        str(evil),
-        "--data.data_file",
-        str(data),
-        "--trainer.logger",
-        "false",
-    ]
-    status, out, answered = run_in_pty(argv, marker, tmp_path)
+    cases = _cli_cases(evil, foreign, data, tmp_path / "out")
+    status, out, answered = run_in_pty(_python(_CLI_DRIVER) + [json.dumps(cases)], marker, tmp_path)
+    assert status == 0, out[-3000:]
     assert not marker.exists() and answered == 0, out[-3000:]
-    assert status == 2, out[-3000:]
-    line = _one_error_line(out, "lightning-topo fit: error:")
-    assert "auto_map naming code in the folder ('evil.EvilConfig')" in line, line
-
-
-def test_prune_refuses_the_folder_on_a_terminal(source, tmp_path):
-    evil = craft(tmp_path / "evil", source)
-    marker = tmp_path / "MARKER"
-    data = _review_tsv(tmp_path / "data.tsv")
-    argv = [
-        CLI,
-        "prune",
-        "--checkpoint",
-        str(evil),
-        "--output",
-        str(tmp_path / "out"),
-        "--data-file",
-        str(data),
-    ]
-    status, out, answered = run_in_pty(argv, marker, tmp_path)
-    assert not marker.exists(), out[-3000:]
-    assert answered == 0, out[-3000:]
-    assert status == 2, out[-3000:]
-    _one_error_line(out, "lightning-topo prune: error:")
     assert not (tmp_path / "out").exists()
-
-
-def test_analyze_refuses_the_folder_on_a_terminal(source, tmp_path):
-    evil = craft(tmp_path / "evil", source)
-    marker = tmp_path / "MARKER"
-    data = _review_tsv(tmp_path / "data.tsv")
-    argv = [CLI, "analyze", "--model", str(evil), "--data", str(data), "--output", str(tmp_path / "out")]
-    status, out, answered = run_in_pty(argv, marker, tmp_path)
-    assert not marker.exists(), out[-3000:]
-    assert answered == 0, out[-3000:]
-    assert status == 2, out[-3000:]
-    _one_error_line(out, "lightning-topo analyze: error:")
+    for name, args in cases.items():
+        text, code = _case_output(out, name)
+        assert code == 2, f"{name}: {text[-3000:]}"
+        line = _one_error_line(text, f"lightning-topo {args[0]}: error:")
+        if name == "fit-foreign-auto-map":
+            assert "auto_map naming code in the folder ('evil.EvilConfig')" in line, line
+        elif name in ("fit", "test"):
+            assert "model_type 'evilbert'" in line and REFUSAL in line, line
 
 
 PYTHON_ENTRIES = {
@@ -274,25 +248,34 @@ ENTRY_CASES = [(e, False) for e in sorted(PYTHON_ENTRIES)] + [
 ]
 
 
-@pytest.mark.parametrize(
-    ("entry", "tokenizer_map"),
-    ENTRY_CASES,
-    ids=[f"{e}{'-tokenizer-map' if t else ''}" for e, t in ENTRY_CASES],
-)
-def test_python_entry_points_refuse_the_folder_on_a_terminal(entry, tokenizer_map, source, tmp_path):
-    evil = craft(tmp_path / "evil", source, tokenizer_map=tokenizer_map)
+def test_python_entry_points_refuse_the_folder_on_a_terminal(source, tmp_path):
+    """Each Python entry point, on its own crafted folder, in one process on a terminal that answers
+    ``y``: every one refuses (ValueError, one line), no prompt, no marker."""
     marker = tmp_path / "MARKER"
-    code = (
-        "import sys\nPATH = sys.argv[1]\ntry:\n"
-        + textwrap.indent(PYTHON_ENTRIES[entry], "    ")
-        + "\nexcept ValueError as err:\n    print('REFUSED:', ' '.join(str(err).split()))\n    raise SystemExit(2)\n"
-    )
-    status, out, answered = run_in_pty([sys.executable, "-c", code, str(evil)], marker, tmp_path)
-    assert not marker.exists(), out[-3000:]
-    assert answered == 0, out[-3000:]
-    assert status == 2, out[-3000:]
-    line = _one_error_line(out, "REFUSED:")
-    assert "never run" in line and "evil" in line, line  # load_compressed words it its own way
+    lines = ["import sys"]
+    for k, (entry, tokenizer_map) in enumerate(ENTRY_CASES):
+        evil = craft(tmp_path / f"evil{k}", source, tokenizer_map=tokenizer_map)
+        name = f"{entry}{'-tokenizer-map' if tokenizer_map else ''}"
+        lines += [
+            f"print('CASE {name} START', flush=True)",
+            f"PATH = {str(evil)!r}",
+            "try:",
+            textwrap.indent(PYTHON_ENTRIES[entry], "    "),
+            "    status = 0",
+            "except ValueError as err:",
+            "    print('REFUSED:', ' '.join(str(err).split()))",
+            "    status = 2",
+            f"print('CASE {name} STATUS', status, flush=True)",
+        ]
+    status, out, answered = run_in_pty([sys.executable, "-c", "\n".join(lines)], marker, tmp_path)
+    assert status == 0, out[-3000:]
+    assert not marker.exists() and answered == 0, out[-3000:]
+    for entry, tokenizer_map in ENTRY_CASES:
+        name = f"{entry}{'-tokenizer-map' if tokenizer_map else ''}"
+        text, code = _case_output(out, name)
+        assert code == 2, f"{name}: {text[-3000:]}"
+        line = _one_error_line(text, "REFUSED:")
+        assert "never run" in line and "evil" in line, f"{name}: {line}"  # load_compressed words it its own way
 
 
 def test_tokenizer_auto_map_alone_is_refused(source, tmp_path):
