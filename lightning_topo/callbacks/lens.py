@@ -34,10 +34,10 @@ from lightning_topo.encoding import EncodedBatch, model_inputs, module_device
 from lightning_topo.metrics.base import LensMetric, LensResult
 from lightning_topo.plots import wandb_loggers
 from lightning_topo.plots.wandb import define_lens_metrics, log_score_vs_monitor
-from lightning_topo.representations import check_layers, run_on_rank_zero_and_broadcast
+from lightning_topo.representations import run_on_rank_zero_and_broadcast
 from lightning_topo.representations.capture import CapturedBatch, HiddenStateCapture, batch_labels
 from lightning_topo.representations.modules import find_hf_model
-from lightning_topo.scores.checks import check_bool, check_choice, check_int
+from lightning_topo.scores.checks import check_bool, check_choice, check_int, check_layers
 from lightning_topo.scores.correlation import correlation_metrics
 from lightning_topo.scores.presets import SPLITS
 

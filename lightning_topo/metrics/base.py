@@ -32,8 +32,7 @@ from torch import Tensor
 from torchmetrics import Metric
 
 from lightning_topo.representations.capture import HiddenStateCapture, num_hidden_layers
-from lightning_topo.representations.hidden import LayerSpec, check_layers, resolve_layers
-from lightning_topo.scores.checks import check_int, check_seed
+from lightning_topo.scores.checks import LayerSpec, check_int, check_layers, check_seed, resolve_layers
 from lightning_topo.scores.names import metric_name
 
 __all__ = ["LensMetric", "LensResult"]

@@ -38,7 +38,6 @@ from torchmetrics.utilities import dim_zero_cat
 
 from lightning_topo.loading import load_tokenizer
 from lightning_topo.metrics.base import LensMetric, LensResult
-from lightning_topo.representations.hidden import LayerSpec
 from lightning_topo.representations.tokens import (
     MAX_WORD_PIECES,
     form_hashes,
@@ -47,7 +46,7 @@ from lightning_topo.representations.tokens import (
     special_token_ids,
     word_labels,
 )
-from lightning_topo.scores.checks import check_int, check_real
+from lightning_topo.scores.checks import LayerSpec, check_int, check_real
 from lightning_topo.scores.concepts import FAMILIES, default_n_concepts, describe_layer, discover_concepts
 from lightning_topo.scores.tree_probe import sentence_keys
 

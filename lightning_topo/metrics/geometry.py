@@ -35,8 +35,7 @@ from lightning_topo.representations.geometry import (
     resolve_encoder_layers,
     weight_geometry,
 )
-from lightning_topo.representations.hidden import LayerSpec
-from lightning_topo.scores.checks import check_bool, check_choice
+from lightning_topo.scores.checks import LayerSpec, check_bool, check_choice
 from lightning_topo.scores.geometry import HEADLINE, geometry_metrics, metric_names
 
 __all__ = ["GeometryScore"]

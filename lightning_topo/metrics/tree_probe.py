@@ -28,9 +28,8 @@ from torchmetrics.utilities import dim_zero_cat
 
 from lightning_topo.loading import load_tokenizer
 from lightning_topo.metrics.base import LensMetric, LensResult
-from lightning_topo.representations.hidden import LayerSpec
 from lightning_topo.representations.words import token_word_ids
-from lightning_topo.scores.checks import check_choice, check_int
+from lightning_topo.scores.checks import LayerSpec, check_choice, check_int
 from lightning_topo.scores.tree_probe import (
     MONITOR_BUDGET,
     TARGET_KINDS,

@@ -55,7 +55,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_topo.representations.capture import encoder_layer_list
-from lightning_topo.representations.hidden import check_layers, resolve_layers
+from lightning_topo.scores.checks import check_layers, resolve_layers
 from lightning_topo.scores.geometry import (
     attention_entropy,
     attention_entropy_from_logits,

@@ -1,8 +1,9 @@
-"""Layer selections, pooling and the pooled-vectors container shared by the lenses.
+"""Pooling, the pooled-vectors container and the rank-zero helper shared by the lenses.
 
 Layer indices follow a model's ``output_hidden_states``: 0 is the embedding output, ``i`` the
 output of encoder layer ``i`` and ``-1`` the last layer; negative indices are normalised to
-``0..num_layers``. Hidden states are read by
+``0..num_layers`` (:func:`resolve_layers`, from :mod:`lightning_topo.scores.checks`, re-exported
+here with :func:`check_layers` and ``LayerSpec``). Hidden states are read by
 :class:`~lightning_topo.representations.capture.HiddenStateCapture` and fed to the lens metrics
 (:mod:`lightning_topo.metrics`); :func:`lightning_topo.analyze` drives them over a dataloader.
 This module never imports Lightning's ``Trainer`` nor calls ``torch.distributed``: the one
@@ -11,15 +12,14 @@ distributed helper, :func:`run_on_rank_zero_and_broadcast`, takes the collective
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from numbers import Integral
 from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
 
-from lightning_topo.scores.checks import check_choice, check_int
+from lightning_topo.scores.checks import LayerSpec, check_choice, check_layers, resolve_layers
 from lightning_topo.scores.presets import POOLINGS
 
 __all__ = [
@@ -32,10 +32,6 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-
-#: A layer selection: an index, a sequence of indices, or ``"all"``.
-LayerSpec = int | Sequence[int] | str
-
 
 @dataclass
 class Representations:
@@ -66,65 +62,7 @@ class Representations:
         return {int(v): int(c) for v, c in zip(values.tolist(), counts.tolist(), strict=True)}
 
 
-# ----------------------------------------------------------------------------- layers / pooling
-
-
-def check_layers(layers: object, name: str = "layers") -> int | list[int] | str:
-    """Validate a layer selection without knowing the model's depth (done at construction).
-
-    Returns:
-        ``layers`` as an ``int``, a list of ints, or ``"all"``.
-
-    Raises:
-        TypeError: not an int, a sequence of ints or ``"all"`` (``1.7`` or ``True`` are refused,
-            never truncated).
-        ValueError: an empty sequence or another string.
-    """
-    accepted = "an int, a list of ints or 'all'"
-    if isinstance(layers, str):
-        if layers != "all":
-            raise ValueError(f"{name} must be {accepted}; got {layers!r}")
-        return layers
-    if isinstance(layers, Integral) and not isinstance(layers, bool):
-        return int(layers)
-    if not isinstance(layers, Sequence):
-        raise TypeError(f"{name} must be {accepted}; got {layers!r} ({type(layers).__name__})")
-    items = list(layers)
-    if not items:
-        raise ValueError(f"{name} must name at least one layer; got an empty list")
-    return [check_int(x, f"{name}[{i}]") for i, x in enumerate(items)]  # type: ignore[misc]
-
-
-def resolve_layers(layers: LayerSpec, num_layers: int) -> list[int]:
-    """Normalise a layer selection to non-negative hidden-state indices ``0..num_layers``.
-
-    Args:
-        layers: an int, a sequence of ints, or ``"all"`` (every hidden state, embeddings
-            included: ``0..num_layers``). Negative indices count from the end (``-1`` = last).
-        num_layers: number of encoder layers of the model.
-
-    Returns:
-        Distinct indices in the requested order.
-
-    Raises:
-        ValueError: an index outside ``-(num_layers + 1)..num_layers``, an empty list, or an
-            unknown string.
-        TypeError: not an int, a sequence of ints or ``"all"``.
-    """
-    spec = check_layers(layers)
-    n_states = num_layers + 1
-    if spec == "all":
-        return list(range(n_states))
-    out: list[int] = []
-    for layer in [spec] if isinstance(spec, int) else spec:
-        if not -n_states <= layer < n_states:
-            raise ValueError(
-                f"layers: index {layer} is out of range for a model with {num_layers} encoder layers; "
-                f"valid indices are {-n_states}..{num_layers} (0 = embeddings, -1 = last layer)"
-            )
-        if layer % n_states not in out:
-            out.append(layer % n_states)
-    return out
+# ----------------------------------------------------------------------------- pooling
 
 
 def pool_hidden_states(hidden: Tensor, attention_mask: Tensor | None, pooling: str) -> Tensor:

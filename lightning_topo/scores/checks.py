@@ -19,13 +19,19 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "LayerSpec",
     "check_bool",
     "check_choice",
     "check_int",
     "check_labels",
+    "check_layers",
     "check_real",
     "check_seed",
+    "resolve_layers",
 ]
+
+#: A layer selection: a hidden-state index, a sequence of indices, or ``"all"``.
+LayerSpec = int | Sequence[int] | str
 
 
 def _is_int(value: object) -> bool:
@@ -121,3 +127,61 @@ def check_labels(labels: object, n: int, name: str = "labels") -> Tensor:
     if labels.shape[0] != n:
         raise ValueError(f"{name} has {labels.shape[0]} entries but points has {n} rows; they must match")
     return labels
+
+
+def check_layers(layers: object, name: str = "layers") -> int | list[int] | str:
+    """Validate a layer selection without knowing the model's depth (done at construction).
+
+    Returns:
+        ``layers`` as an ``int``, a list of ints, or ``"all"``.
+
+    Raises:
+        TypeError: not an int, a sequence of ints or ``"all"`` (``1.7`` or ``True`` are refused,
+            never truncated).
+        ValueError: an empty sequence or another string.
+    """
+    accepted = "an int, a list of ints or 'all'"
+    if isinstance(layers, str):
+        if layers != "all":
+            raise ValueError(f"{name} must be {accepted}; got {layers!r}")
+        return layers
+    if isinstance(layers, Integral) and not isinstance(layers, bool):
+        return int(layers)
+    if not isinstance(layers, Sequence):
+        raise TypeError(f"{name} must be {accepted}; got {layers!r} ({type(layers).__name__})")
+    items = list(layers)
+    if not items:
+        raise ValueError(f"{name} must name at least one layer; got an empty list")
+    return [check_int(x, f"{name}[{i}]") for i, x in enumerate(items)]  # type: ignore[misc]
+
+
+def resolve_layers(layers: LayerSpec, num_layers: int) -> list[int]:
+    """Normalise a layer selection to non-negative hidden-state indices ``0..num_layers``.
+
+    Args:
+        layers: an int, a sequence of ints, or ``"all"`` (every hidden state, embeddings
+            included: ``0..num_layers``). Negative indices count from the end (``-1`` = last).
+        num_layers: number of encoder layers of the model.
+
+    Returns:
+        Distinct indices in the requested order.
+
+    Raises:
+        ValueError: an index outside ``-(num_layers + 1)..num_layers``, an empty list, or an
+            unknown string.
+        TypeError: not an int, a sequence of ints or ``"all"``.
+    """
+    spec = check_layers(layers)
+    n_states = num_layers + 1
+    if spec == "all":
+        return list(range(n_states))
+    out: list[int] = []
+    for layer in [spec] if isinstance(spec, int) else spec:
+        if not -n_states <= layer < n_states:
+            raise ValueError(
+                f"layers: index {layer} is out of range for a model with {num_layers} encoder layers; "
+                f"valid indices are {-n_states}..{num_layers} (0 = embeddings, -1 = last layer)"
+            )
+        if layer % n_states not in out:
+            out.append(layer % n_states)
+    return out
