@@ -3,7 +3,8 @@
 Subpackages:
     topology         persistent-homology engine (diagrams, H0 MST, H1 via giotto-ph, vectorisations)
     scores           pure functions on tensors (PSF, ...)
-    representations  collecting hidden states from a dataloader
+    representations  forward hooks that capture hidden states, pooling, layer selections
+    metrics          the lenses as torchmetrics Metrics (PSF, geometry, concepts, tree probe)
     pruning          topology-guided structured pruning and compressed checkpoints
     callbacks        Lightning callbacks over the above
     models           the reference LightningModule and DataModule used by the CLI
