@@ -33,7 +33,6 @@ from typing_extensions import override
 
 from lightning_topo.encoding import EncodedBatch, encode_batch
 from lightning_topo.representations import run_on_rank_zero_and_broadcast
-from lightning_topo.representations.words import token_word_ids
 from lightning_topo.scores.checks import check_bool, check_choice, check_int, check_real, check_seed
 from lightning_topo.scores.tree_probe import (
     TARGET_KINDS,
@@ -43,6 +42,7 @@ from lightning_topo.scores.tree_probe import (
     contributing_rows,
     fit_probe,
     pool_wordpieces,
+    token_word_ids,
     vocab_tables,
     wordpiece_word_ids,
 )

@@ -28,7 +28,6 @@ from torchmetrics.utilities import dim_zero_cat
 
 from lightning_topo.loading import load_tokenizer
 from lightning_topo.metrics.base import LensMetric, LensResult
-from lightning_topo.representations.words import token_word_ids
 from lightning_topo.scores.checks import LayerSpec, check_choice, check_int
 from lightning_topo.scores.tree_probe import (
     MONITOR_BUDGET,
@@ -38,6 +37,7 @@ from lightning_topo.scores.tree_probe import (
     pool_wordpieces,
     probe_metric_names,
     sentence_keys,
+    token_word_ids,
     vocab_tables,
     wordpiece_word_ids,
 )

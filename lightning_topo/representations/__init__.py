@@ -11,7 +11,6 @@ Modules (nothing here imports Lightning's Trainer, ``callbacks``, ``models`` or 
   geometry lens).
 * :mod:`~lightning_topo.representations.tokens` -- a fixed, seeded word-token set with offline
   label sets (the latent-concept lens).
-* :mod:`~lightning_topo.representations.words` -- word-piece to word alignment (the tree probe).
 * :mod:`~lightning_topo.representations.modules` -- finding the Hugging Face model in a module.
 """
 

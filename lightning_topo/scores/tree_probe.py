@@ -49,6 +49,7 @@ __all__ = [
     "sentence_keys",
     "staircase_targets",
     "vocab_tables",
+    "token_word_ids",
     "wordpiece_word_ids",
 ]
 
@@ -213,6 +214,13 @@ def probe_targets(pred: Tensor, targets: Tensor | str, mask: Tensor | None) -> T
 
 
 # ----------------------------------------------------------------- word pieces -> words
+def token_word_ids(attention_mask: Tensor) -> Tensor:
+    """Every real token its own word (no tokenizer known): ``(batch, seq)`` ids, ``-1`` = padding."""
+    real = attention_mask != 0
+    ids = real.long().cumsum(1) - 1
+    return torch.where(real, ids, torch.full_like(ids, -1))
+
+
 def wordpiece_word_ids(
     input_ids: Tensor, continuation: Tensor, special: Tensor, attention_mask: Tensor | None = None
 ) -> Tensor:
