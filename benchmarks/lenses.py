@@ -15,14 +15,15 @@ end are part of ``on_fit_end``.
 Target (README): the monitor's own time is at most 5 % of the fit.
 
 Lenses register a function in :data:`LENSES` (name -> function returning a
-:class:`LensRun`): ``geometry`` (:class:`~lightning_topo.callbacks.geometry_monitor.GeometryMonitor`).
+:class:`LensRun`): ``psf``, ``geometry``, ``concepts``, ``tree_probe`` (each monitor at its defaults).
 
 Usage::
 
     .venv/bin/python benchmarks/lenses.py --repeats 3               # every lens, full quickstart
     .venv/bin/python benchmarks/lenses.py --lenses geometry --repeats 3
     .venv/bin/python benchmarks/lenses.py --quick --threads 1      # smoke test: tiny fit, 1 round
-    .venv/bin/python benchmarks/lenses.py --geometry-bert-base --repeats 2   # geometry_case: BERT-base shape
+    .venv/bin/python benchmarks/lenses.py --bert-base --repeats 2 --case-args '{"limit_train_batches": 10}'
+                                                                    # every lens at BERT-base shape
 
 Writes ``benchmarks/results/lenses.json`` (``--quick``: ``lenses_quick.json`` in the temp dir), keeping the
 results of lenses not rerun, and prints a table.
@@ -110,6 +111,15 @@ def time_methods(obj: Any, names: tuple[str, ...], depth: list[int] | None = Non
     return totals
 
 
+def psf_lens() -> LensRun:
+    """``PersistenceScoreMonitor()`` at its defaults (last layer, [CLS], <= 512 points per class,
+    5 re-draws, bootstrap standard error); pooling runs in its metric's ``update``."""
+    from lightning_topo.callbacks.persistence_monitor import PersistenceScoreMonitor
+
+    monitor = PersistenceScoreMonitor()
+    return LensRun(monitor, inner=((monitor._template, ("update",)),))
+
+
 def geometry_lens() -> LensRun:
     """``GeometryMonitor()`` at its defaults (every layer, every epoch, <= 512 sequences); the
     per-layer reduction runs in its metric's ``_reduce_layer``, called by the forward hooks."""
@@ -136,13 +146,15 @@ def tree_probe_lens() -> LensRun:
 
 #: name -> factory: one function above and one line here per lens.
 LENSES: dict[str, Callable[[], LensRun]] = {
+    "psf": psf_lens,
     "geometry": geometry_lens,
     "concepts": concepts_lens,
     "tree_probe": tree_probe_lens,
 }
 
 
-def geometry_case(
+def bert_base_case(
+    lenses: list[str],
     *,
     hidden: int = 768,
     layers: int = 12,
@@ -156,19 +168,21 @@ def geometry_case(
     repeats: int = 1,
     seed: int = 42,
 ) -> dict[str, Any]:
-    """The geometry lens at a real model's size: a BERT-base-shaped classifier with random weights
-    (default hidden 768, 12 layers, 12 heads) in a user's own LightningModule (the HF model at
-    ``self.net``, ``validation_step`` logging ``val/acc``), the embedded tokenizer and data (the
-    quickstart's: ``train_sentences`` training sentences, the full validation split of 1,057,
-    ``max_length`` 64), a 1-epoch fit (``limit_train_batches`` shortens it) without and with
-    ``GeometryMonitor()`` at its defaults, alternately for ``repeats`` rounds.
+    """Every lens in ``lenses`` at a real model's size: a BERT-base-shaped classifier with random
+    weights (default hidden 768, 12 layers, 12 heads) in a user's own LightningModule (the HF model
+    at ``self.net``, ``validation_step`` logging ``val/acc``, plain ``forward``), the embedded
+    tokenizer and data (the quickstart's: ``train_sentences`` training sentences, the full
+    validation split of 1,057, ``max_length`` 64), a 1-epoch fit (``limit_train_batches``
+    shortens it) without a monitor and with each lens's monitor at its defaults; each round runs
+    the baseline and every lens (the order rotates between rounds).
 
-    The monitor's own time is measured from outside: every hook the callback overrides and its
-    metric's ``_reduce_layer`` (called by the forward hooks inside the validation forward).
+    A monitor's own time is measured from outside: every hook its callback overrides, the
+    methods a lens names (``LensRun.extra``) and those its metric runs inside the validation
+    forward (``LensRun.inner``); nested calls count once.
 
     Returns:
-        ``{"settings", "runs": {"baseline": [...], "geometry": [...]}, "summary"}`` (the summary as
-        :func:`summarise`).
+        ``{"settings", "runs": {"baseline": [...], lens: [...]}, "summary": {lens: ...}}`` (each
+        summary as :func:`summarise`).
     """
     import lightning.pytorch as pl
     from lightning.pytorch import Callback
@@ -206,26 +220,29 @@ def geometry_case(
     settings = {
         "hidden": hidden, "layers": layers, "heads": heads, "intermediate": intermediate,
         "train_sentences": train_sentences, "max_length": max_length, "batch_size": batch_size,
-        "eval_batch_size": eval_batch_size, "limit_train_batches": limit_train_batches, "threads": torch.get_num_threads(),
+        "eval_batch_size": eval_batch_size, "limit_train_batches": limit_train_batches,
+        "threads": torch.get_num_threads(), "lenses": list(lenses),
     }  # fmt: skip
-    runs: dict[str, list[dict]] = {"baseline": [], "geometry": []}
+    variants: list[str | None] = [None, *lenses]
+    runs: dict[str, list[dict]] = {v or "baseline": [] for v in variants}
     for r in range(repeats):
-        for variant in (None, "geometry") if r % 2 == 0 else ("geometry", None):
+        order = variants[r % len(variants) :] + variants[: r % len(variants)]
+        for variant in order:
             with tempfile.TemporaryDirectory() as tmp:
                 torch.manual_seed(seed)
                 module = UserModule(vocab)
                 timer = _phase_timer()
                 callbacks: list[Any] = [timer]
                 totals: dict[str, float] = {}
-                inner: dict[str, float] = {}
+                inner_totals: list[tuple[dict[str, float], str]] = []
                 if variant is not None:
-                    run = geometry_lens()
+                    run = LENSES[variant]()
                     cls = type(run.callback)
                     hooks = tuple(h for h in CALLBACK_HOOKS if getattr(cls, h) is not getattr(Callback, h))
                     depth = [0]
-                    totals = time_methods(run.callback, hooks, depth)
+                    totals = time_methods(run.callback, hooks + run.extra, depth)
                     for obj, names in run.inner:
-                        inner = time_methods(obj, names, depth)
+                        inner_totals.append((time_methods(obj, names, depth), type(obj).__name__))
                     callbacks.append(run.callback)
                 trainer = pl.Trainer(
                     default_root_dir=tmp, max_epochs=1, callbacks=callbacks, logger=False, accelerator="cpu",
@@ -237,7 +254,9 @@ def geometry_case(
                 end = time.perf_counter()
             out: dict[str, Any] = {"variant": variant or "baseline", "fit_s": end - start, **timer.phases}
             if variant is not None:
-                by_method = {**totals, **{f"GeometryScore.{k}": v for k, v in inner.items()}}
+                by_method = dict(totals)
+                for inner, owner in inner_totals:
+                    by_method.update({f"{owner}.{k}": v for k, v in inner.items()})
                 out["monitor_by_method_s"] = {k: v for k, v in by_method.items() if v > 0}
                 out["monitor_s"] = sum(by_method.values())
             print(
@@ -245,7 +264,8 @@ def geometry_case(
                 flush=True,
             )
             runs[out["variant"]].append(out)
-    return {"settings": settings, "runs": runs, "summary": summarise(runs["baseline"], runs["geometry"])}
+    summary = {lens: summarise(runs["baseline"], runs[lens]) for lens in lenses}
+    return {"settings": settings, "runs": runs, "summary": summary}
 
 
 def _phase_timer() -> Any:
@@ -439,13 +459,14 @@ def main(argv: list[str] | None = None) -> int:
         "--results", default=None, help="results JSON (default benchmarks/results/lenses.json)"
     )
     parser.add_argument(
-        "--geometry-bert-base", action="store_true",
-        help="only the geometry lens at BERT-base shape (geometry_case: random weights, 1-epoch fit of 2,500 sentences)",
+        "--bert-base", action="store_true",
+        help="the --lenses at BERT-base shape (bert_base_case: random weights, user module, 1-epoch fit of 2,500 "
+        "sentences) instead of the quickstart",
     )  # fmt: skip
     parser.add_argument(
         "--case-args",
         default="{}",
-        help="geometry_case keyword arguments as JSON, e.g. '{\"limit_train_batches\": 10}'",
+        help="bert_base_case keyword arguments as JSON, e.g. '{\"limit_train_batches\": 10}'",
     )
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.max_epochs < 1:
@@ -459,17 +480,20 @@ def main(argv: list[str] | None = None) -> int:
     if path.exists():  # keep the lenses not rerun
         result["lenses"] = json.loads(path.read_text()).get("lenses", {})
     result.update(machine=_machine(), date_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-    if args.geometry_bert_base:
-        case = geometry_case(repeats=args.repeats if not args.quick else 1, **json.loads(args.case_args))
+    if args.bert_base:
+        case = bert_base_case(args.lenses, repeats=args.repeats if not args.quick else 1, **json.loads(args.case_args))
         case["machine"] = _machine()
-        result.setdefault("cases", {})["geometry_bert_base"] = case
+        result.setdefault("cases", {})["bert_base"] = case
         _write(result, path)
-        s = case["summary"]
-        print(
-            f"\ngeometry at BERT-base shape: fit {s['baseline_median_fit_s']:.1f} s without, {s['median_fit_s']:.1f} s "
-            f"with the monitor; its own time {s['median_monitor_s']:.2f} s = {100 * s['median_own_share']:.1f}% "
-            f"(load average at start {case['machine']['load_average_at_start']})\nwrote {path}"
-        )
+        print(f"\nat BERT-base shape (load average at start {case['machine']['load_average_at_start']}):")
+        print("| lens | fit, baseline (s) | fit, with monitor (s) | monitor's own time (s) | own share |")
+        print("|---|---|---|---|---|")
+        for lens, s in case["summary"].items():
+            print(
+                f"| {lens} | {s['baseline_median_fit_s']:.1f} | {s['median_fit_s']:.1f} | {s['median_monitor_s']:.2f} "
+                f"| {100 * s['median_own_share']:.1f}% |"
+            )
+        print(f"wrote {path}")
         return 0
     for lens in args.lenses:
         print(

@@ -7,6 +7,11 @@ import os
 import pytest
 import torch
 
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    # under pytest -n N each worker gets its share of the cores (N workers x torch's default
+    # threads would oversubscribe them); tests that need more threads set them themselves
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
@@ -239,3 +244,20 @@ def _nothing_written_into_the_repository():
         for name in new:
             shutil.rmtree(_REPO / name, ignore_errors=True)
         pytest.fail(f"the test wrote {new} into the repository; give its Trainer default_root_dir=tmp_path")
+
+
+_DIST_ENV = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK")
+
+
+@pytest.fixture(autouse=True)
+def _no_distributed_env_leaks_into_later_tests():
+    """An in-process DDP test (``ddp_spawn``) leaves Lightning's ``MASTER_PORT`` & co. in
+    ``os.environ``; a later test's DDP subprocess would inherit a port that another process (an
+    xdist worker's DDP test) may hold by then, and hang at the rendezvous. Restore them."""
+    before = {k: os.environ.get(k) for k in _DIST_ENV}
+    yield
+    for key, value in before.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value

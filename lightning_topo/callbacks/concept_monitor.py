@@ -274,6 +274,10 @@ class ConceptAlignmentMonitor(MetricMonitor):
         }
 
     # ------------------------------------------------------------------ files
+    @override
+    def _writes_files(self) -> bool:
+        return True  # the concept JSON files, with or without figures
+
     def files_dir(self, trainer: pl.Trainer) -> Path:
         """Where this run's concept files go (chosen at fit start; every process must ask first).
 

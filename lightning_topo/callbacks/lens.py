@@ -212,14 +212,20 @@ class LensMonitor(Callback):
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        define_lens_metrics(trainer.loggers, [self.log_prefix])
+        if not (trainer.loggers or self._writes_files()):
+            return  # no logger and no files of its own (plots=False): the run gets no folder from us
         # on every process: the run folder is chosen on rank 0 and broadcast
         run_dir(trainer)
-        define_lens_metrics(trainer.loggers, [self.log_prefix])
         record_settings(
             trainer,
             f"{type(self).__name__}/{self.log_prefix}",
             {**self._settings(), "log_prefix": self.log_prefix, "headline": self._headline_for_report()},
         )
+
+    def _writes_files(self) -> bool:
+        """Whether the monitor writes files into the run folder (default: its figures, ``plots``)."""
+        return self.plots
 
     def _headline_for_report(self) -> str | None:
         """The headline metric's full name (the report reads it); ``None`` when the lens has none."""

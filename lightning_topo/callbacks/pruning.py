@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import dataclasses
 import csv
+import dataclasses
 import io
 import itertools
 import os

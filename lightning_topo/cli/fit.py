@@ -306,8 +306,17 @@ def summary_line(trainer: Any, elapsed_s: float | None = None) -> str:
 
     for callback in trainer.callbacks:
         if isinstance(callback, TopologicalPruning) and callback.saved_path is not None:
-            line += f" | pruned model: {callback.saved_path}"
+            line += f" | pruned model: {_shown(callback.saved_path)}"
     return line
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the working folder when it lies below it (as Lightning prints its own
+    ``runs/...`` folders), else absolute."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
 
 
 def run_lightning_cli(args: Sequence[str] | None = None, run: bool = True) -> TopoLightningCLI:

@@ -625,7 +625,8 @@ def _ddp_main(out_dir: str, devices: int) -> None:
 @pytest.mark.slow
 def test_ddp_early_stops_on_the_headline_without_sync_dist_warnings(tmp_path):
     torch.distributed.is_available() or pytest.skip("torch.distributed not available")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
+    env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT")}  # a free port
+    env.update(PYTHONPATH=os.pathsep.join(sys.path), OMP_NUM_THREADS="1")
     out = tmp_path / "two"
     out.mkdir()
     proc = subprocess.run(

@@ -23,7 +23,8 @@ SCRIPT = Path(__file__).with_name("ddp_prune_run.py")
 
 def _run(model_dir: Path, out: Path, devices: int, mode: str = "epoch1") -> dict:
     out.mkdir()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
+    env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT")}  # a free port
+    env.update(PYTHONPATH=os.pathsep.join(sys.path), OMP_NUM_THREADS="1")
     proc = subprocess.run(
         [sys.executable, str(SCRIPT), str(model_dir), str(out), str(devices), mode],
         capture_output=True, text=True, timeout=600, env=env, cwd=out,

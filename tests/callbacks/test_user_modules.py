@@ -145,7 +145,7 @@ def test_wandb_first_then_csv_twice_with_real_callbacks_and_report_from_either_f
     pointers = [json.loads((folder / "lightning_topo_run.json").read_text()) for folder in csv_dirs]
     own_wandb = [Path(next(e["folder_absolute"] for e in p["loggers"] if e["type"] == "WandbLogger")) for p in pointers]
     assert sorted(own_wandb) == wandb_runs
-    for given, own in zip((*own_wandb, *csv_dirs), (*csv_dirs, *csv_dirs)):
+    for given, own in zip((*own_wandb, *csv_dirs), (*csv_dirs, *csv_dirs), strict=True):
         page = build_report(given)
         assert f"lightning-topo report: {own.name}</title>" in page  # that run's folder, not the other
         assert "this run was not pruned" not in page and "No PNG figure" not in page
