@@ -54,6 +54,27 @@ def save_tiny_hf_folder(path):
     return path
 
 
+def disk_full_at(monkeypatch, target, rescue_area):
+    """Make ``save_compressed`` fail with ENOSPC when it writes ``target`` (any other folder is
+    written), and point the temp dir -- the first rescue place -- at the new folder ``rescue_area``."""
+    import tempfile
+    from pathlib import Path
+
+    from lightning_topo.pruning import export
+
+    real = export.save_compressed
+
+    def disk_full_at_target(model, path, **kwargs):
+        if Path(path) == Path(target):
+            raise OSError(28, "No space left on device")
+        return real(model, path, **kwargs)
+
+    monkeypatch.setattr(export, "save_compressed", disk_full_at_target)
+    Path(rescue_area).mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(rescue_area))
+    return Path(rescue_area)
+
+
 def labelled_token_dataset(n=32, seed=0, empty_row=None, *, seq=8, num_classes=2):
     """``n`` single examples (dicts of 1-D tensors) whose label is written in token 1, so a tiny
     model learns it; every third row is padded in its last 2 positions; row ``empty_row`` (if

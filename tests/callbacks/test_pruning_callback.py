@@ -836,23 +836,12 @@ def test_too_little_free_space_is_refused_at_setup(tiny_dir, tmp_path, monkeypat
 
 
 def test_failed_final_write_keeps_the_trained_model_and_names_it(tiny_dir, tmp_path, monkeypatch, tiny_batch):
-    import tempfile
+    from conftest import disk_full_at
 
     from lightning_topo.callbacks.pruning import CompressedSaveError
-    from lightning_topo.pruning import export
 
     target = tmp_path / "out"
-    real = export.save_compressed
-
-    def disk_full_at_target(model, path, **kwargs):
-        if Path(path) == target:
-            raise OSError(28, "No space left on device")
-        return real(model, path, **kwargs)
-
-    monkeypatch.setattr(export, "save_compressed", disk_full_at_target)
-    rescue_area = tmp_path / "tmp"
-    rescue_area.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(rescue_area))
+    rescue_area = disk_full_at(monkeypatch, target, tmp_path / "tmp")
     module = _module(tiny_dir)
     trainer = _trainer(
         tmp_path, [TopologicalPruning(method="magnitude", prune_epoch=0, output_dir=target)], max_epochs=1

@@ -494,22 +494,10 @@ def test_full_disk_refused_before_the_recovery_trains(
 def test_failed_final_write_keeps_the_model_and_exits_with_one_line(
     tiny_hf_folder, data_file, tmp_path, capsys, monkeypatch, recover
 ):
-    import tempfile
-
-    from lightning_topo.pruning import export
+    from conftest import disk_full_at
 
     out = tmp_path / "out"
-    real = export.save_compressed
-
-    def disk_full_at_output(model, path, **kwargs):
-        if Path(path) == out:
-            raise OSError(28, "No space left on device")
-        return real(model, path, **kwargs)
-
-    monkeypatch.setattr(export, "save_compressed", disk_full_at_output)
-    area = tmp_path / "tmp"
-    area.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(area))
+    area = disk_full_at(monkeypatch, out, tmp_path / "tmp")
     assert topo_main(_prune_argv(tiny_hf_folder, out, data_file, recover)) == 1
     err = capsys.readouterr().err
     assert "Traceback" not in err

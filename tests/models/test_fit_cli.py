@@ -134,23 +134,12 @@ def test_shipped_configs_parse(path):
 def test_failed_compressed_save_after_fit_is_one_line_with_exit_1(
     tiny_model_dir, toy_csv, tmp_path, capsys, monkeypatch
 ):
-    import tempfile
+    from conftest import disk_full_at
 
     from lightning_topo.cli import main as topo_main
-    from lightning_topo.pruning import export
 
     out = tmp_path / "pruned"
-    real = export.save_compressed
-
-    def disk_full_at_output(model, path, **kwargs):
-        if Path(path) == out:
-            raise OSError(28, "No space left on device")
-        return real(model, path, **kwargs)
-
-    monkeypatch.setattr(export, "save_compressed", disk_full_at_output)
-    area = tmp_path / "tmp"
-    area.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(area))
+    area = disk_full_at(monkeypatch, out, tmp_path / "tmp")
     cfg = _config(tmp_path, tiny_model_dir, toy_csv, epochs=1)
     prune = (
         "    - class_path: lightning_topo.callbacks.TopologicalPruning\n"
