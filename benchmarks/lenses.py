@@ -111,6 +111,27 @@ def time_methods(obj: Any, names: tuple[str, ...], depth: list[int] | None = Non
     return totals
 
 
+def instrument(run: LensRun) -> Callable[[], dict[str, float]]:
+    """Wrap every hook ``run.callback`` overrides, ``run.extra`` and ``run.inner`` with timers
+    (nested calls count once); returns a function that reads the per-method seconds after the fit
+    (inner methods named ``Owner.method``)."""
+    from lightning.pytorch import Callback
+
+    cls = type(run.callback)
+    hooks = tuple(h for h in CALLBACK_HOOKS if getattr(cls, h) is not getattr(Callback, h))  # overridden
+    depth = [0]
+    totals = time_methods(run.callback, hooks + run.extra, depth)
+    inner = [(time_methods(obj, names, depth), type(obj).__name__) for obj, names in run.inner]
+
+    def read() -> dict[str, float]:  # running totals: read after the fit
+        out = dict(totals)
+        for times, owner in inner:
+            out.update({f"{owner}.{k}": v for k, v in times.items()})
+        return out
+
+    return read
+
+
 def psf_lens() -> LensRun:
     """``PersistenceScoreMonitor()`` at its defaults (last layer, [CLS], <= 512 points per class,
     5 re-draws, bootstrap standard error); pooling runs in its metric's ``update``."""
@@ -185,7 +206,6 @@ def bert_base_case(
         summary as :func:`summarise`).
     """
     import lightning.pytorch as pl
-    from lightning.pytorch import Callback
     from transformers import BertConfig, BertForSequenceClassification
 
     from lightning_topo.models.datamodule import TextClassificationDataModule
@@ -233,16 +253,10 @@ def bert_base_case(
                 module = UserModule(vocab)
                 timer = _phase_timer()
                 callbacks: list[Any] = [timer]
-                totals: dict[str, float] = {}
-                inner_totals: list[tuple[dict[str, float], str]] = []
+                read_times = None
                 if variant is not None:
                     run = LENSES[variant]()
-                    cls = type(run.callback)
-                    hooks = tuple(h for h in CALLBACK_HOOKS if getattr(cls, h) is not getattr(Callback, h))
-                    depth = [0]
-                    totals = time_methods(run.callback, hooks + run.extra, depth)
-                    for obj, names in run.inner:
-                        inner_totals.append((time_methods(obj, names, depth), type(obj).__name__))
+                    read_times = instrument(run)
                     callbacks.append(run.callback)
                 trainer = pl.Trainer(
                     default_root_dir=tmp, max_epochs=1, callbacks=callbacks, logger=False, accelerator="cpu",
@@ -253,10 +267,8 @@ def bert_base_case(
                 trainer.fit(module, datamodule=data)
                 end = time.perf_counter()
             out: dict[str, Any] = {"variant": variant or "baseline", "fit_s": end - start, **timer.phases}
-            if variant is not None:
-                by_method = dict(totals)
-                for inner, owner in inner_totals:
-                    by_method.update({f"{owner}.{k}": v for k, v in inner.items()})
+            if read_times is not None:
+                by_method = read_times()
                 out["monitor_by_method_s"] = {k: v for k, v in by_method.items() if v > 0}
                 out["monitor_s"] = sum(by_method.values())
             print(
@@ -302,7 +314,6 @@ def _phase_timer() -> Any:
 
 def run_fit(lens: str | None, workdir: Path, max_epochs: int, extra_args: list[str]) -> dict[str, Any]:
     """One quickstart fit without callbacks (``lens=None``) or with the lens's monitor."""
-    from lightning.pytorch import Callback
 
     from lightning_topo.cli.fit import run_lightning_cli
 
@@ -322,19 +333,9 @@ def run_fit(lens: str | None, workdir: Path, max_epochs: int, extra_args: list[s
         cli = run_lightning_cli(args, run=False)
         timer = _phase_timer()
         run = LENSES[lens]() if lens is not None else None
-        totals: dict[str, float] = {}
-        inner_totals: list[tuple[dict[str, float], str]] = []
+        read_times = None
         if run is not None:
-            cls = type(run.callback)
-            hooks = tuple(
-                h for h in CALLBACK_HOOKS if getattr(cls, h) is not getattr(Callback, h)
-            )  # overridden
-            depth = [0]
-            totals = time_methods(run.callback, hooks + run.extra, depth)
-            for obj, names in run.inner:
-                inner = time_methods(obj, names, depth)
-                totals.update({f"{type(obj).__name__}.{k}": v for k, v in inner.items()})
-                inner_totals.append((inner, type(obj).__name__))
+            read_times = instrument(run)
             cli.trainer.callbacks.insert(0, run.callback)
         cli.trainer.callbacks.insert(0, timer)
         torch.manual_seed(42)
@@ -352,9 +353,8 @@ def run_fit(lens: str | None, workdir: Path, max_epochs: int, extra_args: list[s
         "fit_end_s": end - timer.fit_end_at if timer.fit_end_at is not None else None,
         **{k: float(v) for k, v in cli.trainer.callback_metrics.items() if k in ("val/acc", "val/loss")},
     }
-    if run is not None:
-        for inner, owner in inner_totals:  # running totals, read after the fit
-            totals.update({f"{owner}.{k}": v for k, v in inner.items()})
+    if read_times is not None:
+        totals = read_times()
         out["monitor_by_method_s"] = {k: v for k, v in totals.items() if v > 0}
         out["monitor_s"] = sum(totals.values())
     own_txt = f", monitor {out['monitor_s']:.2f} s" if run is not None else ""

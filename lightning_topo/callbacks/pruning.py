@@ -79,10 +79,11 @@ class TopologicalPruning(Callback):
     ``ModelCheckpoint``'s ``checkpoints/``; ``<save_dir>/<project>/<run id>`` with W&B alone;
     ``<default_root_dir>/lightning_topo_runs/version_N`` without a logger). Each run has its own
     folder, so the same command can run twice in a row; an existing ``pruned`` there is never
-    replaced (the next free name ``pruned-v1``, ... is taken). The settings are recorded with the
-    run (``lightning_topo_settings.json`` and the W&B config) at ``on_fit_start``, unless
-    ``save=False`` without a logger, which writes nothing at all. An explicit ``output_dir`` is used as given and is never overwritten unless
-    ``overwrite=True`` (checked at ``setup``, before any training). ``save=False`` writes nothing.
+    replaced (the next free name ``pruned-v1``, ... is taken). An explicit ``output_dir`` is used
+    as given and is never overwritten unless ``overwrite=True`` (checked at ``setup``, before any
+    training). The settings are recorded with the run (``lightning_topo_settings.json`` and the W&B
+    config) at ``on_fit_start`` when the run has a folder (a logger, or the default ``output_dir``);
+    ``save=False`` writes no checkpoint, and without a logger nothing at all.
     The folder holds the Hugging Face model (with the tokenizer of ``trainer.datamodule.tokenizer``
     when there is one), ``pruning_history.json`` (this callback's :meth:`state_dict`) and
     ``importance_step{k}.csv``; :attr:`saved_path` tells where it went.
@@ -441,8 +442,8 @@ class TopologicalPruning(Callback):
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # with save=False and no logger the run has no folder of its own: write nothing then
-        if self.save or trainer.loggers:
+        # only into a folder the run has anyway: a logger's, or the one the checkpoint goes to
+        if trainer.loggers or (self.save and self.output_dir is None):
             record_settings(trainer, f"{type(self).__name__}/{self.method_name}", self._settings())
 
     def _settings(self) -> dict[str, Any]:
