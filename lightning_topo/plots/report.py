@@ -105,8 +105,8 @@ def plot_headlines(
     handles = [("tab:blue", "o", "-", "headline score (bars: ± standard error)")]
     if monitor is not None and monitor[1]:
         handles.append((_MONITOR_COLOUR, "s", "--", f"{monitor[0]} (right axis)"))
-    _figure_legend(fig, handles, bool(prune_epochs))
-    _layout(fig, rows, 2.3)
+    added = _figure_legend(fig, handles, bool(prune_epochs))
+    _layout(fig, rows, 2.3, top_room=0.35 + added)
     return _png(fig)
 
 
@@ -120,7 +120,9 @@ def _layout(fig, rows: int, row_height: float, *, top_room: float = 0.35, bottom
     )  # fmt: skip
 
 
-def _figure_legend(fig, handles: list[tuple], pruning: bool, extra: Sequence = ()) -> None:
+def _figure_legend(fig, handles: list[tuple], pruning: bool, extra: Sequence = ()) -> float:
+    """A legend above the panels, wrapped to the figure's width (a narrow one-panel figure gets one
+    entry per row); the figure grows by the extra rows. Returns the inches added at the top."""
     from matplotlib.lines import Line2D
 
     items = [Line2D([], [], color=c, marker=m, ls=ls, ms=4) for c, m, ls, _ in handles]
@@ -131,8 +133,17 @@ def _figure_legend(fig, handles: list[tuple], pruning: bool, extra: Sequence = (
     if pruning:
         items.append(Line2D([], [], **_PRUNE_STYLE))
         labels.append("pruning epoch")
-    if items:
-        fig.legend(items, labels, loc="upper center", ncol=min(len(items), 10), fontsize=8, frameon=False)
+    if not items:
+        return 0.0
+    width, height = fig.get_size_inches()
+    column = 0.45 + 0.062 * max(len(label) for label in labels)  # marker + text at fontsize 8, inches
+    ncol = max(1, min(len(items), 10, int(width // column)))
+    extra_rows = math.ceil(len(items) / ncol) - 1
+    added = 0.19 * extra_rows
+    if added:
+        fig.set_size_inches(width, height + added)
+    fig.legend(items, labels, loc="upper center", ncol=ncol, fontsize=8, frameon=False)
+    return added
 
 
 def plot_lens_panels(
@@ -176,8 +187,8 @@ def plot_lens_panels(
     extra = [(Line2D([], [], color=_layer_colour(k, layers), marker="o", ms=4), f"layer {k}") for k in layers]
     if layers and any(None in lines for lines in panels.values()):
         extra.append((Line2D([], [], color="black", marker="o", ms=4), "no layer (headline)"))
-    _figure_legend(fig, [], bool(prune_epochs), extra)
-    _layout(fig, rows, 2.3)
+    added = _figure_legend(fig, [], bool(prune_epochs), extra)
+    _layout(fig, rows, 2.3, top_room=0.35 + added)
     return _png(fig)
 
 
