@@ -285,7 +285,8 @@ def main(argv: list[str] | None = None) -> int:
             )
     payload = {
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "threads": torch.get_num_threads(),
-                    "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "quiet": False},
+                    "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
+                    "load_avg_1min_at_end": os.getloadavg()[0]},
         "protocol": {"attack": "ours: deletion importance, one char edit (swap/substitute/delete/insert) per word, "
                                "greedy, black-box probabilities", "sentences": args.sentences,
                      "budget": args.budget, "report_budget": args.report_budget,

@@ -132,7 +132,7 @@ def instrument(run: LensRun) -> Callable[[], dict[str, float]]:
     return read
 
 
-def psf_lens() -> LensRun:
+def psf_lens(tokenizer: Any = None) -> LensRun:
     """``PersistenceScoreMonitor()`` at its defaults (last layer, [CLS], <= 512 points per class,
     5 re-draws, bootstrap standard error); pooling runs in its metric's ``update``."""
     from lightning_topo.callbacks.persistence_monitor import PersistenceScoreMonitor
@@ -141,7 +141,7 @@ def psf_lens() -> LensRun:
     return LensRun(monitor, inner=((monitor._template, ("update",)),))
 
 
-def geometry_lens() -> LensRun:
+def geometry_lens(tokenizer: Any = None) -> LensRun:
     """``GeometryMonitor()`` at its defaults (every layer, every epoch, <= 512 sequences); the
     per-layer reduction runs in its metric's ``_reduce_layer``, called by the forward hooks."""
     from lightning_topo.callbacks.geometry_monitor import GeometryMonitor
@@ -150,23 +150,24 @@ def geometry_lens() -> LensRun:
     return LensRun(monitor, inner=((monitor._template, ("_reduce_layer",)),))
 
 
-def concepts_lens() -> LensRun:
+def concepts_lens(tokenizer: Any = None) -> LensRun:
     """``ConceptAlignmentMonitor()`` at its defaults (every layer, 1,000 tokens, triggers at fit end);
-    its pre-trained reference is measured in ``on_train_start``."""
+    its pre-trained reference is measured in ``on_train_start``. ``tokenizer``: for a model built
+    from a config (no ``name_or_path`` to find it on), as a user would pass it."""
     from lightning_topo.callbacks.concept_monitor import ConceptAlignmentMonitor
 
-    return LensRun(ConceptAlignmentMonitor(), extra=("on_train_start",))
+    return LensRun(ConceptAlignmentMonitor(tokenizer=tokenizer), extra=("on_train_start",))
 
 
-def tree_probe_lens() -> LensRun:
+def tree_probe_lens(tokenizer: Any = None) -> LensRun:
     """``TreeProbeMonitor()`` at its defaults (every layer, ssp + essp, 256 sentences, 5 probe epochs)."""
     from lightning_topo.callbacks.tree_probe_monitor import TreeProbeMonitor
 
-    return LensRun(TreeProbeMonitor())
+    return LensRun(TreeProbeMonitor(tokenizer=tokenizer))
 
 
-#: name -> factory: one function above and one line here per lens.
-LENSES: dict[str, Callable[[], LensRun]] = {
+#: name -> factory (``tokenizer`` for a model without ``name_or_path``): one function above and one line here per lens.
+LENSES: dict[str, Callable[..., LensRun]] = {
     "psf": psf_lens,
     "geometry": geometry_lens,
     "concepts": concepts_lens,
@@ -188,6 +189,7 @@ def bert_base_case(
     limit_train_batches: int | None = None,
     repeats: int = 1,
     seed: int = 42,
+    on_run: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Every lens in ``lenses`` at a real model's size: a BERT-base-shaped classifier with random
     weights (default hidden 768, 12 layers, 12 heads) in a user's own LightningModule (the HF model
@@ -255,7 +257,7 @@ def bert_base_case(
                 callbacks: list[Any] = [timer]
                 read_times = None
                 if variant is not None:
-                    run = LENSES[variant]()
+                    run = LENSES[variant](tokenizer=data.tokenizer)  # the model is built from a config
                     read_times = instrument(run)
                     callbacks.append(run.callback)
                 trainer = pl.Trainer(
@@ -276,6 +278,8 @@ def bert_base_case(
                 flush=True,
             )
             runs[out["variant"]].append(out)
+            if on_run is not None:  # keep what is measured if a later fit fails
+                on_run({"settings": settings, "runs": runs, "partial": True})
     summary = {lens: summarise(runs["baseline"], runs[lens]) for lens in lenses}
     return {"settings": settings, "runs": runs, "summary": summary}
 
@@ -413,6 +417,7 @@ def benchmark_lens(
 ) -> None:
     """Alternate baseline and lens fits for ``repeats`` rounds; store runs and summary in ``result``."""
     runs: dict[str, list[dict]] = {"baseline": [], lens: []}
+    machine = _machine()
     for r in range(repeats):
         order = [None, lens] if r % 2 == 0 else [lens, None]
         for variant in order:
@@ -423,6 +428,8 @@ def benchmark_lens(
         "summary": summarise(runs["baseline"], runs[lens]),
         "max_epochs": max_epochs,
         "extra_args": extra,
+        "machine": machine,  # each lens entry says where and when it was measured
+        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     _write(result, path)  # keep finished lenses if a later one is interrupted
 
@@ -479,10 +486,16 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {"lenses": {}}
     if path.exists():  # keep the lenses not rerun
         result["lenses"] = json.loads(path.read_text()).get("lenses", {})
-    result.update(machine=_machine(), date_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-    if args.bert_base:
-        case = bert_base_case(args.lenses, repeats=args.repeats if not args.quick else 1, **json.loads(args.case_args))
+    if args.bert_base:  # the quickstart entries keep their own machine and date
+        def keep(partial: dict[str, Any]) -> None:
+            result.setdefault("cases", {})["bert_base"] = partial
+            _write(result, path)
+
+        case = bert_base_case(
+            args.lenses, repeats=args.repeats if not args.quick else 1, on_run=keep, **json.loads(args.case_args)
+        )
         case["machine"] = _machine()
+        case["date_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         result.setdefault("cases", {})["bert_base"] = case
         _write(result, path)
         print(f"\nat BERT-base shape (load average at start {case['machine']['load_average_at_start']}):")

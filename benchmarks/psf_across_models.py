@@ -367,7 +367,20 @@ def study_row(seed_dir: Path, epoch: int, row: dict[str, float], with_ww: bool =
     name = f"{seed_dir.name}_e{epoch}"
     cache = STUDY_CACHE / f"{name}.json"
     if cache.exists():
-        return json.loads(cache.read_text(encoding="utf-8"))
+        cached = json.loads(cache.read_text(encoding="utf-8"))
+        if not with_ww or "ww/alpha" in cached["scores"]:
+            return cached
+        # scored earlier without WeightWatcher: add its scores to the cached row
+        start = time.perf_counter()
+        model = AutoModelForSequenceClassification.from_pretrained(
+            seed_dir / f"epoch{epoch}_model", trust_remote_code=False
+        ).eval()
+        cached["scores"].update(weight_scores(model))
+        cached["timings"]["weightwatcher_s"] = time.perf_counter() - start
+        _write_study_cache(cache, cached)
+        print(f"{name}: + WeightWatcher alpha {cached['scores']['ww/alpha']:.2f} "
+              f"({cached['timings']['weightwatcher_s']:.1f} s)", flush=True)  # fmt: skip
+        return cached
     z = np.load(seed_dir / f"epoch{epoch}.npz")
     x, y = torch.from_numpy(z["val_cls"]).double(), torch.from_numpy(z["val_labels"]).long()
     start = time.perf_counter()
@@ -388,17 +401,27 @@ def study_row(seed_dir: Path, epoch: int, row: dict[str, float], with_ww: bool =
     seed = int(seed_dir.name[len("seed") :])
     out = {
         "name": name,
-        "spec": {"seed": seed, "epoch": epoch, "n_train": 800},
+        "spec": {"seed": seed, "epoch": epoch, "n_train": _study_protocol().get("train_sentences")},
         "scores": scores,
         "timings": timings,
     }
-    STUDY_CACHE.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_name(f".{cache.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, cache)
+    _write_study_cache(cache, out)
     print(f"{name}: val acc {scores['val_acc']:.3f}, alpha {scores.get('ww/alpha', math.nan):.2f}, RankMe {scores['rankme']:.1f} "
           f"({sum(timings.values()):.0f} s)", flush=True)  # fmt: skip
     return out
+
+
+def _study_protocol() -> dict[str, Any]:
+    """The recorded study's protocol (``benchmarks/results/early_stopping.json``), or ``{}``."""
+    path = ROOT / "benchmarks" / "results" / "early_stopping.json"
+    return json.loads(path.read_text(encoding="utf-8")).get("protocol", {}) if path.exists() else {}
+
+
+def _write_study_cache(cache: Path, row: dict[str, Any]) -> None:
+    STUDY_CACHE.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_name(f".{cache.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(row, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, cache)
 
 
 def study_report(args: argparse.Namespace) -> int:
@@ -427,11 +450,15 @@ def study_report(args: argparse.Namespace) -> int:
         v, t = out["val_acc"][k], out["test_acc"][k]
         print(f"{label:<34} {v['spearman']:+.2f} [{v['spearman_ci95'][0]:+.2f}, {v['spearman_ci95'][1]:+.2f}]   "
               f"{t['spearman']:+.2f} [{t['spearman_ci95'][0]:+.2f}, {t['spearman_ci95'][1]:+.2f}]")  # fmt: skip
+    sp = _study_protocol()
     payload = {
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "threads": torch.get_num_threads(),
-                    "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "quiet": False},
-        "protocol": {"models": "benchmarks/early_stopping.py: MiniLM fine-tuned on 800 sentences, every seed x epoch",
-                     "val_acc": "on the seed's 600-sentence validation subset", "test_acc": "600-sentence test subset",
+                    "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
+                    "load_avg_1min_at_end": os.getloadavg()[0]},
+        "protocol": {"models": f"benchmarks/early_stopping.py: MiniLM fine-tuned on {sp.get('train_sentences')} "
+                               f"sentences ({sp.get('frozen_layers')} lowest layers frozen), every seed x epoch",
+                     "val_acc": f"on the seed's {sp.get('val_test_sentences')}-sentence validation subset",
+                     "test_acc": f"the seed's {sp.get('val_test_sentences')}-sentence test subset",
                      "weightwatcher": "weightwatcher 0.7.7 analyze() defaults, get_summary alpha / alpha_weighted",
                      "rankme": "lightning_topo.scores.rankme on the val [CLS] vectors of the last layer",
                      "statistics": f"bootstrap over models ({args.bootstrap} draws); epochs of one seed are not "

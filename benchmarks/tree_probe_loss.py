@@ -83,18 +83,19 @@ def _write_json(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-def setting_key(args: argparse.Namespace) -> str:
-    """The part of a cell's name fixed by the data and training settings."""
+def setting_key(args: argparse.Namespace, task: str) -> str:
+    """The part of a cell's name fixed by the data and training settings (the proxy's rule only
+    for the acceptability task: sentiment cells do not depend on it)."""
     key = f"n{args.limit_train}-e{args.epochs}-v{args.limit_val}"
-    if (args.corruption, args.strength) != ("shuffle", 3):  # the proxy's default rule has no suffix
-        key += f"-c{args.corruption}{args.strength}"
+    if task == "acceptability" and (args.corruption, args.strength) != ("shuffle", 3):
+        key += f"-c{args.corruption}{args.strength}"  # the proxy's default rule has no suffix
     return key
 
 
 def cell_name(task: str, arm: str, lam: float | None, layer: str | None, seed: int, args) -> str:
     if arm == "off":
-        return f"{setting_key(args)}_{task}_off_s{seed}"
-    return f"{setting_key(args)}_{task}_{arm}_lam{lam:g}_L{layer}_s{seed}"
+        return f"{setting_key(args, task)}_{task}_off_s{seed}"
+    return f"{setting_key(args, task)}_{task}_{arm}_lam{lam:g}_L{layer}_s{seed}"
 
 
 def datamodule(task: str, args: argparse.Namespace, data_dir: Path):
@@ -139,7 +140,7 @@ def probe_metrics(model, dm, contributing, layers, seed: int = 0) -> dict[int, f
 def run_before(task: str, args: argparse.Namespace, data_dir: Path) -> None:
     from lightning_topo.models import SequenceClassifier
 
-    path = CELLS / f"{setting_key(args)}_{task}_before.json"
+    path = CELLS / f"{setting_key(args, task)}_{task}_before.json"
     if path.exists():
         return
     dm = datamodule(task, args, data_dir)
@@ -189,7 +190,7 @@ def run_cell(task: str, arm: str, lam, layer, seed: int, args, data_dir: Path) -
     after = probe_metrics(model, dm, CONTRIBUTING[task], sorted({*METRIC_LAYERS, *([used] if used else [])}))
     cell = {
         "task": task, "arm": arm, "lam": lam, "layer": layer, "seed": seed, "layer_used": used,
-        "setting": setting_key(args), "val_acc_per_epoch": history.values,
+        "setting": setting_key(args, task), "val_acc_per_epoch": history.values,
         "final_val_acc": history.values[-1], "best_val_acc": max(history.values),
         "last_epoch_probe_loss": None if aux is None else float(aux),
         "preparation": None if reg is None or reg.preparation is None
@@ -225,8 +226,11 @@ def _stats(values: list[float]) -> dict[str, Any]:
 
 
 def summarize(args: argparse.Namespace) -> dict[str, Any]:
-    key = setting_key(args)
-    cells = [json.loads(p.read_text()) for p in sorted(CELLS.glob(f"{key}_*.json"))]
+    cells = [
+        json.loads(p.read_text())
+        for task in TASKS
+        for p in sorted(CELLS.glob(f"{setting_key(args, task)}_{task}_*.json"))
+    ]
     before = {c["task"]: c["probe_metric"] for c in cells if c.get("kind") == "before"}
     runs = [c for c in cells if c.get("kind") != "before"]
     off = {(c["task"], c["seed"]): c for c in runs if c["arm"] == "off"}
@@ -274,7 +278,11 @@ def summarize(args: argparse.Namespace) -> dict[str, Any]:
             }
         row["wall_s"] = _stats([c["wall_s"] for c in group])
         table.append(row)
-    tuning = [json.loads(p.read_text()) for p in sorted(CELLS.glob(f"{key}-c*_acceptability_off_*.json"))]
+    base = setting_key(args, "sentiment")  # without the proxy's rule
+    tuning = [
+        json.loads(p.read_text())
+        for p in sorted([*CELLS.glob(f"{base}_acceptability_off_*.json"), *CELLS.glob(f"{base}-c*_acceptability_off_*.json")])
+    ]  # the plain fine-tuned accuracy under every proxy rule tried
     return {
         "benchmark": "tree_probe_loss",
         "proxy_tuning": [
