@@ -86,8 +86,8 @@ class LensMonitor(Callback):
       process (``trainer.log_dir`` is a collective call under DDP) and calls
       :meth:`_write_figures` on global rank 0.
     * ``state_dict`` / ``load_state_dict``: the history and :meth:`_settings` (default
-      ``monitor_against``); a checkpoint with other settings warns and restores the saved ones,
-      so that the history stays one series.
+      ``monitor_against``); a checkpoint with other settings warns and its history is not
+      restored, so that one series is never measured two ways (the rule of every monitor).
     * helpers: :meth:`_name` (``{log_prefix}/...``), :meth:`_on_rank_zero` (compute on global
       rank 0, ``trainer.strategy.broadcast`` the result), :meth:`_log_values`.
 
@@ -354,16 +354,28 @@ class LensMonitor(Callback):
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        saved = {k: state_dict.get(k, v) for k, v in self._settings().items()}
-        changed = [f"{k}={v!r} (now {getattr(self, k)!r})" for k, v in saved.items() if v != getattr(self, k)]
+        """The one rule for a checkpoint with other settings (every monitor): its history is not restored.
+
+        The ``state_key`` is built from every setting, so Lightning hands a monitor only the state
+        of a monitor measuring the same series; a state loaded by hand with other settings warns,
+        names them and leaves this monitor's history empty rather than mixing two series (the
+        monitor's own settings are kept: they are what the user asked for).
+        """
+        current = self._settings()
+        changed = [
+            f"{k}={state_dict[k]!r} (now {v!r})" for k, v in current.items() if k in state_dict and state_dict[k] != v
+        ]
         if changed:
             rank_zero_warn(
                 f"{type(self).__name__}: the checkpoint's history was measured with {', '.join(changed)}; "
-                "the saved settings are restored so that the history stays one series"
+                "it is not restored, so that one series is never measured two ways"
             )
-        for key, value in saved.items():
-            setattr(self, key, value)
-        self.history = deepcopy(state_dict.get("history", []))
+            return
+        self.history = self._restored_history(deepcopy(state_dict.get("history", [])))
+
+    def _restored_history(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The history records of a checkpoint as this monitor keeps them (default: as saved)."""
+        return records
 
 
 def _first_loader(loaders: Any) -> Any:
@@ -470,24 +482,8 @@ class MetricMonitor(LensMonitor):
         return self._generate_state_key(**{k: repr(v) for k, v in self._settings().items()})
 
     @override
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """The one rule for a checkpoint with other settings: its history is not restored.
-
-        The ``state_key`` is built from every setting, so Lightning hands a monitor only the state
-        of a monitor measuring the same series; a state loaded by hand with other settings warns,
-        names them and leaves this monitor's history empty rather than mixing two series.
-        """
-        current = self._settings()
-        changed = [
-            f"{k}={state_dict[k]!r} (now {v!r})" for k, v in current.items() if k in state_dict and state_dict[k] != v
-        ]
-        if changed:
-            rank_zero_warn(
-                f"{type(self).__name__}: the checkpoint's history was measured with {', '.join(changed)}; "
-                "it is not restored, so that one series is never measured two ways"
-            )
-            return
-        self.history = [{"step": None, **record} for record in deepcopy(state_dict.get("history", []))]
+    def _restored_history(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{"step": None, **record} for record in records]  # checkpoints written before "step" existed
 
     # ------------------------------------------------------------------ setup and checks
 

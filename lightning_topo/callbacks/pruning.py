@@ -40,10 +40,11 @@ from typing_extensions import override
 
 from lightning_topo.callbacks.run_dir import record_settings, run_dir
 from lightning_topo.plots.wandb import log_model_artifact
-from lightning_topo.pruning.config import DEFAULTS, PruningConfig, check_int, resolve_stat
+from lightning_topo.pruning.config import DEFAULTS, PruningConfig, resolve_stat
 from lightning_topo.pruning.distill import DISTILL_DEFAULTS, check_distill_settings, distillation_loss
 from lightning_topo.pruning.importance import resolve_method
 from lightning_topo.pruning.structured import count_encoder_parameters, layer_widths
+from lightning_topo.scores.checks import check_bool, check_int
 
 __all__ = [
     "TopologicalPruning",
@@ -192,7 +193,8 @@ class TopologicalPruning(Callback):
             ``*ForSequenceClassification`` model, else the figures are ``None``).
 
     Raises:
-        ValueError: at construction, on any invalid argument (naming it and what is accepted).
+        TypeError: at construction, on an argument of the wrong type (naming it and what is accepted).
+        ValueError: at construction, on an argument out of range or not one of the choices.
 
     Example::
 
@@ -229,7 +231,7 @@ class TopologicalPruning(Callback):
     ) -> None:
         super().__init__()
         if ratio is None:
-            raise ValueError(
+            raise TypeError(
                 "ratio (fraction of encoder parameters kept) must be a number in (0, 1], e.g. 0.6; got None "
                 "(TopologicalPruning prunes to a parameter budget)"
             )
@@ -246,10 +248,8 @@ class TopologicalPruning(Callback):
             stat=stat,
             seed=seed,
         )
-        self.prune_epoch = check_int(
-            "prune_epoch", prune_epoch, 0, allow_none=True, hint=" (None = at fit end)"
-        )
-        self.steps = int(check_int("steps", steps, 1))  # type: ignore[arg-type]
+        self.prune_epoch = check_int(prune_epoch, "prune_epoch", minimum=0, allow_none=True, hint=" (None = at fit end)")
+        self.steps = int(check_int(steps, "steps", minimum=1))  # type: ignore[arg-type]
         if self.prune_epoch is None and self.steps != 1:
             raise ValueError(
                 f"steps must be 1 with prune_epoch=None (pruning at fit end is one step); got {steps}"
@@ -260,8 +260,7 @@ class TopologicalPruning(Callback):
             ("distill", distill),
             ("evaluate", evaluate),
         ):
-            if not isinstance(flag, bool):
-                raise ValueError(f"{name} must be True or False; got {flag!r}")
+            check_bool(flag, name)
         check_distill_settings(temperature, alpha)
         if distill and self.prune_epoch is None:
             raise ValueError(
@@ -286,7 +285,7 @@ class TopologicalPruning(Callback):
         self._target: Path | None = None
         self._tables: list[Any] = []
         if model_attr is not None and (not isinstance(model_attr, str) or not model_attr.strip()):
-            raise ValueError(
+            raise (ValueError if isinstance(model_attr, str) else TypeError)(
                 f"model_attr must be the dotted path of the Hugging Face model inside the LightningModule (e.g. "
                 f"'net') or None (find it); got {model_attr!r}"
             )
@@ -816,7 +815,7 @@ def _check_output_dir(output_dir: object, save: bool) -> Path | None:
             f"output_dir={str(output_dir)!r} is given but save=False writes nothing; drop one of the two"
         )
     if not isinstance(output_dir, (str, os.PathLike)) or not str(output_dir).strip():
-        raise ValueError(
+        raise (ValueError if isinstance(output_dir, (str, os.PathLike)) else TypeError)(
             f"output_dir must be a folder path (str or Path) or None (the run's versioned folder); got {output_dir!r}"
         )
     return Path(output_dir)
@@ -826,7 +825,7 @@ def _check_dataloader(dataloader: object) -> Iterable[Mapping[str, Any]] | None:
     if dataloader is None:
         return None
     if isinstance(dataloader, (str, bytes, Mapping)) or not isinstance(dataloader, Iterable):
-        raise ValueError(
+        raise TypeError(
             "dataloader must be an iterable of tokenised batches (e.g. a DataLoader or a list of dicts with "
             f"input_ids/attention_mask) or None (the training dataloader); got {type(dataloader).__name__}"
         )
@@ -1049,7 +1048,7 @@ def _check_tokenizer(tokenizer: object) -> Any:
         return tokenizer
     if callable(getattr(tokenizer, "save_pretrained", None)):
         return tokenizer
-    raise ValueError(
+    raise (ValueError if isinstance(tokenizer, (str, os.PathLike)) else TypeError)(
         "tokenizer must be a tokenizer (with save_pretrained), the path of a folder holding one, or None (found "
         f"at setup); got {type(tokenizer).__name__}"
     )

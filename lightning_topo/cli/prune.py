@@ -217,7 +217,7 @@ def _settings(args: argparse.Namespace) -> PruningConfig:
     }
     try:
         return PruningConfig(**fields)
-    except ValueError as err:
+    except (TypeError, ValueError) as err:  # a command line has only values: both are usage errors
         message = str(err)
         name = message.split(" ", 1)[0]
         if name in {f.name for f in dataclasses.fields(PruningConfig)}:
@@ -244,7 +244,7 @@ def _check_distill(args: argparse.Namespace) -> None:
             setattr(args, name, value)
     try:
         check_distill_settings(args.temperature, args.alpha)
-    except ValueError as err:
+    except (TypeError, ValueError) as err:
         raise ValueError(f"--{err}") from None
 
 

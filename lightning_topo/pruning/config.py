@@ -6,7 +6,11 @@ the ``TopologicalPruning`` callback and the ``lightning-topo prune`` command all
 from :data:`DEFAULTS` and check their arguments with :class:`PruningConfig`, so a bad value is refused
 with the same message, naming the argument, before any model is scored, changed or written.
 
-This module is a leaf: it imports nothing from the rest of the package.
+Exception policy (the package's, :mod:`lightning_topo.scores.checks`): ``TypeError`` for a value of
+the wrong type (``ratio="0.6"``, ``min_heads=1.5``, ``seed=None``), ``ValueError`` for a value of
+the right type that is out of range or not one of the choices (``ratio=0``, ``method="nope"``).
+
+This module imports only the leaf :mod:`lightning_topo.scores.checks` from the rest of the package.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from lightning_topo.scores.checks import check_int, check_seed
+
 __all__ = [
     "PruningConfig",
     "DEFAULTS",
@@ -28,7 +34,6 @@ __all__ = [
     "METHOD_STATS",
     "resolve_stat",
     "check_units",
-    "check_int",
     "check_ratio",
     "check_quantile",
     "check_stat",
@@ -56,36 +61,17 @@ METHODS: tuple[str, ...] = (
 )
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
 def _is_real(value: object) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-def check_int(
-    name: str, value: object, minimum: int, *, allow_none: bool = False, hint: str = ""
-) -> int | None:
-    """``value`` as an ``int`` if it is an integer ``>= minimum`` (not a bool, not a float such as ``2.5``).
-
-    Raises:
-        ValueError: naming ``name``, what is accepted and what was given.
-    """
-    if value is None and allow_none:
-        return None
-    if not _is_int(value) or value < minimum:  # type: ignore[operator]
-        accepted = f"an integer >= {minimum}" + (" or None" if allow_none else "")
-        raise ValueError(f"{name} must be {accepted}{hint}; got {value!r}")
-    return int(value)  # type: ignore[arg-type]
-
-
 def check_ratio(ratio: object, *, name: str = "ratio") -> float:
     """``ratio`` (fraction of encoder parameters kept) as a ``float`` in ``(0, 1]``; refuses None, NaN, bools."""
-    if not _is_real(ratio) or not math.isfinite(float(ratio)) or not 0.0 < float(ratio) <= 1.0:  # type: ignore[arg-type]
-        raise ValueError(
-            f"{name} (fraction of encoder parameters kept) must be a number in (0, 1], e.g. 0.6; got {ratio!r}"
-        )
+    accepted = f"{name} (fraction of encoder parameters kept) must be a number in (0, 1], e.g. 0.6"
+    if not _is_real(ratio):
+        raise TypeError(f"{accepted}; got {ratio!r} ({type(ratio).__name__})")
+    if not math.isfinite(float(ratio)) or not 0.0 < float(ratio) <= 1.0:  # type: ignore[arg-type]
+        raise ValueError(f"{accepted}; got {ratio!r}")
     return float(ratio)  # type: ignore[arg-type]
 
 
@@ -93,10 +79,11 @@ def check_quantile(quantile: object, *, name: str = "quantile") -> float | None:
     """``quantile`` (per-layer share of units dropped) as a ``float`` in ``[0, 1)``, or ``None``."""
     if quantile is None:
         return None
-    if not _is_real(quantile) or not math.isfinite(float(quantile)) or not 0.0 <= float(quantile) < 1.0:  # type: ignore[arg-type]
-        raise ValueError(
-            f"{name} (per-layer share of units dropped) must be a number in [0, 1) or None; got {quantile!r}"
-        )
+    accepted = f"{name} (per-layer share of units dropped) must be a number in [0, 1) or None"
+    if not _is_real(quantile):
+        raise TypeError(f"{accepted}; got {quantile!r} ({type(quantile).__name__})")
+    if not math.isfinite(float(quantile)) or not 0.0 <= float(quantile) < 1.0:  # type: ignore[arg-type]
+        raise ValueError(f"{accepted}; got {quantile!r}")
     return float(quantile)  # type: ignore[arg-type]
 
 
@@ -108,7 +95,7 @@ def check_units(units: object, *, name: str = "units") -> tuple[str, ...]:
     if isinstance(units, str):
         units = (units,)
     if not isinstance(units, Sequence) or isinstance(units, bytes):
-        raise ValueError(f"{name} must be a kind or a sequence of kinds from {UNIT_KINDS}; got {units!r}")
+        raise TypeError(f"{name} must be a kind or a sequence of kinds from {UNIT_KINDS}; got {units!r}")
     out = tuple(dict.fromkeys(units))
     bad = [u for u in out if u not in UNIT_KINDS]
     if bad or not out:
@@ -141,6 +128,11 @@ def check_method(method: object, *, name: str = "method") -> str | Callable[...,
     """``method`` if it is a built-in name from :data:`METHODS` or a callable importance function."""
     if callable(method) and not isinstance(method, str):
         return method
+    if not isinstance(method, str):
+        raise TypeError(
+            f"{name} must be one of {METHODS} or a callable importance function "
+            f"(see lightning_topo.pruning.importance.ImportanceFn); got {method!r} ({type(method).__name__})"
+        )
     if method not in METHODS:
         raise ValueError(
             f"{name} must be one of {METHODS} or a callable importance function "
@@ -174,7 +166,8 @@ class PruningConfig:
         seed: seeds the position sample and the ``random`` method (an integer ``>= 0``).
 
     Raises:
-        ValueError: on the first invalid field, naming it, what is accepted and what was given.
+        TypeError: on the first field of a wrong type, naming it, what is accepted and what was given.
+        ValueError: on the first field out of range or not one of the choices (the same message).
     """
 
     method: str | Callable[..., Any] = "topological"
@@ -195,14 +188,14 @@ class PruningConfig:
             "method": check_method(self.method),
             "quantile": check_quantile(self.quantile),
             "units": check_units(self.units),
-            "min_heads": check_int("min_heads", self.min_heads, 1, hint=" (a layer needs at least one head)"),
-            "min_ffn": check_int("min_ffn", self.min_ffn, 1, hint=" (a layer needs at least one FFN unit)"),
-            "ffn_multiple": check_int("ffn_multiple", self.ffn_multiple, 1, hint=" (1 disables rounding)"),
-            "max_positions": check_int("max_positions", self.max_positions, 2),
-            "max_batches": check_int("max_batches", self.max_batches, 1, allow_none=True),
-            "calibration_batches": check_int("calibration_batches", self.calibration_batches, 1),
+            "min_heads": check_int(self.min_heads, "min_heads", minimum=1, hint=" (a layer needs at least one head)"),
+            "min_ffn": check_int(self.min_ffn, "min_ffn", minimum=1, hint=" (a layer needs at least one FFN unit)"),
+            "ffn_multiple": check_int(self.ffn_multiple, "ffn_multiple", minimum=1, hint=" (1 disables rounding)"),
+            "max_positions": check_int(self.max_positions, "max_positions", minimum=2),
+            "max_batches": check_int(self.max_batches, "max_batches", minimum=1, allow_none=True),
+            "calibration_batches": check_int(self.calibration_batches, "calibration_batches", minimum=1),
             "stat": check_stat(self.stat, allow_none=True),
-            "seed": check_int("seed", self.seed, 0),
+            "seed": check_seed(self.seed),
         }
         if self.ratio is not None or checked["quantile"] is None:
             checked["ratio"] = check_ratio(self.ratio)

@@ -23,9 +23,12 @@ DISTILL_DEFAULTS = {"temperature": 2.0, "alpha": 0.5}
 
 
 def check_distill_settings(temperature: object, alpha: object) -> None:
-    """``ValueError`` unless ``temperature`` is a finite number > 0 and ``alpha`` one in ``[0, 1]``."""
+    """``TypeError`` unless ``temperature`` and ``alpha`` are real numbers; ``ValueError`` unless
+    ``temperature`` is finite and > 0 and ``alpha`` in ``[0, 1]``."""
     for name, value in (("temperature", temperature), ("alpha", alpha)):
-        if not isinstance(value, numbers.Real) or isinstance(value, bool) or not math.isfinite(value):
+        if not isinstance(value, numbers.Real) or isinstance(value, bool):
+            raise TypeError(f"{name} must be a finite number; got {value!r} ({type(value).__name__})")
+        if not math.isfinite(value):
             raise ValueError(f"{name} must be a finite number; got {value!r}")
     if temperature <= 0:
         raise ValueError(

@@ -61,13 +61,13 @@ from lightning_topo.pruning.config import (
     METHODS,
     UNIT_KINDS,
     PruningConfig,
-    check_int,
     check_method,
     check_stat,
     check_units,
     resolve_stat,
 )
 from lightning_topo.pruning.layout import encoder_layers
+from lightning_topo.scores.checks import check_int, check_seed
 from lightning_topo.topology import minimum_spanning_tree, pairwise_distances
 
 __all__ = [
@@ -234,13 +234,13 @@ def collect_unit_outputs(
         seed: seed of the position sample.
 
     Raises:
-        ValueError: a bad setting, or a dataloader with fewer than 2 tokens under the attention mask.
-        TypeError: ``dataloader`` is not iterable, or the model is not BERT-family.
+        ValueError: a setting out of range, or a dataloader with fewer than 2 tokens under the attention mask.
+        TypeError: a setting of the wrong type, ``dataloader`` is not iterable, or the model is not BERT-family.
     """
     units = check_units(units)
-    max_positions = check_int("max_positions", max_positions, 2)
-    max_batches = check_int("max_batches", max_batches, 1, allow_none=True)
-    sample = _PositionSample(max_positions, check_int("seed", seed, 0))  # type: ignore[arg-type]
+    max_positions = check_int(max_positions, "max_positions", minimum=2)
+    max_batches = check_int(max_batches, "max_batches", minimum=1, allow_none=True)
+    sample = _PositionSample(max_positions, check_seed(seed))  # type: ignore[arg-type]
     if not isinstance(dataloader, Iterable):
         raise TypeError(
             f"dataloader must be an iterable of tokenised batches; got {type(dataloader).__name__}"

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from lightning_topo.data.files import write_text_atomic
 from lightning_topo.pruning.export import load_compressed
+from lightning_topo.scores.checks import check_int, check_real
 
 __all__ = ["ONNX_INPUTS", "export_onnx", "OnnxClassifier", "onnx_session"]
 
@@ -187,10 +188,8 @@ def export_onnx(
     """
     if quantize not in (None, "int8"):
         raise ValueError(f"quantize must be None or 'int8'; got {quantize!r}")
-    if isinstance(example_length, bool) or not isinstance(example_length, int) or example_length < 2:
-        raise ValueError(f"example_length must be an integer >= 2; got {example_length!r}")
-    if isinstance(atol, bool) or not isinstance(atol, int | float) or not atol > 0:
-        raise ValueError(f"atol must be a positive number; got {atol!r}")
+    check_int(example_length, "example_length", minimum=2)
+    check_real(atol, "atol", minimum=0.0, strict=True)
     _require("onnx", "onnxscript", "onnxruntime")
     path = Path(path)
     _check_target(path, overwrite)

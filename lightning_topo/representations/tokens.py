@@ -45,6 +45,7 @@ import torch
 from torch import Tensor
 
 from lightning_topo.encoding import encode_batch
+from lightning_topo.scores.checks import check_int
 from lightning_topo.scores.concepts import polar_concepts
 
 __all__ = [
@@ -209,10 +210,8 @@ def _check_build_args(texts, labels, tokenizer, max_tokens, max_per_word) -> Non
             f"the concept lens needs a fast tokenizer (word_ids and offsets); got {type(tokenizer).__name__}. "
             "Load it with AutoTokenizer.from_pretrained(..., use_fast=True)"
         )
-    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 2:
-        raise ValueError(f"max_tokens must be an int >= 2; got {max_tokens!r}")
-    if max_per_word is not None and (isinstance(max_per_word, bool) or max_per_word < 1):
-        raise ValueError(f"max_per_word must be a positive int or None; got {max_per_word!r}")
+    check_int(max_tokens, "max_tokens", minimum=2)
+    check_int(max_per_word, "max_per_word", minimum=1, allow_none=True)
 
 
 def _words(text: str, enc: Any) -> list[tuple[str, int, tuple[int, int]]]:

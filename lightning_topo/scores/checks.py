@@ -39,15 +39,17 @@ def _is_int(value: object) -> bool:
 
 
 def check_int(
-    value: object, name: str, *, minimum: int | None = None, allow_none: bool = False
+    value: object, name: str, *, minimum: int | None = None, allow_none: bool = False, hint: str = ""
 ) -> int | None:
     """``value`` as an ``int`` (``>= minimum`` when given; ``None`` passes when ``allow_none``).
+
+    ``hint`` is appended to what is accepted, e.g. ``" (a layer needs at least one head)"``.
 
     Raises:
         TypeError: not an int (floats such as ``2.5`` or ``2.0`` and bools are refused).
         ValueError: below ``minimum``.
     """
-    accepted = "an int" + ("" if minimum is None else f" >= {minimum}") + (" or None" if allow_none else "")
+    accepted = "an int" + ("" if minimum is None else f" >= {minimum}") + (" or None" if allow_none else "") + hint
     if value is None and allow_none:
         return None
     if not _is_int(value):

@@ -103,9 +103,12 @@ def test_history_correlations_and_figures_in_a_fit(tiny_dir, toy_csv, tmp_path):
     state = lens.state_dict()
     assert set(state) == {"history", "monitor_against"}
     fresh = NormLens(monitor_against="val/f1")
-    with pytest.warns(UserWarning, match="monitor_against='val/acc'"):
+    with pytest.warns(UserWarning, match="monitor_against='val/acc'.*not restored"):
         fresh.load_state_dict(state)
-    assert fresh.history == lens.history and fresh.monitor_against == "val/acc"
+    assert fresh.history == [] and fresh.monitor_against == "val/f1"  # the one rule of every monitor
+    same = NormLens()
+    same.load_state_dict(state)
+    assert same.history == lens.history
 
     before = list(lens.history)
     trainer.validate(trainer.lightning_module, datamodule=trainer.datamodule, verbose=False)

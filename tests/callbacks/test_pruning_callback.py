@@ -201,47 +201,49 @@ def test_existing_output_dir_fails_before_training(tiny_dir, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "kwargs,name",
+    "kwargs,name,error",
     [
-        ({"ratio": 0.0}, "ratio"),
-        ({"ratio": 1.2}, "ratio"),
-        ({"ratio": None}, "ratio"),
-        ({"ratio": math.nan}, "ratio"),
-        ({"ratio": True}, "ratio"),
-        ({"ratio": "0.6"}, "ratio"),
-        ({"steps": 0}, "steps"),
-        ({"steps": 2.5}, "steps"),
-        ({"prune_epoch": -1}, "prune_epoch"),
-        ({"prune_epoch": 1.5}, "prune_epoch"),
-        ({"prune_epoch": None, "steps": 2}, "steps"),
-        ({"method": "nope"}, "method"),
-        ({"units": "ffnx"}, "units"),
-        ({"units": ["ffn", "bogus"]}, "units"),
-        ({"units": []}, "units"),
-        ({"stat": "mean"}, "stat"),
-        ({"min_heads": 0}, "min_heads"),
-        ({"min_ffn": 1.5}, "min_ffn"),
-        ({"max_positions": 1}, "max_positions"),
-        ({"max_positions": "2048"}, "max_positions"),
-        ({"calibration_batches": 0}, "calibration_batches"),
-        ({"ffn_multiple": 0}, "ffn_multiple"),
-        ({"ffn_multiple": 2.5}, "ffn_multiple"),
-        ({"ffn_multiple": True}, "ffn_multiple"),
-        ({"seed": None}, "seed"),
-        ({"seed": -1}, "seed"),
-        ({"save": "yes"}, "save"),
-        ({"overwrite": 1}, "overwrite"),
-        ({"output_dir": 3}, "output_dir"),
-        ({"output_dir": ""}, "output_dir"),
-        ({"output_dir": "out", "save": False}, "output_dir"),
-        ({"dataloader": "data.csv"}, "dataloader"),
-        ({"dataloader": {"input_ids": 1}}, "dataloader"),
-        ({"dataloader": 5}, "dataloader"),
+        ({"ratio": 0.0}, "ratio", ValueError),
+        ({"ratio": 1.2}, "ratio", ValueError),
+        ({"ratio": None}, "ratio", TypeError),
+        ({"ratio": math.nan}, "ratio", ValueError),
+        ({"ratio": True}, "ratio", TypeError),
+        ({"ratio": "0.6"}, "ratio", TypeError),
+        ({"steps": 0}, "steps", ValueError),
+        ({"steps": 2.5}, "steps", TypeError),
+        ({"prune_epoch": -1}, "prune_epoch", ValueError),
+        ({"prune_epoch": 1.5}, "prune_epoch", TypeError),
+        ({"prune_epoch": None, "steps": 2}, "steps", ValueError),
+        ({"method": "nope"}, "method", ValueError),
+        ({"units": "ffnx"}, "units", ValueError),
+        ({"units": ["ffn", "bogus"]}, "units", ValueError),
+        ({"units": []}, "units", ValueError),
+        ({"stat": "mean"}, "stat", ValueError),
+        ({"min_heads": 0}, "min_heads", ValueError),
+        ({"min_ffn": 1.5}, "min_ffn", TypeError),
+        ({"max_positions": 1}, "max_positions", ValueError),
+        ({"max_positions": "2048"}, "max_positions", TypeError),
+        ({"calibration_batches": 0}, "calibration_batches", ValueError),
+        ({"ffn_multiple": 0}, "ffn_multiple", ValueError),
+        ({"ffn_multiple": 2.5}, "ffn_multiple", TypeError),
+        ({"ffn_multiple": True}, "ffn_multiple", TypeError),
+        ({"seed": None}, "seed", TypeError),
+        ({"seed": -1}, "seed", ValueError),
+        ({"save": "yes"}, "save", TypeError),
+        ({"overwrite": 1}, "overwrite", TypeError),
+        ({"output_dir": 3}, "output_dir", TypeError),
+        ({"output_dir": ""}, "output_dir", ValueError),
+        ({"output_dir": "out", "save": False}, "output_dir", ValueError),
+        ({"dataloader": "data.csv"}, "dataloader", TypeError),
+        ({"dataloader": {"input_ids": 1}}, "dataloader", TypeError),
+        ({"dataloader": 5}, "dataloader", TypeError),
     ],
 )
-def test_bad_arguments_refused_at_construction(kwargs, name):
-    with pytest.raises(ValueError, match=name) as err:
+def test_bad_arguments_refused_at_construction(kwargs, name, error):
+    """TypeError for a wrong type, ValueError for a wrong value, one line naming the argument."""
+    with pytest.raises(error, match=name) as err:
         TopologicalPruning(**kwargs)
+    assert type(err.value) is error
     assert "\n" not in str(err.value)
     assert repr(next(iter(kwargs.values()))) in str(err.value) or name in (
         "steps",
@@ -786,7 +788,7 @@ def test_tokenizer_argument_path_and_a_tokenizer_too_large_for_the_model(tiny_di
     trainer = SimpleNamespace(world_size=1, loggers=[], default_root_dir=str(tmp_path), ckpt_path=None)
     with pytest.raises(ValueError, match="tokenizer has 30522 tokens but the model's embedding has 128 rows"):
         big.setup(trainer, _UserClassifier(tiny_dir), "fit")
-    with pytest.raises(ValueError, match="tokenizer must be a tokenizer"):
+    with pytest.raises(TypeError, match="tokenizer must be a tokenizer"):
         TopologicalPruning(tokenizer=3)
 
 

@@ -162,7 +162,7 @@ def test_torch_file_that_is_not_a_lightning_checkpoint(tmp_path, capsys):
 @pytest.mark.parametrize(
     "extra,needle",
     [
-        (["--calibration-batches", "0"], "--calibration-batches must be an integer >= 1"),
+        (["--calibration-batches", "0"], "--calibration-batches must be an int >= 1"),
         (["--ratio", "1.5"], "--ratio"),
         (["--ratio", "nan"], "--ratio"),
         (["--ratio", "0"], "--ratio"),

@@ -23,43 +23,47 @@ def test_defaults_are_the_documented_ones():
 def test_units_string_is_one_kind_not_characters():
     assert PruningConfig(units="ffn").units == ("ffn",)
     assert PruningConfig(units=["heads", "ffn", "heads"]).units == ("heads", "ffn")
-    for bad in ("f", ("ffn", "mlp"), (), 3):
+    for bad in ("f", ("ffn", "mlp"), ()):
         with pytest.raises(ValueError, match="units"):
             PruningConfig(units=bad)
 
 
 @pytest.mark.parametrize(
-    "field, bad",
+    "field, bad, error",
     [
-        ("ratio", None),
-        ("ratio", math.nan),
-        ("ratio", math.inf),
-        ("ratio", True),
-        ("ratio", 0.0),
-        ("ratio", 1.01),
-        ("ratio", "0.5"),
-        ("quantile", 1.0),
-        ("quantile", -0.1),
-        ("quantile", math.nan),
-        ("min_heads", 0),
-        ("min_heads", 1.5),
-        ("min_ffn", True),
-        ("ffn_multiple", 2.5),
-        ("ffn_multiple", 0),
-        ("max_positions", 1),
-        ("max_positions", 2048.0),
-        ("max_batches", 0),
-        ("calibration_batches", 0),
-        ("stat", "mean"),
-        ("seed", None),
-        ("seed", -1),
-        ("method", "nope"),
-        ("method", None),
+        ("ratio", None, TypeError),
+        ("ratio", math.nan, ValueError),
+        ("ratio", math.inf, ValueError),
+        ("ratio", True, TypeError),
+        ("ratio", 0.0, ValueError),
+        ("ratio", 1.01, ValueError),
+        ("ratio", "0.5", TypeError),
+        ("quantile", 1.0, ValueError),
+        ("quantile", -0.1, ValueError),
+        ("quantile", math.nan, ValueError),
+        ("quantile", "0.5", TypeError),
+        ("min_heads", 0, ValueError),
+        ("min_heads", 1.5, TypeError),
+        ("min_ffn", True, TypeError),
+        ("ffn_multiple", 2.5, TypeError),
+        ("ffn_multiple", 0, ValueError),
+        ("max_positions", 1, ValueError),
+        ("max_positions", 2048.0, TypeError),
+        ("max_batches", 0, ValueError),
+        ("calibration_batches", 0, ValueError),
+        ("stat", "mean", ValueError),
+        ("seed", None, TypeError),
+        ("seed", -1, ValueError),
+        ("method", "nope", ValueError),
+        ("method", None, TypeError),
+        ("units", 3, TypeError),
     ],
 )
-def test_every_field_is_checked_with_its_name(field, bad):
-    with pytest.raises(ValueError, match=field):
+def test_every_field_is_checked_with_its_name(field, bad, error):
+    """TypeError for a wrong type, ValueError for a wrong value (the package's one policy)."""
+    with pytest.raises(error, match=field) as info:
         PruningConfig(**{field: bad})
+    assert type(info.value) is error
 
 
 def test_quantile_mode_allows_no_ratio_and_numbers_are_normalised():
@@ -83,23 +87,24 @@ def test_callable_method_and_replace_revalidates():
 
 
 @pytest.mark.parametrize(
-    "call, match",
+    "call, match, error",
     [
-        (lambda m, b: prune_model(m, [b], units="f"), "units"),
-        (lambda m, b: prune_model(m, [b], stat="mean"), "stat"),
-        (lambda m, b: prune_model(m, [b], max_positions=2.5), "max_positions"),
-        (lambda m, b: prune_model(m, [b], min_heads=1.5), "min_heads"),
-        (lambda m, b: prune_model(m, [b], ratio=math.nan), "ratio"),
-        (lambda m, b: prune_model(m, [b], seed=None), "seed"),
-        (lambda m, b: prune_model(m, [b], method=42), "method"),
-        (lambda m, b: compute_importance(m, [b], max_batches=0), "max_batches"),
-        (lambda m, b: collect_unit_outputs(m, [b], max_positions=1), "max_positions"),
-        (lambda m, b: plan_keep_masks(m, compute_importance(m, method="random"), quantile=1.0), "quantile"),
+        (lambda m, b: prune_model(m, [b], units="f"), "units", ValueError),
+        (lambda m, b: prune_model(m, [b], stat="mean"), "stat", ValueError),
+        (lambda m, b: prune_model(m, [b], max_positions=2.5), "max_positions", TypeError),
+        (lambda m, b: prune_model(m, [b], min_heads=1.5), "min_heads", TypeError),
+        (lambda m, b: prune_model(m, [b], ratio=math.nan), "ratio", ValueError),
+        (lambda m, b: prune_model(m, [b], seed=None), "seed", TypeError),
+        (lambda m, b: prune_model(m, [b], method=42), "method", TypeError),
+        (lambda m, b: compute_importance(m, [b], max_batches=0), "max_batches", ValueError),
+        (lambda m, b: collect_unit_outputs(m, [b], max_positions=1), "max_positions", ValueError),
+        (lambda m, b: collect_unit_outputs(m, [b], seed=1.5), "seed", TypeError),
+        (lambda m, b: plan_keep_masks(m, compute_importance(m, method="random"), quantile=1.0), "quantile", ValueError),
     ],
 )
-def test_entry_points_refuse_bad_settings_before_touching_the_model(call, match, tiny_classifier, tiny_batch):
+def test_entry_points_refuse_bad_settings_before_touching_the_model(call, match, error, tiny_classifier, tiny_batch):
     before = {k: v.clone() for k, v in tiny_classifier.state_dict().items()}
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(error, match=match):
         call(tiny_classifier, tiny_batch)
     after = tiny_classifier.state_dict()
     assert set(after) == set(before) and all(torch.equal(before[k], after[k]) for k in before)

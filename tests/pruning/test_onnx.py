@@ -81,3 +81,19 @@ def test_int8_graph_runs_and_stays_close(compressed, tmp_path):
     assert float((got - want).abs().max()) < 0.2 * float(want.abs().max()) + 1e-3
     ops = {node.op_type for node in __import__("onnx").load(str(path)).graph.node}
     assert "DynamicQuantizeLinear" in ops or "MatMulInteger" in ops
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"example_length": 1}, ValueError, "example_length must be an int >= 2"),
+        ({"example_length": 16.0}, TypeError, "example_length must be an int >= 2"),
+        ({"atol": 0.0}, ValueError, "atol must be a finite number > 0.0"),
+        ({"atol": "1e-4"}, TypeError, "atol must be a finite number > 0.0"),
+        ({"quantize": "int4"}, ValueError, "quantize must be None or 'int8'"),
+    ],
+)
+def test_export_settings_refused_before_anything_is_read_or_written(tmp_path, kwargs, error, match):
+    with pytest.raises(error, match=match) as info:
+        export_onnx(tmp_path / "no_such_folder", tmp_path / "model.onnx", **kwargs)
+    assert type(info.value) is error and not (tmp_path / "model.onnx").exists()
