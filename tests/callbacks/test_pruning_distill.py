@@ -259,7 +259,9 @@ def test_module_without_set_training_loss_refused_at_setup(tiny_classifier, tmp_
     ],
 )
 def test_bad_distill_arguments_refused_at_construction(kwargs, match):
-    with pytest.raises(ValueError, match=match):
+    """TypeError for a wrong type (a str or int where a bool or number is needed), else ValueError."""
+    wrong_type = not isinstance(kwargs.get("distill", False), bool) or isinstance(kwargs.get("temperature"), str)
+    with pytest.raises(TypeError if wrong_type else ValueError, match=match):
         TopologicalPruning(**kwargs)
 
 

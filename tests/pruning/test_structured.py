@@ -142,8 +142,8 @@ def test_ffn_multiple_leaves_unpruned_and_narrow_layers(tiny_classifier, tiny_ba
     assert [int(m.sum()) for m in full.ffn] == [64, 64]  # not pruned: width kept as is
     narrow = plan_keep_masks(tiny_classifier, table, ratio=0.2, units=("ffn", "heads"), ffn_multiple=48)
     assert all(0 < int(m.sum()) < 48 for m in narrow.ffn)  # below the multiple: not rounded to 0
-    for bad in (0, -8, 2.5, True):
-        with pytest.raises(ValueError, match="ffn_multiple"):
+    for bad, error in ((0, ValueError), (-8, ValueError), (2.5, TypeError), (True, TypeError)):
+        with pytest.raises(error, match="ffn_multiple"):
             plan_keep_masks(tiny_classifier, table, ratio=0.6, ffn_multiple=bad)
 
 
@@ -164,8 +164,8 @@ def test_keeps_the_highest_scores(tiny_classifier, tiny_batch):
 
 def test_bad_input(tiny_classifier, tiny_batch):
     original = {k: v.clone() for k, v in tiny_classifier.state_dict().items()}
-    for bad in (0.0, -0.1, 1.5, None):
-        with pytest.raises(ValueError, match="ratio"):
+    for bad, error in ((0.0, ValueError), (-0.1, ValueError), (1.5, ValueError), (None, TypeError)):
+        with pytest.raises(error, match="ratio"):
             prune_model(tiny_classifier, [tiny_batch], ratio=bad)
     with pytest.raises(ValueError, match="floors"):
         prune_model(tiny_classifier, [tiny_batch], ratio=0.01)
