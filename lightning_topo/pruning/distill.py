@@ -10,11 +10,10 @@ The ``T^2`` factor keeps the soft term's gradient on the scale of the hard term'
 
 from __future__ import annotations
 
-import math
-import numbers
-
 import torch.nn.functional as F
 from torch import Tensor
+
+from lightning_topo.scores.checks import check_real
 
 __all__ = ["DISTILL_DEFAULTS", "check_distill_settings", "distillation_loss"]
 
@@ -26,10 +25,7 @@ def check_distill_settings(temperature: object, alpha: object) -> None:
     """``TypeError`` unless ``temperature`` and ``alpha`` are real numbers; ``ValueError`` unless
     ``temperature`` is finite and > 0 and ``alpha`` in ``[0, 1]``."""
     for name, value in (("temperature", temperature), ("alpha", alpha)):
-        if not isinstance(value, numbers.Real) or isinstance(value, bool):
-            raise TypeError(f"{name} must be a finite number; got {value!r} ({type(value).__name__})")
-        if not math.isfinite(value):
-            raise ValueError(f"{name} must be a finite number; got {value!r}")
+        check_real(value, name)
     if temperature <= 0:
         raise ValueError(
             f"temperature must be > 0 (soft targets need T > 0; 1 = plain softmax); got {temperature}"
