@@ -183,10 +183,10 @@ def train_model(spec: ModelSpec, folder: Path) -> dict[str, Any]:
 
 
 def load_model(folder: Path) -> Any:
-    """The saved Hugging Face classifier, in eval mode."""
+    """The saved Hugging Face classifier, in eval mode (never running code from the folder)."""
     from transformers import AutoModelForSequenceClassification
 
-    return AutoModelForSequenceClassification.from_pretrained(folder).eval()
+    return AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=False).eval()
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -359,7 +359,6 @@ STUDY_SCORES: dict[str, str] = {
 
 def study_row(seed_dir: Path, epoch: int, row: dict[str, float], with_ww: bool = True) -> dict[str, Any]:
     """Every score of one saved study model (cached in ``outputs/psf_across_models_study``)."""
-    from transformers import AutoModelForSequenceClassification
 
     from lightning_topo.scores import persistence_metrics
     from lightning_topo.scores.rankme import rankme
@@ -371,12 +370,8 @@ def study_row(seed_dir: Path, epoch: int, row: dict[str, float], with_ww: bool =
         if not with_ww or "ww/alpha" in cached["scores"]:
             return cached
         # scored earlier without WeightWatcher: add its scores to the cached row
-        start = time.perf_counter()
-        model = AutoModelForSequenceClassification.from_pretrained(
-            seed_dir / f"epoch{epoch}_model", trust_remote_code=False
-        ).eval()
-        cached["scores"].update(weight_scores(model))
-        cached["timings"]["weightwatcher_s"] = time.perf_counter() - start
+        ww, cached["timings"]["weightwatcher_s"] = _study_weight_scores(seed_dir, epoch)
+        cached["scores"].update(ww)
         _write_study_cache(cache, cached)
         print(f"{name}: + WeightWatcher alpha {cached['scores']['ww/alpha']:.2f} "
               f"({cached['timings']['weightwatcher_s']:.1f} s)", flush=True)  # fmt: skip
@@ -392,12 +387,8 @@ def study_row(seed_dir: Path, epoch: int, row: dict[str, float], with_ww: bool =
                    "geometry/cone": row["cone"], "rankme": float(rankme(x))})  # fmt: skip
     timings = {"persistence_rankme_s": time.perf_counter() - start}
     if with_ww:
-        start = time.perf_counter()
-        model = AutoModelForSequenceClassification.from_pretrained(
-            seed_dir / f"epoch{epoch}_model", trust_remote_code=False
-        ).eval()
-        scores.update(weight_scores(model))
-        timings["weightwatcher_s"] = time.perf_counter() - start
+        ww, timings["weightwatcher_s"] = _study_weight_scores(seed_dir, epoch)
+        scores.update(ww)
     seed = int(seed_dir.name[len("seed") :])
     out = {
         "name": name,
@@ -409,6 +400,12 @@ def study_row(seed_dir: Path, epoch: int, row: dict[str, float], with_ww: bool =
     print(f"{name}: val acc {scores['val_acc']:.3f}, alpha {scores.get('ww/alpha', math.nan):.2f}, RankMe {scores['rankme']:.1f} "
           f"({sum(timings.values()):.0f} s)", flush=True)  # fmt: skip
     return out
+
+
+def _study_weight_scores(seed_dir: Path, epoch: int) -> tuple[dict[str, float], float]:
+    """WeightWatcher's scores of one saved study model and the seconds they took (load included)."""
+    start = time.perf_counter()
+    return weight_scores(load_model(seed_dir / f"epoch{epoch}_model")), time.perf_counter() - start
 
 
 def _study_protocol() -> dict[str, Any]:
