@@ -430,3 +430,28 @@ def test_report_is_a_listed_subcommand(capsys):
         main(["report", "--help"])
     assert exit_info.value.code == 0
     assert "--overwrite" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("width", [3.4, 13.6])
+def test_figure_legend_wraps_to_the_figure_width(width):
+    """A one-panel headline figure once cut its legend off at both sides: the legend must fit."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from lightning_topo.plots.report import _figure_legend
+
+    fig = plt.figure(figsize=(width, 2.65))
+    handles = [("tab:blue", "o", "-", "headline score (bars: ± standard error)"), ("grey", "s", "--", "val/acc (right axis)")]
+    added = _figure_legend(fig, handles, pruning=True)
+    fig.canvas.draw()
+    box = fig.legends[0].get_window_extent()
+    fig_box = fig.bbox
+    assert box.x0 >= fig_box.x0 and box.x1 <= fig_box.x1  # nothing cut off left or right
+    assert box.y1 <= fig_box.y1
+    if width < 5:
+        assert added > 0 and fig.get_size_inches()[1] == pytest.approx(2.65 + added)  # grew for the extra rows
+    else:
+        assert added == 0.0 and fig.get_size_inches()[1] == pytest.approx(2.65)  # one row fits
+    plt.close(fig)
