@@ -40,7 +40,8 @@ from lightning_topo.scores.tree_probe import (
     TreeProbeLoss,
     check_class_ids,
     contributing_rows,
-    fit_probe,
+    fit_probes,
+    pack_words,
     pool_wordpieces,
     token_word_ids,
     vocab_tables,
@@ -171,13 +172,18 @@ def layer_probe_metrics(
     seed: int = 0,
     progress: Any = None,
 ) -> dict[int, Any]:
-    """Fit one probe per layer of ``vectors``; ``{layer: ProbeResult}`` (``val_loss`` = the metric)."""
-    results = {}
-    for layer, (words, mask) in vectors.items():
-        results[layer] = fit_probe(words, mask, targets, budget=budget or ProbeBudget(), rank=rank, seed=seed)
-        if progress is not None:
-            progress.update(1)
-    return results
+    """Fit one probe per layer of ``vectors`` (all layers in one batched problem,
+    :func:`~lightning_topo.scores.tree_probe.fit_probes`); ``{layer: ProbeResult}`` (``val_loss`` =
+    the metric). ``progress`` (``tqdm``-like) advances by one per probe epoch."""
+    if not vectors:
+        return {}
+    layers = list(vectors)
+    mask = vectors[layers[0]][1]
+    words = torch.stack([pack_words(vectors[layer][0], mask)[0] for layer in layers], dim=1)
+    fitted = fit_probes(
+        words, mask.sum(1), [targets], budget=budget or ProbeBudget(), rank=rank, seed=seed, progress=progress
+    )
+    return {layer: fitted[i][0] for i, layer in enumerate(layers)}
 
 
 def pick_layer(metrics: Mapping[int, float], pick: str = "weakest") -> int:
@@ -530,7 +536,7 @@ class TreeProbeRegularization(Callback):
                     f"TreeProbeRegularization: only {n} training sentences{which} of at least 2 words were found; "
                     "the probe's pre-training and layer='auto' need at least 8 (use init='random' and an int layer)"
                 )
-            bar = _Progress(show, len(candidates), "tree probe: fitting probes")
+            bar = _Progress(show, self.budget.epochs, "tree probe: fitting probes (epochs)")
             try:
                 results = layer_probe_metrics(
                     vectors, self.targets, self.budget, self.rank, self.seed, progress=bar

@@ -34,7 +34,8 @@ from lightning_topo.scores.tree_probe import (
     TARGET_KINDS,
     ProbeBudget,
     depths_from_conllu,
-    fit_probe,
+    fit_probes,
+    pack_words,
     pool_wordpieces,
     probe_metric_names,
 )
@@ -216,16 +217,16 @@ class TreeProbeMonitor(MetricMonitor):
         with capture, torch.no_grad():
             self._hf_model(**{k: v.to(device) for k, v in model_inputs(enc).items()})
         hidden = capture.pop()[-1].hidden_states
-        values = {}
-        for layer in self._template.selected_layers:
-            words, mask = pool_wordpieces(hidden[layer].detach().float().cpu(), word_ids)
-            keep = mask.sum(1) >= 2
-            target = depths[:, : words.shape[1]] * mask
-            result = fit_probe(
-                words[keep], mask[keep], target[keep], budget=self.budget, rank=self.rank, seed=self.seed
-            )
-            values[self._name("sp", f"layer_{layer}")] = result.val_loss
-        return values
+        layers = self._template.selected_layers
+        pooled = [pool_wordpieces(hidden[layer].detach().float().cpu(), word_ids) for layer in layers]
+        mask = pooled[0][1]
+        keep = mask.sum(1) >= 2
+        words = torch.stack([pack_words(w[keep], mask[keep])[0] for w, _ in pooled], dim=1)
+        target = (depths[:, : mask.shape[1]] * mask)[keep][mask[keep]]
+        fitted = fit_probes(
+            words, mask[keep].sum(1), [target], budget=self.budget, rank=self.rank, seed=self.seed
+        )  # every layer in one batched problem
+        return {self._name("sp", f"layer_{layer}"): fitted[i][0].val_loss for i, layer in enumerate(layers)}
 
     @override
     def _write_figures(self, trainer: pl.Trainer, out: Path) -> dict[str, Path]:

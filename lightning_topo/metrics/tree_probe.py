@@ -7,9 +7,9 @@ seeded key that depends only on its tokens (:func:`~lightning_topo.scores.tree_p
 :meth:`TreeProbeScore.compute` gathers every process's sentences, keeps the ``max_samples``
 smallest keys (a uniform sample of the split, the same whatever the batching or sharding; a
 sentence repeated by a ``DistributedSampler`` counts once) and fits one probe per layer and
-target rule (:func:`~lightning_topo.scores.tree_probe.fit_probe`); the metric of a layer is the
-probe's held-out loss. Fitting probes is costly, so the monitor computes on global rank 0 and
-broadcasts (``compute_on_rank_zero``).
+target rule, all in one batched problem (:func:`~lightning_topo.scores.tree_probe.fit_probes`);
+the metric of a layer is the probe's held-out loss. Fitting probes is costly, so the monitor
+computes on global rank 0 and broadcasts (``compute_on_rank_zero``).
 
 Sentence pairs (``token_type_ids`` with a second segment): each segment is its own sentence.
 """
@@ -33,7 +33,8 @@ from lightning_topo.scores.tree_probe import (
     MONITOR_BUDGET,
     TARGET_KINDS,
     ProbeBudget,
-    fit_probe,
+    fit_probes,
+    packed_rows,
     pool_wordpieces,
     probe_metric_names,
     sentence_keys,
@@ -206,51 +207,61 @@ class TreeProbeScore(LensMetric):
         self.keys, self.lengths = [keys[keep]], [lengths[keep]]
         self.words = [torch.cat([flat[offsets[s] : offsets[s + 1]] for s in keep.tolist()])]
 
-    def word_sample(self) -> dict[int, tuple[Tensor, Tensor]]:
-        """The sentences the probes are fitted on: the ``max_samples`` smallest keys (a sentence
-        seen twice counts once), ``{layer: (words (sentences, max_words, hidden), mask
-        (sentences, max_words))}`` for every selected layer; ``{}`` before any sentence."""
+    def _packed_sample(self) -> tuple[Tensor, Tensor] | None:
+        """The sample in the packed layout of :func:`~lightning_topo.scores.tree_probe.fit_probes`:
+        ``(words (total_words, layers, hidden), lengths (sentences,))``; ``None`` before any sentence."""
         keys = dim_zero_cat(self.keys).cpu() if len(self.keys) else torch.empty(0, dtype=torch.float64)
         if keys.numel() == 0:
-            return {}
+            return None
         lengths = dim_zero_cat(self.lengths).long().cpu()
-        offsets = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
         order = torch.sort(keys, stable=True).indices
         first = torch.ones(len(order), dtype=torch.bool)
         first[1:] = keys[order][1:] != keys[order][:-1]  # a sentence seen twice counts once
         order = order[first][: self.max_samples]
-        width = int(lengths[order].max())
-        mask = torch.arange(width)[None, :] < lengths[order][:, None]
-        flat = dim_zero_cat(self.words).cpu()
+        lens = lengths[order]
+        rows = packed_rows(lengths, order)
+        return dim_zero_cat(self.words).cpu()[rows], lens
+
+    def word_sample(self) -> dict[int, tuple[Tensor, Tensor]]:
+        """The sentences the probes are fitted on: the ``max_samples`` smallest keys (a sentence
+        seen twice counts once), ``{layer: (words (sentences, max_words, hidden), mask
+        (sentences, max_words))}`` for every selected layer; ``{}`` before any sentence."""
+        packed = self._packed_sample()
+        if packed is None:
+            return {}
+        flat, lengths = packed
+        mask = torch.arange(int(lengths.max()))[None, :] < lengths[:, None]
         sample = {}
         for j, layer in enumerate(self.selected_layers):
-            words = torch.zeros(len(order), width, flat.shape[-1])
-            for i, s in enumerate(order.tolist()):
-                words[i, : int(lengths[s])] = flat[offsets[s] : offsets[s + 1], j]
+            words = flat.new_zeros(*mask.shape, flat.shape[-1])
+            words[mask] = flat[:, j]
             sample[layer] = (words, mask)
         return sample
 
     def compute(self) -> LensResult:
-        """Fit the probes on :meth:`word_sample`.
+        """Fit the probes on :meth:`word_sample`: every layer and rule in one batched problem
+        (:func:`~lightning_topo.scores.tree_probe.fit_probes`).
 
         NaN under every name with NaN/inf hidden states or fewer than 4 sentences (with a warning).
         """
         layers = self.selected_layers
         names = probe_metric_names(layers, self.targets)
         headline = self.headline_score
-        sample = self.word_sample()
-        sentences = next(iter(sample.values()))[0].shape[0] if sample else 0
+        packed = self._packed_sample()
+        sentences = 0 if packed is None else len(packed[1])
         if sentences < 4:
             warnings.warn(f"TreeProbeScore logs NaN: only {sentences} sentences of >= 2 words (need 4)", stacklevel=2)
             return self._with_headline(LensResult.nan(names, headline, layers, self.prefix))
-        values: dict[str, Tensor] = {}
-        for layer, (words, mask) in sample.items():
-            if not bool(torch.isfinite(words).all()):
-                warnings.warn("TreeProbeScore logs NaN: the hidden states have NaN/inf entries", stacklevel=2)
-                return self._with_headline(LensResult.nan(names, headline, layers, self.prefix))
-            for kind in self.targets:
-                result = fit_probe(words, mask, kind, budget=self.budget, rank=self.rank, seed=self.seed)
-                values[f"{kind}/layer_{layer}"] = torch.tensor(result.val_loss)
+        words, lengths = packed
+        if not bool(torch.isfinite(words).all()):
+            warnings.warn("TreeProbeScore logs NaN: the hidden states have NaN/inf entries", stacklevel=2)
+            return self._with_headline(LensResult.nan(names, headline, layers, self.prefix))
+        fitted = fit_probes(words, lengths, self.targets, budget=self.budget, rank=self.rank, seed=self.seed)
+        values: dict[str, Tensor] = {
+            f"{kind}/layer_{layer}": torch.tensor(fitted[i][j].val_loss)
+            for i, layer in enumerate(layers)
+            for j, kind in enumerate(self.targets)
+        }
         return self._with_headline(LensResult(values, headline, layers, self.prefix, {"sentences": sentences}))
 
     def _with_headline(self, result: LensResult) -> LensResult:

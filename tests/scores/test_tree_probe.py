@@ -14,6 +14,9 @@ from lightning_topo.scores.tree_probe import (
     TreeProbeLoss,
     depths_from_conllu,
     fit_probe,
+    fit_probes,
+    pack_words,
+    packed_rows,
     pool_wordpieces,
     probe_loss,
     staircase_targets,
@@ -178,6 +181,70 @@ def test_ssp_probe_trains_and_is_seeded():
     assert a.probe.proj.shape == (16, 8)
     untrained = fit_probe(hidden, mask, "ssp", budget=ProbeBudget(epochs=1, lr=1e-12), seed=3)
     assert a.val_loss < untrained.val_loss
+
+
+def slow_fit(hidden, mask, rule, budget, seed):
+    """One probe trained alone with torch's own clip_grad_norm_, written from the authors' recipe."""
+    gen = torch.Generator().manual_seed(seed)
+    probe = DepthProbe(hidden.shape[-1], generator=gen).to(hidden.dtype)
+    perm = torch.randperm(hidden.shape[0], generator=gen)
+    n_train = min(len(perm) - 1, max(1, int((1 - budget.val_fraction) * len(perm))))
+    train, val = perm[:n_train], perm[n_train:]
+
+    def loss_of(idx):
+        pred = probe(hidden[idx], mask[idx])
+        target = rule[idx] if isinstance(rule, torch.Tensor) else staircase_targets(pred, mask[idx], rule == "essp")
+        return probe_loss(pred, target, mask[idx])
+
+    steps = -(-n_train // budget.batch_size)
+    opt = torch.optim.AdamW(probe.parameters(), lr=budget.lr, eps=1e-8, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: max(0.0, (budget.epochs * steps - k) / (budget.epochs * steps)))
+    for _ in range(budget.epochs):
+        order = train[torch.randperm(n_train, generator=gen)]
+        for start in range(0, n_train, budget.batch_size):
+            opt.zero_grad()
+            loss_of(order[start : start + budget.batch_size]).backward()
+            torch.nn.utils.clip_grad_norm_(probe.parameters(), budget.clip_norm)
+            opt.step()
+            sched.step()
+    with torch.no_grad():
+        return float(loss_of(val)), probe.proj.detach()
+
+
+def test_batched_probes_equal_probes_trained_alone():
+    """fit_probes trains every (layer, rule) probe as if alone: its own loss, clipping and AdamW
+    state. One layer is scaled up so its gradients are clipped while the others' are not."""
+    hidden, mask, depths = _synthetic_depth_data(n=30)
+    layers = [hidden, 10.0 * hidden.flip(-1), 0.1 * hidden]
+    budget = ProbeBudget(epochs=3, lr=1e-2, batch_size=8)
+    packed = torch.stack([pack_words(h, mask)[0] for h in layers], dim=1)
+    rules = ["ssp", "essp", depths]
+    fitted = fit_probes(packed, mask.sum(1), [r if isinstance(r, str) else r[mask] for r in rules], budget, seed=4)
+    assert [len(row) for row in fitted] == [3, 3, 3]
+    for i, h in enumerate(layers):
+        for j, rule in enumerate(rules):
+            val, proj = slow_fit(h, mask, rule, budget, seed=4)
+            assert fitted[i][j].val_loss == pytest.approx(val, rel=1e-9)
+            torch.testing.assert_close(fitted[i][j].probe.proj, proj, rtol=1e-9, atol=1e-12)
+            assert fit_probe(h, mask, rule, budget=budget, seed=4).val_loss == pytest.approx(val, rel=1e-9)
+    assert len({round(fitted[i][0].val_loss, 6) for i in range(3)}) == 3  # the layers differ
+
+
+def test_packed_rows_and_fit_probes_bad_inputs():
+    lengths = torch.tensor([2, 3, 4])
+    assert packed_rows(lengths, torch.tensor([2, 0])).tolist() == [5, 6, 7, 8, 0, 1]
+    hidden, mask, _ = _synthetic_depth_data(n=6)
+    words, lens = pack_words(hidden, mask)
+    with pytest.raises(ValueError, match="total_words, n_layers, d"):
+        fit_probes(words, lens)
+    with pytest.raises(ValueError, match="lengths sum to"):
+        fit_probes(words[:, None], lens + 1)
+    with pytest.raises(ValueError, match="at least one rule"):
+        fit_probes(words[:, None], lens, [])
+    with pytest.raises(TypeError, match="list of rules"):
+        fit_probes(words[:, None], lens, "ssp")
+    with pytest.raises(ValueError, match=r"depths of shape \(%d,\)" % words.shape[0]):
+        fit_probes(words[:, None], lens, [torch.ones(3)])
 
 
 def test_fit_probe_works_under_inference_mode():
