@@ -114,7 +114,7 @@ def test_none_found_names_what_was_looked_for_and_suggests_model_attr():
         ("missing", ValueError, "no submodule at that path"),
         ("dropout", TypeError, "is a Dropout, not a Hugging Face model"),
         ("", ValueError, "model_attr must be the dotted path"),
-        (3, ValueError, "model_attr must be the dotted path"),
+        (3, TypeError, "model_attr must be the dotted path"),
     ],
 )
 def test_bad_model_attr(attr, error, needle):

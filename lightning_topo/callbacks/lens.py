@@ -37,7 +37,7 @@ from lightning_topo.plots.wandb import define_lens_metrics, log_score_vs_monitor
 from lightning_topo.representations import run_on_rank_zero_and_broadcast
 from lightning_topo.representations.capture import CapturedBatch, HiddenStateCapture, batch_labels
 from lightning_topo.representations.modules import find_hf_model
-from lightning_topo.scores.checks import check_bool, check_choice, check_int, check_layers
+from lightning_topo.scores.checks import check_bool, check_choice, check_int, check_layers, check_text
 from lightning_topo.scores.correlation import correlation_metrics
 from lightning_topo.scores.presets import SPLITS
 
@@ -143,11 +143,9 @@ class LensMonitor(Callback):
             raise ValueError("monitor_against must be a metric name such as 'val/acc', or None; got ''")
         self.monitor_against = monitor_against
         self.plots = check_bool(plots, "plots")
-        if not isinstance(log_prefix, str) or not log_prefix.strip("/"):
-            raise ValueError(
-                f"log_prefix must be a non-empty string such as {type(self)._default_prefix()!r}; "
-                f"got {log_prefix!r}"
-            )
+        what = f"a non-empty string such as {type(self)._default_prefix()!r}"
+        if not check_text(log_prefix, "log_prefix", what).strip("/"):
+            raise ValueError(f"log_prefix must be {what}; got {log_prefix!r}")
         self.log_prefix = log_prefix.strip("/")
         #: One record per measurement: ``{"epoch", "step", "scores": {name: float}, "monitor": float | None, ...}``.
         self.history: list[dict[str, Any]] = []

@@ -44,7 +44,7 @@ from lightning_topo.pruning.config import DEFAULTS, PruningConfig, resolve_stat
 from lightning_topo.pruning.distill import DISTILL_DEFAULTS, check_distill_settings, distillation_loss
 from lightning_topo.pruning.importance import resolve_method
 from lightning_topo.pruning.structured import count_encoder_parameters, layer_widths
-from lightning_topo.scores.checks import check_bool, check_int
+from lightning_topo.scores.checks import check_bool, check_int, check_text
 
 __all__ = [
     "TopologicalPruning",
@@ -284,12 +284,11 @@ class TopologicalPruning(Callback):
         self.saved_path: Path | None = None
         self._target: Path | None = None
         self._tables: list[Any] = []
-        if model_attr is not None and (not isinstance(model_attr, str) or not model_attr.strip()):
-            raise (ValueError if isinstance(model_attr, str) else TypeError)(
-                f"model_attr must be the dotted path of the Hugging Face model inside the LightningModule (e.g. "
-                f"'net') or None (find it); got {model_attr!r}"
-            )
-        self.model_attr = model_attr
+        self.model_attr = check_text(
+            model_attr, "model_attr",
+            "the dotted path of the Hugging Face model inside the LightningModule (e.g. 'net') or None (find it)",
+            allow_none=True,
+        )  # fmt: skip
         self.tokenizer = _check_tokenizer(tokenizer)
         self.evaluate = evaluate
         self._model_path: str | None = None
@@ -814,11 +813,8 @@ def _check_output_dir(output_dir: object, save: bool) -> Path | None:
         raise ValueError(
             f"output_dir={str(output_dir)!r} is given but save=False writes nothing; drop one of the two"
         )
-    if not isinstance(output_dir, (str, os.PathLike)) or not str(output_dir).strip():
-        raise (ValueError if isinstance(output_dir, (str, os.PathLike)) else TypeError)(
-            f"output_dir must be a folder path (str or Path) or None (the run's versioned folder); got {output_dir!r}"
-        )
-    return Path(output_dir)
+    what = "a folder path (str or Path) or None (the run's versioned folder)"
+    return Path(check_text(output_dir, "output_dir", what, path=True))
 
 
 def _check_dataloader(dataloader: object) -> Iterable[Mapping[str, Any]] | None:
@@ -1044,14 +1040,11 @@ def model_sizes(model: nn.Module) -> dict[str, int]:
 
 
 def _check_tokenizer(tokenizer: object) -> Any:
-    if tokenizer is None or isinstance(tokenizer, (str, os.PathLike)) and str(tokenizer).strip():
-        return tokenizer
     if callable(getattr(tokenizer, "save_pretrained", None)):
         return tokenizer
-    raise (ValueError if isinstance(tokenizer, (str, os.PathLike)) else TypeError)(
-        "tokenizer must be a tokenizer (with save_pretrained), the path of a folder holding one, or None (found "
-        f"at setup); got {type(tokenizer).__name__}"
-    )
+    what = "a tokenizer (with save_pretrained), the path of a folder holding one, or None (found at setup)"
+    check_text(tokenizer, "tokenizer", what, allow_none=True, path=True)
+    return tokenizer
 
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "spiece.model")

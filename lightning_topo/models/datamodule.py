@@ -32,6 +32,7 @@ from lightning_topo.data.files import (
 from lightning_topo.data.sampling import LengthGroupedSampler
 from lightning_topo.loading import check_model_folder, load_tokenizer
 from lightning_topo.models.embedded import resolve_model_path
+from lightning_topo.scores.checks import check_text
 
 __all__ = ["TextClassificationDataModule"]
 
@@ -85,14 +86,6 @@ def _float_arg(name: str, value: Any) -> float:
     return float(value)
 
 
-def _str_arg(name: str, value: Any, allow_none: bool = False) -> str | None:
-    if value is None and allow_none:
-        return None
-    if isinstance(value, os.PathLike):
-        value = os.fspath(value)
-    if not isinstance(value, str) or not value:
-        raise TypeError(f"{name} must be a non-empty string; got {type(value).__name__} {value!r}")
-    return value
 
 
 def _tokenizer_arg(value: Any) -> str | None:
@@ -258,10 +251,10 @@ class TextClassificationDataModule(pl.LightningDataModule):
                 f"got val_fraction={val_fraction}, test_fraction={test_fraction}"
             )
         self.limits = _parse_limit(limit)
-        self.text_column = _str_arg("text_column", text_column)
-        self.label_column = _str_arg("label_column", label_column)
-        self.text_pair_column = _str_arg("text_pair_column", text_pair_column, allow_none=True)
-        self.split_column = _str_arg("split_column", split_column, allow_none=True)
+        self.text_column = check_text(text_column, "text_column")
+        self.label_column = check_text(label_column, "label_column")
+        self.text_pair_column = check_text(text_pair_column, "text_pair_column", allow_none=True)
+        self.split_column = check_text(split_column, "split_column", allow_none=True)
         if label_names is not None and (
             isinstance(label_names, str) or not isinstance(label_names, Sequence)
         ):
@@ -288,7 +281,7 @@ class TextClassificationDataModule(pl.LightningDataModule):
             "test_file": test_file,
             "predict_file": predict_file,
         }
-        files = {name: _str_arg(name, f, allow_none=True) for name, f in files.items()}
+        files = {name: check_text(f, name, allow_none=True, path=True) for name, f in files.items()}
         if files["train_file"] is not None and files["val_file"] is None:
             raise ValueError(
                 "train_file needs val_file as well; or pass data_file=... to split one file by rule"

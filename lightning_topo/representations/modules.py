@@ -24,6 +24,8 @@ from typing import Any
 
 from torch import nn
 
+from lightning_topo.scores.checks import check_text
+
 __all__ = ["find_hf_model", "hf_model_paths", "replace_submodule"]
 
 
@@ -84,15 +86,12 @@ def find_hf_model(module: nn.Module, model_attr: str | None = None) -> tuple[str
         TypeError: no Hugging Face model is registered under ``module`` (the message says what was
             looked for and suggests ``model_attr``), or ``model_attr`` names something that is not one.
         ValueError: several are found (the message lists their paths and asks for ``model_attr``),
-            or ``model_attr`` is not a non-empty string or names no submodule.
+            or ``model_attr`` is blank or names no submodule.
     """
     owner = type(module).__name__
     if model_attr is not None:
-        if not isinstance(model_attr, str) or not model_attr.strip():
-            raise ValueError(
-                f"model_attr must be the dotted path of the Hugging Face model inside {owner} (e.g. 'net' or "
-                f"'towers.text') or None (search); got {model_attr!r}"
-            )
+        what = f"the dotted path of the Hugging Face model inside {owner} (e.g. 'net' or 'towers.text') or None (search)"
+        check_text(model_attr, "model_attr", what)
         try:
             target = module.get_submodule(model_attr)
         except AttributeError:

@@ -11,6 +11,7 @@ Only ``torch`` and ``numpy`` are imported here, so every package may import this
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from numbers import Integral, Real
 from typing import Any
@@ -27,6 +28,7 @@ __all__ = [
     "check_layers",
     "check_real",
     "check_seed",
+    "check_text",
     "resolve_layers",
 ]
 
@@ -97,6 +99,29 @@ def check_seed(seed: object, name: str = "seed") -> int:
     if value >= 2**63:  # type: ignore[operator]
         raise ValueError(f"{name} must be below 2**63; got {seed!r}")
     return value  # type: ignore[return-value]
+
+
+def check_text(
+    value: object, name: str, what: str = "a non-empty string", *, allow_none: bool = False, path: bool = False
+) -> str | None:
+    """``value`` if it is a string that is not blank (``None`` passes when ``allow_none``).
+
+    With ``path=True`` an ``os.PathLike`` (e.g. a ``pathlib.Path``) is accepted and returned as
+    its string. ``what`` is what the message says is accepted, e.g. ``"a folder path or None"``.
+
+    Raises:
+        TypeError: not a string (nor a path with ``path=True``).
+        ValueError: an empty or all-whitespace string.
+    """
+    if value is None and allow_none:
+        return None
+    if path and isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be {what}; got {value!r} ({type(value).__name__})")
+    if not value.strip():
+        raise ValueError(f"{name} must be {what}; got {value!r}")
+    return value
 
 
 def check_bool(value: object, name: str) -> bool:

@@ -68,6 +68,7 @@ def test_shared_hooks_are_inherited_and_marked_override():
         ({"monitor_against": ""}, ValueError, "monitor_against must be a metric name"),
         ({"monitor_against": 3}, TypeError, "monitor_against must be a metric name"),
         ({"log_prefix": "/"}, ValueError, "log_prefix must be a non-empty string such as 'norm'"),
+        ({"log_prefix": 3}, TypeError, "log_prefix must be a non-empty string such as 'norm'"),
     ],
 )
 def test_base_arguments_are_validated(kwargs, error, match):

@@ -321,6 +321,7 @@ def test_missing_text_column_names_the_argument(tiny_model_dir, toy_csv):
         ({"val_fraction": "0.1"}, TypeError, "val_fraction must be a number"),
         ({"val_fraction": float("nan")}, ValueError, "0 < val_fraction"),
         ({"text_column": 3}, TypeError, "text_column must be a non-empty string"),
+        ({"text_column": " "}, ValueError, "text_column must be a non-empty string"),
         ({"label_names": "neg,pos"}, TypeError, "label_names must be a list of class names"),
         ({"data_file": 5}, TypeError, "data_file must be a non-empty string"),
     ],
