@@ -510,7 +510,7 @@ def fit_probes(
     rank = max(1, dim // 2) if rank is None else check_int(rank, "rank", minimum=1)
     gen = torch.Generator().manual_seed(int(seed))
     with torch.inference_mode(False), torch.enable_grad():
-        x = words.detach().clone()
+        x = words.detach()  # rows are gathered per step: no copy of all words (works on inference tensors)
         ys = [t if isinstance(t, str) else t.detach().clone().to(x.dtype) for t in targets]
         init = DepthProbe(dim, rank, generator=gen).proj.detach().to(device=x.device, dtype=x.dtype)
         proj = torch.nn.Parameter(init.repeat(n_layers, 1, len(ys)))  # (layers, d, rules * rank)

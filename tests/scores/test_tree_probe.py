@@ -243,7 +243,7 @@ def test_packed_rows_and_fit_probes_bad_inputs():
         fit_probes(words[:, None], lens, [])
     with pytest.raises(TypeError, match="list of rules"):
         fit_probes(words[:, None], lens, "ssp")
-    with pytest.raises(ValueError, match=r"depths of shape \(%d,\)" % words.shape[0]):
+    with pytest.raises(ValueError, match=rf"depths of shape \({words.shape[0]},\)"):
         fit_probes(words[:, None], lens, [torch.ones(3)])
 
 
