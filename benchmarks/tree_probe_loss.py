@@ -306,7 +306,8 @@ def summarize(args: argparse.Namespace) -> dict[str, Any]:
             "probe_metric": f"held-out ssp probe loss on the first {METRIC_SENTENCES} validation sentences "
             "(acceptability: label 1 only), 10 epochs lr 1e-2, 20% held out",
         },  # fmt: skip
-        "machine": f"{platform.platform()}; 2 CPU cores shared with other engineers' jobs (load in each cell)",
+        "machine": f"{platform.platform()}, {os.cpu_count()} CPU cores; each cell records its threads and the "
+        "1-min load average at its end (load_avg_1min_at_end): ~2 = the machine to itself at 2 threads",
         "probe_metric_before": before,
         "configs": table,
         "cells": runs,
