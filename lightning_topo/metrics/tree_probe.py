@@ -202,10 +202,9 @@ class TreeProbeScore(LensMetric):
     def _keep_smallest(self) -> None:
         """Drop every sentence whose key is not among the ``max_samples`` smallest (bounded memory)."""
         keys, lengths, flat = torch.cat(self.keys), torch.cat(self.lengths), torch.cat(self.words)
-        offsets = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
         keep = torch.sort(keys, stable=True).indices[: self.max_samples].sort().values
         self.keys, self.lengths = [keys[keep]], [lengths[keep]]
-        self.words = [torch.cat([flat[offsets[s] : offsets[s + 1]] for s in keep.tolist()])]
+        self.words = [flat[packed_rows(lengths, keep)]]
 
     def _packed_sample(self) -> tuple[Tensor, Tensor] | None:
         """The sample in the packed layout of :func:`~lightning_topo.scores.tree_probe.fit_probes`:
