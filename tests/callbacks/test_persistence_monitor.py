@@ -489,11 +489,20 @@ def test_wandb_offline_run_holds_scalars_and_images(tmp_path, tiny_config, monke
     assert any(n.startswith("topo_psf_vs_epoch") for n in images)
     assert any(n.startswith("topo_psf_vs_val_acc") for n in images)
     assert any(n.startswith("diagrams") for n in images)
-    table = json.loads(next((run_dir / "files" / "media" / "table").rglob("*.table.json")).read_text())
-    col = table["columns"].index("topo/psf")
-    assert [row[col] for row in table["data"]] == pytest.approx(
-        [r["scores"]["topo/psf"] for r in monitor.history]
-    )
+    # each epoch logs the whole history table again (file name: <key>_<step>_<hash>); the one
+    # at the highest step holds every epoch, in order
+    def last_table(key):
+        files = list((run_dir / "files" / "media" / "table").glob(f"{key}_*.table.json"))
+        assert files, f"no {key} table in the offline run"
+        latest = max(files, key=lambda f: int(f.name[len(Path(key).name) + 1 :].split("_")[0]))
+        return json.loads(latest.read_text())
+
+    expected = [r["scores"]["topo/psf"] for r in monitor.history]
+    assert len(expected) == 3
+    for key in ("topo/history", "topo/charts/psf_vs_val_acc_table"):
+        table = last_table(key)
+        col = table["columns"].index("topo/psf")
+        assert [row[col] for row in table["data"]] == pytest.approx(expected), key
     assert (monitor.plot_dir(trainer) / "topo_psf_vs_epoch.png").exists()
 
 
