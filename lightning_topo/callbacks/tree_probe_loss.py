@@ -179,7 +179,7 @@ def layer_probe_metrics(
         return {}
     layers = list(vectors)
     mask = vectors[layers[0]][1]
-    words = torch.stack([pack_words(vectors[layer][0], mask)[0] for layer in layers], dim=1)
+    words = pack_words(torch.stack([vectors[layer][0] for layer in layers], dim=2), mask)[0]  # (words, layers, d)
     fitted = fit_probes(
         words, mask.sum(1), [targets], budget=budget or ProbeBudget(), rank=rank, seed=seed, progress=progress
     )

@@ -221,7 +221,7 @@ class TreeProbeMonitor(MetricMonitor):
         pooled = [pool_wordpieces(hidden[layer].detach().float().cpu(), word_ids) for layer in layers]
         mask = pooled[0][1]
         keep = mask.sum(1) >= 2
-        words = torch.stack([pack_words(w[keep], mask[keep])[0] for w, _ in pooled], dim=1)
+        words = pack_words(torch.stack([w[keep] for w, _ in pooled], dim=2), mask[keep])[0]  # (words, layers, d)
         target = (depths[:, : mask.shape[1]] * mask)[keep][mask[keep]]
         fitted = fit_probes(
             words, mask[keep].sum(1), [target], budget=self.budget, rank=self.rank, seed=self.seed
