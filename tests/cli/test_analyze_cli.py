@@ -107,6 +107,28 @@ def test_two_models_side_by_side_with_a_compressed_checkpoint(
     }
 
 
+def test_text_pair_column_scores_both_segments(tiny_hf_folder, tmp_path):
+    """With ``--text-pair-column`` each row is tokenised as a pair: the [CLS] vectors (and so PSF)
+    change; without it only the first column is read."""
+    rows = ["text\tsecond\tlabel"] + [
+        f"{['good', 'bad'][i % 2]} movie number {i}\t{['awful', 'great', 'dull'][i % 3]} plot twist {i}\t{i % 2}"
+        for i in range(80)
+    ]
+    data = tmp_path / "pairs.tsv"
+    data.write_text("\n".join(rows) + "\n")
+    psf = {}
+    for name, extra in (("single", []), ("pair", ["--text-pair-column", "second"])):
+        out = tmp_path / name
+        argv = ["analyze", "--model", str(tiny_hf_folder), "--data", str(data), "--scores", "psf"]
+        assert topo_main([*argv, "--output", str(out), *COMMON, *extra]) == 0
+        layers = _rows(out / "layers.csv")
+        assert [r["layer"] for r in layers] == ["0", "1", "2"]
+        # layer 0's [CLS] vectors are one point (same token, position and segment): no score
+        assert layers[0]["topo/psf"] == ""
+        psf[name] = [float(r["topo/psf"]) for r in layers[1:]]
+    assert psf["pair"] != pytest.approx(psf["single"], rel=1e-6)  # the second segment is read
+
+
 def _error(capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("lightning-topo analyze: error: ")
@@ -123,6 +145,7 @@ def _error(capsys):
         (["--max-points-per-class", "1"], "--max-points-per-class must be >= 2"),
         (["--data", "missing.tsv"], "accepted: 'embedded' or a CSV/TSV/JSONL file"),
         (["--text-column", "sentence"], "no column 'sentence'"),
+        (["--text-pair-column", "second"], "no column 'second'"),
         (["--diagram-layer", "7"], "--diagram-layer 7"),
     ],
 )

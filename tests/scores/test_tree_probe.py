@@ -193,12 +193,18 @@ def slow_fit(hidden, mask, rule, budget, seed):
 
     def loss_of(idx):
         pred = probe(hidden[idx], mask[idx])
-        target = rule[idx] if isinstance(rule, torch.Tensor) else staircase_targets(pred, mask[idx], rule == "essp")
+        target = (
+            rule[idx]
+            if isinstance(rule, torch.Tensor)
+            else staircase_targets(pred, mask[idx], rule == "essp")
+        )
         return probe_loss(pred, target, mask[idx])
 
     steps = -(-n_train // budget.batch_size)
     opt = torch.optim.AdamW(probe.parameters(), lr=budget.lr, eps=1e-8, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: max(0.0, (budget.epochs * steps - k) / (budget.epochs * steps)))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda k: max(0.0, (budget.epochs * steps - k) / (budget.epochs * steps))
+    )
     for _ in range(budget.epochs):
         order = train[torch.randperm(n_train, generator=gen)]
         for start in range(0, n_train, budget.batch_size):
@@ -219,7 +225,9 @@ def test_batched_probes_equal_probes_trained_alone():
     budget = ProbeBudget(epochs=3, lr=1e-2, batch_size=8)
     packed = torch.stack([pack_words(h, mask)[0] for h in layers], dim=1)
     rules = ["ssp", "essp", depths]
-    fitted = fit_probes(packed, mask.sum(1), [r if isinstance(r, str) else r[mask] for r in rules], budget, seed=4)
+    fitted = fit_probes(
+        packed, mask.sum(1), [r if isinstance(r, str) else r[mask] for r in rules], budget, seed=4
+    )
     assert [len(row) for row in fitted] == [3, 3, 3]
     for i, h in enumerate(layers):
         for j, rule in enumerate(rules):
@@ -438,3 +446,26 @@ def test_word_sample_of_merged_shards_is_the_single_process_sample():
             feed(merged, rows[s : s + 5])
     words, mask = merged.word_sample()[1]
     assert torch.equal(mask, expected[1]) and torch.equal(words, expected[0])
+
+
+@pytest.mark.filterwarnings("ignore:TreeProbeScore. no tokenizer")
+def test_each_segment_of_a_sentence_pair_is_its_own_sentence():
+    """``token_type_ids`` with a second segment: the tree probe reads two sentences per row (each
+    segment's words, in order), not one sentence across the pair."""
+    g = torch.Generator().manual_seed(0)
+    hidden = [torch.randn(4, 9, 6, generator=g) for _ in range(3)]
+    mask = torch.ones(4, 9, dtype=torch.long)
+    mask[3, 8] = 0  # row 3's second segment is 3 words long
+    types = torch.zeros(4, 9, dtype=torch.long)
+    types[:, 5:] = 1
+    paired, single = _probe_sample([2], 100, 0), _probe_sample([2], 100, 0)
+    ids = torch.randint(1000, 2000, (4, 9), generator=g)  # distinct sentences (repeats count once)
+    paired.update(hidden, mask, input_ids=ids, token_type_ids=types)
+    single.update(hidden, mask, input_ids=ids)
+    words, keep = paired.word_sample()[2]
+    assert sorted(keep.sum(1).tolist()) == [3, 4, 4, 4, 5, 5, 5, 5]
+    segments = [hidden[2][r, :5] for r in range(4)] + [hidden[2][r, 5 : 9 - (r == 3)] for r in range(4)]
+    for i in range(8):  # every sentence is one segment of one row, whole and in order
+        k = int(keep[i].sum())
+        assert sum(torch.equal(words[i, :k], seg) for seg in segments) == 1
+    assert sorted(single.word_sample()[2][1].sum(1).tolist()) == [8, 9, 9, 9]
