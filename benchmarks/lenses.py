@@ -401,9 +401,21 @@ def _write(result: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``; ``platform.processor()`` elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
 def _machine() -> dict[str, Any]:
     return {
         "platform": platform.platform(),
+        "cpu": _cpu_model(),
         "python": sys.version.split()[0],
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
@@ -484,8 +496,11 @@ def main(argv: list[str] | None = None) -> int:
     extra = [*QUICK_ARGS, *args.cli_args] if args.quick else list(args.cli_args)
     repeats, epochs = (1, 1) if args.quick else (args.repeats, args.max_epochs)
     result: dict[str, Any] = {"lenses": {}}
-    if path.exists():  # keep the lenses not rerun
-        result["lenses"] = json.loads(path.read_text()).get("lenses", {})
+    if path.exists():  # keep what is not rerun: the other lenses and the other case
+        previous = json.loads(path.read_text())
+        result["lenses"] = previous.get("lenses", {})
+        if "cases" in previous:
+            result["cases"] = previous["cases"]
     if args.bert_base:  # the quickstart entries keep their own machine and date
         def keep(partial: dict[str, Any]) -> None:
             result.setdefault("cases", {})["bert_base"] = partial
