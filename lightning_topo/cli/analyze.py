@@ -34,6 +34,7 @@ and writes nothing.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -151,8 +152,12 @@ def _check_options(args: argparse.Namespace) -> tuple[str, ...]:
     return families
 
 
-def _ckpt_hparams(path: Path) -> dict[str, Any]:
-    """The hyper-parameters of a Lightning ``.ckpt`` of ``SequenceClassifier`` (``weights_only`` read)."""
+@functools.lru_cache(maxsize=2)
+def _read_ckpt(path: Path) -> dict[str, Any]:
+    """A Lightning ``.ckpt`` of ``SequenceClassifier``, read with ``weights_only=True`` and checked:
+    its ``state_dict`` and its hyper-parameters (``model_name_or_path``: the base model, ``None`` for
+    the embedded MiniLM). Cached while the options are checked (read once, not once per check);
+    :func:`_load_ckpt` empties the cache. Do not modify the returned dict."""
     import torch
 
     try:
@@ -160,22 +165,52 @@ def _ckpt_hparams(path: Path) -> dict[str, Any]:
     except Exception as err:  # noqa: BLE001 - a truncated or foreign file: one line naming it
         raise ValueError(f"--model {path} is not a readable Lightning checkpoint ({type(err).__name__}: {err})") from None
     hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
-    if not isinstance(hparams, dict) or "state_dict" not in ckpt or not hparams.get("model_name_or_path"):
+    if not isinstance(hparams, dict) or "state_dict" not in ckpt or "model_name_or_path" not in hparams:
         raise ValueError(
             f"--model {path} is a .ckpt without lightning-topo SequenceClassifier hyper-parameters "
             "(model_name_or_path); for your own LightningModule call lightning_topo.analyze(module, loader) in Python"
         )
-    return hparams
+    return ckpt
+
+
+def _ckpt_hparams(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint's ``SequenceClassifier`` arguments (LightningCLI's ``_instantiator`` and other
+    entries that are not arguments left out)."""
+    import inspect
+
+    from lightning_topo.models.classifier import SequenceClassifier
+
+    accepted = inspect.signature(SequenceClassifier).parameters
+    return {k: v for k, v in ckpt["hyper_parameters"].items() if k in accepted}
 
 
 def _model_folder(path: Path) -> Path:
-    """The folder holding the model's config (a ``.ckpt``'s base model folder)."""
+    """The folder holding the model's config and tokenizer (a ``.ckpt``'s base model folder)."""
     if path.suffix == ".ckpt":
-        folder = Path(str(_ckpt_hparams(path)["model_name_or_path"]))
+        from lightning_topo.models.embedded import resolve_model_path
+
+        base = _read_ckpt(path)["hyper_parameters"]["model_name_or_path"]
+        try:
+            folder = Path(resolve_model_path(base))
+        except (FileNotFoundError, ImportError) as err:
+            raise FileNotFoundError(f"--model {path}: its base model (model_name_or_path) is missing: {err}") from None
         if not (folder / "config.json").is_file():
             raise FileNotFoundError(f"--model {path}: its base model folder {folder} (model_name_or_path) is missing")
         return folder
     return path
+
+
+def _model_config(path: Path) -> dict[str, Any]:
+    """The model's Hugging Face config: a ``.ckpt``'s own (``hf_config``, the shapes it was saved
+    with) where it has one, else its folder's ``config.json``."""
+    if path.suffix == ".ckpt":
+        config = _read_ckpt(path).get("hf_config")
+        if isinstance(config, dict):
+            return config
+    try:
+        return json.loads((_model_folder(path) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ValueError(f"--model {path}: config.json is not readable JSON ({err})") from None
 
 
 def _check_model(path: Path) -> Path:
@@ -216,10 +251,7 @@ def _check_layers(spec: str, models: list[Path], diagram_layer: int | None) -> i
                 f"--layers must be 'all' or comma-separated integers such as 0,6,12; got {spec!r}"
             ) from None
     for model in models:
-        try:
-            config = json.loads((_model_folder(model) / "config.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError) as err:
-            raise ValueError(f"--model {model}: config.json is not readable JSON ({err})") from None
+        config = _model_config(model)
         depth = config.get("num_hidden_layers", config.get("n_layers"))
         if not isinstance(depth, int) or depth < 1:
             raise ValueError(
@@ -329,17 +361,18 @@ def _analyze_one(
 
 
 def _load_ckpt(path: Path) -> Any:
-    """A ``SequenceClassifier`` rebuilt from its hyper-parameters, with the checkpoint's weights."""
-    import torch
-
+    """A ``SequenceClassifier`` rebuilt from its hyper-parameters, with the checkpoint's weights (a
+    pruned model's shapes come from the checkpoint's own config, as when Lightning resumes it)."""
     from lightning_topo.models.classifier import SequenceClassifier
 
-    hparams = _ckpt_hparams(path)
-    module = SequenceClassifier(**hparams)
-    state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+    ckpt = _read_ckpt(path)
+    _read_ckpt.cache_clear()
+    module = SequenceClassifier(**_ckpt_hparams(ckpt))
+    state = dict(ckpt["state_dict"])  # on_load_checkpoint drops unregistered auxiliary weights from it
     try:
+        module.on_load_checkpoint({**ckpt, "state_dict": state})
         module.load_state_dict(state)
-    except RuntimeError as err:
+    except (RuntimeError, ValueError) as err:
         raise ValueError(f"--model {path}: its weights do not fit its own model ({str(err).splitlines()[0]})") from None
     return module.eval()
 

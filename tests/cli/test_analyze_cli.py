@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -127,6 +128,86 @@ def test_text_pair_column_scores_both_segments(tiny_hf_folder, tmp_path):
         assert layers[0]["topo/psf"] == ""
         psf[name] = [float(r["topo/psf"]) for r in layers[1:]]
     assert psf["pair"] != pytest.approx(psf["single"], rel=1e-6)  # the second segment is read
+
+
+def _classifier_ckpt(path, base, *, prune=False, hparams=None):
+    """A ``.ckpt`` as ``lightning-topo fit`` writes it: SequenceClassifier's hyper-parameters plus
+    LightningCLI's ``_instantiator``, the state dict and ``on_save_checkpoint``'s HF config. With
+    ``prune`` the encoder is pruned and swapped for its exportable model first, as
+    ``TopologicalPruning`` does (other shapes than the base model's)."""
+    from lightning_topo.models import SequenceClassifier
+    from lightning_topo.pruning import prune_model
+    from lightning_topo.pruning.export import to_exportable
+
+    module = SequenceClassifier(model_name_or_path=str(base), num_labels=2)
+    if prune:
+        g = torch.Generator().manual_seed(0)
+        batch = {
+            "input_ids": torch.randint(1000, 2000, (8, 12), generator=g),
+            "attention_mask": torch.ones(8, 12, dtype=torch.long),
+            "labels": torch.arange(8) % 2,
+        }
+        prune_model(module.model, [batch], method="magnitude", ratio=0.6)
+        module.model = to_exportable(module.model)  # as TopologicalPruning swaps it during fit
+    ckpt = {
+        "state_dict": module.state_dict(),
+        "hyper_parameters": {
+            **dict(module.hparams),
+            "_instantiator": "lightning.pytorch.cli.instantiate_module",
+            **(hparams or {}),
+        },
+    }
+    module.on_save_checkpoint(ckpt)
+    torch.save(ckpt, path)
+    return module
+
+
+def test_lightning_ckpt_of_a_pruned_classifier_scores_its_own_weights(tiny_hf_folder, data_file, tmp_path):
+    """A fit checkpoint taken after pruning (the quickstart's last epoch) is rebuilt with the
+    pruned shapes and its own weights: every lens runs, and PSF equals that of the same weights
+    saved as a compressed folder."""
+    from transformers import AutoTokenizer
+
+    from lightning_topo.pruning import save_compressed
+
+    module = _classifier_ckpt(tmp_path / "pruned.ckpt", tiny_hf_folder, prune=True)
+    folder = tmp_path / "pruned_folder"
+    save_compressed(module.model.eval(), folder, tokenizer=AutoTokenizer.from_pretrained(tiny_hf_folder))
+    psf = {}
+    for model, out in ((tmp_path / "pruned.ckpt", tmp_path / "a"), (folder, tmp_path / "b")):
+        scores = "psf,geometry,concepts,probe" if out.name == "a" else "psf"
+        argv = ["analyze", "--model", str(model), "--data", str(data_file), "--scores", scores]
+        assert topo_main([*argv, "--output", str(out), *COMMON]) == 0
+        rows = _rows(out / "layers.csv")
+        psf[out.name] = [float(r["topo/psf"]) for r in rows[1:]]
+    assert {"geometry/cone", "concepts/polar", "probe/ssp"} <= set(_rows(tmp_path / "a" / "layers.csv")[0])
+    assert psf["a"] == pytest.approx(psf["b"], rel=1e-5)
+    # the base model's own weights give other scores (the checkpoint's weights were used)
+    assert topo_main(["analyze", "--model", str(tiny_hf_folder), "--data", str(data_file), "--scores", "psf",
+                      "--output", str(tmp_path / "c"), *COMMON]) == 0  # fmt: skip
+    base = [float(r["topo/psf"]) for r in _rows(tmp_path / "c" / "layers.csv")[1:]]
+    assert base != pytest.approx(psf["a"], rel=1e-5)
+
+
+def test_lightning_ckpt_of_the_embedded_model_and_bad_ckpts(tiny_hf_folder, tmp_path, capsys):
+    """``model_name_or_path: None`` (the quickstart's embedded MiniLM) names the embedded model's
+    folder; a checkpoint without the hyper-parameters or with a missing base folder is one line."""
+    from lightning_topo.cli.analyze import _check_model, _model_folder
+    from lightning_topo.models.embedded import embedded_model_path
+
+    embedded = tmp_path / "embedded.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {"model_name_or_path": None}}, embedded)
+    assert _check_model(embedded) == embedded
+    assert _model_folder(embedded) == Path(embedded_model_path())
+    foreign = tmp_path / "foreign.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {"lr": 0.1}}, foreign)
+    gone = tmp_path / "gone.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {"model_name_or_path": str(tmp_path / "nope")}}, gone)
+    for model, needle in ((foreign, "without lightning-topo SequenceClassifier hyper-parameters"),
+                          (gone, "its base model")):  # fmt: skip
+        assert topo_main(["analyze", "--model", str(model), "--output", str(tmp_path / "out")]) == 2
+        assert needle in _error(capsys)
+    assert not (tmp_path / "out").exists()
 
 
 def _error(capsys):
