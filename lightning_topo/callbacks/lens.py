@@ -452,6 +452,7 @@ class MetricMonitor(LensMonitor):
         self._capture: HiddenStateCapture | None = None
         self._measuring = False
         self._batches_seen = 0
+        self._classes: list[int] = []  # the split's classes, counted at on_train_start
 
     # ------------------------------------------------------------------ to implement
 
@@ -535,6 +536,17 @@ class MetricMonitor(LensMonitor):
         if trainer.world_size > 1:  # each process reads its shard: the checks are on the whole split
             counts = self._sum_counts(trainer, counts)
         self._check_data(trainer, pl_module, counts, first)
+        self._classes = sorted(counts)
+
+    def expected_names(self) -> set[str] | None:
+        """Every metric name this monitor can log (scores and their correlations with
+        ``monitor_against``), known from ``on_train_start`` on (layers bound, the split's classes
+        counted); ``None`` where the names are not known before a measurement (the default).
+
+        :class:`~lightning_topo.callbacks.PSFEarlyStopping` checks its ``monitor`` against it
+        before the first training step, so a misspelt name fails before any training.
+        """
+        return None
 
     @staticmethod
     def _sum_counts(trainer: pl.Trainer, counts: dict[int, int]) -> dict[int, int]:

@@ -27,6 +27,7 @@ from lightning_topo.callbacks.lens import MetricMonitor
 from lightning_topo.metrics import PersistenceScore
 from lightning_topo.scores import SCORES, PSFPreset, get_preset
 from lightning_topo.scores.checks import check_bool
+from lightning_topo.scores.correlation import correlation_names
 
 __all__ = ["PersistenceScoreMonitor", "SCORES"]
 
@@ -202,6 +203,16 @@ class PersistenceScoreMonitor(MetricMonitor):
     def _correlated(self, names: list[str]) -> list[str]:
         # every score but the per-class ones and the standard errors
         return [n for n in names if "/class_" not in n and not n.endswith("/std")]
+
+    @override
+    def expected_names(self) -> set[str] | None:
+        if self.metric is None or self.metric.num_layers is None or not self._classes:
+            return None
+        names = [self._name(n) for n in self._template.metric_names(self._classes)]
+        correlations: list[str] = []
+        if self.monitor_against is not None:
+            correlations = [c for n in self._correlated(names) for c in correlation_names(n, self.monitor_against)]
+        return {*names, *correlations}
 
     @override
     def _write_figures(self, trainer: pl.Trainer, out: Path) -> dict[str, Path]:

@@ -12,6 +12,7 @@ measured on a few hundred points per class moves by sampling noise alone; ``docs
 
 from __future__ import annotations
 
+import difflib
 import math
 from typing import Any
 
@@ -23,6 +24,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
+from lightning_topo.callbacks.lens import MetricMonitor
 from lightning_topo.scores.checks import check_bool, check_choice, check_int, check_real
 
 __all__ = ["DEFAULT_K_SIGMA", "PATIENCE_COUNTS", "PSFEarlyStopping"]
@@ -86,7 +88,10 @@ class PSFEarlyStopping(EarlyStopping):
 
     Raises:
         TypeError / ValueError: an invalid argument, at construction (the message names it).
-        RuntimeError: ``strict`` and ``monitor`` not logged (the message lists what is).
+        ValueError: ``strict`` and ``monitor`` under a lens monitor's ``log_prefix`` (``topo/...``)
+            that the monitor never logs: before the first training step, with the close matches.
+        RuntimeError: ``strict`` and ``monitor`` (of another prefix) not logged at the end of the
+            first validation (the message lists what is).
 
     Example::
 
@@ -135,6 +140,7 @@ class PSFEarlyStopping(EarlyStopping):
         self.best_std = 0.0
         self.current_std = 0.0  # the standard error of the value being checked
         self._warned_no_std = False
+        self._names_checked = False
 
     # ------------------------------------------------------------------ state
 
@@ -148,6 +154,33 @@ class PSFEarlyStopping(EarlyStopping):
         self.best_std = float(state_dict.get("best_std", 0.0))
 
     # ------------------------------------------------------------------ Lightning's hooks
+
+    @override
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Before the first training step: a ``monitor`` under a lens monitor's ``log_prefix`` must
+        be one of the names that monitor logs (:meth:`MetricMonitor.expected_names`), so a misspelt
+        name fails before any training instead of after the first epoch."""
+        if self._names_checked:
+            return
+        self._names_checked = True
+        if not self.strict:
+            return
+        prefix = self.monitor.split("/", 1)[0]
+        for callback in trainer.callbacks:  # type: ignore[attr-defined]
+            if not isinstance(callback, MetricMonitor) or callback.log_prefix != prefix:
+                continue
+            names = callback.expected_names()
+            if names is None or self.monitor in names:
+                return
+            close = difflib.get_close_matches(self.monitor, sorted(names), n=3, cutoff=0.6)
+            hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else "."
+            detail = ("/layer_", "/class_", "/pearson_", "/spearman_")
+            shown = sorted(n for n in names if not any(part in n for part in detail))
+            raise ValueError(
+                f"PSFEarlyStopping(monitor={self.monitor!r}): {type(callback).__name__} "
+                f"(log_prefix={prefix!r}) logs no metric of that name{hint} It logs {len(names)} names, "
+                f"e.g. {', '.join(shown[:6])}. Nothing was trained; strict=False skips this check"
+            )
 
     @override
     def _validate_condition_metric(self, logs: dict[str, Tensor]) -> bool:

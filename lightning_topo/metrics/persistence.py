@@ -98,6 +98,14 @@ class PersistenceScore(LensMetric):
     def headline_score(self) -> str:
         return "psf" if "psf" in self.scores else metric_names([0], [], scores=self.scores)[0]
 
+    def metric_names(self, classes: Sequence[int]) -> list[str]:
+        """The names ``compute`` returns (without the prefix) for these classes, at the selected
+        layers (the metric must be bound to a model's depth)."""
+        return metric_names(
+            self.selected_layers, list(classes), scores=self.scores, homology_dims=self.homology_dims,
+            resamples=self.resamples,
+        )  # fmt: skip
+
     def update(
         self,
         hidden_states: Sequence[Tensor | None],
@@ -166,9 +174,7 @@ class PersistenceScore(LensMetric):
         if single:
             raise ValueError(f"PSF needs at least 2 examples of every class; class {single[0]} has 1")
         headline = self.headline_score
-        names = metric_names(
-            layers, list(counts), scores=self.scores, homology_dims=self.homology_dims, resamples=self.resamples
-        )
+        names = self.metric_names(list(counts))
         bad = [layer for layer, p in reps.points.items() if not bool(torch.isfinite(p).all())]
         if bad:
             warnings.warn(

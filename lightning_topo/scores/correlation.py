@@ -13,7 +13,9 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["correlation_metrics", "pearson_spearman"]
+from lightning_topo.scores.names import target_suffix
+
+__all__ = ["correlation_metrics", "correlation_names", "pearson_spearman"]
 
 
 def pearson_spearman(
@@ -44,6 +46,13 @@ def pearson_spearman(
     return pearson_corrcoef(x, y), spearman_corrcoef(x, y)
 
 
+def correlation_names(name: str, target_name: str) -> tuple[str, str]:
+    """The names of ``name``'s Pearson and Spearman correlations with ``target_name``:
+    ``("topo/psf/pearson_val_acc", "topo/psf/spearman_val_acc")`` for ``topo/psf`` and ``val/acc``."""
+    suffix = target_suffix(target_name)
+    return f"{name}/pearson_{suffix}", f"{name}/spearman_{suffix}"
+
+
 def correlation_metrics(
     series: Mapping[str, Sequence[float]],
     target: Sequence[float],
@@ -63,7 +72,6 @@ def correlation_metrics(
         ``{f"{score}/pearson_{metric}": 0-d tensor, f"{score}/spearman_{metric}": ...}``, e.g.
         ``topo/psf/pearson_val_acc``; NaN when either series is constant.
     """
-    suffix = target_name.replace("/", "_")
     y = torch.as_tensor(list(target), dtype=torch.float64)
     out: dict[str, Tensor] = {}
     for name, values in series.items():
@@ -74,6 +82,6 @@ def correlation_metrics(
         if int(keep.sum()) < min_points:
             continue
         pearson, spearman = pearson_spearman(x[keep], y[keep])
-        out[f"{name}/pearson_{suffix}"] = pearson
-        out[f"{name}/spearman_{suffix}"] = spearman
+        pearson_name, spearman_name = correlation_names(name, target_name)
+        out[pearson_name], out[spearman_name] = pearson, spearman
     return out

@@ -118,6 +118,9 @@ def test_logs_documented_metrics_and_plots_csv(tmp_path, tiny_config):
         "topo/psf/spearman_val_acc",
     }
     assert expected <= set(m), sorted(m)
+    # the names known before training (PSFEarlyStopping checks its monitor against them) are the
+    # names logged, correlations included
+    assert monitor.expected_names() == {k for k in m if k.startswith("topo/")}
     assert float(m["topo/psf"]) == pytest.approx(monitor.history[-1]["scores"]["topo/psf"])
     assert float(m["topo/psf"]) == float(m["topo/psf/layer_2"])
     # the sanity check (2 val batches before epoch 0) is never measured

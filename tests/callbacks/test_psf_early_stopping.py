@@ -264,3 +264,49 @@ def test_with_the_monitor_on_a_60_example_validation_set_the_std_is_read_and_pos
     assert std > 0
     assert stopper.current_std == pytest.approx(std)
     assert stopper.best_std > 0
+
+
+@pytest.mark.parametrize("stopper_first", [True, False])
+def test_a_misspelt_monitor_fails_before_any_training_step(tmp_path, stopper_first):
+    """A ``monitor`` under the PSF monitor's prefix that it never logs is refused before the first
+    training step (whatever the callback order), naming the close matches; ``strict=False`` skips
+    the check, and a name the module may log itself (another prefix) is left to Lightning."""
+    from conftest import labelled_token_dataset, save_tiny_hf_folder, sequence_classifier
+
+    from lightning_topo.callbacks import PersistenceScoreMonitor
+
+    folder = save_tiny_hf_folder(tmp_path / "tiny")
+    steps = []
+
+    class CountSteps(Callback):
+        def on_train_batch_end(self, *args):
+            steps.append(1)
+
+    def fit(stopper):
+        steps.clear()
+        monitor = PersistenceScoreMonitor(plots=False, resamples=1)
+        callbacks = [stopper, monitor] if stopper_first else [monitor, stopper]
+        trainer = pl.Trainer(
+            max_epochs=1, callbacks=[*callbacks, CountSteps()], logger=False, enable_checkpointing=False,
+            enable_progress_bar=False, enable_model_summary=False, accelerator="cpu", num_sanity_val_steps=0,
+        )  # fmt: skip
+        trainer.fit(
+            sequence_classifier(folder),
+            DataLoader(labelled_token_dataset(16, seed=0), batch_size=8),
+            DataLoader(labelled_token_dataset(24, seed=1), batch_size=8),
+        )
+        return trainer
+
+    with pytest.raises(ValueError, match=r"monitor='topo/pfs'.*did you mean 'topo/psf'.*Nothing was trained"):
+        fit(PSFEarlyStopping(monitor="topo/pfs", mode="max"))
+    assert steps == []
+    with pytest.raises(ValueError, match="logs no metric of that name"):
+        fit(PSFEarlyStopping(monitor="topo/psf/layer_7", mode="max"))
+    assert steps == []
+    fit(PSFEarlyStopping(monitor="topo/psf/layer_2", mode="max"))  # a real name trains
+    assert len(steps) == 2
+    with pytest.raises(RuntimeError, match="which is not logged"):  # not ours to know: after the epoch
+        fit(PSFEarlyStopping(monitor="val/typo", mode="max"))
+    assert len(steps) == 2
+    fit(PSFEarlyStopping(monitor="topo/pfs", mode="max", strict=False))
+    assert len(steps) == 2
