@@ -122,6 +122,19 @@ class OwnHead(_Steps):
 
 USER_MODULES = {"net": NetModule, "batch_forward": BatchForward, "no_forward": NoForward, "own_head": OwnHead}
 
+WORDS = ["good", "bad", "the", "film", "movie", "plot", "was", "is", "a", "and", "it", "great", "awful", "dull",
+         "nice", "story", ".", ",", "!", "1990", "3"]  # fmt: skip
+#: A WordPiece vocabulary of exactly the tiny configs' 100 ids (0-4 special, as the data uses them).
+VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, *(f"w{i}" for i in range(100 - 5 - len(WORDS)))]
+
+
+def tiny_tokenizer():
+    """A BertTokenizer over :data:`VOCAB` (the tiny models are built from configs, so they have no
+    tokenizer of their own; the concepts lens needs one to read words)."""
+    from transformers import BertTokenizer
+
+    return BertTokenizer(vocab={w: i for i, w in enumerate(VOCAB)})
+
 
 def token_dataset(n=48, seed=0, seq=8):
     """``n`` examples (dicts of 1-D tensors) whose label is written in token 1 (learnable); every

@@ -11,19 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 from lightning.pytorch import Callback, Trainer
-from user_modules import USER_MODULES, loaders, trainer
-
-WORDS = ["good", "bad", "the", "film", "movie", "plot", "was", "is", "a", "and", "it", "great", "awful", "dull",
-         "nice", "story", ".", ",", "!", "1990", "3"]  # fmt: skip
-#: A WordPiece vocabulary of exactly the tiny configs' 100 ids (0-4 special, as user_modules' data uses them).
-VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, *(f"w{i}" for i in range(100 - 5 - len(WORDS)))]
+from user_modules import USER_MODULES, VOCAB, loaders, tiny_tokenizer, trainer
 
 
 @pytest.fixture(scope="module")
 def tok():
-    from transformers import BertTokenizer
-
-    return BertTokenizer(vocab={w: i for i, w in enumerate(VOCAB)})
+    return tiny_tokenizer()
 
 
 def _monitor(tok, **kwargs):

@@ -13,9 +13,10 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from user_modules import FAMILIES, USER_MODULES, loaders, trainer  # noqa: E402
+from user_modules import FAMILIES, USER_MODULES, loaders, tiny_tokenizer, trainer  # noqa: E402
 
 from lightning_topo.callbacks import (  # noqa: E402
+    ConceptAlignmentMonitor,
     GeometryMonitor,
     PersistenceScoreMonitor,
     PSFEarlyStopping,
@@ -23,7 +24,7 @@ from lightning_topo.callbacks import (  # noqa: E402
     TreeProbeMonitor,
 )
 
-HEADLINES = ("topo/psf", "topo/psf/std", "geometry/cone", "probe/ssp")
+HEADLINES = ("topo/psf", "topo/psf/std", "geometry/cone", "concepts/polar", "probe/ssp")
 
 
 def _callbacks(tmp_path):
@@ -31,7 +32,8 @@ def _callbacks(tmp_path):
         PersistenceScoreMonitor(max_points_per_class=8, plots=False),
         PSFEarlyStopping(mode="min", patience=5),
         GeometryMonitor(plots=False),
-        TreeProbeMonitor(plots=False, max_samples=16, probe_epochs=1),
+        ConceptAlignmentMonitor(plots=False, tokenizer=tiny_tokenizer(), max_tokens=100),
+        TreeProbeMonitor(plots=False, max_samples=16, probe_epochs=1, tokenizer=tiny_tokenizer()),
         TopologicalPruning(method="magnitude", ratio=0.8, prune_epoch=0, output_dir=tmp_path / "pruned",
                            calibration_batches=2, evaluate=False),
     ]
