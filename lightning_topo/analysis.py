@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from lightning_topo.data.files import write_text_atomic
-from lightning_topo.encoding import model_inputs, module_device
+from lightning_topo.encoding import max_sequence_length, model_inputs, module_device
 from lightning_topo.metrics import LENSES, LensMetric, LensResult
 from lightning_topo.plots import plot_class_diagrams
 from lightning_topo.plots.analysis import plot_layer_profiles
@@ -262,6 +262,7 @@ def _read(
     captures = [c for _, c in own] + ([hidden] if hidden is not None else [])
     needs_labels = any(m.needs_labels for m in metrics)
     device = module_device(hf)
+    longest = max_sequence_length(getattr(hf, "config", None))
     seen = 0
     for capture in captures:
         capture.attach()
@@ -274,16 +275,22 @@ def _read(
                     "analyze needs the class label of every example: the batches have no 'labels' or 'label' "
                     "key; add one, or pass labels_fn=lambda batch: <(batch,) int tensor>"
                 )
+            inputs = model_inputs(batch)
+            if longest is not None and inputs["input_ids"].shape[-1] > longest:
+                raise ValueError(
+                    f"analyze: a batch has sequences of {inputs['input_ids'].shape[-1]} tokens but the model "
+                    f"accepts at most {longest} (its position embeddings); tokenize with max_length <= {longest}"
+                )
             for capture in captures:
                 capture.pop()
-            hf(**{k: v.to(device) for k, v in model_inputs(batch).items()})
+            hf(**{k: v.to(device) for k, v in inputs.items()})
             if hidden is not None:
                 call = hidden.pop()[-1]
                 for m in shared:
                     m.update_from(call, labels)
             for m, capture in own:
                 m.update_from(capture.pop()[-1], labels)
-            seen += int(model_inputs(batch)["input_ids"].shape[0])
+            seen += int(inputs["input_ids"].shape[0])
             if max_samples is not None and seen >= max_samples:
                 break
     finally:

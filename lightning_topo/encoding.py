@@ -21,9 +21,35 @@ __all__ = [
     "encode_batch",
     "encode_hf_model",
     "ensure_hidden_state_capture",
+    "max_sequence_length",
     "model_inputs",
     "module_device",
 ]
+
+#: Model types whose position ids start after the padding index (``padding_idx + 1``), so
+#: ``max_position_embeddings`` counts ``pad_token_id + 1`` positions no token can use.
+_OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert")
+
+
+def max_sequence_length(config: Any) -> int | None:
+    """The longest input (in tokens) a model's absolute position embeddings allow.
+
+    ``config``: a Hugging Face config or its ``to_dict()``. ``max_position_embeddings``, less
+    ``pad_token_id + 1`` for RoBERTa-style models (their positions start after the padding
+    index). ``None`` when the config names no such limit or the model adds no absolute positions
+    (DeBERTa with ``position_biased_input=False``), i.e. when nothing can be checked.
+    """
+    get = config.get if isinstance(config, Mapping) else (lambda key, default=None: getattr(config, key, default))
+    positions = get("max_position_embeddings")
+    if not isinstance(positions, int) or isinstance(positions, bool) or positions <= 0:
+        return None
+    if get("position_biased_input", True) is False:
+        return None
+    model_type = str(get("model_type", "") or "").removeprefix("pruned_")
+    if model_type in _OFFSET_POSITIONS:
+        pad = get("pad_token_id", 1)
+        return positions - (int(pad) if isinstance(pad, int) else 1) - 1
+    return positions
 
 #: Keys of a tokenised batch that are passed to a Hugging Face model's forward.
 MODEL_INPUT_KEYS: tuple[str, ...] = ("input_ids", "attention_mask", "token_type_ids", "position_ids")

@@ -207,3 +207,13 @@ def test_identical_cls_embeddings_give_nan_with_a_warning(tiny_classifier):
     assert math.isfinite(result.rows[2]["topo/psf"])
     mean = lightning_topo.analyze(tiny_classifier, loader, pooling="mean", layers=0, progress=False)
     assert math.isfinite(mean.metrics["topo/psf"])
+
+
+def test_sequences_longer_than_the_position_embeddings_are_refused_before_any_update(tiny_classifier):
+    """A batch longer than the model's 64 positions: one ValueError naming both lengths, not an
+    error from inside the embeddings."""
+    loader = DataLoader(dataset(8, 0, seq=80), batch_size=8)
+    with pytest.raises(ValueError, match="sequences of 80 tokens but the model accepts at most 64"):
+        lightning_topo.analyze(tiny_classifier, loader, progress=False)
+    fits = DataLoader(dataset(16, 0, seq=64), batch_size=8)  # exactly the limit is accepted
+    assert lightning_topo.analyze(tiny_classifier, fits, progress=False).settings["examples"] == 16

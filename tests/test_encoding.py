@@ -47,3 +47,17 @@ def test_encode_module_must_return_encoded_batch(tiny_batch):
 
     with pytest.raises(TypeError, match="Bad.encode must return EncodedBatch, got Tensor"):
         encode_batch(Bad(), tiny_batch)
+
+
+def test_max_sequence_length_of_each_position_scheme():
+    from transformers import BertConfig, DebertaV2Config, RobertaConfig
+
+    from lightning_topo.encoding import max_sequence_length
+
+    assert max_sequence_length(BertConfig(max_position_embeddings=64)) == 64
+    # RoBERTa's positions start after the padding index: 514 positions hold 512 tokens
+    assert max_sequence_length(RobertaConfig(max_position_embeddings=514, pad_token_id=1)) == 512
+    assert max_sequence_length({"model_type": "pruned_roberta", "max_position_embeddings": 130, "pad_token_id": 1}) == 128
+    assert max_sequence_length(DebertaV2Config(max_position_embeddings=512)) == 512
+    assert max_sequence_length(DebertaV2Config(max_position_embeddings=512, position_biased_input=False)) is None
+    assert max_sequence_length({"model_type": "bert"}) is None and max_sequence_length(None) is None

@@ -50,6 +50,7 @@ from lightning_topo.analysis import (
 )
 from lightning_topo.cli.errors import USER_ERRORS, report_refusal
 from lightning_topo.data.files import write_text_atomic
+from lightning_topo.encoding import max_sequence_length
 from lightning_topo.representations import resolve_layers
 
 __all__ = ["build_parser", "main"]
@@ -111,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     families = _check_options(args)
     models = [_check_model(Path(m)) for m in args.model]
-    layers = _check_layers(args.layers, models, args.diagram_layer)
+    layers = _check_layers(args.layers, models, args.diagram_layer, args.max_length)
     tokenizers = [_check_tokenizer(m, args.tokenizer) for m in models]
     _check_data(args)
     output = _check_output(Path(args.output), args.overwrite)
@@ -239,8 +240,11 @@ def _check_model(path: Path) -> Path:
     return path
 
 
-def _check_layers(spec: str, models: list[Path], diagram_layer: int | None) -> int | list[int] | str:
-    """``--layers`` parsed and checked against every model's depth (read from config.json)."""
+def _check_layers(
+    spec: str, models: list[Path], diagram_layer: int | None, max_length: int | None = None
+) -> int | list[int] | str:
+    """``--layers`` parsed and checked against every model's depth, and ``--max-length`` against its
+    position embeddings (both read from its config)."""
     if spec.strip() == "all":
         layers: int | list[int] | str = "all"
     else:
@@ -252,6 +256,12 @@ def _check_layers(spec: str, models: list[Path], diagram_layer: int | None) -> i
             ) from None
     for model in models:
         config = _model_config(model)
+        longest = max_sequence_length(config)
+        if max_length is not None and longest is not None and max_length > longest:
+            raise ValueError(
+                f"--max-length {max_length} is longer than --model {model} accepts ({longest} positions); "
+                f"pass --max-length {longest} or less"
+            )
         depth = config.get("num_hidden_layers", config.get("n_layers"))
         if not isinstance(depth, int) or depth < 1:
             raise ValueError(

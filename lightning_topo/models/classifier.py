@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
-from lightning_topo.encoding import EncodedBatch, encode_hf_model, model_inputs
+from lightning_topo.encoding import EncodedBatch, encode_hf_model, max_sequence_length, model_inputs
 from lightning_topo.loading import check_model_folder, load_model
 from lightning_topo.models.embedded import resolve_model_path
 
@@ -457,11 +457,11 @@ class SequenceClassifier(pl.LightningModule):
                 f"batch input_ids hold token id {high if high >= rows else low} but the model's vocabulary has "
                 f"ids 0..{rows - 1}; tokenize with the model's own tokenizer (data.tokenizer_name_or_path)"
             )
-        positions = getattr(self.model.config, "max_position_embeddings", None)
-        if isinstance(positions, int) and input_ids.shape[-1] > positions:
+        positions = max_sequence_length(self.model.config)
+        if positions is not None and input_ids.shape[-1] > positions:
             raise ValueError(
-                f"batch sequences have {input_ids.shape[-1]} tokens but the model has {positions} position "
-                f"embeddings; set data.max_length <= {positions}"
+                f"batch sequences have {input_ids.shape[-1]} tokens but the model accepts at most {positions} "
+                f"(its position embeddings); set data.max_length <= {positions}"
             )
 
     # ------------------------------------------------------------------ steps

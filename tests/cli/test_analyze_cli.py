@@ -228,6 +228,7 @@ def _error(capsys):
         (["--text-column", "sentence"], "no column 'sentence'"),
         (["--text-pair-column", "second"], "no column 'second'"),
         (["--diagram-layer", "7"], "--diagram-layer 7"),
+        (["--max-length", "200"], "--max-length 200 is longer than"),  # the folder has 128 positions
     ],
 )
 def test_bad_options_refused_before_loading(
