@@ -110,6 +110,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    _read_ckpt.cache_clear()  # a .ckpt is read afresh by every command (it may have been rewritten)
+    try:
+        return _run_checked(args)
+    finally:
+        _read_ckpt.cache_clear()
+
+
+def _run_checked(args: argparse.Namespace) -> int:
     families = _check_options(args)
     models = [_check_model(Path(m)) for m in args.model]
     layers = _check_layers(args.layers, models, args.diagram_layer, args.max_length)
